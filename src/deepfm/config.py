@@ -1,0 +1,259 @@
+"""params.yaml -> frozen, validated dataclasses.
+
+Validation is strict on purpose: an unknown key (a typo in params.yaml or in a
+`dvc exp run -S` override), a wrong type or an out-of-range value is one ConfigError that
+names the key, the bad value and what is allowed. Nothing is silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params.yaml problem; the message names the key, the value and what is allowed."""
+
+
+def _range(lo=None, hi=None, *, lo_open=False):
+    return {"min": lo, "max": hi, "lo_open": lo_open}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    label_threshold: int = field(default=4, metadata=_range(1, 5))
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    min_positives: int = field(default=3, metadata=_range(3))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = field(default=30, metadata=_range(1, 10_000))
+    min_epochs: int = field(default=10, metadata=_range(1, 10_000))
+    patience: int = field(default=5, metadata=_range(1, 10_000))
+    batch_size: int = field(default=1024, metadata=_range(1, 1 << 20))
+    learning_rate: float = field(default=1e-3, metadata=_range(0.0, 10.0, lo_open=True))
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    embedding_l2: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    grad_clip: float = field(default=0.0, metadata=_range(0.0))
+    negatives_per_positive: int = field(default=4, metadata=_range(0, 1000))
+    observed_negatives: bool = False
+    num_threads: int = field(default=0, metadata=_range(0, 1024))
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    num_negatives: int = field(default=999, metadata=_range(1, 100_000))
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20], metadata=_range(1, 100_000))
+    batch_users: int = field(default=256, metadata=_range(1, 1 << 20))
+
+
+@dataclass(frozen=True)
+class DeepFMConfig:
+    embed_dim: int = field(default=16, metadata=_range(1, 1024))
+    dnn_hidden: list[int] = field(default_factory=lambda: [256, 128], metadata=_range(1, 65536))
+    dropout: float = field(default=0.2, metadata=_range(0.0, 0.99))
+    batch_norm: bool = True
+
+
+@dataclass(frozen=True)
+class ItemPopConfig:
+    smoothing: float = field(default=1.0, metadata=_range(0.0, lo_open=True))
+
+
+# One params section per model; the registry in deepfm.models maps the same names to classes.
+MODEL_SECTIONS: dict[str, type] = {
+    "deepfm": DeepFMConfig,
+    "itempop": ItemPopConfig,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = field(default=42, metadata=_range(0, 2**32 - 1))
+    dataset: str = "ml-100k"
+    model: str = "deepfm"
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    models: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_params(self):
+        """The params section of the selected model."""
+        return self.models[self.model]
+
+    def to_dict(self) -> dict:
+        out = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "models"
+        }
+        out = {
+            k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in out.items()
+        }
+        out.update({name: dataclasses.asdict(section) for name, section in self.models.items()})
+        return out
+
+
+def _describe_type(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_describe_type(typing.get_args(tp)[0])}"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, str(tp)
+    )
+
+
+def _check_scalar(key: str, value, tp, meta) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(
+                f"params.yaml: '{key}' is {value!r}; allowed: {', '.join(map(repr, allowed))}."
+            )
+        return value
+    ok = (
+        (tp is bool and isinstance(value, bool))
+        or (tp is int and isinstance(value, int) and not isinstance(value, bool))
+        or (tp is float and isinstance(value, int | float) and not isinstance(value, bool))
+        or (tp is str and isinstance(value, str))
+    )
+    if not ok:
+        raise ConfigError(
+            f"params.yaml: '{key}' is {value!r} ({type(value).__name__}); "
+            f"it must be {_describe_type(tp)}."
+        )
+    if tp is float:
+        value = float(value)
+    lo, hi = meta.get("min"), meta.get("max")
+    if tp in (int, float) and (
+        (lo is not None and (value < lo or (meta.get("lo_open") and value == lo)))
+        or (hi is not None and value > hi)
+    ):
+        lo_txt = "" if lo is None else (f"> {lo}" if meta.get("lo_open") else f">= {lo}")
+        hi_txt = "" if hi is None else f"<= {hi}"
+        allowed = " and ".join(t for t in (lo_txt, hi_txt) if t)
+        raise ConfigError(f"params.yaml: '{key}' is {value!r}; it must be {allowed}.")
+    return value
+
+
+def _check_value(key: str, value, tp, meta) -> Any:
+    if typing.get_origin(tp) is list:
+        (elem,) = typing.get_args(tp)
+        if not isinstance(value, list) or not value:
+            raise ConfigError(
+                f"params.yaml: '{key}' is {value!r}; it must be a non-empty {_describe_type(tp)}."
+            )
+        return [_check_scalar(f"{key}[{i}]", v, elem, meta) for i, v in enumerate(value)]
+    return _check_scalar(key, value, tp, meta)
+
+
+def _unknown_key_error(key: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return ConfigError(
+        f"params.yaml: unknown key '{key}'.{hint} Allowed here: {', '.join(sorted(known))}."
+    )
+
+
+def _missing_key_error(key: str, default) -> ConfigError:
+    return ConfigError(
+        f"params.yaml: missing key '{key}'. Every knob must be explicit so DVC tracks it: "
+        f"add '{key.rsplit('.', 1)[-1]}: {default!r}' (the documented default) to its section."
+    )
+
+
+def _build(cls, raw, prefix: str, require_all: bool = False):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params.yaml: '{prefix}' must be a mapping of keys, got {raw!r}.")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            raise _unknown_key_error(f"{prefix}.{key}", list(fields))
+    values = {}
+    for name, f in fields.items():
+        if name in raw:
+            values[name] = _check_value(f"{prefix}.{name}", raw[name], hints[name], f.metadata)
+        elif require_all:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            raise _missing_key_error(f"{prefix}.{name}", default)
+    return cls(**values)
+
+
+def parse_config(raw: dict, *, require_all: bool = False) -> Config:
+    """Validate a params mapping (as loaded from YAML) and return the typed Config.
+
+    require_all: every key must be present (how the pipeline loads params.yaml, so that no
+    default hidden in code can change a result without DVC seeing it).
+    """
+    from deepfm.data.sources import DATASETS  # late import: sources imports nothing from here
+
+    if not isinstance(raw, dict):
+        raise ConfigError("params.yaml must be a mapping of sections, e.g. 'train: {epochs: 30}'.")
+    sections = {"data": DataConfig, "split": SplitConfig, "train": TrainConfig, "eval": EvalConfig}
+    top = {"seed", "dataset", "model"}
+    known = sorted(top | set(sections) | set(MODEL_SECTIONS))
+    for key in raw:
+        if key not in known:
+            raise _unknown_key_error(str(key), known)
+
+    hints = typing.get_type_hints(Config)
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    values: dict[str, Any] = {}
+    for name in sorted(top):
+        if name in raw:
+            values[name] = _check_value(name, raw[name], hints[name], fields[name].metadata)
+        elif require_all:
+            raise _missing_key_error(name, fields[name].default)
+    for name, cls in {**sections, **MODEL_SECTIONS}.items():
+        if require_all and name not in raw:
+            raise ConfigError(f"params.yaml: missing section '{name}'; add it with its keys.")
+        section = _build(cls, raw.get(name), name, require_all)
+        if name in sections:
+            values[name] = section
+        else:
+            values.setdefault("models", {})[name] = section
+    cfg = Config(**values)
+
+    if cfg.dataset not in DATASETS:
+        raise ConfigError(
+            f"params.yaml: 'dataset' is {cfg.dataset!r}; allowed: {', '.join(sorted(DATASETS))}."
+        )
+    if cfg.model not in MODEL_SECTIONS:
+        raise ConfigError(
+            f"params.yaml: 'model' is {cfg.model!r}; allowed: {', '.join(sorted(MODEL_SECTIONS))}."
+        )
+    if cfg.train.min_epochs > cfg.train.epochs:
+        raise ConfigError(
+            f"params.yaml: 'train.min_epochs' ({cfg.train.min_epochs}) is larger than "
+            f"'train.epochs' ({cfg.train.epochs}); lower min_epochs or raise epochs."
+        )
+    return cfg
+
+
+def load_config(path: str | Path = "params.yaml") -> Config:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path} not found: run the stage from the repository root.")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    return parse_config(raw, require_all=True)

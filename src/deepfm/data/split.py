@@ -1,0 +1,241 @@
+"""The evaluation protocol's split (../shared/spec/evaluation-protocol.md), vectorized.
+
+- leave-one-out on positives by (timestamp, item_id): last -> test, second-to-last -> val,
+  for users with at least `min_positives` positives; everything else is train;
+- fixed evaluation candidates: for every val / test user, `num_negatives` items the user
+  never rated in any split, uniformly without replacement (fewer when fewer exist);
+- encoders fitted on the train split only (0 = padding / unknown).
+
+Users and items are addressed by their row in the canonical users / items tables
+("index"); the feature matrices map an index to the embedding codes of its fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from deepfm.data.encoders import encode, encode_lists, fit_vocab
+from deepfm.data.sampling import concat_ranges
+from deepfm.data.schema import Field, Schema
+from deepfm.io import atomic_dir, read_json, read_npy, write_json, write_npy
+from deepfm.utils import rng_for
+
+USER_SPARSE = ["user_id", "gender", "age_bucket", "occupation", "zip_prefix"]
+ITEM_SPARSE = ["item_id", "year_bucket"]
+ITEM_SEQUENCE = ["genres"]
+
+# Users scored per block when drawing candidates: bounds memory at block * num_items floats.
+_CANDIDATE_BLOCK_CELLS = 1 << 24
+
+
+@dataclass
+class HeldOut:
+    users: np.ndarray  # (n,) user index
+    items: np.ndarray  # (n,) held-out positive item index
+    candidates: np.ndarray  # (n, num_negatives) item index, -1 where the user has fewer
+
+
+@dataclass
+class SplitResult:
+    train_users: np.ndarray
+    train_items: np.ndarray
+    train_labels: np.ndarray
+    val: HeldOut
+    test: HeldOut
+    user_features: np.ndarray  # (num_users, len(USER_SPARSE)) codes
+    item_features: np.ndarray  # (num_items, len(ITEM_SPARSE)) codes
+    item_genres: np.ndarray  # (num_items, max_genres) codes, 0-padded
+    user_ids: np.ndarray  # (num_users,) raw dataset id of each user index
+    item_ids: np.ndarray  # (num_items,) raw dataset id of each item index
+    schema: Schema
+    summary: dict
+
+
+def leave_one_out(
+    user_idx: np.ndarray, label: np.ndarray, min_positives: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row numbers of the validation and test positives.
+
+    Rows must already be ordered by (user, timestamp, item_id); both outputs are ordered by user.
+    """
+    pos_rows = np.flatnonzero(label == 1)
+    pos_users = user_idx[pos_rows]
+    # last positive of each user's run, and how many positives the user has
+    is_last = np.r_[pos_users[1:] != pos_users[:-1], True]
+    last = np.flatnonzero(is_last)
+    counts = np.diff(np.r_[-1, last])
+    eligible = counts >= min_positives
+    test_rows = pos_rows[last[eligible]]
+    val_rows = pos_rows[last[eligible] - 1]
+    return val_rows, test_rows
+
+
+def sample_candidates(
+    users: np.ndarray,
+    rated_keys: np.ndarray,
+    num_items: int,
+    num_negatives: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """For each user, `num_negatives` distinct items not in its rated set, uniformly at random.
+
+    `rated_keys` is the sorted array user * num_items + item of every rated pair. Returns a
+    (len(users), num_negatives) matrix of item indices, sorted per row, padded with -1 where a
+    user has fewer unrated items than asked for.
+    """
+    out = np.full((len(users), num_negatives), -1, dtype=np.int64)
+    block = max(1, _CANDIDATE_BLOCK_CELLS // max(num_items, 1))
+    take = min(num_negatives, num_items)
+    for start in range(0, len(users), block):
+        u = users[start : start + block]
+        keys = rng.random((len(u), num_items))
+        lo = np.searchsorted(rated_keys, u.astype(np.int64) * num_items)
+        hi = np.searchsorted(rated_keys, (u.astype(np.int64) + 1) * num_items)
+        rows = np.repeat(np.arange(len(u)), hi - lo)
+        cols = rated_keys[concat_ranges(lo, hi - lo)] % num_items
+        keys[rows, cols] = np.inf  # rated items sort last
+        # k smallest of i.i.d. uniform keys = a uniform k-subset of the unrated items
+        chosen = np.argpartition(keys, take - 1, axis=1)[:, :take] if take < num_items else (
+            np.argsort(keys, axis=1)
+        )[:, :take]
+        valid = np.take_along_axis(keys, chosen, axis=1) < np.inf
+        chosen = np.where(valid, chosen, num_items)  # push padding to the end when sorting
+        chosen.sort(axis=1)
+        chosen[chosen == num_items] = -1
+        out[start : start + len(u), :take] = chosen
+    return out
+
+
+def split_dataset(
+    interactions: pd.DataFrame,
+    users: pd.DataFrame,
+    items: pd.DataFrame,
+    *,
+    seed: int,
+    min_positives: int,
+    num_negatives: int,
+) -> SplitResult:
+    num_users, num_items = len(users), len(items)
+    user_idx = np.searchsorted(users["user_id"].to_numpy(), interactions["user_id"].to_numpy())
+    item_idx = np.searchsorted(items["item_id"].to_numpy(), interactions["item_id"].to_numpy())
+    order = np.lexsort(
+        (interactions["item_id"].to_numpy(), interactions["timestamp"].to_numpy(), user_idx)
+    )
+    user_idx, item_idx = user_idx[order], item_idx[order]
+    label = interactions["label"].to_numpy()[order].astype(np.int8)
+
+    val_rows, test_rows = leave_one_out(user_idx, label, min_positives)
+    in_train = np.ones(len(user_idx), dtype=bool)
+    in_train[val_rows] = False
+    in_train[test_rows] = False
+
+    rated_keys = np.sort(user_idx.astype(np.int64) * num_items + item_idx)
+    held = {}
+    for name, rows, stream in (("val", val_rows, 1), ("test", test_rows, 2)):
+        cand = sample_candidates(
+            user_idx[rows], rated_keys, num_items, num_negatives, rng_for(seed, "candidates", stream)
+        )
+        held[name] = HeldOut(user_idx[rows], item_idx[rows], cand)
+
+    # Encoders see the train split only: a user or item that occurs only in val/test is unknown.
+    train_u, train_i = user_idx[in_train], item_idx[in_train]
+    seen_users = users.iloc[np.unique(train_u)]
+    seen_items = items.iloc[np.unique(train_i)]
+    fields: list[Field] = []
+    user_cols = []
+    for col, name in enumerate(USER_SPARSE):
+        vocab = fit_vocab(seen_users[name])
+        user_cols.append(encode(users[name], vocab))
+        fields.append(Field(name, "user", "sparse", len(vocab) + 1, col))
+    item_cols = []
+    for col, name in enumerate(ITEM_SPARSE):
+        vocab = fit_vocab(seen_items[name])
+        item_cols.append(encode(items[name], vocab))
+        fields.append(Field(name, "item", "sparse", len(vocab) + 1, col))
+    genre_vocab = fit_vocab(np.concatenate([np.asarray(g, dtype=object) for g in seen_items["genres"]]))
+    item_genres = encode_lists(list(items["genres"]), genre_vocab)
+    fields.append(Field("genres", "item", "sequence", len(genre_vocab) + 1, 0))
+
+    n_unrated = num_items - np.bincount(user_idx, minlength=num_users)
+    short = {
+        name: {
+            str(users["user_id"].iloc[u]): int(n_unrated[u])
+            for u in h.users[n_unrated[h.users] < num_negatives]
+        }
+        for name, h in held.items()
+    }
+    summary = {
+        "num_users": num_users,
+        "num_items": num_items,
+        "num_interactions": len(user_idx),
+        "train_rows": int(in_train.sum()),
+        "train_positives": int(label[in_train].sum()),
+        "train_observed_negatives": int((label[in_train] == 0).sum()),
+        "val_users": len(val_rows),
+        "test_users": len(test_rows),
+        "train_only_users": int(num_users - len(test_rows)),
+        "users_with_fewer_candidates": short,
+        "items_unseen_in_train": int(num_items - len(np.unique(train_i))),
+    }
+    return SplitResult(
+        train_users=train_u.astype(np.int32),
+        train_items=train_i.astype(np.int32),
+        train_labels=label[in_train],
+        val=held["val"],
+        test=held["test"],
+        user_features=np.stack(user_cols, axis=1),
+        item_features=np.stack(item_cols, axis=1),
+        item_genres=item_genres,
+        user_ids=users["user_id"].to_numpy().astype(np.int64),
+        item_ids=items["item_id"].to_numpy().astype(np.int64),
+        schema=Schema(tuple(fields), num_users, num_items),
+        summary=summary,
+    )
+
+
+_ARRAYS = (
+    "train_users", "train_items", "train_labels", "user_features", "item_features", "item_genres",
+    "user_ids", "item_ids",
+)  # fmt: skip
+
+
+def write_split(result: SplitResult, out_dir: Path) -> None:
+    """All split outputs into `out_dir`, replaced as a whole (never half-written)."""
+    with atomic_dir(out_dir) as tmp:
+        for name in _ARRAYS:
+            write_npy(tmp / f"{name}.npy", getattr(result, name))
+        for split_name in ("val", "test"):
+            held: HeldOut = getattr(result, split_name)
+            write_npy(tmp / f"{split_name}_users.npy", held.users.astype(np.int32))
+            write_npy(tmp / f"{split_name}_items.npy", held.items.astype(np.int32))
+            write_npy(tmp / f"{split_name}_candidates.npy", held.candidates.astype(np.int32))
+        write_json(tmp / "schema.json", result.schema.to_dict())
+        write_json(tmp / "summary.json", result.summary)
+
+
+def read_split(split_dir: Path) -> SplitResult:
+    split_dir = Path(split_dir)
+    if not (split_dir / "schema.json").is_file():
+        raise FileNotFoundError(
+            f"{split_dir}/schema.json not found: run the split stage first (dvc repro split)."
+        )
+    arrays = {name: read_npy(split_dir / f"{name}.npy") for name in _ARRAYS}
+    held = {
+        s: HeldOut(
+            read_npy(split_dir / f"{s}_users.npy"),
+            read_npy(split_dir / f"{s}_items.npy"),
+            read_npy(split_dir / f"{s}_candidates.npy"),
+        )
+        for s in ("val", "test")
+    }
+    return SplitResult(
+        **arrays,
+        val=held["val"],
+        test=held["test"],
+        schema=Schema.from_dict(read_json(split_dir / "schema.json")),
+        summary=read_json(split_dir / "summary.json"),
+    )

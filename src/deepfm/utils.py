@@ -1,0 +1,77 @@
+"""Small shared helpers: seeded generators, thread setup, environment facts."""
+
+from __future__ import annotations
+
+import os
+import platform
+import zlib
+
+import numpy as np
+
+
+def rng_for(seed: int, purpose: str, *keys: int) -> np.random.Generator:
+    """An independent generator for one purpose, derived from the global seed.
+
+    Every random draw in the pipeline takes its own stream, so changing how many numbers one
+    part draws never shifts another part's randomness.
+    """
+    return np.random.default_rng([seed, zlib.crc32(purpose.encode()), *keys])
+
+
+def physical_cores() -> int:
+    """Physical CPU cores available to this process (hyper-threads don't speed up matmuls)."""
+    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        pairs = {
+            (block.split("physical id")[1].split("\n")[0], block.split("core id")[1].split("\n")[0])
+            for block in text.split("\n\n")
+            if "core id" in block and "physical id" in block
+        }
+        if pairs:
+            return max(1, min(len(pairs), logical or 1))
+    except OSError:
+        pass
+    return max(1, logical or 1)
+
+
+def environment(num_threads: int) -> dict:
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__.split("+")[0],
+        "numpy": np.__version__,
+        "threads": num_threads,
+        "platform": f"{platform.system()}-{platform.machine()}",
+    }
+
+
+def run_stage(main) -> None:
+    """Run a stage's main(); expected failures become one clear message and exit code 2."""
+    import sys
+
+    from deepfm.config import ConfigError
+    from deepfm.data.movielens import ParseError
+    from deepfm.data.sources import FetchError
+
+    expected: tuple[type[BaseException], ...] = (
+        ConfigError,
+        FetchError,
+        ParseError,
+        FileNotFoundError,
+    )
+    try:
+        from deepfm.training.loop import TrainingError
+
+        expected += (TrainingError,)
+        main()
+    except expected as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(
+            "interrupted: outputs written so far are complete; rerun `dvc repro`.", file=sys.stderr
+        )
+        sys.exit(130)

@@ -1,0 +1,124 @@
+"""Shared fixtures: small synthetic MovieLens data in the real file formats."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+          "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
+          "Romance", "Sci-Fi", "Thriller", "War", "Western"]  # fmt: skip
+
+
+def make_ml100k_files(folder: Path, n_users=40, n_items=60, per_user=(8, 25), seed=0) -> Path:
+    """Write u.data / u.user / u.item (and the small side files) in ML-100K's format."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for u in range(1, n_users + 1):
+        k = int(rng.integers(per_user[0], per_user[1] + 1))
+        items = rng.choice(np.arange(1, n_items + 1), size=k, replace=False)
+        for it in items:
+            rows.append((u, int(it), int(rng.integers(1, 6)), int(rng.integers(8.7e8, 8.9e8))))
+    (folder / "u.data").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows))
+    occupations = ["technician", "other", "writer", "student", "engineer"]
+    zips = ["85711", "94043", "T8H1N", "01002", "55105"]
+    (folder / "u.user").write_text(
+        "".join(
+            f"{u}|{int(rng.integers(7, 74))}|{'MF'[u % 2]}|{occupations[u % 5]}|{zips[u % 5]}\n"
+            for u in range(1, n_users + 1)
+        )
+    )
+    lines = []
+    for i in range(1, n_items + 1):
+        flags = (rng.random(19) < 0.15).astype(int)
+        date = "" if i == 7 else f"01-Jan-{1930 + (i * 7) % 68}"
+        title = f"Movie {i} ({date[-4:] or 'unknown'})" if i != 3 else "Café Noir (1995)"
+        lines.append(f"{i}|{title}|{date}||http://x|" + "|".join(map(str, flags)) + "\n")
+    (folder / "u.item").write_bytes("".join(lines).encode("latin-1"))
+    for name in ("README", "u.genre", "u.info", "u.occupation"):
+        (folder / name).write_text(f"synthetic {name}\n")
+    return folder
+
+
+def make_ml1m_files(folder: Path, n_users=30, n_items=40, seed=0) -> Path:
+    """ratings.dat / users.dat / movies.dat in ML-1M's '::' format (latin-1)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for u in range(1, n_users + 1):
+        for it in rng.choice(
+            np.arange(1, n_items + 1), size=int(rng.integers(6, 20)), replace=False
+        ):
+            rows.append(f"{u}::{it}::{int(rng.integers(1, 6))}::{int(rng.integers(9.5e8, 1e9))}\n")
+    (folder / "ratings.dat").write_text("".join(rows))
+    ages = [1, 18, 25, 35, 45, 50, 56]
+    (folder / "users.dat").write_text(
+        "".join(
+            f"{u}::{'MF'[u % 2]}::{ages[u % 7]}::{u % 21}::{48067 + u}\n"
+            for u in range(1, n_users + 1)
+        )
+    )
+    (folder / "movies.dat").write_bytes(
+        "".join(
+            f"{i}::Film {i} ({1950 + i})::{'Action|Comedy' if i % 2 else 'Drama'}\n"
+            for i in range(1, n_items + 1)
+        ).encode("latin-1")
+    )
+    return folder
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def make_zip(folder: Path, zip_path: Path, prefix: str, extra: dict[str, bytes] | None = None):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for f in sorted(folder.iterdir()):
+            z.write(f, f"{prefix}/{f.name}")
+        for name, data in (extra or {}).items():
+            z.writestr(name, data)
+    zip_path.write_bytes(buf.getvalue())
+    return zip_path
+
+
+@pytest.fixture
+def ml100k_dir(tmp_path) -> Path:
+    return make_ml100k_files(tmp_path / "ml-100k")
+
+
+@pytest.fixture
+def canonical(ml100k_dir):
+    from deepfm.data.movielens import load_canonical
+
+    return load_canonical("ml-100k", ml100k_dir, 4)
+
+
+@pytest.fixture
+def split(canonical):
+    from deepfm.data.split import split_dataset
+
+    interactions, users, items = canonical
+    return split_dataset(interactions, users, items, seed=7, min_positives=3, num_negatives=30)
+
+
+def tiny_frames():
+    """A hand-made interaction table for protocol checks."""
+    return pd.DataFrame(
+        {
+            "user_id": [1, 1, 1, 1, 1, 2, 2, 2],
+            "item_id": [10, 11, 12, 13, 14, 10, 11, 12],
+            "rating": [5, 4, 2, 5, 5, 5, 4, 1],
+            "timestamp": [1, 2, 3, 4, 4, 1, 2, 3],
+        }
+    )

@@ -1,0 +1,64 @@
+import pytest
+import yaml
+
+from deepfm.config import ConfigError, load_config, parse_config
+from tests.conftest import REPO
+
+
+def test_repo_params_load_and_are_complete():
+    cfg = load_config(REPO / "params.yaml")
+    assert cfg.model in cfg.models
+    assert cfg.eval.num_negatives == 999
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"train": {"epoch": 3}}, r"unknown key 'train\.epoch'.*Did you mean 'epochs'"),
+        ({"trian": {}}, r"unknown key 'trian'.*Did you mean 'train'"),
+        ({"train": {"epochs": "ten"}}, r"'train\.epochs' is 'ten' \(str\); it must be an integer"),
+        ({"train": {"epochs": 2.5}}, r"'train\.epochs' is 2\.5.*integer"),
+        ({"train": {"observed_negatives": 1}}, r"'train\.observed_negatives'.*true or false"),
+        ({"train": {"epochs": 0}}, r"'train\.epochs' is 0; it must be >= 1"),
+        ({"train": {"learning_rate": 0}}, r"'train\.learning_rate' is 0\.0; it must be > 0"),
+        ({"train": {"optimizer": "adagrad"}}, r"'train\.optimizer' is 'adagrad'; allowed: 'adam'"),
+        ({"eval": {"ks": [10, 0]}}, r"'eval\.ks\[1\]' is 0; it must be >= 1"),
+        ({"eval": {"ks": []}}, r"'eval\.ks'.*non-empty"),
+        (
+            {"deepfm": {"dropout": 1.5}},
+            r"'deepfm\.dropout' is 1\.5; it must be >= 0\.0 and <= 0\.99",
+        ),
+        ({"model": "xgboost"}, r"'model' is 'xgboost'; allowed: deepfm, itempop"),
+        ({"dataset": "ml-25m"}, r"'dataset' is 'ml-25m'; allowed: ml-100k, ml-1m"),
+        ({"data": {"label_threshold": True}}, r"'data\.label_threshold' is True"),
+        ({"train": {"epochs": 5, "min_epochs": 9}}, r"'train\.min_epochs' \(9\) is larger"),
+        ({"train": 3}, r"'train' must be a mapping"),
+    ],
+)
+def test_bad_values_name_key_value_and_allowed(raw, expected):
+    with pytest.raises(ConfigError, match=expected):
+        parse_config(raw)
+
+
+def test_pipeline_loader_requires_every_key(tmp_path):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    del raw["train"]["patience"]
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"missing key 'train\.patience'.*patience: 5"):
+        load_config(p)
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("seed: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+
+
+def test_types_are_normalised():
+    cfg = parse_config({"train": {"learning_rate": 1}})
+    assert isinstance(cfg.train.learning_rate, float)
+    assert cfg.train.learning_rate == 1.0
+    assert cfg.to_dict()["train"]["learning_rate"] == 1.0
+    assert cfg.to_dict()["deepfm"]["dnn_hidden"] == list(cfg.models["deepfm"].dnn_hidden)

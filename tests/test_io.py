@@ -1,0 +1,70 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from deepfm.config import DeepFMConfig, parse_config
+from deepfm.data.batches import feature_tensors
+from deepfm.io import atomic_path, load_checkpoint, write_json
+from deepfm.models import build_model
+from deepfm.training.loop import checkpoint_payload, load_model
+from tests.conftest import REPO
+
+
+def test_checkpoint_round_trip_weights_only(split, tmp_path):
+    torch.manual_seed(0)
+    cfg = parse_config({"deepfm": {"embed_dim": 4, "dnn_hidden": [8]}})
+    model = build_model("deepfm", split.schema, feature_tensors(split), cfg.model_params)
+    model.eval()
+    path = tmp_path / "model.pt"
+    from deepfm.io import save_checkpoint
+
+    save_checkpoint(path, checkpoint_payload(cfg, model, 3, {"full_ndcg@10": 0.1}))
+    payload = torch.load(path, weights_only=True)  # no pickle of arbitrary objects
+    assert payload["epoch"] == 3 and payload["model"] == "deepfm"
+    loaded, _ = load_model(path)
+    assert isinstance(loaded.embedding.dim, int) and loaded.embedding.dim == 4
+    u, i = torch.arange(5), torch.arange(5)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(u, i), model(u, i))
+    assert load_checkpoint(path)["model_params"] == {
+        "embed_dim": 4,
+        "dnn_hidden": [8],
+        "dropout": DeepFMConfig().dropout,
+        "batch_norm": True,
+    }
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    target = tmp_path / "out.json"
+    write_json(target, {"a": 1})
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert target.read_text() == '{\n  "a": 1\n}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_killed_writer_never_leaves_a_truncated_file(tmp_path):
+    target = tmp_path / "big.json"
+    write_json(target, {"old": True})
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(REPO / "src")!r})
+        from deepfm.io import atomic_path
+        with atomic_path({str(target)!r}) as tmp:
+            with open(tmp, "w") as f:
+                f.write("x" * 1000)
+                f.flush()
+                print("writing", flush=True)
+                time.sleep(30)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert target.read_text() == '{\n  "old": true\n}\n'

@@ -1,0 +1,59 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import log_loss as sk_log_loss
+from sklearn.metrics import roc_auc_score
+
+from deepfm.training import metrics as M
+
+
+def test_pessimistic_rank_with_ties_and_padding():
+    pos = torch.tensor([0.5, 0.5, 0.9])
+    others = torch.tensor([[0.1, 0.5, 0.7], [0.1, 0.2, 0.3], [0.9, 0.9, 0.9]])
+    valid = torch.tensor([[True, True, True], [True, True, True], [True, False, False]])
+    # user 0: 0.5 tie + 0.7 above -> rank 3; user 1: best -> 1; user 2: one valid tie -> 2
+    assert M.pessimistic_rank(pos, others, valid).tolist() == [3, 1, 2]
+
+
+def test_all_tied_scores_rank_last():
+    pos = torch.zeros(1)
+    assert M.pessimistic_rank(pos, torch.zeros(1, 999)).item() == 1000
+
+
+def test_hr_ndcg_mrr_hand_worked():
+    ranks = np.array([1, 2, 3, 11])
+    assert M.hit_rate(ranks, 1) == 0.25
+    assert M.hit_rate(ranks, 10) == 0.75
+    expected = (1 + 1 / math.log2(3) + 1 / math.log2(4) + 0) / 4
+    assert M.ndcg(ranks, 10) == pytest.approx(expected)
+    assert M.ndcg(ranks, 1) == 0.25
+    assert M.mrr(ranks) == pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 11) / 4)
+
+
+def test_ndcg_never_exceeds_hr():
+    ranks = np.random.default_rng(0).integers(1, 100, size=1000)
+    for k in (1, 5, 10, 20, 50):
+        assert M.ndcg(ranks, k) <= M.hit_rate(ranks, k)
+
+
+def test_auc_hand_worked_with_ties():
+    labels = np.array([1, 0, 0, 1, 0])
+    scores = np.array([0.8, 0.8, 0.1, 0.3, 0.5])
+    # pairs (pos, neg): 0.8 vs {0.8 tie=.5, 0.1 win, 0.5 win} + 0.3 vs {0.8 lose, 0.1 win, 0.5 lose}
+    assert M.auc(labels, scores) == pytest.approx((0.5 + 1 + 1 + 0 + 1 + 0) / 6)
+
+
+def test_auc_and_logloss_match_sklearn():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 5000)
+    logits = np.round(rng.normal(size=5000) + labels, 1)  # rounding makes many ties
+    assert M.auc(labels, logits) == pytest.approx(roc_auc_score(labels, logits), abs=1e-12)
+    probs = 1 / (1 + np.exp(-logits))
+    assert M.log_loss(labels, logits) == pytest.approx(sk_log_loss(labels, probs), rel=1e-9)
+
+
+def test_logloss_is_stable_for_large_logits():
+    assert M.log_loss(np.array([1, 0]), np.array([1000.0, -1000.0])) == pytest.approx(0.0)
+    assert M.log_loss(np.array([0]), np.array([1000.0])) == pytest.approx(1000.0)
