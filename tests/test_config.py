@@ -31,7 +31,6 @@ def test_repo_params_load_and_are_complete():
         ({"model": "xgboost"}, r"'model' is 'xgboost'; allowed: deepfm, itempop"),
         ({"dataset": "ml-25m"}, r"'dataset' is 'ml-25m'; allowed: ml-100k, ml-1m"),
         ({"data": {"label_threshold": True}}, r"'data\.label_threshold' is True"),
-        ({"train": {"epochs": 5, "min_epochs": 9}}, r"'train\.min_epochs' \(9\) is larger"),
         ({"train": 3}, r"'train' must be a mapping"),
     ],
 )
@@ -45,7 +44,7 @@ def test_pipeline_loader_requires_every_key(tmp_path):
     del raw["train"]["patience"]
     p = tmp_path / "params.yaml"
     p.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ConfigError, match=r"missing key 'train\.patience'.*patience: 5"):
+    with pytest.raises(ConfigError, match=r"missing key 'train\.patience'.*patience: 8"):
         load_config(p)
 
 
@@ -54,6 +53,11 @@ def test_yaml_is_loaded_safely(tmp_path):
     p.write_text("seed: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(p)
+
+
+def test_epochs_below_min_epochs_is_allowed():
+    # `dvc exp run -S train.epochs=2` must work with the default min_epochs
+    assert parse_config({"train": {"epochs": 2, "min_epochs": 10}}).train.epochs == 2
 
 
 def test_types_are_normalised():

@@ -41,9 +41,10 @@ class DeepFM(RankingModel):
         fm_u = 0.5 * (su.pow(2).sum(-1) - eu.pow(2).sum((1, 2)))
         fm_i = 0.5 * (si.pow(2).sum(-1) - ei.pow(2).sum((1, 2)))
         additive = (lin_u + fm_u)[:, None] + (lin_i + fm_i)[None, :] + su @ si.T + self.bias
-        w = self.dnn.first.weight  # (H, (Fu + Fi) * k), user fields first
+        folded = self.dnn.folded_linears()
+        w, b = folded[0]  # (H, (Fu + Fi) * k), user fields first
         split = eu.shape[1] * eu.shape[2]
-        hu = eu.flatten(1) @ w[:, :split].T + self.dnn.first.bias  # (U, H)
+        hu = torch.addmm(b, eu.flatten(1), w[:, :split].T)  # (U, H)
         hi = ei.flatten(1) @ w[:, split:].T  # (I, H)
-        deep = self.dnn.forward_after_first(hu[:, None, :] + hi[None, :, :])  # (U, I)
+        deep = self.dnn.forward_from_first(hu[:, None, :] + hi[None, :, :], folded)  # (U, I)
         return additive + deep

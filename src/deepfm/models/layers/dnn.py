@@ -36,8 +36,32 @@ class DNN(nn.Module):
         """(B, in_dim) -> (B,) logits."""
         return self.layers(x).squeeze(-1)
 
-    def forward_after_first(self, h: torch.Tensor) -> torch.Tensor:
-        """Run every layer after the first Linear on its pre-activation `h` (..., hidden[0])."""
+    @torch.no_grad()
+    def folded_linears(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Inference-mode (W, b) of each Linear with the BatchNorm after it folded in.
+
+        In eval mode BatchNorm is the affine map y = (x - mean) / sqrt(var + eps) * g + beta,
+        so it merges into the preceding Linear; dropout is the identity. Scoring a U x I
+        matrix then touches each big intermediate once instead of three times.
+        """
+        assert not self.training, "folding BatchNorm needs eval mode (running statistics)"
+        out: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for layer in self.layers:
+            if isinstance(layer, nn.Linear):
+                out.append((layer.weight, layer.bias))
+            elif isinstance(layer, nn.BatchNorm1d):
+                w, b = out[-1]
+                scale = layer.weight / torch.sqrt(layer.running_var + layer.eps)
+                out[-1] = (w * scale[:, None], (b - layer.running_mean) * scale + layer.bias)
+        return out
+
+    @torch.no_grad()
+    def forward_from_first(self, h: torch.Tensor, folded) -> torch.Tensor:
+        """Finish the inference forward pass from the first (folded) Linear's output
+        `h` (..., hidden[0]); `folded` is folded_linears()."""
         shape = h.shape[:-1]
-        h = h.reshape(-1, h.shape[-1])
-        return self.layers[1:](h).reshape(shape)
+        h = h.reshape(-1, h.shape[-1]).relu_()
+        for w, b in folded[1:-1]:
+            h = torch.addmm(b, h, w.T).relu_()
+        w, b = folded[-1]
+        return torch.addmm(b, h, w.T).reshape(shape)
