@@ -15,6 +15,8 @@ from deepfm.training.loop import train
 from deepfm.utils import run_stage
 
 SPLIT, MODEL = Path("data/split"), Path("models/model.pt")
+# Written after every epoch and removed at the end: an interrupted `dvc repro` resumes from it.
+RESUME = Path("models/.train_state.pt")
 LIVE_DIR, TIMING_DIR = "metrics/train", "metrics/timing"
 
 
@@ -25,7 +27,7 @@ def main() -> None:
         Live(LIVE_DIR, save_dvc_exp=False, dvcyaml=None) as live,
         Live(TIMING_DIR, save_dvc_exp=False, dvcyaml=None) as timing,
     ):
-        outcome = train(cfg, split, MODEL, live=live, timing_live=timing)
+        outcome = train(cfg, split, MODEL, live=live, timing_live=timing, resume_path=RESUME)
         summary = {
             "model": cfg.model,
             "parameters": outcome.num_parameters,

@@ -28,7 +28,15 @@ def test_repo_params_load_and_are_complete():
             {"deepfm": {"dropout": 1.5}},
             r"'deepfm\.dropout' is 1\.5; it must be >= 0\.0 and <= 0\.99",
         ),
-        ({"model": "xgboost"}, r"'model' is 'xgboost'; allowed: deepfm, itempop"),
+        (
+            {"model": "xgboost"},
+            r"'model' is 'xgboost'; allowed: attention_deepfm, deepfm, fm, itempop, lr, xdeepfm",
+        ),
+        ({"lr": {"embed_dim": 4}}, r"unknown key 'lr\.embed_dim'\. This section takes none\."),
+        (
+            {"xdeepfm": {"cin_layers": [63, 64]}},
+            r"'xdeepfm\.cin_layers' is \[63, 64\]; with 'xdeepfm\.cin_split_half: true'",
+        ),
         ({"dataset": "ml-25m"}, r"'dataset' is 'ml-25m'; allowed: ml-100k, ml-1m"),
         ({"data": {"label_threshold": True}}, r"'data\.label_threshold' is True"),
         ({"train": 3}, r"'train' must be a mapping"),

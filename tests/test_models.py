@@ -3,10 +3,20 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from deepfm.config import MODEL_SECTIONS, DeepFMConfig, ItemPopConfig
+from deepfm.config import (
+    MODEL_SECTIONS,
+    AttentionDeepFMConfig,
+    ConfigError,
+    DeepFMConfig,
+    FMConfig,
+    ItemPopConfig,
+    LRConfig,
+    XDeepFMConfig,
+)
 from deepfm.data.batches import feature_tensors
-from deepfm.models import MODELS, build_model
+from deepfm.models import MODELS, RankingModel, build_model
 from deepfm.models.layers import DNN, FeatureEmbedding, fm_interaction
 
 
@@ -21,8 +31,11 @@ def test_fm_identity_equals_naive_pairwise_sum():
 
 def test_registry_matches_params_sections():
     assert set(MODELS) == set(MODEL_SECTIONS)
-    with pytest.raises(ValueError, match="unknown model 'nope'; registered: deepfm, itempop"):
+    names = "attention_deepfm, deepfm, fm, itempop, lr, xdeepfm"
+    with pytest.raises(ValueError, match=f"unknown model 'nope'; registered: {names}"):
         build_model("nope", None, {}, None)
+    with pytest.raises(TypeError, match="model 'fm' takes FMConfig params"):
+        build_model("fm", None, {}, DeepFMConfig())
 
 
 def test_genre_bag_mean_excludes_padding(split):
@@ -43,13 +56,26 @@ def test_dnn_shapes_and_he_init():
     assert abs(std - np.sqrt(2 / 64)) < 0.02
 
 
-@pytest.mark.parametrize("name", ["deepfm", "itempop"])
+SMALL_PARAMS = {
+    "attention_deepfm": AttentionDeepFMConfig(
+        embed_dim=4, attention_layers=2, attention_heads=2, attention_dim=3, dnn_hidden=[16, 8]
+    ),
+    "deepfm": DeepFMConfig(embed_dim=4, dnn_hidden=[16, 8], dropout=0.0),
+    "fm": FMConfig(embed_dim=4),
+    "itempop": ItemPopConfig(),
+    "lr": LRConfig(),
+    "xdeepfm": XDeepFMConfig(embed_dim=4, cin_layers=[6, 5], dnn_hidden=[16, 8]),
+}
+
+
+def test_every_model_has_small_test_params():
+    assert set(SMALL_PARAMS) == set(MODELS)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_forward_shapes_gradients_and_score_matrix(split, name):
     torch.manual_seed(0)
-    params = {
-        "deepfm": DeepFMConfig(embed_dim=4, dnn_hidden=[16, 8], dropout=0.0),
-        "itempop": ItemPopConfig(),
-    }[name]
+    params = SMALL_PARAMS[name]
     model = build_model(name, split.schema, feature_tensors(split), params)
     users = torch.from_numpy(split.train_users[:32].astype(np.int64))
     items = torch.from_numpy(split.train_items[:32].astype(np.int64))
@@ -59,7 +85,9 @@ def test_forward_shapes_gradients_and_score_matrix(split, name):
         out.sum().backward()
         grads = [p.grad for p in model.parameters()]
         assert all(g is not None for g in grads)
-        assert any(g.abs().sum() > 0 for g in model.embedding.parameters())
+        tables = [m for m in model.modules() if isinstance(m, nn.Embedding | nn.EmbeddingBag)]
+        assert tables
+        assert all(m.weight.grad.abs().sum() > 0 for m in tables)
         # BatchNorm statistics in eval mode so that both paths compute the same function
         for _ in range(3):
             model(users, items)
@@ -71,15 +99,20 @@ def test_forward_shapes_gradients_and_score_matrix(split, name):
     with torch.no_grad():
         fast = model.score_matrix(u, i)
         slow = model(u.repeat_interleave(len(i)), i.repeat(len(u))).reshape(len(u), len(i))
+        chunked = RankingModel.score_matrix(model, u, i, chunk=7)  # chunks that split users
+        blocked = model.score_matrix(u, i, chunk=16)  # several user and item blocks
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(chunked, slow, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(blocked, slow, rtol=1e-5, atol=1e-5)
 
 
-def test_itempop_orders_by_train_popularity(split):
-    model = build_model("itempop", split.schema, feature_tensors(split), ItemPopConfig())
-    model.fit(split.train_users, split.train_items, split.train_labels)
-    pos_counts = np.bincount(
-        split.train_items[split.train_labels == 1], minlength=split.schema.num_items
-    )
-    scores = model.item_logits.numpy()
-    order = np.argsort(pos_counts, kind="stable")
-    assert (np.diff(scores[order]) >= -1e-6).all()
+def test_xdeepfm_params_reject_odd_split_sizes():
+    with pytest.raises(ConfigError, match=r"'xdeepfm\.cin_layers' is \[63, 64\].*even"):
+        XDeepFMConfig(cin_layers=[63, 64])
+    XDeepFMConfig(cin_layers=[63, 64], cin_split_half=False)
+
+
+def test_default_score_chunk_bounds_cin_blocks():
+    # xDeepFM's score_matrix holds a few (pairs, k, H_l) float blocks at once: keep each small
+    p = XDeepFMConfig()
+    assert MODELS["xdeepfm"].score_chunk * p.embed_dim * max(p.cin_layers) * 4 < 100e6

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -97,3 +99,40 @@ def test_train_curves_and_plots(pipeline):
     assert (work / "metrics/train/plots/metrics/val/full_ndcg@10.tsv").is_file()
     shown = _run(["dvc", "metrics", "show", "--json"], work, env)
     assert "full_ndcg@10" in shown
+
+
+def _set_epochs(work: Path, epochs: int) -> None:
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["train"].update(epochs=epochs, min_epochs=epochs)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_interrupted_train_resumes_to_the_same_metrics_bytes(pipeline):
+    work, env, *_ = pipeline
+    _set_epochs(work, 3)
+    _run(["dvc", "repro"], work, env)
+    clean = (work / "metrics/eval.json").read_bytes()
+    clean_lock = (work / "dvc.lock").read_text()
+
+    state = work / "models/.train_state.pt"
+    proc = subprocess.Popen(
+        ["dvc", "repro", "--force", "train"],
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert state.exists(), "train never saved its per-epoch state"
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the middle of epoch 2
+    proc.communicate(timeout=120)
+    assert state.exists()
+
+    resumed = _run(["dvc", "repro"], work, env)
+    assert "resum" in resumed.lower() or "Running stage 'train'" in resumed
+    assert not state.exists()
+    assert (work / "metrics/eval.json").read_bytes() == clean
+    assert (work / "dvc.lock").read_text() == clean_lock

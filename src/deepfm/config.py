@@ -47,6 +47,11 @@ class TrainConfig:
     weight_decay: float = field(default=0.0, metadata=_range(0.0, 1.0))
     embedding_l2: float = field(default=0.0, metadata=_range(0.0, 1.0))
     grad_clip: float = field(default=0.0, metadata=_range(0.0))
+    # learning-rate schedule: plateau halves-by-factor on a stalled validation monitor,
+    # cosine anneals to 0 over `epochs`
+    scheduler: Literal["none", "plateau", "cosine"] = "none"
+    plateau_factor: float = field(default=0.5, metadata=_range(0.0, 1.0, lo_open=True))
+    plateau_patience: int = field(default=2, metadata=_range(0, 10_000))
     negatives_per_positive: int = field(default=4, metadata=_range(0, 1000))
     observed_negatives: bool = False
     num_threads: int = field(default=0, metadata=_range(0, 1024))
@@ -70,13 +75,58 @@ class DeepFMConfig:
 
 @dataclass(frozen=True)
 class ItemPopConfig:
+    # popularity = number of train ratings of the item (the usual ItemPop), or of its positives
+    count: Literal["ratings", "positives"] = "ratings"
     smoothing: float = field(default=1.0, metadata=_range(0.0, lo_open=True))
+
+
+@dataclass(frozen=True)
+class LRConfig:
+    """Logistic regression on the one-hot fields: nothing to choose (`lr: {}`)."""
+
+
+@dataclass(frozen=True)
+class FMConfig:
+    embed_dim: int = field(default=16, metadata=_range(1, 1024))
+
+
+@dataclass(frozen=True)
+class XDeepFMConfig:
+    embed_dim: int = field(default=16, metadata=_range(1, 1024))
+    cin_layers: list[int] = field(default_factory=lambda: [64, 64], metadata=_range(1, 4096))
+    cin_split_half: bool = True
+    dnn_hidden: list[int] = field(default_factory=lambda: [128, 64], metadata=_range(1, 65536))
+    dropout: float = field(default=0.2, metadata=_range(0.0, 0.99))
+    batch_norm: bool = True
+
+    def __post_init__(self):
+        # checked here, not only in the CIN layer, so a bad `-S` override fails at load time
+        if self.cin_split_half and any(h % 2 for h in self.cin_layers[:-1]):
+            raise ConfigError(
+                f"params.yaml: 'xdeepfm.cin_layers' is {list(self.cin_layers)!r}; with "
+                "'xdeepfm.cin_split_half: true' every size but the last must be even."
+            )
+
+
+@dataclass(frozen=True)
+class AttentionDeepFMConfig:
+    embed_dim: int = field(default=16, metadata=_range(1, 1024))
+    attention_layers: int = field(default=3, metadata=_range(0, 64))  # 0 = DeepFM
+    attention_heads: int = field(default=2, metadata=_range(1, 64))
+    attention_dim: int = field(default=32, metadata=_range(1, 1024))  # per head
+    dnn_hidden: list[int] = field(default_factory=lambda: [128, 64], metadata=_range(1, 65536))
+    dropout: float = field(default=0.2, metadata=_range(0.0, 0.99))
+    batch_norm: bool = True
 
 
 # One params section per model; the registry in deepfm.models maps the same names to classes.
 MODEL_SECTIONS: dict[str, type] = {
+    "attention_deepfm": AttentionDeepFMConfig,
     "deepfm": DeepFMConfig,
+    "fm": FMConfig,
     "itempop": ItemPopConfig,
+    "lr": LRConfig,
+    "xdeepfm": XDeepFMConfig,
 }
 
 
@@ -166,9 +216,8 @@ def _check_value(key: str, value, tp, meta) -> Any:
 def _unknown_key_error(key: str, known: list[str]) -> ConfigError:
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
-    return ConfigError(
-        f"params.yaml: unknown key '{key}'.{hint} Allowed here: {', '.join(sorted(known))}."
-    )
+    allowed = f"Allowed here: {', '.join(sorted(known))}." if known else "This section takes none."
+    return ConfigError(f"params.yaml: unknown key '{key}'.{hint} {allowed}")
 
 
 def _missing_key_error(key: str, default) -> ConfigError:

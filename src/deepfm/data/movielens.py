@@ -80,20 +80,31 @@ def _check_field_counts(data: bytes, sep: bytes, expected: int, path: Path) -> N
         )
 
 
-def _read_table(path: Path, sep: str, names: list[str], encoding: str) -> pd.DataFrame:
-    """Read a delimited file as strings, failing with the file and line of a bad field count."""
+def _read_bytes(path: Path, sep: str, n_fields: int) -> tuple[bytes, str]:
     data = path.read_bytes().replace(b"\r\n", b"\n")
     if len(sep) > 1:  # pandas' C parser takes one-byte separators only
         data = data.replace(sep.encode(), b"\t")
         sep = "\t"
-    _check_field_counts(data, sep.encode(), len(names), path)
+    _check_field_counts(data, sep.encode(), n_fields, path)
+    return data, sep
+
+
+def _read_table(
+    path: Path, sep: str, names: list[str], encoding: str, dtype=str, data: bytes | None = None
+) -> pd.DataFrame:
+    """Read a delimited file (as strings by default), failing with the file and line of a bad
+    field count."""
+    if data is None:
+        data, sep = _read_bytes(path, sep, len(names))
+    elif len(sep) > 1:
+        sep = "\t"
     try:
         frame = pd.read_csv(
             io.BytesIO(data),
             sep=sep,
             header=None,
             names=names,
-            dtype=str,
+            dtype=dtype,
             encoding=encoding,
             keep_default_na=False,
             quoting=3,  # QUOTE_NONE: titles contain quotes
@@ -117,10 +128,32 @@ def _to_int(frame: pd.DataFrame, column: str, path: Path, dtype=np.int64) -> np.
     return values.to_numpy().astype(dtype)
 
 
+RATING_COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
+
+
 def parse_ratings(path: Path, sep: str, *, rating_range=(1.0, 5.0)) -> pd.DataFrame:
-    frame = _read_table(path, sep, ["user_id", "item_id", "rating", "timestamp"], "latin-1")
-    rating = pd.to_numeric(frame["rating"].str.strip(), errors="coerce").to_numpy(np.float64)
+    data, _ = _read_bytes(path, sep, len(RATING_COLUMNS))
     lo, hi = rating_range
+    try:  # fast path: typed columns straight from the C parser (ML-20M: 20M rows)
+        typed = _read_table(path, sep, RATING_COLUMNS, "latin-1", data=data, dtype={
+            "user_id": np.int64, "item_id": np.int64, "rating": np.float64, "timestamp": np.int64,
+        })
+        rating = typed["rating"].to_numpy()
+        bad = np.isnan(rating) | (rating < lo) | (rating > hi)
+        if not bad.any():
+            out = pd.DataFrame({
+                "user_id": typed["user_id"].to_numpy().astype(np.int32),
+                "item_id": typed["item_id"].to_numpy().astype(np.int32),
+                "rating": rating.astype(np.float32),
+                "timestamp": typed["timestamp"].to_numpy(),
+            })
+            del typed
+            return _check_duplicates(out, path)
+    except (ValueError, OverflowError):
+        pass
+    # slow path, only for a malformed file: find and name the first bad line
+    frame = _read_table(path, sep, RATING_COLUMNS, "latin-1", data=data)
+    rating = pd.to_numeric(frame["rating"].str.strip(), errors="coerce").to_numpy(np.float64)
     bad = np.isnan(rating) | (rating < lo) | (rating > hi)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -136,7 +169,12 @@ def parse_ratings(path: Path, sep: str, *, rating_range=(1.0, 5.0)) -> pd.DataFr
             "timestamp": _to_int(frame, "timestamp", path, np.int64),
         }
     )
-    dup = out.duplicated(["user_id", "item_id"]).to_numpy()
+    return _check_duplicates(out, path)
+
+
+def _check_duplicates(out: pd.DataFrame, path: Path) -> pd.DataFrame:
+    key = out["user_id"].to_numpy().astype(np.int64) << 32 | out["item_id"].to_numpy()
+    dup = pd.Series(key).duplicated().to_numpy()
     if dup.any():
         i = int(np.flatnonzero(dup)[0])
         raise ParseError(

@@ -7,13 +7,21 @@ import torch
 
 from deepfm.config import MODEL_SECTIONS
 from deepfm.data.schema import Schema
+from deepfm.models.attention_deepfm import AttentionDeepFM
 from deepfm.models.base import RankingModel
 from deepfm.models.deepfm import DeepFM
+from deepfm.models.fm import FM
 from deepfm.models.itempop import ItemPop
+from deepfm.models.lr import LR
+from deepfm.models.xdeepfm import XDeepFM
 
 MODELS: dict[str, type[RankingModel]] = {
+    "attention_deepfm": AttentionDeepFM,
     "deepfm": DeepFM,
+    "fm": FM,
     "itempop": ItemPop,
+    "lr": LR,
+    "xdeepfm": XDeepFM,
 }
 
 

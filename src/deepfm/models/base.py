@@ -20,6 +20,9 @@ from deepfm.data.schema import Schema
 
 class RankingModel(nn.Module):
     trainable = True
+    # pairs per forward pass in the default score_matrix: peak memory is about this times the
+    # model's per-pair activations, so models with big intermediates (CIN) lower it
+    score_chunk = 1 << 18
 
     def __init__(self, schema: Schema, features: dict[str, torch.Tensor]):
         super().__init__()
@@ -47,10 +50,13 @@ class RankingModel(nn.Module):
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    @torch.no_grad()
     def score_matrix(
-        self, users: torch.Tensor, items: torch.Tensor, chunk: int = 1 << 18
+        self, users: torch.Tensor, items: torch.Tensor, chunk: int | None = None
     ) -> torch.Tensor:
-        """(U,) users x (I,) items -> (U, I) logits, by expanding pairs in chunks."""
+        """(U,) users x (I,) items -> (U, I) logits, by expanding pairs in chunks of `chunk`
+        (default: the class's score_chunk)."""
+        chunk = chunk or self.score_chunk
         n_u, n_i = len(users), len(items)
         pair_u = users.repeat_interleave(n_i)
         pair_i = items.repeat(n_u)

@@ -1,8 +1,9 @@
 """ItemPop: the train-split popularity of an item, the same for every user. No training.
 
-Its score is the smoothed log-odds that a train user liked the item,
-logit((positives(item) + a) / (num_train_users + 2a)), so LogLoss and AUC are meaningful
-alongside the ranking metrics.
+Popularity is the number of train users who rated the item (`count: ratings`, the usual
+ItemPop) or who rated it positively (`count: positives`). The score is its smoothed
+log-odds, logit((count + a) / (num_train_users + 2a)), so LogLoss is finite and AUC and
+every ranking metric are exactly those of the popularity order.
 """
 
 from __future__ import annotations
@@ -20,14 +21,16 @@ class ItemPop(RankingModel):
 
     def __init__(self, schema: Schema, features: dict, params: ItemPopConfig):
         super().__init__(schema, features)
+        self.count = params.count
         self.smoothing = params.smoothing
         self.register_buffer("item_logits", torch.zeros(schema.num_items))
 
     def fit(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray) -> None:
-        positives = np.bincount(items[labels == 1], minlength=self.schema.num_items)
+        counted = items if self.count == "ratings" else items[labels == 1]
+        counts = np.bincount(counted, minlength=self.schema.num_items)
         n = len(np.unique(users))
         a = self.smoothing
-        p = (positives + a) / (n + 2 * a)
+        p = (counts + a) / (n + 2 * a)
         self.item_logits.copy_(torch.from_numpy(np.log(p) - np.log1p(-p)).float())
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

@@ -6,12 +6,15 @@ Plain PyTorch, no framework: one function a reader can hold in their head.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -119,7 +122,94 @@ def _log(live, metrics: dict, prefix: str) -> None:
         return
     for key, value in metrics.items():
         if isinstance(value, float) and math.isfinite(value):
-            live.log_metric(f"{prefix}/{key}", round(value, 6))
+            live.log_metric(f"{prefix}/{key}" if prefix else key, round(value, 6))
+
+
+def train_steps(model, optimizer, batches, loss_fn, grad_clip: float = 0.0) -> float:
+    """One pass of optimizer steps over (users, items, labels) batches; the mean loss."""
+    total = None
+    count = 0
+    for users, items, labels in batches:
+        loss = loss_fn(model(users, items), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        # summed on the device: a .item() per step would synchronise a GPU every batch
+        weighted = loss.detach() * len(labels)
+        total = weighted if total is None else total + weighted
+        count += len(labels)
+    return float(total) / max(count, 1) if total is not None else float("nan")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
+    if cfg.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience
+        )
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    return None
+
+
+def run_fingerprint(cfg: Config, split: SplitResult) -> str:
+    """What a resumable run must share with the interrupted one: every param the train stage
+    reads and the training data itself."""
+    digest = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode())
+    for array in (
+        split.train_users,
+        split.train_items,
+        split.train_labels,
+        split.val.users,
+        split.val.items,
+        split.user_features,
+        split.item_features,
+        split.item_genres,
+    ):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class _LoopState:
+    """Everything that decides the rest of a run, saved after every completed epoch."""
+
+    epoch: int = 0
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    best_val: dict = field(default_factory=dict)
+    bad_epochs: int = 0
+    history: list[dict] = field(default_factory=list)  # per-epoch rows logged to dvclive
+    seconds: list[float] = field(default_factory=list)
+
+
+def _save_resume(
+    path, fingerprint, state: _LoopState, model, optimizer, scheduler, shuffle, best_payload
+) -> None:
+    save_checkpoint(
+        path,
+        {
+            "fingerprint": fingerprint,
+            "loop": {**dataclasses.asdict(state), "best_score": float(state.best_score)},
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else {},
+            "torch_rng": torch.get_rng_state(),
+            "shuffle_rng": shuffle.get_state(),
+            "best": best_payload,
+        },
+    )
+
+
+def _load_resume(path: Path | None, fingerprint: str):
+    if path is None or not path.is_file():
+        return None
+    try:
+        saved = load_checkpoint(path)
+    except Exception:  # a resume file we cannot read is only a lost shortcut, never an error
+        return None
+    return saved if saved.get("fingerprint") == fingerprint else None
 
 
 def train(
@@ -130,8 +220,14 @@ def train(
     live=None,
     timing_live=None,
     progress: bool | None = None,
+    resume_path: Path | None = None,
 ) -> TrainOutcome:
-    """Train cfg.model on the split; the best epoch (by validation MONITOR) goes to model_path."""
+    """Train cfg.model on the split; the best epoch (by validation MONITOR) goes to model_path.
+
+    With `resume_path`, the full state is saved there after every epoch, and a run started
+    with the same params and data continues from the last completed epoch, ending exactly as
+    an uninterrupted run would. The file is removed when training finishes.
+    """
     tc = cfg.train
     threads, device = setup_torch(tc, cfg.seed)
     progress = sys.stderr.isatty() if progress is None else progress
@@ -166,12 +262,39 @@ def train(
         )
 
     optimizer = make_optimizer(model, tc)
+    scheduler = make_scheduler(optimizer, tc)
     loss_fn = nn.BCEWithLogitsLoss()
     shuffle = torch.Generator().manual_seed(cfg.seed)
-    best_score, best_epoch, best_val, bad_epochs = -math.inf, 0, {}, 0
-    seconds: list[float] = []
+    state = _LoopState()
+    best_payload = None
+    fingerprint = run_fingerprint(cfg, split)
+    saved = _load_resume(resume_path, fingerprint)
+    if saved is not None:
+        state = _LoopState(**saved["loop"])
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["torch_rng"])
+        shuffle.set_state(saved["shuffle_rng"])
+        best_payload = saved["best"]
+        if best_payload is not None:
+            save_checkpoint(model_path, best_payload)  # DVC removed it before rerunning
+        for row in state.history:  # DVC removed the curves too: replay them
+            _log(live, row, "")
+            if live is not None:
+                live.next_step()
+        print(
+            f"resuming after epoch {state.epoch} (best so far: epoch {state.best_epoch})",
+            flush=True,
+        )
+
     stop_reason = f"reached train.epochs={tc.epochs}"
-    for epoch in range(1, tc.epochs + 1):
+    while state.epoch < tc.epochs:
+        epoch = state.epoch + 1
+        if epoch > tc.min_epochs and state.bad_epochs >= tc.patience:
+            stop_reason = f"early stop: no better {MONITOR} for {state.bad_epochs} epochs"
+            break
         start = time.perf_counter()
         model.train()
         users, items, labels = epoch_examples(
@@ -183,33 +306,36 @@ def train(
             observed_negatives=tc.observed_negatives,
         )
         tensors = tuple(torch.from_numpy(a).to(device) for a in (users, items, labels))
-        total_loss = torch.zeros((), device=device)
-        n_batches = math.ceil(len(users) / tc.batch_size)
         batches = iterate_batches(tensors, tc.batch_size, shuffle)
-        for u, i, y in tqdm(
-            batches, total=n_batches, desc=f"epoch {epoch}", disable=not progress, leave=False
-        ):
-            loss = loss_fn(model(u, i), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            optimizer.step()
-            total_loss += loss.detach() * len(y)
-        train_loss = float(total_loss) / len(users)
+        batches = tqdm(
+            batches,
+            total=math.ceil(len(users) / tc.batch_size),
+            desc=f"epoch {epoch}",
+            disable=not progress,
+            leave=False,
+        )
+        train_loss = train_steps(model, optimizer, batches, loss_fn, tc.grad_clip)
         if not math.isfinite(train_loss):
             raise TrainingError(
                 f"epoch {epoch}: the training loss is {train_loss}; stopping. The best checkpoint "
-                f"(epoch {best_epoch}) is kept. Lower train.learning_rate or set train.grad_clip."
+                f"(epoch {state.best_epoch}) is kept. Lower train.learning_rate or set "
+                "train.grad_clip."
             )
         train_seconds = time.perf_counter() - start
         val_start = time.perf_counter()
         val = validate()
         val_seconds = time.perf_counter() - val_start
-        seconds.append(train_seconds)
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(val[MONITOR])
+        elif scheduler is not None:
+            scheduler.step()
 
-        _log(live, {"loss": train_loss}, "train")
-        _log(live, {k: v for k, v in val.items() if k != "users"}, "val")
+        row = {
+            "train/loss": train_loss,
+            **{f"val/{k}": v for k, v in val.items() if k != "users"},
+            "train/lr": optimizer.param_groups[0]["lr"],
+        }
+        _log(live, row, "")
         if live is not None:
             live.next_step()
         if timing_live is not None:
@@ -222,20 +348,28 @@ def train(
                 f"hr@10 {val['hr@10']:.4f}  auc {val['auc']:.4f}  ({train_seconds:.1f}s)"
             )
 
-        if val[MONITOR] > best_score:
-            best_score, best_epoch, best_val, bad_epochs = val[MONITOR], epoch, val, 0
-            save_checkpoint(model_path, checkpoint_payload(cfg, model, epoch, val))
+        state.epoch = epoch
+        state.history.append(row)
+        state.seconds.append(train_seconds)
+        if val[MONITOR] > state.best_score:
+            state.best_score, state.best_epoch, state.best_val = val[MONITOR], epoch, val
+            state.bad_epochs = 0
+            best_payload = checkpoint_payload(cfg, model, epoch, val)
+            save_checkpoint(model_path, best_payload)
         else:
-            bad_epochs += 1
-            if epoch >= tc.min_epochs and bad_epochs >= tc.patience:
-                stop_reason = f"early stop: no better {MONITOR} for {bad_epochs} epochs"
-                break
+            state.bad_epochs += 1
+        if resume_path is not None:
+            _save_resume(
+                resume_path, fingerprint, state, model, optimizer, scheduler, shuffle, best_payload
+            )
+    if resume_path is not None:
+        resume_path.unlink(missing_ok=True)
     return TrainOutcome(
-        best_epoch,
-        best_val,
+        state.best_epoch,
+        state.best_val,
         epoch,
         stop_reason,
-        seconds,
+        state.seconds,
         threads,
         str(device),
         model.num_parameters(),

@@ -1,5 +1,15 @@
+from deepfm.models.layers.attention import FieldAttention, field_attention_stack
+from deepfm.models.layers.cin import CIN
 from deepfm.models.layers.dnn import DNN
 from deepfm.models.layers.embedding import FeatureEmbedding
 from deepfm.models.layers.fm import FMInteraction, fm_interaction
 
-__all__ = ["DNN", "FMInteraction", "FeatureEmbedding", "fm_interaction"]
+__all__ = [
+    "CIN",
+    "DNN",
+    "FMInteraction",
+    "FeatureEmbedding",
+    "FieldAttention",
+    "field_attention_stack",
+    "fm_interaction",
+]

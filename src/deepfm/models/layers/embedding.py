@@ -4,6 +4,11 @@ Sparse fields share one table with per-field offsets (one gather for all of them
 sequence fields (genres) are mean-pooled bags in which padding code 0 is left out of the
 mean. Lookups are split by side (user / item) so a model can embed U users and I items once
 and combine them into a U x I score matrix without materialising U*I rows of features.
+
+`field_dims` gives some fields their own size (a 3-code gender field needs fewer dimensions
+than a 1,700-code item id): such a field gets its own table and a bias-free Linear up to the
+common `dim`, so every model still sees (N, F, dim). Fields of the common size keep the
+shared-table fast path.
 """
 
 from __future__ import annotations
@@ -15,22 +20,64 @@ from deepfm.data.schema import Schema
 
 
 class FeatureEmbedding(nn.Module):
-    def __init__(self, schema: Schema, dim: int, init_std: float = 1e-2):
+    def __init__(
+        self,
+        schema: Schema,
+        dim: int,
+        init_std: float = 1e-2,
+        field_dims: dict[str, int] | None = None,
+    ):
         super().__init__()
+        field_dims = dict(field_dims or {})
+        names = [f.name for f in schema.fields]
+        unknown = sorted(set(field_dims) - set(names))
+        if unknown:
+            raise ValueError(
+                f"field_dims names unknown fields {', '.join(unknown)}; fields: {', '.join(names)}."
+            )
+        bad = {k: v for k, v in field_dims.items() if not isinstance(v, int) or v < 1}
+        if bad:
+            raise ValueError(f"field_dims sizes must be positive integers, got {bad}.")
+        # a field whose size equals `dim` needs no projection: it stays on the fast path
+        own = {name: size for name, size in field_dims.items() if size != dim}
+
         self.dim = dim
         self.sides: dict[str, dict] = {}
         self.tables = nn.ModuleDict()
         self.bags = nn.ModuleDict()
+        self.own_tables = nn.ModuleDict()
+        self.projections = nn.ModuleDict()
         for side in ("user", "item"):
             sparse = schema.by_source(side, "sparse")
-            offsets = torch.tensor([0] + [f.vocab_size for f in sparse], dtype=torch.long)
+            shared = [f for f in sparse if f.name not in own]
+            separate = [f for f in sparse if f.name in own]
+            sequence = schema.by_source(side, "sequence")
+            offsets = torch.tensor([0] + [f.vocab_size for f in shared], dtype=torch.long)
             self.register_buffer(f"{side}_offsets", offsets.cumsum(0)[:-1], persistent=False)
-            self.tables[side] = nn.Embedding(int(offsets.sum()), dim)
-            for f in schema.by_source(side, "sequence"):
-                self.bags[f.name] = nn.EmbeddingBag(f.vocab_size, dim, mode="mean", padding_idx=0)
+            if shared:
+                self.tables[side] = nn.Embedding(int(offsets.sum()), dim)
+            for f in separate:
+                self.own_tables[f.name] = nn.Embedding(f.vocab_size, own[f.name])
+            for f in sequence:
+                self.bags[f.name] = nn.EmbeddingBag(
+                    f.vocab_size, own.get(f.name, dim), mode="mean", padding_idx=0
+                )
+            for f in [*separate, *sequence]:
+                if f.name in own:
+                    self.projections[f.name] = nn.Linear(own[f.name], dim, bias=False)
+            # parts come out as [shared sparse, separate sparse, sequence]; `order` puts them
+            # back into schema order (sparse fields by column, then sequence fields)
+            produced = [*shared, *separate]
+            order = sorted(range(len(produced)), key=lambda p: sparse.index(produced[p]))
+            order += range(len(produced), len(produced) + len(sequence))
+            identity = order == list(range(len(order)))
+            self.register_buffer(
+                f"{side}_order", None if identity else torch.tensor(order), persistent=False
+            )
             self.sides[side] = {
-                "sparse_columns": [f.column for f in sparse],
-                "sequence": [(f.name, f.column) for f in schema.by_source(side, "sequence")],
+                "shared_columns": [f.column for f in shared],
+                "separate": [(f.name, f.column) for f in separate],
+                "sequence": [(f.name, f.column) for f in sequence],
             }
         self.num_user_fields = len(schema.by_source("user", "sparse")) + len(
             schema.by_source("user", "sequence")
@@ -39,17 +86,28 @@ class FeatureEmbedding(nn.Module):
             schema.by_source("item", "sequence")
         )
         self.num_fields = self.num_user_fields + self.num_item_fields
-        for module in [*self.tables.values(), *self.bags.values()]:
+        tables = [*self.tables.values(), *self.bags.values(), *self.own_tables.values()]
+        for module in tables:
             nn.init.normal_(module.weight, std=init_std)
             if isinstance(module, nn.EmbeddingBag):
                 with torch.no_grad():
                     module.weight[0].zero_()
 
     def side(self, side: str, codes: torch.Tensor, bags: list[torch.Tensor]) -> torch.Tensor:
-        """codes: (N, n_sparse) field codes of one side; bags: one (N, L) code matrix per
-        sequence field. Returns (N, n_fields_of_side, dim)."""
-        offsets = getattr(self, f"{side}_offsets")
-        parts = [self.tables[side](codes + offsets)]
-        for (name, _), bag in zip(self.sides[side]["sequence"], bags, strict=True):
-            parts.append(self.bags[name](bag).unsqueeze(1))
-        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        """codes: (N, n_sparse) field codes of one side, in column order; bags: one (N, L) code
+        matrix per sequence field. Returns (N, n_fields_of_side, dim)."""
+        spec = self.sides[side]
+        parts = []
+        if spec["shared_columns"]:
+            shared = codes if not spec["separate"] else codes[:, spec["shared_columns"]]
+            parts.append(self.tables[side](shared + getattr(self, f"{side}_offsets")))
+        for name, column in spec["separate"]:
+            parts.append(self.projections[name](self.own_tables[name](codes[:, column]))[:, None])
+        for (name, _), bag in zip(spec["sequence"], bags, strict=True):
+            pooled = self.bags[name](bag)
+            if name in self.projections:
+                pooled = self.projections[name](pooled)
+            parts.append(pooled.unsqueeze(1))
+        out = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        order = getattr(self, f"{side}_order")
+        return out if order is None else out[:, order]

@@ -1,0 +1,195 @@
+"""Throughput benchmark on real ML-100K: run by hand after `dvc repro`; prints a table, writes JSON.
+
+For each model it measures, medians of --repeats runs:
+- bound:     forward + backward + optimizer step on pre-built, pre-shuffled batches (the
+             compute-only bound of one epoch);
+- epoch:     the real training epoch (negative sampling + shuffling + batching + steps) and
+             its ratio to the bound;
+- sampling:  negative sampling alone (one epoch's examples);
+- eval:      evaluation alone (sampled candidates + full ranking, test split).
+Optionally (--repro) the wall time and peak RSS of `dvc repro --force`.
+
+    python benchmarks/throughput.py [--models deepfm xdeepfm] [--repeats 3] [--repro]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from deepfm.config import load_config  # noqa: E402
+from deepfm.data.batches import epoch_examples, feature_tensors, iterate_batches  # noqa: E402
+from deepfm.data.sampling import RatedIndex  # noqa: E402
+from deepfm.data.split import read_split  # noqa: E402
+from deepfm.models import MODELS, build_model  # noqa: E402
+from deepfm.training.evaluate import evaluate_held_out  # noqa: E402
+from deepfm.training.loop import make_optimizer, setup_torch, train_steps  # noqa: E402
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def bench_model(name: str, cfg, split, rated, device, repeats: int) -> dict:
+    tc = cfg.train
+    params = cfg.models[name]
+    torch.manual_seed(cfg.seed)
+    model = build_model(name, split.schema, feature_tensors(split), params).to(device)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    row: dict = {"model": name, "parameters": model.num_parameters()}
+
+    def examples(epoch=1):
+        return epoch_examples(
+            split,
+            rated,
+            seed=cfg.seed,
+            epoch=epoch,
+            negatives_per_positive=tc.negatives_per_positive,
+            observed_negatives=tc.observed_negatives,
+        )
+
+    row["sampling_s"], ex = timed(examples, repeats)
+    n = len(ex[0])
+    row["samples_per_epoch"] = n
+
+    if model.trainable:
+        optimizer = make_optimizer(model, tc)
+        tensors = tuple(torch.from_numpy(a).to(device) for a in ex)
+        prebuilt = list(iterate_batches(tensors, tc.batch_size, torch.Generator().manual_seed(0)))
+        model.train()
+        train_steps(model, optimizer, prebuilt[:5], loss_fn)  # warm-up (allocator, kernels)
+        row["bound_s"], _ = timed(lambda: train_steps(model, optimizer, prebuilt, loss_fn), repeats)
+
+        shuffle = torch.Generator().manual_seed(cfg.seed)
+
+        def real_epoch():
+            users, items, labels = examples()
+            t = tuple(torch.from_numpy(a).to(device) for a in (users, items, labels))
+            return train_steps(
+                model, optimizer, iterate_batches(t, tc.batch_size, shuffle), loss_fn, tc.grad_clip
+            )
+
+        row["epoch_s"], _ = timed(real_epoch, repeats)
+        row["epoch_over_bound"] = row["epoch_s"] / row["bound_s"]
+        row["bound_samples_per_s"] = n / row["bound_s"]
+        row["epoch_samples_per_s"] = n / row["epoch_s"]
+        row["sampling_share_of_epoch"] = row["sampling_s"] / row["epoch_s"]
+    else:
+        model.fit(split.train_users, split.train_items, split.train_labels)
+
+    model.eval()
+    row["eval_s"], _ = timed(
+        lambda: evaluate_held_out(
+            model,
+            split.test,
+            rated,
+            ks=cfg.eval.ks,
+            batch_users=cfg.eval.batch_users,
+            also_exclude=split.val.items,
+            device=device,
+        ),
+        repeats,
+    )
+    return row
+
+
+def bench_repro(repeats: int) -> dict:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run(
+            ["dvc", "repro", "--force"],
+            cwd=ROOT,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        times.append(time.perf_counter() - start)
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"repro_force_s": statistics.median(times), "repro_peak_rss_mb": peak_kb / 1024}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--models",
+        nargs="+",
+        default=[m for m in ("deepfm", "xdeepfm", "attention_deepfm") if m in MODELS],
+    )
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repro", action="store_true", help="also time `dvc repro --force`")
+    ap.add_argument("--device", default=None, help="override train.device (cpu | cuda)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "throughput.json"))
+    args = ap.parse_args()
+
+    cfg = load_config(ROOT / "params.yaml")
+    if args.device:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=args.device))
+    threads, device = setup_torch(cfg.train, cfg.seed)
+    split = read_split(ROOT / "data" / "split")
+    rated = RatedIndex(
+        split.train_users, split.train_items, split.schema.num_users, split.schema.num_items
+    )
+    env = {
+        "torch": torch.__version__,
+        "threads": threads,
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "batch_size": cfg.train.batch_size,
+        "repeats": args.repeats,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    print(" ".join(f"{k}={v}" for k, v in env.items()))
+    rows = [bench_model(m, cfg, split, rated, device, args.repeats) for m in args.models]
+    header = (
+        f"{'model':<18}{'params':>9}{'bound s':>9}{'epoch s':>9}{'ratio':>7}"
+        f"{'samples/s':>11}{'sampling':>10}{'share':>7}{'eval s':>8}"
+    )
+    print(header)
+    for r in rows:
+        print(
+            f"{r['model']:<18}{r['parameters']:>9,}{r.get('bound_s', float('nan')):>9.2f}"
+            f"{r.get('epoch_s', float('nan')):>9.2f}{r.get('epoch_over_bound', float('nan')):>7.2f}"
+            f"{r.get('epoch_samples_per_s', float('nan')):>11,.0f}{r['sampling_s']:>10.3f}"
+            f"{r.get('sampling_share_of_epoch', float('nan')):>7.1%}{r['eval_s']:>8.2f}"
+        )
+    result = {"environment": env, "models": rows}
+    if args.repro:
+        result["repro"] = bench_repro(args.repeats)
+        print(
+            f"dvc repro --force: {result['repro']['repro_force_s']:.1f} s (median), "
+            f"peak RSS {result['repro']['repro_peak_rss_mb']:.0f} MB"
+        )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

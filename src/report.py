@@ -1,0 +1,226 @@
+"""Results over DVC experiments (run from the repository root, venv active).
+
+    python src/report.py table [--out reports/results.md] [--metrics M ...] [--from-json FILE]
+    python src/report.py compare MODEL_A MODEL_B [--metric full_ndcg@10]
+    python src/report.py compare --ranks-a A.parquet [...] --ranks-b B.parquet [...]
+
+`table` reads `dvc exp show --json` (the experiments of HEAD; --all-commits for every commit),
+keeps the finished experiments, one per (model, seed) (the newest), and prints mean ± std over
+seeds per model. `compare` pairs two models user by user on the test split: each model's
+metrics/eval_ranks.parquet is read at every one of its experiments (dvc.api.open), averaged per
+user over its seeds, then the mean difference, a bootstrap CI and a Wilcoxon p-value are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from deepfm.io import atomic_path
+from deepfm.report import (
+    DEFAULT_METRICS,
+    MAIN_METRIC,
+    RANKS,
+    ReportError,
+    Selection,
+    paired_test,
+    paired_user_scores,
+    parse_exp_show,
+    parse_rank_metric,
+    render_markdown,
+    select_runs,
+    summarize,
+)
+
+QUEUE_HINT = (
+    "run a sweep first, e.g. `dvc exp run --queue -S model=deepfm,itempop -S seed=1,2,3,4,5` "
+    "then `dvc queue start`"
+)
+
+
+def exp_show_json(from_json: str | None, all_commits: bool) -> list:
+    if from_json:
+        try:
+            return json.loads(Path(from_json).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ReportError(
+                f"cannot read {from_json} as `dvc exp show --json` output: {e}"
+            ) from e
+    cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json", *(["-A"] * all_commits)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ReportError(
+            f"`dvc exp show --json` failed ({proc.stderr.strip() or proc.returncode}); "
+            "run this from the repository root with the venv active"
+        )
+    try:
+        return json.loads(proc.stdout)
+    except json.JSONDecodeError as e:
+        raise ReportError(f"`dvc exp show --json` printed something that is not JSON: {e}") from e
+
+
+def load_runs(args: argparse.Namespace) -> Selection:
+    rows = parse_exp_show(exp_show_json(args.from_json, args.all_commits))
+    selection = select_runs(
+        rows, include_baselines=args.include_baselines, include_workspace=args.include_workspace
+    )
+    for note in selection.notes:
+        print(note, file=sys.stderr)
+    if selection.runs.empty:
+        where = (
+            "in the repository"
+            if args.all_commits
+            else "based on HEAD (--all-commits also looks at earlier commits)"
+        )
+        raise ReportError(f"no finished experiments found {where}; {QUEUE_HINT}")
+    return selection
+
+
+def cmd_table(args: argparse.Namespace) -> None:
+    runs = load_runs(args).runs
+    text = render_markdown(summarize(runs, args.metrics, split=args.split))
+    print(text, end="")
+    if args.out:
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        print(f"wrote {args.out}", file=sys.stderr)
+
+
+def read_ranks_at(rev: str, name: str) -> pd.DataFrame:
+    import dvc.api
+
+    try:
+        if rev == "workspace":
+            return pd.read_parquet(RANKS)
+        with dvc.api.open(RANKS, rev=rev, mode="rb") as f:
+            return pd.read_parquet(io.BytesIO(f.read()))
+    except Exception as e:  # dvc raises many types here (missing cache, unknown rev, ...)
+        raise ReportError(
+            f"cannot read {RANKS} of experiment {name} ({rev[:7]}): {type(e).__name__}: {e}; "
+            f"it is a DVC-cached output: fetch it with `dvc exp pull <remote> {name}`, or rerun "
+            "the experiment"
+        ) from e
+
+
+def read_ranks_file(path: str) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as e:
+        raise ReportError(f"cannot read rank file {path}: {e}") from e
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    parse_rank_metric(args.metric)  # fail before reading anything
+    if bool(args.ranks_a) != bool(args.ranks_b):
+        raise ReportError("give both --ranks-a and --ranks-b, or neither (then two models)")
+    if args.ranks_a:
+        if len(args.models) not in (0, 2):
+            raise ReportError("with --ranks-a/--ranks-b, give two labels or none")
+        label_a, label_b = args.models or ("A", "B")
+        tables_a = [read_ranks_file(p) for p in args.ranks_a]
+        tables_b = [read_ranks_file(p) for p in args.ranks_b]
+        sources = {label_a: f"{len(tables_a)} file(s)", label_b: f"{len(tables_b)} file(s)"}
+    else:
+        if len(args.models) != 2:
+            raise ReportError("compare needs two models: compare MODEL_A MODEL_B")
+        label_a, label_b = args.models
+        if label_a == label_b:
+            raise ReportError(f"compare needs two different models, got {label_a} twice")
+        runs = load_runs(args).runs
+        for model in (label_a, label_b):
+            if not (runs["model"] == model).any():
+                have = ", ".join(sorted(runs["model"].unique()))
+                raise ReportError(
+                    f"no finished experiment with model={model} (models with runs: {have}); "
+                    f"run e.g. `dvc exp run --queue -S model={model} -S seed=1,2,3,4,5` then "
+                    "`dvc queue start`"
+                )
+        tables, sources = {}, {}
+        for model in (label_a, label_b):
+            mine = runs[runs["model"] == model]
+            tables[model] = [
+                read_ranks_at(rev, name)
+                for rev, name in zip(mine["rev"], mine["name"], strict=True)
+            ]
+            seeds = ",".join(str(s) for s in mine["seed"])
+            sources[model] = f"{len(mine)} run(s), seeds {seeds}"
+        tables_a, tables_b = tables[label_a], tables[label_b]
+    _, a, b = paired_user_scores(
+        tables_a,
+        tables_b,
+        metric=args.metric,
+        split=args.split,
+        label_a=label_a,
+        label_b=label_b,
+    )
+    r = paired_test(a, b, n_resamples=args.resamples, seed=args.seed)
+    pct = round(100 * r.confidence)
+    alpha = 1 - r.confidence
+    verdict = (
+        f"significant at alpha = {alpha:.2f}: the CI excludes 0 and p < {alpha:.2f}"
+        if r.significant
+        else f"not significant at alpha = {alpha:.2f} (that needs a CI excluding 0 and p < "
+        f"{alpha:.2f})"
+    )
+    print(
+        f"{args.metric} on {args.split}, {r.n_users} users, per-user mean over each model's runs\n"
+        f"  {label_a}: {r.mean_a:.4f}  ({sources[label_a]})\n"
+        f"  {label_b}: {r.mean_b:.4f}  ({sources[label_b]})\n"
+        f"  difference {label_a} - {label_b}: {r.mean_diff:+.4f}, {pct}% paired bootstrap CI "
+        f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}] ({r.n_resamples:,} resamples of users)\n"
+        f"  Wilcoxon signed-rank (two-sided): p = {r.p_value:.3g}\n"
+        f"  -> {verdict}"
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    source = argparse.ArgumentParser(add_help=False)
+    source.add_argument("--from-json", metavar="FILE", help="saved `dvc exp show --json` output")
+    source.add_argument(
+        "--all-commits", action="store_true", help="experiments of every commit (dvc exp show -A)"
+    )
+    source.add_argument(
+        "--include-baselines", action="store_true", help="count baseline commits as runs too"
+    )
+    source.add_argument(
+        "--include-workspace", action="store_true", help="count the workspace as a run too"
+    )
+    source.add_argument("--split", default="test", choices=("test", "val"))
+
+    t = sub.add_parser("table", parents=[source], help="mean ± std over seeds per model")
+    t.add_argument("--out", default="reports/results.md", help="markdown file ('' = none)")
+    t.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS), metavar="METRIC")
+    t.set_defaults(func=cmd_table)
+
+    c = sub.add_parser("compare", parents=[source], help="paired per-user test of two models")
+    c.add_argument("models", nargs="*", metavar="MODEL", help="MODEL_A MODEL_B")
+    c.add_argument("--metric", default=MAIN_METRIC, help="ndcg@K, hr@K or mrr; full_ = full rank")
+    c.add_argument("--ranks-a", nargs="+", metavar="FILE", help="rank parquet file(s) of A")
+    c.add_argument("--ranks-b", nargs="+", metavar="FILE", help="rank parquet file(s) of B")
+    c.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples")
+    c.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    c.set_defaults(func=cmd_compare)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

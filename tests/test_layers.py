@@ -1,0 +1,142 @@
+import pytest
+import torch
+
+from deepfm.models.layers import CIN, FeatureEmbedding, FieldAttention, field_attention_stack
+
+
+def cin_reference(cin: CIN, x0: torch.Tensor) -> torch.Tensor:
+    """CIN written from the paper's equations with explicit loops over maps, fields and
+    embedding dimensions, reading the weights of `cin`."""
+    b, m, k = x0.shape
+    out = torch.zeros(b, dtype=x0.dtype)
+    pooled = []
+    prev = [x0[:, j] for j in range(m)]  # X^0: m maps of (B, k)
+    for layer, keep in zip(cin.compress, cin.direct, strict=True):
+        w, bias = layer.weight, layer.bias  # (H_l, H_{l-1} * m), (H_l,)
+        maps = []
+        for h in range(w.shape[0]):
+            acc = torch.zeros(b, k, dtype=x0.dtype) + bias[h]
+            for i in range(len(prev)):
+                for j in range(m):
+                    acc = acc + w[h, i * m + j] * prev[i] * x0[:, j]
+            maps.append(torch.relu(acc))
+        n_next = len(maps) - keep
+        prev = maps[:n_next] if n_next else maps
+        pooled.extend(mp.sum(-1) for mp in maps[n_next:])
+    p = torch.stack(pooled, dim=1)
+    for o in range(p.shape[1]):
+        out = out + cin.out.weight[0, o] * p[:, o]
+    return out + cin.out.bias[0]
+
+
+@pytest.mark.parametrize(
+    ("sizes", "split_half"), [([4, 6, 3], True), ([4, 6, 3], False), ([5], True)]
+)
+def test_cin_matches_loop_reference(sizes, split_half):
+    torch.manual_seed(0)
+    cin = CIN(3, sizes, split_half=split_half).double()
+    with torch.no_grad():  # default init gives tiny outputs; make every term count
+        for p in cin.parameters():
+            p.uniform_(-1, 1)
+    x0 = torch.randn(2, 3, 4, dtype=torch.float64)
+    torch.testing.assert_close(cin(x0), cin_reference(cin, x0))
+    expected = sum(h // 2 for h in sizes[:-1]) + sizes[-1] if split_half else sum(sizes)
+    assert cin.output_dim == expected
+
+
+def test_cin_shapes_gradients_and_odd_sizes():
+    cin = CIN(5, [8, 6], split_half=True)
+    x0 = torch.randn(7, 5, 4, requires_grad=True)
+    out = cin(x0)
+    assert out.shape == (7,)
+    out.sum().backward()
+    assert x0.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in cin.parameters())
+    with pytest.raises(ValueError, match=r"split_half needs even sizes.*\[7, 6\]"):
+        CIN(5, [7, 6], split_half=True)
+    CIN(5, [7, 5], split_half=False)  # odd sizes are fine without split_half
+    CIN(5, [8, 5], split_half=True)  # ... and for the last layer
+
+
+def test_field_attention_shapes_gradients_and_residual_projection():
+    torch.manual_seed(0)
+    x = torch.randn(4, 6, 8, requires_grad=True)
+    layer = FieldAttention(8, num_heads=2, head_dim=5, dropout=0.1)
+    out = layer(x)
+    assert out.shape == (4, 6, 10)
+    assert isinstance(layer.residual, torch.nn.Linear)  # 8 != 2 * 5
+    out.pow(2).sum().backward()
+    assert x.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in layer.parameters())
+    assert isinstance(FieldAttention(8, 2, 4).residual, torch.nn.Identity)
+    assert FieldAttention(8, 2, 4, residual=False).residual is None
+
+    stack = field_attention_stack(3, 8, num_heads=2, head_dim=4)
+    assert len(stack) == 3
+    assert stack(x).shape == (4, 6, 8)
+    assert field_attention_stack(0, 8, 2, 4)(x) is x
+
+
+@pytest.mark.parametrize("layer_norm", [True, False])
+def test_field_attention_is_permutation_equivariant(layer_norm):
+    torch.manual_seed(0)
+    stack = field_attention_stack(2, 8, num_heads=2, head_dim=3, layer_norm=layer_norm).eval()
+    x = torch.randn(3, 7, 8)
+    perm = torch.randperm(7)
+    torch.testing.assert_close(stack(x[:, perm]), stack(x)[:, perm])
+
+
+def test_feature_embedding_per_field_sizes(split):
+    schema = split.schema
+    plain = FeatureEmbedding(schema, 6)
+    sized = FeatureEmbedding(schema, 6, field_dims={"gender": 2, "genres": 3, "item_id": 6})
+    # item_id has the common size: it stays in the shared table
+    assert set(sized.own_tables) == {"gender"}
+    assert set(sized.projections) == {"gender", "genres"}
+    assert "item_id" not in sized.projections
+
+    codes = torch.as_tensor(split.user_features[:5]).long()
+    out = sized.side("user", codes, [])
+    assert out.shape == plain.side("user", codes, []).shape == (5, plain.num_user_fields, 6)
+    # field order is unchanged: gender (column 1) comes back projected in place
+    gender = schema.by_source("user", "sparse")[1]
+    assert gender.name == "gender"
+    proj = sized.projections["gender"](sized.own_tables["gender"](codes[:, 1]))
+    torch.testing.assert_close(out[:, 1], proj)
+    shared = sized.tables["user"].weight
+    torch.testing.assert_close(out[:, 0], shared[codes[:, 0]])
+    torch.testing.assert_close(out[:, 2], shared[codes[:, 2] + sized.user_offsets[1]])
+
+    item_codes = torch.zeros(2, 2, dtype=torch.long)
+    bags = [torch.tensor([[1, 2, 0, 0], [1, 0, 0, 0]])]
+    item_out = sized.side("item", item_codes, bags)
+    assert item_out.shape == (2, plain.num_item_fields, 6)
+    w = sized.bags["genres"].weight  # (20, 3): mean over non-padding codes, then projected
+    assert w.shape[1] == 3
+    torch.testing.assert_close(item_out[0, -1], sized.projections["genres"]((w[1] + w[2]) / 2))
+
+    out.sum().backward()
+    assert sized.own_tables["gender"].weight.grad.abs().sum() > 0
+    assert sized.projections["gender"].weight.grad.abs().sum() > 0
+
+
+def test_feature_embedding_default_state_dict_is_unchanged(split):
+    # checkpoints written before field_dims existed must still load
+    keys = set(FeatureEmbedding(split.schema, 4).state_dict())
+    assert keys == {"tables.user.weight", "tables.item.weight", "bags.genres.weight"}
+
+
+def test_feature_embedding_rejects_unknown_fields(split):
+    with pytest.raises(ValueError, match="unknown fields nope; fields: user_id"):
+        FeatureEmbedding(split.schema, 4, field_dims={"nope": 2})
+    with pytest.raises(ValueError, match="positive integers"):
+        FeatureEmbedding(split.schema, 4, field_dims={"gender": 0})
+
+
+@pytest.mark.parametrize("split_half", [True, False])
+def test_cin_score_pairs_equals_forward_on_every_pair(split_half):
+    torch.manual_seed(0)
+    cin = CIN(5, [6, 4, 3], split_half=split_half).double()
+    xu, xi = torch.randn(3, 2, 4).double(), torch.randn(7, 3, 4).double()
+    pairs = torch.cat([xu.repeat_interleave(7, 0), xi.repeat(3, 1, 1)], dim=1)
+    torch.testing.assert_close(cin.score_pairs(xu, xi), cin(pairs).reshape(3, 7))

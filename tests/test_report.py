@@ -1,0 +1,792 @@
+"""The results report: `dvc exp show --json` -> mean ± std table, and paired per-user tests."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import wilcoxon
+
+import report as cli
+from deepfm.report import (
+    ReportError,
+    bootstrap_mean_ci,
+    mean_over_runs,
+    paired_test,
+    paired_user_scores,
+    parse_exp_show,
+    per_user_scores,
+    render_markdown,
+    select_runs,
+    summarize,
+    wilcoxon_p,
+)
+
+# Real `dvc exp show --json` output of DVC 3.67.1, trimmed (no deps / outs / meta, shorter
+# metric files, executor.local cut to returncode). Made in a throwaway repo whose one stage
+# writes the three metric files of this pipeline from params (model, seed, train.epochs):
+# test full_ndcg@10 = {deepfm: 0.10, itempop: 0.05, fm: 0.08} + 0.02 (seed - 1)
+# + 0.01 (epochs - 3); seconds_per_epoch = 10 + seed. Then, on baseline commit `main` (seed 42):
+#   dvc exp run --queue -S model=deepfm -S seed=1,2,3    (+ itempop seed 1,2, fm seed 1)
+#   dvc exp run --queue -S 'model=[1]' -S seed=5          (fails: techy-drab)
+#   dvc queue start
+#   dvc exp run -S model=deepfm -S seed=1 -S train.epochs=4   (surly-shes, a newer deepfm seed 1)
+#   dvc exp run --queue -S model=itempop -S seed=3        (left queued: jazzy-syce)
+# The failed run still carries the metrics of the workspace it was queued from (0.92).
+EXP_SHOW_JSON = """
+[
+  {
+    "rev": "workspace",
+    "name": null,
+    "data": {
+      "rev": "workspace",
+      "timestamp": null,
+      "params": {"params.yaml": {"data": {"seed": 1, "model": "deepfm", "train": {"epochs": 4}}}},
+      "metrics": {
+        "metrics/eval.json": {
+          "data": {
+            "val": {"full_ndcg@10": 0.111},
+            "test": {
+              "ndcg@10": 0.41,
+              "hr@10": 0.62,
+              "auc": 0.889,
+              "logloss": 0.41,
+              "full_ndcg@10": 0.11,
+              "full_hr@10": 0.22,
+              "users": 942
+            },
+            "model": "deepfm",
+            "best_epoch": 4,
+            "parameters": 123456
+          }
+        },
+        "metrics/train/metrics.json": {"data": {"step": 3, "train": {"loss": 0.5}}},
+        "metrics/timing/summary.json": {
+          "data": {
+            "model": "deepfm",
+            "parameters": 123456,
+            "epochs_run": 4,
+            "seconds_per_epoch": 11.0,
+            "threads": 2,
+            "device": "cpu"
+          }
+        }
+      }
+    },
+    "error": null,
+    "experiments": null
+  },
+  {
+    "rev": "5dbe136866117790e7c69444ba553faab3b78de2",
+    "name": "main",
+    "data": {
+      "rev": "5dbe136866117790e7c69444ba553faab3b78de2",
+      "timestamp": "2026-11-27T22:36:24",
+      "params": {"params.yaml": {"data": {"seed": 42, "model": "deepfm", "train": {"epochs": 3}}}},
+      "metrics": {
+        "metrics/eval.json": {
+          "data": {
+            "val": {"full_ndcg@10": 0.921},
+            "test": {
+              "ndcg@10": 1.22,
+              "hr@10": 2.24,
+              "auc": 0.808,
+              "logloss": 1.22,
+              "full_ndcg@10": 0.92,
+              "full_hr@10": 1.84,
+              "users": 942
+            },
+            "model": "deepfm",
+            "best_epoch": 3,
+            "parameters": 123456
+          }
+        },
+        "metrics/train/metrics.json": {"data": {"step": 2, "train": {"loss": 0.5}}},
+        "metrics/timing/summary.json": {
+          "data": {
+            "model": "deepfm",
+            "parameters": 123456,
+            "epochs_run": 3,
+            "seconds_per_epoch": 52.0,
+            "threads": 2,
+            "device": "cpu"
+          }
+        }
+      }
+    },
+    "error": null,
+    "experiments": [
+      {
+        "revs": [
+          {
+            "rev": "9c587a118d47489bd839e1aaaf03fd504d5f3408",
+            "name": "surly-shes",
+            "data": {
+              "rev": "9c587a118d47489bd839e1aaaf03fd504d5f3408",
+              "timestamp": "2026-11-27T22:37:11",
+              "params": {
+                "params.yaml": {"data": {"seed": 1, "model": "deepfm", "train": {"epochs": 4}}}
+              },
+              "metrics": {
+                "metrics/eval.json": {
+                  "data": {
+                    "val": {"full_ndcg@10": 0.111},
+                    "test": {
+                      "ndcg@10": 0.41,
+                      "hr@10": 0.62,
+                      "auc": 0.889,
+                      "logloss": 0.41,
+                      "full_ndcg@10": 0.11,
+                      "full_hr@10": 0.22,
+                      "users": 942
+                    },
+                    "model": "deepfm",
+                    "best_epoch": 4,
+                    "parameters": 123456
+                  }
+                },
+                "metrics/train/metrics.json": {"data": {"step": 3, "train": {"loss": 0.5}}},
+                "metrics/timing/summary.json": {
+                  "data": {
+                    "model": "deepfm",
+                    "parameters": 123456,
+                    "epochs_run": 4,
+                    "seconds_per_epoch": 11.0,
+                    "threads": 2,
+                    "device": "cpu"
+                  }
+                }
+              }
+            },
+            "error": null,
+            "experiments": null
+          }
+        ],
+        "executor": null,
+        "name": "surly-shes"
+      },
+      {
+        "revs": [
+          {
+            "rev": "699e6d5d0eafb60f468a70d27e85ba4fe72cb061",
+            "name": "molar-gear",
+            "data": {
+              "rev": "699e6d5d0eafb60f468a70d27e85ba4fe72cb061",
+              "timestamp": "2026-11-27T22:36:53",
+              "params": {
+                "params.yaml": {"data": {"seed": 1, "model": "fm", "train": {"epochs": 3}}}
+              },
+              "metrics": {
+                "metrics/eval.json": {
+                  "data": {
+                    "val": {"full_ndcg@10": 0.081},
+                    "test": {
+                      "ndcg@10": 0.38,
+                      "hr@10": 0.56,
+                      "auc": 0.892,
+                      "logloss": 0.38,
+                      "full_ndcg@10": 0.08,
+                      "full_hr@10": 0.16,
+                      "users": 942
+                    },
+                    "model": "fm",
+                    "best_epoch": 3,
+                    "parameters": 50000
+                  }
+                },
+                "metrics/train/metrics.json": {"data": {"step": 2, "train": {"loss": 0.5}}},
+                "metrics/timing/summary.json": {
+                  "data": {
+                    "model": "fm",
+                    "parameters": 50000,
+                    "epochs_run": 3,
+                    "seconds_per_epoch": 11.0,
+                    "threads": 2,
+                    "device": "cpu"
+                  }
+                }
+              }
+            },
+            "error": null,
+            "experiments": null
+          }
+        ],
+        "executor": {"state": "success", "name": "dvc-task", "local": {"returncode": 0}},
+        "name": "molar-gear"
+      },
+      {
+        "revs": [
+          {
+            "rev": "3fcfca8d3c53a971f92655d7cd1aeaf814017df5",
+            "name": "lardy-ship",
+            "data": {
+              "rev": "3fcfca8d3c53a971f92655d7cd1aeaf814017df5",
+              "timestamp": "2026-11-27T22:36:49",
+              "params": {
+                "params.yaml": {"data": {"seed": 2, "model": "itempop", "train": {"epochs": 3}}}
+              },
+              "metrics": {
+                "metrics/eval.json": {
+                  "data": {
+                    "val": {"full_ndcg@10": 0.071},
+                    "test": {
+                      "ndcg@10": 0.37,
+                      "hr@10": 0.54,
+                      "auc": 0.893,
+                      "logloss": 0.37,
+                      "full_ndcg@10": 0.07,
+                      "full_hr@10": 0.14,
+                      "users": 942
+                    },
+                    "model": "itempop",
+                    "best_epoch": 3,
+                    "parameters": 1682
+                  }
+                },
+                "metrics/train/metrics.json": {"data": {"step": 2, "train": {"loss": 0.5}}},
+                "metrics/timing/summary.json": {
+                  "data": {
+                    "model": "itempop",
+                    "parameters": 1682,
+                    "epochs_run": 3,
+                    "seconds_per_epoch": 12.0,
+                    "threads": 2,
+                    "device": "cpu"
+                  }
+                }
+              }
+            },
+            "error": null,
+            "experiments": null
+          }
+        ],
+        "executor": {"state": "success", "name": "dvc-task", "local": {"returncode": 0}},
+        "name": "lardy-ship"
+      },
+      {
+        "revs": [
+          {
+            "rev": "304b77129f19af8f17ff191b11c9727d1d938a62",
+            "name": "naval-grub",
+            "data": {
+              "rev": "304b77129f19af8f17ff191b11c9727d1d938a62",
+              "timestamp": "2026-11-27T22:36:45",
+              "params": {
+                "params.yaml": {"data": {"seed": 1, "model": "itempop", "train": {"epochs": 3}}}
+              },
+              "metrics": {
+                "metrics/eval.json": {
+                  "data": {
+                    "val": {"full_ndcg@10": 0.051},
+                    "test": {
+                      "ndcg@10": 0.35,
+                      "hr@10": 0.5,
+                      "auc": 0.895,
+                      "logloss": 0.35,
+                      "full_ndcg@10": 0.05,
+                      "full_hr@10": 0.1,
+                      "users": 942
+                    },
+                    "model": "itempop",
+                    "best_epoch": 3,
+                    "parameters": 1682
+                  }
+                },
+                "metrics/train/metrics.json": {"data": {"step": 2, "train": {"loss": 0.5}}},
+                "metrics/timing/summary.json": {
+                  "data": {
+                    "model": "itempop",
+                    "parameters": 1682,
+                    "epochs_run": 3,
+                    "seconds_per_epoch": 11.0,
+                    "threads": 2,
+                    "device": "cpu"
+                  }
+                }
+              }
+            },
+            "error": null,
+            "experiments": null
+          }
+        ],
+        "executor": {"state": "success", "name": "dvc-task", "local": {"returncode": 0}},
+        "name": "naval-grub"
+      },
+      {
+        "revs": [
+          {
+            "rev": "f6f878ad55c9debe5ba775fbfe815fcd7d4ca071",
+            "name": "hulky-rams",
+            "data": {
+              "rev": "f6f878ad55c9debe5ba775fbfe815fcd7d4ca071",
+              "timestamp": "2026-11-27T22:36:42",
+              "params": {
+                "params.yaml": {"data": {"seed": 3, "model": "deepfm", "train": {"epochs": 3}}}
+              },
+              "metrics": {
+                "metrics/eval.json": {
+                  "data": {
+                    "val": {"full_ndcg@10": 0.141},
+                    "test": {
+                      "ndcg@10": 0.44,
+                      "hr@10": 0.68,
+                      "auc": 0.886,
+                      "logloss": 0.44,
+                      "full_ndcg@10": 0.14,
+                      "full_hr@10": 0.28,
+                      "users": 942
+                    },
+                    "model": "deepfm",
+                    "best_epoch": 3,
+                    "parameters": 123456
+                  }
+                },
+                "metrics/train/metrics.json": {"data": {"step": 2, "train": {"loss": 0.5}}},
+                "metrics/timing/summary.json": {
+                  "data": {
+                    "model": "deepfm",
+                    "parameters": 123456,
+                    "epochs_run": 3,
+                    "seconds_per_epoch": 13.0,
+                    "threads": 2,
+                    "device": "cpu"
+                  }
+                }
+              }
+            },
+            "error": null,
+            "experiments": null
+          }
+        ],
+        "executor": {"state": "success", "name": "dvc-task", "local": {"returncode": 0}},
+        "name": "hulky-rams"
+      },
+      {
+        "revs": [
+          {
+            "rev": "912675f74761ccf5e60170ec2fd82fbed6e7d669",
+            "name": "saved-barb",
+            "data": {
+              "rev": "912675f74761ccf5e60170ec2fd82fbed6e7d669",
+              "timestamp": "2026-11-27T22:36:39",
+              "params": {
+                "params.yaml": {"data": {"seed": 2, "model": "deepfm", "train": {"epochs": 3}}}
+              },
+              "metrics": {
+                "metrics/eval.json": {
+                  "data": {
+                    "val": {"full_ndcg@10": 0.121},
+                    "test": {
+                      "ndcg@10": 0.42,
+                      "hr@10": 0.64,
+                      "auc": 0.888,
+                      "logloss": 0.42,
+                      "full_ndcg@10": 0.12,
+                      "full_hr@10": 0.24,
+                      "users": 942
+                    },
+                    "model": "deepfm",
+                    "best_epoch": 3,
+                    "parameters": 123456
+                  }
+                },
+                "metrics/train/metrics.json": {"data": {"step": 2, "train": {"loss": 0.5}}},
+                "metrics/timing/summary.json": {
+                  "data": {
+                    "model": "deepfm",
+                    "parameters": 123456,
+                    "epochs_run": 3,
+                    "seconds_per_epoch": 12.0,
+                    "threads": 2,
+                    "device": "cpu"
+                  }
+                }
+              }
+            },
+            "error": null,
+            "experiments": null
+          }
+        ],
+        "executor": {"state": "success", "name": "dvc-task", "local": {"returncode": 0}},
+        "name": "saved-barb"
+      },
+      {
+        "revs": [
+          {
+            "rev": "561efff76f096784e756fa55c7f0ee84d05e48a8",
+            "name": "salic-vacs",
+            "data": {
+              "rev": "561efff76f096784e756fa55c7f0ee84d05e48a8",
+              "timestamp": "2026-11-27T22:36:35",
+              "params": {
+                "params.yaml": {"data": {"seed": 1, "model": "deepfm", "train": {"epochs": 3}}}
+              },
+              "metrics": {
+                "metrics/eval.json": {
+                  "data": {
+                    "val": {"full_ndcg@10": 0.101},
+                    "test": {
+                      "ndcg@10": 0.4,
+                      "hr@10": 0.6,
+                      "auc": 0.89,
+                      "logloss": 0.4,
+                      "full_ndcg@10": 0.1,
+                      "full_hr@10": 0.2,
+                      "users": 942
+                    },
+                    "model": "deepfm",
+                    "best_epoch": 3,
+                    "parameters": 123456
+                  }
+                },
+                "metrics/train/metrics.json": {"data": {"step": 2, "train": {"loss": 0.5}}},
+                "metrics/timing/summary.json": {
+                  "data": {
+                    "model": "deepfm",
+                    "parameters": 123456,
+                    "epochs_run": 3,
+                    "seconds_per_epoch": 11.0,
+                    "threads": 2,
+                    "device": "cpu"
+                  }
+                }
+              }
+            },
+            "error": null,
+            "experiments": null
+          }
+        ],
+        "executor": {"state": "success", "name": "dvc-task", "local": {"returncode": 0}},
+        "name": "salic-vacs"
+      },
+      {
+        "revs": [
+          {
+            "rev": "4c7c41b33de859bdd80cd09b6cc809d86ad7826d",
+            "name": "jazzy-syce",
+            "data": {
+              "rev": "4c7c41b33de859bdd80cd09b6cc809d86ad7826d",
+              "timestamp": "2026-11-27T22:37:13",
+              "params": {
+                "params.yaml": {"data": {"seed": 3, "model": "itempop", "train": {"epochs": 4}}}
+              },
+              "metrics": {}
+            },
+            "error": null,
+            "experiments": null
+          }
+        ],
+        "executor": {"state": "queued", "name": "dvc-task", "local": {"returncode": null}},
+        "name": "jazzy-syce"
+      },
+      {
+        "revs": [
+          {
+            "rev": "78d6c36e930b326922e9bebb8299edfb16a61415",
+            "name": "techy-drab",
+            "data": {
+              "rev": "78d6c36e930b326922e9bebb8299edfb16a61415",
+              "timestamp": "2026-11-27T22:36:28",
+              "params": {
+                "params.yaml": {"data": {"seed": 5, "model": [1], "train": {"epochs": 3}}}
+              },
+              "metrics": {
+                "metrics/eval.json": {
+                  "data": {
+                    "val": {"full_ndcg@10": 0.921},
+                    "test": {
+                      "ndcg@10": 1.22,
+                      "hr@10": 2.24,
+                      "auc": 0.808,
+                      "logloss": 1.22,
+                      "full_ndcg@10": 0.92,
+                      "full_hr@10": 1.84,
+                      "users": 942
+                    },
+                    "model": "deepfm",
+                    "best_epoch": 3,
+                    "parameters": 123456
+                  }
+                },
+                "metrics/train/metrics.json": {"data": {"step": 2, "train": {"loss": 0.5}}},
+                "metrics/timing/summary.json": {
+                  "data": {
+                    "model": "deepfm",
+                    "parameters": 123456,
+                    "epochs_run": 3,
+                    "seconds_per_epoch": 52.0,
+                    "threads": 2,
+                    "device": "cpu"
+                  }
+                }
+              }
+            },
+            "error": {"msg": "Experiment run failed", "type": ""},
+            "experiments": null
+          }
+        ],
+        "executor": {"state": "failed", "name": null, "local": {"returncode": 255}},
+        "name": "techy-drab"
+      }
+    ]
+  }
+]"""
+
+
+@pytest.fixture
+def exp_show():
+    return json.loads(EXP_SHOW_JSON)
+
+
+@pytest.fixture
+def runs(exp_show):
+    return select_runs(parse_exp_show(exp_show)).runs
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def test_parse_exp_show_one_row_per_entry(exp_show):
+    rows = parse_exp_show(exp_show).set_index("name")
+    assert list(rows.index[:2]) == ["workspace", "main"]
+    assert rows.loc["workspace", "kind"] == "workspace"
+    assert rows.loc["main", "kind"] == "baseline"
+    assert (rows["kind"].iloc[2:] == "experiment").all()
+    assert rows.loc["jazzy-syce", "status"] == "queued"
+    assert rows.loc["techy-drab", "status"] == "failed"
+    assert rows.loc["hulky-rams", "status"] == "success"
+    hulky = rows.loc["hulky-rams"]
+    assert hulky["rev"] == "f6f878ad55c9debe5ba775fbfe815fcd7d4ca071"
+    assert hulky["baseline"] == rows.loc["main", "rev"]
+    assert (hulky["model"], hulky["seed"]) == ("deepfm", 3)
+    assert hulky["test.full_ndcg@10"] == 0.14
+    assert hulky["val.full_ndcg@10"] == 0.141
+    assert hulky["parameters"] == 123456
+    assert hulky["seconds_per_epoch"] == 13.0
+    assert hulky["epochs_run"] == 3
+    assert hulky["train.step"] == 2
+    assert hulky["param.train.epochs"] == 3
+
+
+def test_select_runs_defaults(exp_show):
+    selection = select_runs(parse_exp_show(exp_show))
+    runs = selection.runs
+    assert list(zip(runs["model"], runs["seed"], strict=True)) == [
+        ("deepfm", 1), ("deepfm", 2), ("deepfm", 3), ("fm", 1), ("itempop", 1), ("itempop", 2),
+    ]  # fmt: skip
+    assert runs.loc[0, "name"] == "surly-shes"  # the newest deepfm seed 1
+    assert selection.notes == [
+        "skipped 1 failed run(s): techy-drab",
+        "skipped 1 queued run(s): jazzy-syce",
+        "deepfm seed 1: 2 runs, kept the newest (surly-shes), dropped salic-vacs",
+        "warning: runs of deepfm differ in train.epochs {3, 4}",
+    ]
+
+
+def test_select_runs_with_baseline_and_workspace(exp_show):
+    selection = select_runs(
+        parse_exp_show(exp_show), include_baselines=True, include_workspace=True
+    )
+    deepfm = selection.runs[selection.runs["model"] == "deepfm"]
+    assert list(deepfm["seed"]) == [1, 2, 3, 42]
+    assert deepfm.iloc[0]["name"] == "workspace"  # no timestamp: newest
+    assert "dropped surly-shes, salic-vacs" in selection.notes[2]
+
+
+def test_select_runs_nothing_finished(exp_show):
+    only_queued = [exp_show[0], {**exp_show[1], "experiments": exp_show[1]["experiments"][-2:]}]
+    selection = select_runs(parse_exp_show(only_queued))
+    assert selection.runs.empty
+    assert selection.notes == [
+        "skipped 1 failed run(s): techy-drab",
+        "skipped 1 queued run(s): jazzy-syce",
+    ]
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def test_summarize_mean_std_by_hand(runs):
+    summary = summarize(runs)
+    t = summary.table
+    assert list(t.index) == ["deepfm", "fm", "itempop"]  # by test full_ndcg@10, descending
+    assert list(t["n"]) == [3, 1, 2]
+    assert list(t["seeds"]) == ["1,2,3", "1", "1,2"]
+    assert list(t["parameters"]) == [123456, 50000, 1682]
+    assert list(t["seconds_per_epoch"]) == pytest.approx([12.0, 11.0, 11.5])
+    # deepfm: 0.11 (seed 1, epochs 4), 0.12, 0.14 -> mean 0.37 / 3; deviations -1/300, -4/300
+    # ... i.e. squares (4^2 + 1^2 + 5^2) / 300^2 = 42 / 90000, / (3 - 1) -> std sqrt(21) / 300
+    assert t.loc["deepfm", "full_ndcg@10 mean"] == pytest.approx(0.37 / 3)
+    assert t.loc["deepfm", "full_ndcg@10 std"] == pytest.approx(math.sqrt(21) / 300)
+    # itempop: 0.05, 0.07 -> 0.06 ± sqrt((0.01^2 + 0.01^2) / 1) = 0.01 sqrt(2)
+    assert t.loc["itempop", "full_ndcg@10 mean"] == pytest.approx(0.06)
+    assert t.loc["itempop", "full_ndcg@10 std"] == pytest.approx(0.01 * math.sqrt(2))
+    assert t.loc["itempop", "full_hr@10 std"] == pytest.approx(0.02 * math.sqrt(2))
+    assert t.loc["itempop", "auc mean"] == pytest.approx((0.895 + 0.893) / 2)
+    # one seed: mean is the value, no std
+    assert t.loc["fm", "logloss mean"] == pytest.approx(0.38)
+    assert math.isnan(t.loc["fm", "logloss std"])
+    assert summary.metrics == ("full_ndcg@10", "full_hr@10", "ndcg@10", "hr@10", "auc", "logloss")
+
+
+def test_summarize_sorting_and_metric_errors(runs):
+    by_logloss = summarize(runs, ["logloss"], sort_by="logloss").table
+    assert list(by_logloss.index) == ["itempop", "fm", "deepfm"]  # lower is better
+    assert list(summarize(runs, ["auc"]).table.index) == ["deepfm", "fm", "itempop"]
+    with pytest.raises(ReportError, match="ndcg@99 not in the 'test' split"):
+        summarize(runs, ["ndcg@99"])
+    with pytest.raises(ReportError, match="no runs"):
+        summarize(runs.iloc[:0])
+
+
+def test_render_markdown(runs):
+    text = render_markdown(summarize(runs, ["full_ndcg@10", "auc", "logloss"]))
+    lines = text.splitlines()
+    assert lines[0] == (
+        "*Split: test, 942 users. Each cell is the mean ± sample standard deviation (ddof = 1) "
+        "over n seeds per model (—: one seed). Full = ranked against all items, sampled = "
+        "against the fixed sampled candidates. Sorted by NDCG@10 (full).*"
+    )
+    assert lines[1:] == [
+        "",
+        "| Model | n | Params | s / epoch | NDCG@10 (full) ↑ | AUC ↑ | LogLoss ↓ |",
+        "|:--|--:|--:|--:|--:|--:|--:|",
+        "| deepfm | 3 | 123,456 | 12.0 | 0.1233 ± 0.0153 | 0.8877 ± 0.0015 | 0.4233 ± 0.0153 |",
+        "| fm | 1 | 50,000 | 11.0 | 0.0800 ± — | 0.8920 ± — | 0.3800 ± — |",
+        "| itempop | 2 | 1,682 | 11.5 | 0.0600 ± 0.0141 | 0.8940 ± 0.0014 | 0.3600 ± 0.0141 |",
+    ]
+    same_n = runs[runs["model"] != "fm"].groupby("model").head(2)
+    assert "over n = 2 seeds per model" in render_markdown(summarize(same_n))
+
+
+# --------------------------------------------------------------------------- paired tests
+
+
+def test_paired_identical_scores():
+    a = np.random.default_rng(0).random(50)
+    r = paired_test(a, a.copy())
+    assert (r.mean_diff, r.ci_low, r.ci_high, r.p_value) == (0.0, 0.0, 0.0, 1.0)
+    assert r.n_users == 50 and r.n_resamples == 10_000 and not r.significant
+
+
+def test_paired_constant_shift():
+    b = np.random.default_rng(1).random(40)
+    r = paired_test(b + 0.25, b)
+    assert r.mean_diff == pytest.approx(0.25)
+    assert (r.ci_low, r.ci_high) == (pytest.approx(0.25), pytest.approx(0.25))
+    assert r.p_value < 1e-6 and r.significant
+
+
+def test_wilcoxon_hand_examples():
+    # five positive differences: P(W- = 0) = 1 / 2^5, two-sided 2 / 32
+    assert wilcoxon_p(np.array([1.0, 2, 3, 4, 5])) == pytest.approx(0.0625)
+    assert wilcoxon_p(np.zeros(7)) == 1.0
+    a = np.array([0.5, 0.0, 1.0, 0.3, 0.0, 0.63, 1.0, 0.2])
+    b = np.array([0.3, 0.0, 0.5, 0.4, 0.1, 0.0, 0.63, 0.0])
+    expected = wilcoxon(a - b, alternative="two-sided").pvalue  # zeros dropped
+    assert paired_test(a, b).p_value == pytest.approx(expected)
+
+
+def test_bootstrap_ci_is_seeded_and_brackets_the_mean():
+    diff = np.random.default_rng(2).normal(0.1, 1.0, size=300)
+    low, high = bootstrap_mean_ci(diff, n_resamples=2000, seed=7)
+    assert (low, high) == bootstrap_mean_ci(diff, n_resamples=2000, seed=7)
+    assert low < diff.mean() < high
+    se = diff.std(ddof=1) / math.sqrt(len(diff))  # percentile CI ~ mean ± 1.96 se
+    assert high - low == pytest.approx(2 * 1.96 * se, rel=0.1)
+    with pytest.raises(ReportError, match="one length"):
+        paired_test(np.zeros(3), np.zeros(4))
+
+
+def ranks_frame(users, full_ranks, sampled_ranks=None, items=None, split="test"):
+    n = len(users)
+    return pd.DataFrame(
+        {
+            "split": [split] * n,
+            "user_id": users,
+            "item_id": items if items is not None else [100 + u for u in users],
+            "sampled_rank": sampled_ranks if sampled_ranks is not None else full_ranks,
+            "full_rank": full_ranks,
+            "num_candidates": [1000] * n,
+        }
+    )
+
+
+def test_per_user_scores_from_ranks():
+    test = ranks_frame([3, 1, 2], [11, 1, 3], [1, 2, 2])
+    ranks = pd.concat([test, ranks_frame([1, 2, 3], [1, 1, 1], split="val")])
+    full = per_user_scores(ranks, "full_ndcg@10")
+    assert list(full.index) == [1, 2, 3]  # sorted by user
+    assert list(full["score"]) == pytest.approx([1.0, 0.5, 0.0])  # 1 / log2(3 + 1) = 0.5
+    assert list(per_user_scores(ranks, "hr@1")["score"]) == [0.0, 0.0, 1.0]
+    assert list(per_user_scores(ranks, "full_mrr")["score"]) == pytest.approx([1, 1 / 3, 1 / 11])
+    assert list(per_user_scores(ranks, "full_hr@10", split="val")["score"]) == [1.0, 1.0, 1.0]
+    with pytest.raises(ReportError, match="not a per-user metric"):
+        per_user_scores(ranks, "auc")
+
+
+def test_paired_user_scores_aligns_and_averages_seeds():
+    a1 = ranks_frame([1, 2, 3], [1, 3, 20])
+    a2 = ranks_frame([3, 2, 1], [1, 1, 1])  # another seed, other row order
+    b = ranks_frame([2, 3, 1], [1, 1, 3])
+    users, sa, sb = paired_user_scores([a1, a2], b)
+    assert list(users) == [1, 2, 3]
+    assert list(sa) == pytest.approx([1.0, 0.75, 0.5])  # per-user mean over the two seeds
+    assert list(sb) == pytest.approx([0.5, 1.0, 1.0])
+    assert list(mean_over_runs([per_user_scores(a1)])["score"]) == pytest.approx([1, 0.5, 0])
+
+
+def test_paired_user_scores_refuses_different_users_or_items():
+    a = ranks_frame([1, 2, 3], [1, 2, 3])
+    with pytest.raises(ReportError, match=r"deepfm and fm were evaluated on different users "
+                       r"\(1 only in deepfm \(e\.g\. 3\)\)"):  # fmt: skip
+        paired_user_scores(a, ranks_frame([1, 2], [1, 2]), label_a="deepfm", label_b="fm")
+    with pytest.raises(ReportError, match="A run 1 and A run 2 were evaluated on different"):
+        paired_user_scores([a, ranks_frame([1, 2, 4], [1, 2, 3])], a)
+    with pytest.raises(ReportError, match="hold out different items for 1 user"):
+        paired_user_scores(a, ranks_frame([1, 2, 3], [1, 2, 3], items=[101, 102, 7]))
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def test_cli_table(tmp_path, capsys):
+    src = tmp_path / "show.json"
+    src.write_text(EXP_SHOW_JSON)
+    out = tmp_path / "reports" / "results.md"
+    assert cli.main(["table", "--from-json", str(src), "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert out.read_text() == printed.out
+    assert "| deepfm | 3 | 123,456 | 12.0 | 0.1233 ± 0.0153 |" in printed.out
+    assert "kept the newest (surly-shes)" in printed.err
+
+
+def test_cli_errors(tmp_path, capsys):
+    src = tmp_path / "show.json"
+    src.write_text(EXP_SHOW_JSON)
+    assert cli.main(["compare", "deepfm", "xdeepfm", "--from-json", str(src)]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith("error: no finished experiment with model=xdeepfm")
+    assert "dvc exp run --queue -S model=xdeepfm" in err
+    empty = tmp_path / "empty.json"
+    workspace, baseline = json.loads(EXP_SHOW_JSON)[:2]
+    empty.write_text(json.dumps([workspace, {**baseline, "experiments": []}]))
+    assert cli.main(["table", "--from-json", str(empty), "--out", ""]) == 2
+    assert "error: no finished experiments found" in capsys.readouterr().err
+
+
+def test_cli_compare_rank_files(tmp_path, capsys):
+    files = {}
+    for name, ranks in {"a": [1, 1, 2, 1], "b": [3, 1, 50, 2], "c": [1, 1, 2]}.items():
+        files[name] = tmp_path / f"{name}.parquet"
+        ranks_frame(list(range(1, len(ranks) + 1)), ranks).to_parquet(files[name])
+    args = ["compare", "--ranks-a", str(files["a"]), "--ranks-b", str(files["b"])]
+    assert cli.main([*args, "--resamples", "500"]) == 0
+    out = capsys.readouterr().out
+    assert "full_ndcg@10 on test, 4 users" in out
+    assert "Wilcoxon signed-rank (two-sided): p = " in out
+    assert cli.main(["compare", "--ranks-a", str(files["a"]), "--ranks-b", str(files["c"])]) == 2
+    assert "evaluated on different users" in capsys.readouterr().err

@@ -1,0 +1,131 @@
+import math
+
+import pytest
+import torch
+
+from deepfm.config import parse_config
+from deepfm.io import load_checkpoint
+from deepfm.training import loop
+from deepfm.training.loop import TrainingError, load_model, train
+
+
+def _cfg(**train):
+    base = {"epochs": 4, "min_epochs": 1, "patience": 10, "batch_size": 64, "num_threads": 1}
+    return parse_config(
+        {"seed": 3, "train": {**base, **train}, "deepfm": {"embed_dim": 4, "dnn_hidden": [8]}}
+    )
+
+
+class Recorder:
+    """Stands in for dvclive.Live; can simulate a kill after a given number of epochs."""
+
+    def __init__(self, interrupt_after: int | None = None):
+        self.rows, self.row, self.interrupt_after = [], {}, interrupt_after
+
+    def log_metric(self, name, value):
+        self.row[name] = value
+
+    def next_step(self):
+        self.rows.append(self.row)
+        self.row = {}
+        if self.interrupt_after is not None and len(self.rows) == self.interrupt_after:
+            raise KeyboardInterrupt
+
+
+def test_training_learns_and_keeps_the_best_epoch(split, tmp_path):
+    live = Recorder()
+    out = train(_cfg(epochs=6), split, tmp_path / "m.pt", live=live, progress=False)
+    assert out.epochs_run == 6
+    losses = [r["train/loss"] for r in live.rows]
+    assert losses[-1] < losses[0]
+    scores = [r["val/full_ndcg@10"] for r in live.rows]
+    assert out.best_epoch == 1 + max(range(6), key=lambda i: (scores[i], -i))
+    payload = load_checkpoint(tmp_path / "m.pt")
+    assert payload["epoch"] == out.best_epoch
+    assert math.isclose(payload["val"]["full_ndcg@10"], max(scores), abs_tol=1e-6)
+
+
+@pytest.mark.parametrize("scheduler", ["none", "plateau", "cosine"])
+def test_interrupted_run_resumes_to_identical_result(split, tmp_path, scheduler):
+    cfg = _cfg(scheduler=scheduler, optimizer="adamw", grad_clip=1.0)
+    clean = Recorder()
+    train(cfg, split, tmp_path / "clean.pt", live=clean, progress=False)
+
+    resume = tmp_path / "state.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            cfg,
+            split,
+            tmp_path / "resumed.pt",
+            live=Recorder(interrupt_after=2),
+            progress=False,
+            resume_path=resume,
+        )
+    assert resume.is_file()
+    (tmp_path / "resumed.pt").unlink()  # as DVC does before rerunning the stage
+    again = Recorder()
+    train(cfg, split, tmp_path / "resumed.pt", live=again, progress=False, resume_path=resume)
+    assert not resume.exists()
+    assert again.rows == clean.rows  # the replayed history plus the resumed epochs
+    a, b = load_checkpoint(tmp_path / "clean.pt"), load_checkpoint(tmp_path / "resumed.pt")
+    assert a["epoch"] == b["epoch"] and a["val"] == b["val"]
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+
+
+def test_resume_state_of_other_params_is_ignored(split, tmp_path):
+    resume = tmp_path / "state.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            _cfg(),
+            split,
+            tmp_path / "m.pt",
+            live=Recorder(interrupt_after=1),
+            progress=False,
+            resume_path=resume,
+        )
+    rows = Recorder()
+    train(
+        _cfg(learning_rate=0.01),
+        split,
+        tmp_path / "m.pt",
+        live=rows,
+        progress=False,
+        resume_path=resume,
+    )
+    fresh = Recorder()
+    train(_cfg(learning_rate=0.01), split, tmp_path / "f.pt", live=fresh, progress=False)
+    assert rows.rows == fresh.rows
+
+
+def test_nan_loss_stops_and_keeps_best_checkpoint(split, tmp_path, monkeypatch):
+    path = tmp_path / "m.pt"
+    calls = {"n": 0}
+    real = torch.nn.BCEWithLogitsLoss.forward
+    batches_per_epoch = math.ceil((split.train_labels.sum() * 5) / _cfg().train.batch_size)
+
+    def poisoned(self, logits, target):
+        calls["n"] += 1
+        loss = real(self, logits, target)
+        return loss * float("nan") if calls["n"] > 2 * batches_per_epoch else loss
+
+    monkeypatch.setattr(torch.nn.BCEWithLogitsLoss, "forward", poisoned)
+    with pytest.raises(TrainingError, match=r"epoch 3: the training loss is nan.*kept"):
+        train(_cfg(), split, path, progress=False)
+    kept = load_checkpoint(path)
+    assert kept["epoch"] in (1, 2)
+    model, _ = load_model(path)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_cuda_requested_without_gpu_is_a_clear_error(split, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(TrainingError, match=r"'train\.device' is 'cuda'.*'cpu' or 'auto'"):
+        train(_cfg(device="cuda"), split, tmp_path / "m.pt", progress=False)
+
+
+def test_itempop_needs_no_training(split, tmp_path):
+    cfg = parse_config({"model": "itempop"})
+    out = train(cfg, split, tmp_path / "m.pt", progress=False)
+    assert out.epochs_run == 0 and out.best_val["users"] == len(split.val.users)
+    assert loop.load_model(tmp_path / "m.pt")[0].item_logits.abs().sum() > 0
