@@ -5,10 +5,13 @@ off (min_epochs = epochs), scored by validation full-ranking NDCG@10: the best e
 and the mean of the last 10 epochs (less noisy). Trials run in parallel processes, which is
 what makes a GPU worth it for models this small.
 
-    python benchmarks/sweep.py benchmarks/grids/deepfm.yaml --seeds 1 2 --jobs 8 --device cuda
+    python benchmarks/sweep.py benchmarks/grids/deepfm.yaml [more grids] --seeds 1 2 \
+        --jobs 8 --device cuda [--final-seeds 1 2 3 4 5]
 
 A grid file is a YAML list of override mappings, e.g. `- {train: {learning_rate: 0.001}}`.
-Results go to benchmarks/results/sweep-<grid name>.jsonl, one line per trial.
+Results go to <out-dir>/sweep.jsonl (one line per trial) and, with --final-seeds, the chosen
+trial of each grid rerun per seed with val and test metrics to <out-dir>/final.jsonl and its
+per-user ranks to <out-dir>/ranks/.
 """
 
 from __future__ import annotations
@@ -52,12 +55,17 @@ class Curve:
 
 
 def run_trial(args: tuple) -> dict:
-    override, seed, device, threads = args
+    """One training run. final=False: a search trial (full curve, validation only).
+    final=True: the pipeline's own semantics (early stopping), then val + test evaluation of
+    the best checkpoint, exactly as the eval stage computes them."""
+    override, seed, device, threads, final, ranks_dir = args
     import torch
 
     from deepfm.config import parse_config
+    from deepfm.data.sampling import RatedIndex
     from deepfm.data.split import read_split
-    from deepfm.training.loop import train
+    from deepfm.training.evaluate import evaluate_held_out
+    from deepfm.training.loop import load_model, train
 
     torch.set_num_threads(threads)
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -65,74 +73,143 @@ def run_trial(args: tuple) -> dict:
     raw["seed"] = seed
     raw["train"]["device"] = device
     raw["train"]["num_threads"] = threads
-    raw["train"]["min_epochs"] = raw["train"]["epochs"]
+    if not final:
+        raw["train"]["min_epochs"] = raw["train"]["epochs"]
     cfg = parse_config(raw, require_all=True)
     split = read_split(ROOT / "data" / "split")
     curve = Curve()
     start = time.perf_counter()
-    out = train(
-        cfg, split, Path(f"/tmp/sweep-{mp.current_process().pid}.pt"), live=curve, progress=False
-    )
-    scores = [r["val/full_ndcg@10"] for r in curve.rows]
-    hrs = [r["val/hr@10"] for r in curve.rows]
-    tail = scores[-10:]
-    return {
-        "override": override,
-        "seed": seed,
-        "model": cfg.model,
-        "best_epoch": out.best_epoch,
-        "val_full_ndcg@10_best": max(scores),
-        "val_hr@10_at_best": hrs[out.best_epoch - 1],
-        "val_full_ndcg@10_last10": sum(tail) / len(tail),
-        "val_hr@10_last10": sum(hrs[-10:]) / len(hrs[-10:]),
+    ckpt = Path(f"/tmp/sweep-{mp.current_process().pid}.pt")
+    out = train(cfg, split, ckpt, live=curve, progress=False)
+    seconds = out.seconds_per_epoch
+    result = {
+        "override": override, "seed": seed, "model": cfg.model, "device": device,
+        "best_epoch": out.best_epoch, "epochs_run": out.epochs_run,
+        "parameters": out.num_parameters,
+        "seconds_per_epoch": sum(seconds) / max(1, len(seconds)),
         "seconds": round(time.perf_counter() - start, 1),
-        "curve": [round(s, 4) for s in scores],
-    }
+    }  # fmt: skip
+    if curve.rows and "val/full_ndcg@10" in curve.rows[0]:
+        scores = [r["val/full_ndcg@10"] for r in curve.rows]
+        hrs = [r["val/hr@10"] for r in curve.rows]
+        result.update({
+            "val_full_ndcg@10_best": max(scores),
+            "val_hr@10_at_best": hrs[max(out.best_epoch, 1) - 1],
+            "val_full_ndcg@10_last10": sum(scores[-10:]) / len(scores[-10:]),
+            "val_hr@10_last10": sum(hrs[-10:]) / len(hrs[-10:]),
+            "curve": [round(s, 4) for s in scores],
+        })  # fmt: skip
+    if final:
+        import pandas as pd
+
+        model, _ = load_model(ckpt)
+        model = model.to(device)
+        rated = RatedIndex(
+            split.train_users, split.train_items, split.schema.num_users, split.schema.num_items
+        )
+        for name, exclude in (("val", None), ("test", split.val.items)):
+            r = evaluate_held_out(
+                model, getattr(split, name), rated, ks=cfg.eval.ks,
+                batch_users=cfg.eval.batch_users, also_exclude=exclude, device=device,
+            )  # fmt: skip
+            result[name] = r.metrics
+            if ranks_dir is not None:
+                frame = pd.DataFrame({
+                    "split": name, "user_id": split.user_ids[r.users],
+                    "item_id": split.item_ids[r.items], "sampled_rank": r.sampled_rank,
+                    "full_rank": r.full_rank, "num_candidates": r.num_candidates,
+                })  # fmt: skip
+                frame.to_parquet(Path(ranks_dir) / f"{cfg.model}-seed{seed}-{name}.parquet")
+    ckpt.unlink(missing_ok=True)
+    return result
+
+
+def _key(override: dict) -> str:
+    return json.dumps(override, sort_keys=True)
+
+
+def summarize(results: list[dict]) -> list[tuple[float, float, float, str]]:
+    """Per override, means over seeds: (last-10 val full NDCG@10, best-epoch value, HR@10)."""
+    groups: dict[str, list[dict]] = {}
+    for r in results:
+        groups.setdefault(_key(r["override"]), []).append(r)
+    rows = []
+    for key, rs in groups.items():
+        fields = ("val_full_ndcg@10_last10", "val_full_ndcg@10_best", "val_hr@10_last10")
+        means = [sum(r[f] for r in rs) / len(rs) for f in fields]
+        rows.append((*means, key))
+    return sorted(rows, reverse=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("grid", type=Path)
+    ap.add_argument("grids", type=Path, nargs="+")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    ap.add_argument(
+        "--final-seeds",
+        type=int,
+        nargs="*",
+        default=[],
+        help="after each grid, rerun its best trial (by validation) with these "
+        "seeds, with early stopping, and evaluate val and test",
+    )
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per trial")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
-    grid = yaml.safe_load(args.grid.read_text())
-    trials = [(o or {}, s, args.device, args.threads) for o in grid for s in args.seeds]
-    out = args.out or ROOT / "benchmarks" / "results" / f"sweep-{args.grid.stem}.jsonl"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    ranks_dir = args.out_dir / "ranks"
+    ranks_dir.mkdir(exist_ok=True)
     ctx = mp.get_context("spawn")
-    results = []
-    with ctx.Pool(args.jobs) as pool, open(out, "w") as f:
-        for r in pool.imap(run_trial, trials):
-            results.append(r)
-            f.write(json.dumps(r) + "\n")
-            f.flush()
+    trials, owner = [], []
+    for grid in args.grids:
+        for o in yaml.safe_load(grid.read_text()):
+            for s in args.seeds:
+                trials.append((o or {}, s, args.device, args.threads, False, None))
+                owner.append(grid.stem)
+    by_grid: dict[str, list[dict]] = {g.stem: [] for g in args.grids}
+    with ctx.Pool(args.jobs) as pool:
+        with open(args.out_dir / "sweep.jsonl", "w") as f:
+            for grid_name, r in zip(owner, pool.imap(run_trial, trials), strict=True):
+                by_grid[grid_name].append(r)
+                f.write(json.dumps({"grid": grid_name, **r}) + "\n")
+                f.flush()
+                print(
+                    f"[{grid_name}] {json.dumps(r['override']):<60} seed {r['seed']}: best "
+                    f"{r.get('val_full_ndcg@10_best', float('nan')):.4f} @ {r['best_epoch']:>2}"
+                    f", last10 {r.get('val_full_ndcg@10_last10', float('nan')):.4f} "
+                    f"({r['seconds']} s)",
+                    flush=True,
+                )
+        chosen = {}
+        for grid_name, results in by_grid.items():
             print(
-                f"{json.dumps(r['override']):<70} seed {r['seed']}: best "
-                f"{r['val_full_ndcg@10_best']:.4f} @ {r['best_epoch']:>2}, last10 "
-                f"{r['val_full_ndcg@10_last10']:.4f}, hr@10 {r['val_hr@10_last10']:.4f} "
-                f"({r['seconds']} s)",
-                flush=True,
+                f"\n[{grid_name}] mean over seeds: validation full-ranking NDCG@10 "
+                "(last 10 epochs | best epoch | HR@10 last 10)"
             )
-    print("\nmean over seeds (validation full-ranking NDCG@10, last 10 epochs | best epoch):")
-    keys = []
-    for r in results:
-        k = json.dumps(r["override"], sort_keys=True)
-        if k not in keys:
-            keys.append(k)
-    summary = []
-    for k in keys:
-        rs = [r for r in results if json.dumps(r["override"], sort_keys=True) == k]
-        last10 = sum(r["val_full_ndcg@10_last10"] for r in rs) / len(rs)
-        best = sum(r["val_full_ndcg@10_best"] for r in rs) / len(rs)
-        hr = sum(r["val_hr@10_last10"] for r in rs) / len(rs)
-        summary.append((last10, best, hr, k))
-    for last10, best, hr, k in sorted(summary, reverse=True):
-        print(f"  {last10:.4f} | {best:.4f} | hr@10 {hr:.4f}  {k}")
-    print(f"wrote {out}")
+            table = summarize(results)
+            for last10, best, hr, key in table:
+                print(f"  {last10:.4f} | {best:.4f} | {hr:.4f}  {key}")
+            chosen[grid_name] = json.loads(table[0][3])
+        if args.final_seeds:
+            finals = [
+                (o, s, args.device, args.threads, True, str(ranks_dir))
+                for o in chosen.values()
+                for s in args.final_seeds
+            ]
+            with open(args.out_dir / "final.jsonl", "w") as f:
+                for r in pool.imap(run_trial, finals):
+                    f.write(json.dumps(r) + "\n")
+                    f.flush()
+                    t = r["test"]
+                    print(
+                        f"[final] {r['model']:<17} seed {r['seed']}: test full_ndcg@10 "
+                        f"{t['full_ndcg@10']:.4f} hr@10 {t['hr@10']:.4f} (best epoch "
+                        f"{r['best_epoch']}, {r['seconds_per_epoch']:.2f} s/epoch)",
+                        flush=True,
+                    )
+    print(f"chosen by validation: {json.dumps(chosen)}")
 
 
 if __name__ == "__main__":
