@@ -52,7 +52,7 @@ def test_pipeline_loader_requires_every_key(tmp_path):
     del raw["train"]["patience"]
     p = tmp_path / "params.yaml"
     p.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ConfigError, match=r"missing key 'train\.patience'.*patience: 8"):
+    with pytest.raises(ConfigError, match=r"missing key 'train\.patience'.*patience: 10"):
         load_config(p)
 
 

@@ -39,8 +39,8 @@ class SplitConfig:
 class TrainConfig:
     epochs: int = field(default=40, metadata=_range(1, 10_000))
     # no early stop before this epoch; above `epochs` it simply never stops early
-    min_epochs: int = field(default=10, metadata=_range(1, 10_000))
-    patience: int = field(default=8, metadata=_range(1, 10_000))
+    min_epochs: int = field(default=20, metadata=_range(1, 10_000))
+    patience: int = field(default=10, metadata=_range(1, 10_000))
     batch_size: int = field(default=2048, metadata=_range(1, 1 << 20))
     learning_rate: float = field(default=2e-3, metadata=_range(0.0, 10.0, lo_open=True))
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
@@ -49,7 +49,7 @@ class TrainConfig:
     grad_clip: float = field(default=0.0, metadata=_range(0.0))
     # learning-rate schedule: plateau halves-by-factor on a stalled validation monitor,
     # cosine anneals to 0 over `epochs`
-    scheduler: Literal["none", "plateau", "cosine"] = "none"
+    scheduler: Literal["none", "plateau", "cosine"] = "cosine"
     plateau_factor: float = field(default=0.5, metadata=_range(0.0, 1.0, lo_open=True))
     plateau_patience: int = field(default=2, metadata=_range(0, 10_000))
     negatives_per_positive: int = field(default=4, metadata=_range(0, 1000))
