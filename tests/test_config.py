@@ -74,3 +74,20 @@ def test_types_are_normalised():
     assert cfg.train.learning_rate == 1.0
     assert cfg.to_dict()["train"]["learning_rate"] == 1.0
     assert cfg.to_dict()["deepfm"]["dnn_hidden"] == list(cfg.models["deepfm"].dnn_hidden)
+
+
+def test_stage_with_a_typo_in_params_exits_nonzero_and_writes_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["train"]["epoch"] = 3  # the typo a `dvc exp run -S train.epoch=3` would add
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "src" / "fetch.py")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "unknown key 'train.epoch'. Did you mean 'epochs'?" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

@@ -68,3 +68,12 @@ def test_killed_writer_never_leaves_a_truncated_file(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert target.read_text() == '{\n  "old": true\n}\n'
+
+
+def test_identical_checkpoints_are_identical_bytes(tmp_path):
+    from deepfm.io import save_checkpoint
+
+    payload = {"w": torch.arange(6.0).reshape(2, 3), "epoch": 3}
+    save_checkpoint(tmp_path / "a.pt", payload)
+    save_checkpoint(tmp_path / "b.pt", payload)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()

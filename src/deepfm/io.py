@@ -89,8 +89,10 @@ def write_parquet(path: str | os.PathLike, frame) -> None:
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # Through a file object: torch names the zip's inner folder after a path argument, and the
+    # temporary name is random, which would make identical checkpoints differ byte for byte.
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
