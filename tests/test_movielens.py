@@ -56,6 +56,8 @@ def test_ml1m_format(tmp_path):
         ("1\t2\t9\t881250949\n", r"u\.data, line 3: rating '9' is not a number in \[1, 5\]"),
         ("1\tx\t3\t881250949\n", r"u\.data, line 3: item_id 'x' is not an integer"),
         ("999\t2\t3\t881250949\n", r"u\.data, line 3: user_id 999 is not in the users file"),
+        ("1\t999\t3\t881250949\n", r"u\.data, line 3: item_id 999 is not in the items file"),
+        ("\n", r"u\.data, line 3: 1 fields, expected 4"),
     ],
 )
 def test_malformed_ratings_name_file_and_line(tmp_path, line, message):
@@ -72,3 +74,13 @@ def test_malformed_ratings_name_file_and_line(tmp_path, line, message):
 def test_missing_raw_file_says_run_fetch(tmp_path):
     with pytest.raises(ParseError, match="run the fetch stage"):
         load_canonical("ml-100k", tmp_path, 4)
+
+
+def test_duplicate_rating_names_the_line(tmp_path):
+    from tests.conftest import make_ml100k_files
+
+    folder = make_ml100k_files(tmp_path / "raw", n_users=5, n_items=10, per_user=(2, 2))
+    rows = (folder / "u.data").read_text().splitlines(keepends=True)
+    (folder / "u.data").write_text("".join(rows[:2]) + rows[0] + "".join(rows[2:]))
+    with pytest.raises(ParseError, match=r"u\.data, line 3: user 1 rates item \d+ a second time"):
+        load_canonical("ml-100k", folder, 4)
