@@ -13,7 +13,7 @@ def fit_vocab(values) -> np.ndarray:
 
 def encode(values, vocab: np.ndarray) -> np.ndarray:
     """Map values to codes 1..len(vocab); anything not in the vocabulary (or missing) -> 0."""
-    codes = pd.Categorical(pd.Series(values), categories=vocab).codes  # -1 where unknown
+    codes = pd.Index(vocab).get_indexer(pd.Series(values, dtype=object))  # -1 where unknown
     return codes.astype(np.int64) + 1
 
 
