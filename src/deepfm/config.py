@@ -62,7 +62,7 @@ class TrainConfig:
 class EvalConfig:
     num_negatives: int = field(default=999, metadata=_range(1, 100_000))
     ks: list[int] = field(default_factory=lambda: [5, 10, 20], metadata=_range(1, 100_000))
-    batch_users: int = field(default=256, metadata=_range(1, 1 << 20))
+    batch_users: int = field(default=32, metadata=_range(1, 1 << 20))
 
 
 @dataclass(frozen=True)
