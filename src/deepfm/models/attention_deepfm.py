@@ -25,8 +25,7 @@ class AttentionDeepFM(RankingModel):
     def __init__(self, schema: Schema, features: dict, params: AttentionDeepFMConfig):
         super().__init__(schema, features)
         self.embedding = FeatureEmbedding(schema, params.embed_dim)
-        self.linear = FeatureEmbedding(schema, 1, init_std=0.0)
-        self.bias = nn.Parameter(torch.zeros(()))
+        self.add_first_order(schema)  # after the embedding: keeps the initialisation order
         self.attention = field_attention_stack(
             params.attention_layers,
             params.embed_dim,
@@ -47,6 +46,5 @@ class AttentionDeepFM(RankingModel):
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         emb = self.embed(self.embedding, users, items)  # (B, F, k)
-        first_order = self.embed(self.linear, users, items).sum(dim=(1, 2))
         deep = self.dnn(self.attention(emb).flatten(1))
-        return self.bias + first_order + fm_interaction(emb) + deep
+        return self.first_order(users, items) + fm_interaction(emb) + deep

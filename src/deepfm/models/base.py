@@ -47,6 +47,24 @@ class RankingModel(nn.Module):
             dim=1,
         )
 
+    def add_first_order(self, schema: Schema) -> None:
+        """The first-order (logistic-regression) part every model but ItemPop has: a bias and
+        one weight per feature value (a 1-dim FeatureEmbedding)."""
+        from deepfm.models.layers import FeatureEmbedding
+
+        self.linear = FeatureEmbedding(schema, 1, init_std=0.0)
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def first_order(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """(B,) bias + first-order term of aligned pairs."""
+        return self.bias + self.embed(self.linear, users, items).sum(dim=(1, 2))
+
+    def first_order_matrix(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """(U, I) bias + first-order term: a user part plus an item part."""
+        lin_u = self.embed_side(self.linear, "user", users).sum(dim=(1, 2))
+        lin_i = self.embed_side(self.linear, "item", items).sum(dim=(1, 2))
+        return lin_u[:, None] + lin_i[None, :] + self.bias
+
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

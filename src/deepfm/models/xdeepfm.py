@@ -22,8 +22,7 @@ class XDeepFM(RankingModel):
     def __init__(self, schema: Schema, features: dict, params: XDeepFMConfig):
         super().__init__(schema, features)
         self.embedding = FeatureEmbedding(schema, params.embed_dim)
-        self.linear = FeatureEmbedding(schema, 1, init_std=0.0)
-        self.bias = nn.Parameter(torch.zeros(()))
+        self.add_first_order(schema)  # after the embedding: keeps the initialisation order
         self.cin = CIN(self.embedding.num_fields, list(params.cin_layers), params.cin_split_half)
         self.dnn = DNN(
             self.embedding.num_fields * params.embed_dim,
@@ -34,8 +33,7 @@ class XDeepFM(RankingModel):
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         emb = self.embed(self.embedding, users, items)  # (B, F, k)
-        first_order = self.embed(self.linear, users, items).sum(dim=(1, 2))
-        return self.bias + first_order + self.cin(emb) + self.dnn(emb.flatten(1))
+        return self.first_order(users, items) + self.cin(emb) + self.dnn(emb.flatten(1))
 
     @torch.no_grad()
     def score_matrix(self, users: torch.Tensor, items: torch.Tensor, chunk: int | None = None):
@@ -45,14 +43,9 @@ class XDeepFM(RankingModel):
         block = max(1, math.isqrt(chunk or self.score_chunk))
         eu = self.embed_side(self.embedding, "user", users)  # (U, Fu, k)
         ei = self.embed_side(self.embedding, "item", items)  # (I, Fi, k)
-        lin_u = self.embed_side(self.linear, "user", users).sum(dim=(1, 2))
-        lin_i = self.embed_side(self.linear, "item", items).sum(dim=(1, 2))
         folded = self.dnn.folded_linears()
-        w, b = folded[0]  # (H, (Fu + Fi) * k), user fields first
-        split = eu.shape[1] * eu.shape[2]
-        hu = torch.addmm(b, eu.flatten(1), w[:, :split].T)  # (U, H)
-        hi = ei.flatten(1) @ w[:, split:].T  # (I, H)
-        out = lin_u[:, None] + lin_i[None, :] + self.bias
+        hu, hi = self.dnn.first_by_side(eu.flatten(1), ei.flatten(1), folded)  # (U, H), (I, H)
+        out = self.first_order_matrix(users, items)
         for u0 in range(0, len(users), block):
             us = slice(u0, u0 + block)
             for i0 in range(0, len(items), block):

@@ -2,7 +2,7 @@ from deepfm.models.layers.attention import FieldAttention, field_attention_stack
 from deepfm.models.layers.cin import CIN
 from deepfm.models.layers.dnn import DNN
 from deepfm.models.layers.embedding import FeatureEmbedding
-from deepfm.models.layers.fm import FMInteraction, fm_interaction
+from deepfm.models.layers.fm import FMInteraction, fm_interaction, fm_interaction_matrix
 
 __all__ = [
     "CIN",
@@ -12,4 +12,5 @@ __all__ = [
     "FieldAttention",
     "field_attention_stack",
     "fm_interaction",
+    "fm_interaction_matrix",
 ]

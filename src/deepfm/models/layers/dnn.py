@@ -56,6 +56,15 @@ class DNN(nn.Module):
         return out
 
     @torch.no_grad()
+    def first_by_side(self, user_flat: torch.Tensor, item_flat: torch.Tensor, folded):
+        """The first (folded) Linear split by input block: (U, Du) user inputs and (I, Di) item
+        inputs -> (U, H) and (I, H) whose broadcast sum is the pre-activation of every pair
+        (the Linear is additive over its input blocks; the bias goes to the user side)."""
+        w, b = folded[0]
+        du = user_flat.shape[1]
+        return torch.addmm(b, user_flat, w[:, :du].T), item_flat @ w[:, du:].T
+
+    @torch.no_grad()
     def forward_from_first(self, h: torch.Tensor, folded) -> torch.Tensor:
         """Finish the inference forward pass from the first (folded) Linear's output
         `h` (..., hidden[0]); `folded` is folded_linears()."""

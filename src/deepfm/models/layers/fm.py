@@ -14,6 +14,16 @@ def fm_interaction(embeddings: torch.Tensor) -> torch.Tensor:
     return 0.5 * (square_of_sum - sum_of_square).sum(dim=1)
 
 
+def fm_interaction_matrix(user_emb: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:
+    """(U, Fu, k) user fields x (I, Fi, k) item fields -> (U, I) FM term of every pair, exactly:
+    pairs within a side are a user (or item) part; pairs across sides sum to
+    <sum of user fields, sum of item fields>, one matrix product."""
+    su, si = user_emb.sum(1), item_emb.sum(1)
+    fm_u = 0.5 * (su.pow(2).sum(-1) - user_emb.pow(2).sum((1, 2)))
+    fm_i = 0.5 * (si.pow(2).sum(-1) - item_emb.pow(2).sum((1, 2)))
+    return fm_u[:, None] + fm_i[None, :] + su @ si.T
+
+
 class FMInteraction(nn.Module):
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         return fm_interaction(embeddings)
