@@ -78,8 +78,12 @@ def bench_model(name: str, cfg, split, rated, device, repeats: int) -> dict:
         tensors = tuple(torch.from_numpy(a).to(device) for a in ex)
         prebuilt = list(iterate_batches(tensors, tc.batch_size, torch.Generator().manual_seed(0)))
         model.train()
-        train_steps(model, optimizer, prebuilt[:5], loss_fn)  # warm-up (allocator, kernels)
-        row["bound_s"], _ = timed(lambda: train_steps(model, optimizer, prebuilt, loss_fn), repeats)
+        train_steps(
+            model, optimizer, prebuilt[:5], loss_fn, amp=tc.amp
+        )  # warm-up (allocator, kernels)
+        row["bound_s"], _ = timed(
+            lambda: train_steps(model, optimizer, prebuilt, loss_fn, amp=tc.amp), repeats
+        )
 
         shuffle = torch.Generator().manual_seed(cfg.seed)
 
@@ -87,8 +91,9 @@ def bench_model(name: str, cfg, split, rated, device, repeats: int) -> dict:
             users, items, labels = examples()
             t = tuple(torch.from_numpy(a).to(device) for a in (users, items, labels))
             return train_steps(
-                model, optimizer, iterate_batches(t, tc.batch_size, shuffle), loss_fn, tc.grad_clip
-            )
+                model, optimizer, iterate_batches(t, tc.batch_size, shuffle), loss_fn,
+                tc.grad_clip, tc.amp,
+            )  # fmt: skip
 
         row["epoch_s"], _ = timed(real_epoch, repeats)
         row["epoch_over_bound"] = row["epoch_s"] / row["bound_s"]
@@ -140,14 +145,18 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--repro", action="store_true", help="also time `dvc repro --force`")
     ap.add_argument("--device", default=None, help="override train.device (cpu | cuda)")
+    ap.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "throughput.json"))
     args = ap.parse_args()
 
     cfg = load_config(ROOT / "params.yaml")
-    if args.device:
+    if args.device or args.amp:
         import dataclasses
 
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=args.device))
+        train_cfg = dataclasses.replace(
+            cfg.train, device=args.device or cfg.train.device, amp=args.amp or cfg.train.amp
+        )
+        cfg = dataclasses.replace(cfg, train=train_cfg)
     threads, device = setup_torch(cfg.train, cfg.seed)
     split = read_split(ROOT / "data" / "split")
     rated = RatedIndex(

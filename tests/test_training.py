@@ -129,3 +129,27 @@ def test_itempop_needs_no_training(split, tmp_path):
     out = train(cfg, split, tmp_path / "m.pt", progress=False)
     assert out.epochs_run == 0 and out.best_val["users"] == len(split.val.users)
     assert loop.load_model(tmp_path / "m.pt")[0].item_logits.abs().sum() > 0
+
+
+def test_amp_off_cuda_is_a_clear_error(split, tmp_path):
+    with pytest.raises(TrainingError, match=r"'train\.amp' is true but training runs on cpu"):
+        train(_cfg(amp=True), split, tmp_path / "m.pt", progress=False)
+
+
+def test_bfloat16_autocast_steps_train(split):
+    # the mixed-precision code path, exercised on the CPU (where autocast supports bfloat16)
+    from deepfm.data.batches import feature_tensors
+    from deepfm.models import build_model
+
+    cfg = _cfg()
+    torch.manual_seed(0)
+    model = build_model("deepfm", split.schema, feature_tensors(split), cfg.model_params)
+    optimizer = loop.make_optimizer(model, cfg.train)
+    users = torch.from_numpy(split.train_users[:256].astype("int64"))
+    items = torch.from_numpy(split.train_items[:256].astype("int64"))
+    labels = torch.from_numpy(split.train_labels[:256].astype("float32"))
+    batches = [(users, items, labels)] * 20
+    first = loop.train_steps(model, optimizer, batches[:1], torch.nn.BCEWithLogitsLoss(), amp=True)
+    last = loop.train_steps(model, optimizer, batches, torch.nn.BCEWithLogitsLoss(), amp=True)
+    assert math.isfinite(first) and last < first
+    assert all(p.dtype == torch.float32 for p in model.parameters())

@@ -55,7 +55,8 @@ class TrainConfig:
     negatives_per_positive: int = field(default=4, metadata=_range(0, 1000))
     observed_negatives: bool = False
     num_threads: int = field(default=0, metadata=_range(0, 1024))
-    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    device: Literal["cpu", "cuda", "auto"] = "cpu"  # auto: cuda > mps > cpu
+    amp: bool = False  # bfloat16 autocast of the forward pass; CUDA only
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,12 @@ def setup_torch(cfg: TrainConfig, seed: int) -> tuple[int, torch.device]:
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     if cfg.device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if torch.cuda.is_available():
+            device = "cuda"
+        elif torch.backends.mps.is_available():
+            device = "mps"
+        else:
+            device = "cpu"
     elif cfg.device == "cuda" and not torch.cuda.is_available():
         raise TrainingError(
             "params.yaml: 'train.device' is 'cuda' but no CUDA device is visible; "
@@ -65,6 +70,12 @@ def setup_torch(cfg: TrainConfig, seed: int) -> tuple[int, torch.device]:
         )
     else:
         device = cfg.device
+    if cfg.amp and device != "cuda":
+        raise TrainingError(
+            f"params.yaml: 'train.amp' is true but training runs on {device}; mixed precision "
+            "is for CUDA only. Set train.amp to false, or train.device to 'cuda' / 'auto' on a "
+            "machine with a CUDA GPU."
+        )
     return threads, torch.device(device)
 
 
@@ -125,12 +136,21 @@ def _log(live, metrics: dict, prefix: str) -> None:
             live.log_metric(f"{prefix}/{key}" if prefix else key, round(value, 6))
 
 
-def train_steps(model, optimizer, batches, loss_fn, grad_clip: float = 0.0) -> float:
-    """One pass of optimizer steps over (users, items, labels) batches; the mean loss."""
+def train_steps(
+    model, optimizer, batches, loss_fn, grad_clip: float = 0.0, amp: bool = False
+) -> float:
+    """One pass of optimizer steps over (users, items, labels) batches; the mean loss.
+
+    amp: run the forward pass under bfloat16 autocast (weights, gradients and the optimizer
+    stay float32; bfloat16 has float32's range, so no loss scaling is needed).
+    """
     total = None
     count = 0
+    device_type = next(model.parameters()).device.type
     for users, items, labels in batches:
-        loss = loss_fn(model(users, items), labels)
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(users, items)
+        loss = loss_fn(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip > 0:
@@ -314,7 +334,7 @@ def train(
             disable=not progress,
             leave=False,
         )
-        train_loss = train_steps(model, optimizer, batches, loss_fn, tc.grad_clip)
+        train_loss = train_steps(model, optimizer, batches, loss_fn, tc.grad_clip, tc.amp)
         if not math.isfinite(train_loss):
             raise TrainingError(
                 f"epoch {epoch}: the training loss is {train_loss}; stopping. The best checkpoint "
