@@ -64,7 +64,7 @@ def run_trial(args: tuple) -> dict:
     from deepfm.config import parse_config
     from deepfm.data.sampling import RatedIndex
     from deepfm.data.split import read_split
-    from deepfm.training.evaluate import evaluate_held_out
+    from deepfm.training.evaluate import evaluate_split
     from deepfm.training.loop import load_model, train
 
     torch.set_num_threads(threads)
@@ -107,11 +107,10 @@ def run_trial(args: tuple) -> dict:
         rated = RatedIndex(
             split.train_users, split.train_items, split.schema.num_users, split.schema.num_items
         )
-        for name, exclude in (("val", None), ("test", split.val.items)):
-            r = evaluate_held_out(
-                model, getattr(split, name), rated, ks=cfg.eval.ks,
-                batch_users=cfg.eval.batch_users, also_exclude=exclude, device=device,
-            )  # fmt: skip
+        results = evaluate_split(
+            model, split, rated, ks=cfg.eval.ks, batch_users=cfg.eval.batch_users, device=device
+        )
+        for name, r in results.items():
             result[name] = r.metrics
             if ranks_dir is not None:
                 frame = pd.DataFrame({

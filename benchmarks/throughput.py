@@ -34,7 +34,7 @@ from deepfm.data.batches import epoch_examples, feature_tensors, iterate_batches
 from deepfm.data.sampling import RatedIndex  # noqa: E402
 from deepfm.data.split import read_split  # noqa: E402
 from deepfm.models import MODELS, build_model  # noqa: E402
-from deepfm.training.evaluate import evaluate_held_out  # noqa: E402
+from deepfm.training.evaluate import evaluate_split  # noqa: E402
 from deepfm.training.loop import make_optimizer, setup_torch, train_steps  # noqa: E402
 
 
@@ -105,14 +105,14 @@ def bench_model(name: str, cfg, split, rated, device, repeats: int) -> dict:
 
     model.eval()
     row["eval_s"], _ = timed(
-        lambda: evaluate_held_out(
+        lambda: evaluate_split(
             model,
-            split.test,
+            split,
             rated,
             ks=cfg.eval.ks,
             batch_users=cfg.eval.batch_users,
-            also_exclude=split.val.items,
             device=device,
+            which=("test",),
         ),
         repeats,
     )

@@ -4,7 +4,6 @@ ranks, for paired comparisons between runs)."""
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -12,7 +11,7 @@ from deepfm.config import load_config
 from deepfm.data.sampling import RatedIndex
 from deepfm.data.split import read_split
 from deepfm.io import write_json, write_parquet
-from deepfm.training.evaluate import evaluate_held_out
+from deepfm.training.evaluate import evaluate_split
 from deepfm.training.loop import load_model
 from deepfm.utils import environment, physical_cores, run_stage
 
@@ -29,22 +28,7 @@ def main() -> None:
     rated = RatedIndex(
         split.train_users, split.train_items, split.schema.num_users, split.schema.num_items
     )
-    # Ranking the test item, the validation item is excluded too (it is known by then);
-    # users are aligned because both splits list the same eligible users in user order.
-    assert np.array_equal(split.val.users, split.test.users)
-    results = {
-        "val": evaluate_held_out(
-            model, split.val, rated, ks=cfg.eval.ks, batch_users=cfg.eval.batch_users
-        ),
-        "test": evaluate_held_out(
-            model,
-            split.test,
-            rated,
-            ks=cfg.eval.ks,
-            batch_users=cfg.eval.batch_users,
-            also_exclude=split.val.items,
-        ),
-    }
+    results = evaluate_split(model, split, rated, ks=cfg.eval.ks, batch_users=cfg.eval.batch_users)
     metrics = {
         name: {k: round(v, 6) if isinstance(v, float) else v for k, v in r.metrics.items()}
         for name, r in results.items()

@@ -102,3 +102,33 @@ def evaluate_held_out(
     out["users"] = n
     model.train(was_training)
     return EvalResult(out, held.users, held.items, sampled_rank, full_rank, n_cand)
+
+
+def evaluate_split(
+    model: RankingModel,
+    split,
+    train_rated: RatedIndex,
+    *,
+    ks: list[int],
+    batch_users: int = 256,
+    device: torch.device | str = "cpu",
+    which: tuple[str, ...] = ("val", "test"),
+) -> dict[str, EvalResult]:
+    """The protocol's evaluation of a SplitResult: the validation item ranked with the test item
+    still in the catalogue, the test item ranked with the validation item excluded (it is
+    known by then). Both held-out sets list the same eligible users in user order."""
+    if not np.array_equal(split.val.users, split.test.users):
+        raise ValueError("validation and test users differ; rerun the split stage.")
+    exclude = {"val": None, "test": split.val.items}
+    return {
+        name: evaluate_held_out(
+            model,
+            getattr(split, name),
+            train_rated,
+            ks=ks,
+            batch_users=batch_users,
+            also_exclude=exclude[name],
+            device=device,
+        )
+        for name in which
+    }
