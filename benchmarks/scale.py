@@ -104,7 +104,7 @@ def measure(args: tuple) -> dict:
 
     out = {}
     t = time.perf_counter()
-    interactions, users, items = load_canonical("ml-100k", Path(folder), 4)
+    interactions, users, items = load_canonical("ml-100k", Path(folder), 4, 1980)
     out["preprocess_s"], out["preprocess_peak_mb"] = time.perf_counter() - t, peak_rss_mb()
     t = time.perf_counter()
     split = split_dataset(interactions, users, items, seed=seed, min_positives=3, num_negatives=999)

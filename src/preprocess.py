@@ -12,7 +12,9 @@ RAW, PROCESSED = Path("data/raw"), Path("data/processed")
 
 def main() -> None:
     cfg = load_config()
-    interactions, users, items = load_canonical(cfg.dataset, RAW, cfg.data.label_threshold)
+    interactions, users, items = load_canonical(
+        cfg.dataset, RAW, cfg.data.label_threshold, cfg.data.single_years_from
+    )
     with atomic_dir(PROCESSED) as tmp:
         write_parquet(tmp / "interactions.parquet", interactions)
         write_parquet(tmp / "users.parquet", users)

@@ -101,7 +101,7 @@ def ml100k_dir(tmp_path) -> Path:
 def canonical(ml100k_dir):
     from deepfm.data.movielens import load_canonical
 
-    return load_canonical("ml-100k", ml100k_dir, 4)
+    return load_canonical("ml-100k", ml100k_dir, 4, 1980)
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 import numpy as np
+import pandas as pd
 import pytest
 
-from deepfm.data.movielens import ParseError, age_bucket, load_canonical
+from deepfm.data.movielens import ParseError, age_bucket, load_canonical, year_bucket
 from tests.conftest import make_ml1m_files
 
 
@@ -38,7 +39,7 @@ def test_age_buckets_match_ml1m_bins():
 
 def test_ml1m_format(tmp_path):
     folder = make_ml1m_files(tmp_path / "ml-1m")
-    interactions, users, items = load_canonical("ml-1m", folder, 4)
+    interactions, users, items = load_canonical("ml-1m", folder, 4, 1980)
     assert len(interactions) == len((folder / "ratings.dat").read_text().splitlines())
     assert users["occupation"].iloc[0] == "academic/educator"  # code 1
     assert users["age_bucket"].iloc[0] == "18-24"  # code 18
@@ -68,12 +69,12 @@ def test_malformed_ratings_name_file_and_line(tmp_path, line, message):
     # keep user ids valid on the first two lines; line 3 is the bad one
     (folder / "u.data").write_text("".join(rows[:2]) + line + "".join(rows[3:]))
     with pytest.raises(ParseError, match=message):
-        load_canonical("ml-100k", folder, 4)
+        load_canonical("ml-100k", folder, 4, 1980)
 
 
 def test_missing_raw_file_says_run_fetch(tmp_path):
     with pytest.raises(ParseError, match="run the fetch stage"):
-        load_canonical("ml-100k", tmp_path, 4)
+        load_canonical("ml-100k", tmp_path, 4, 1980)
 
 
 def test_duplicate_rating_names_the_line(tmp_path):
@@ -83,4 +84,11 @@ def test_duplicate_rating_names_the_line(tmp_path):
     rows = (folder / "u.data").read_text().splitlines(keepends=True)
     (folder / "u.data").write_text("".join(rows[:2]) + rows[0] + "".join(rows[2:]))
     with pytest.raises(ParseError, match=r"u\.data, line 3: user 1 rates item \d+ a second time"):
-        load_canonical("ml-100k", folder, 4)
+        load_canonical("ml-100k", folder, 4, 1980)
+
+
+def test_year_buckets_single_years_then_decades():
+    years = pd.Series([1995, 1980, 1979, None, 1932, 2000], dtype="Int16")
+    assert year_bucket(years, 1980).tolist() == ["1995", "1980", "1970s", pd.NA, "1930s", "2000"]
+    # a cut-off above every year gives decades only
+    assert year_bucket(years, 2100).tolist()[:3] == ["1990s", "1980s", "1970s"]

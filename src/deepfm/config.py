@@ -28,6 +28,8 @@ def _range(lo=None, hi=None, *, lo_open=False):
 @dataclass(frozen=True)
 class DataConfig:
     label_threshold: int = field(default=4, metadata=_range(1, 5))
+    # release years from this one on are their own year_bucket; earlier ones go by decade
+    single_years_from: int = field(default=1980, metadata=_range(1800, 2100))
 
 
 @dataclass(frozen=True)
