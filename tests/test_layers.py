@@ -140,3 +140,24 @@ def test_cin_score_pairs_equals_forward_on_every_pair(split_half):
     xu, xi = torch.randn(3, 2, 4).double(), torch.randn(7, 3, 4).double()
     pairs = torch.cat([xu.repeat_interleave(7, 0), xi.repeat(3, 1, 1)], dim=1)
     torch.testing.assert_close(cin.score_pairs(xu, xi), cin(pairs).reshape(3, 7))
+
+
+def test_cpu_dropout_rate_scale_and_gradient():
+    from deepfm.models.layers.dnn import Dropout
+
+    torch.manual_seed(0)
+    drop = Dropout(0.2)
+    x = torch.ones(1000, 257, requires_grad=True)  # odd size: the last 64-bit draw is sliced
+    y = drop(x)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.2) < 0.005  # 257,000 draws: the std of the rate is 0.0008
+    kept = y[y != 0]
+    assert torch.allclose(kept, torch.full_like(kept, 1 / 0.8))  # inverted scaling
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient goes through the same mask
+    # columns and rows are not correlated by the 4-elements-per-draw slicing
+    assert (y == 0).float().mean(0).std().item() < 0.05
+    drop.eval()
+    assert torch.equal(drop(x), x)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        Dropout(1.0)

@@ -82,9 +82,7 @@ def setup_torch(cfg: TrainConfig, seed: int) -> tuple[int, torch.device]:
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     embedding_params, other_params = [], []
     for module in model.modules():
-        target = (
-            embedding_params if isinstance(module, nn.Embedding | nn.EmbeddingBag) else other_params
-        )
+        target = embedding_params if isinstance(module, nn.Embedding) else other_params
         target.extend(p for p in module.parameters(recurse=False) if p.requires_grad)
     groups = [
         {"params": embedding_params, "weight_decay": cfg.embedding_l2},

@@ -3,7 +3,40 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+class Dropout(nn.Module):
+    """Inverted dropout whose CPU mask costs a third of torch's.
+
+    Why: on CPU torch draws a dropout mask with bernoulli_, one Mersenne-Twister float per
+    element, which was 27% of a whole DeepFM training step on 2 cores. Here each element gets
+    16 random bits sliced from 64-bit draws (4 elements per draw), so the drop probability is
+    round(p * 65536) / 65536 (0.2 stays 0.2 to 1e-5). Other devices keep F.dropout (fused
+    and fast there). Seeded by the same global generator as everything else.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}.")
+        self.p = p
+        self.threshold = -32768 + round(p * 65536)  # keep an element if its int16 >= this
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, True)
+        n = x.numel()
+        draws = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)
+        bits = draws.view(torch.int16)[:n].view(x.shape)
+        keep_rate = 1.0 - (self.threshold + 32768) / 65536
+        return x * (bits >= self.threshold).to(x.dtype).mul_(1.0 / keep_rate)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class DNN(nn.Module):
@@ -20,7 +53,7 @@ class DNN(nn.Module):
                 layers.append(nn.BatchNorm1d(d_out))
             layers.append(nn.ReLU())
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(Dropout(dropout))
         out = nn.Linear(dims[-1], 1)
         nn.init.xavier_uniform_(out.weight)
         nn.init.zeros_(out.bias)

@@ -2,7 +2,9 @@
 
 Sparse fields share one table with per-field offsets (one gather for all of them);
 sequence fields (genres) are mean-pooled bags in which padding code 0 is left out of the
-mean. Lookups are split by side (user / item) so a model can embed U users and I items once
+mean. Lookups are `index_select` on the weight rather than nn.Embedding / nn.EmbeddingBag
+calls: same values, but on CPU their backward (index_add instead of a sort-and-reduce) was
+2-3x faster, and the tables here are small and dense. Lookups are split by side (user / item) so a model can embed U users and I items once
 and combine them into a U x I score matrix without materialising U*I rows of features.
 
 `field_dims` gives some fields their own size (a 3-code gender field needs fewer dimensions
@@ -59,9 +61,7 @@ class FeatureEmbedding(nn.Module):
             for f in separate:
                 self.own_tables[f.name] = nn.Embedding(f.vocab_size, own[f.name])
             for f in sequence:
-                self.bags[f.name] = nn.EmbeddingBag(
-                    f.vocab_size, own.get(f.name, dim), mode="mean", padding_idx=0
-                )
+                self.bags[f.name] = nn.Embedding(f.vocab_size, own.get(f.name, dim), padding_idx=0)
             for f in [*separate, *sequence]:
                 if f.name in own:
                     self.projections[f.name] = nn.Linear(own[f.name], dim, bias=False)
@@ -89,7 +89,7 @@ class FeatureEmbedding(nn.Module):
         tables = [*self.tables.values(), *self.bags.values(), *self.own_tables.values()]
         for module in tables:
             nn.init.normal_(module.weight, std=init_std)
-            if isinstance(module, nn.EmbeddingBag):
+            if module in self.bags.values():
                 with torch.no_grad():
                     module.weight[0].zero_()
 
@@ -100,14 +100,26 @@ class FeatureEmbedding(nn.Module):
         parts = []
         if spec["shared_columns"]:
             shared = codes if not spec["separate"] else codes[:, spec["shared_columns"]]
-            parts.append(self.tables[side](shared + getattr(self, f"{side}_offsets")))
+            parts.append(_lookup(self.tables[side].weight, shared + getattr(self, f"{side}_offsets")))
         for name, column in spec["separate"]:
-            parts.append(self.projections[name](self.own_tables[name](codes[:, column]))[:, None])
+            parts.append(self.projections[name](_lookup(self.own_tables[name].weight, codes[:, column]))[:, None])
         for (name, _), bag in zip(spec["sequence"], bags, strict=True):
-            pooled = self.bags[name](bag)
+            pooled = _mean_bag(self.bags[name].weight, bag)
             if name in self.projections:
                 pooled = self.projections[name](pooled)
             parts.append(pooled.unsqueeze(1))
         out = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         order = getattr(self, f"{side}_order")
         return out if order is None else out[:, order]
+
+
+def _lookup(weight: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """weight[codes] for any shape of codes: (..., ) -> (..., dim)."""
+    return weight.index_select(0, codes.reshape(-1)).view(*codes.shape, weight.shape[1])
+
+
+def _mean_bag(weight: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """(N, L) 0-padded codes -> (N, dim) mean of the non-padding rows (zeros for an empty bag)."""
+    present = (codes > 0).to(weight.dtype)
+    share = present / present.sum(1, keepdim=True).clamp(min=1)
+    return (_lookup(weight, codes) * share.unsqueeze(-1)).sum(1)
