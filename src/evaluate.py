@@ -34,7 +34,7 @@ def main() -> None:
         for name, r in results.items()
     }
     metrics["model"] = payload["model"]
-    metrics["best_epoch"] = int(payload["epoch"])
+    metrics["checkpoint_epoch"] = int(payload["epoch"])
     metrics["parameters"] = model.num_parameters()
     metrics["environment"] = environment(threads)
     write_json(METRICS, metrics)

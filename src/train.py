@@ -1,4 +1,5 @@
-"""Stage train: data/split/ -> models/model.pt (best epoch by validation full-ranking NDCG@10).
+"""Stage train: data/split/ -> models/model.pt (the last epoch, or the best by validation
+full-ranking NDCG@10: train.checkpoint).
 
 Per-epoch curves go to metrics/train/ through dvclive (deterministic: tracked in dvc.lock);
 wall-clock times go to metrics/timing/ (a measurement, kept out of dvc.lock on purpose).
@@ -39,10 +40,12 @@ def main() -> None:
             "device": outcome.device,
         }
     write_json(Path(TIMING_DIR) / "summary.json", summary)
+    kept = outcome.kept_val
     print(
-        f"train: {cfg.model}, best epoch {outcome.best_epoch} of {outcome.epochs_run} "
-        f"({outcome.stop_reason}); val full_ndcg@10 {outcome.best_val['full_ndcg@10']:.4f}, "
-        f"hr@10 {outcome.best_val['hr@10']:.4f} -> {MODEL}"
+        f"train: {cfg.model}, kept epoch {outcome.kept_epoch} of {outcome.epochs_run} "
+        f"(train.checkpoint: {cfg.train.checkpoint}; best validation epoch {outcome.best_epoch}; "
+        f"{outcome.stop_reason}); val full_ndcg@10 {kept['full_ndcg@10']:.4f}, "
+        f"hr@10 {kept['hr@10']:.4f} -> {MODEL}"
     )
 
 

@@ -34,15 +34,37 @@ class Recorder:
 
 def test_training_learns_and_keeps_the_best_epoch(split, tmp_path):
     live = Recorder()
-    out = train(_cfg(epochs=6), split, tmp_path / "m.pt", live=live, progress=False)
+    cfg = _cfg(epochs=6, checkpoint="best")
+    out = train(cfg, split, tmp_path / "m.pt", live=live, progress=False)
     assert out.epochs_run == 6
     losses = [r["train/loss"] for r in live.rows]
     assert losses[-1] < losses[0]
     scores = [r["val/full_ndcg@10"] for r in live.rows]
     assert out.best_epoch == 1 + max(range(6), key=lambda i: (scores[i], -i))
+    assert out.best_epoch < 6  # else this test could not tell "best" from "last"
     payload = load_checkpoint(tmp_path / "m.pt")
-    assert payload["epoch"] == out.best_epoch
+    assert payload["epoch"] == out.kept_epoch == out.best_epoch
     assert math.isclose(payload["val"]["full_ndcg@10"], max(scores), abs_tol=1e-6)
+
+
+def test_checkpoint_last_keeps_the_final_weights(split, tmp_path):
+    live = Recorder()
+    out = train(_cfg(epochs=6, checkpoint="last"), split, tmp_path / "m.pt", live=live)
+    scores = [r["val/full_ndcg@10"] for r in live.rows]
+    payload = load_checkpoint(tmp_path / "m.pt")
+    assert payload["epoch"] == out.kept_epoch == 6
+    assert out.best_epoch == 1 + max(range(6), key=lambda i: (scores[i], -i)) < 6
+    assert math.isclose(payload["val"]["full_ndcg@10"], scores[-1], abs_tol=1e-6)
+    # the saved weights are the final ones: re-scoring them reproduces the last validation
+    model, _ = load_model(tmp_path / "m.pt")
+    from deepfm.data.sampling import RatedIndex
+    from deepfm.training.evaluate import evaluate_held_out
+
+    rated = RatedIndex(
+        split.train_users, split.train_items, split.schema.num_users, split.schema.num_items
+    )
+    again = evaluate_held_out(model, split.val, rated, ks=[10], batch_users=32)
+    assert math.isclose(again.metrics["full_ndcg@10"], scores[-1], abs_tol=1e-6)
 
 
 @pytest.mark.parametrize("scheduler", ["none", "plateau", "cosine"])

@@ -43,6 +43,9 @@ class TrainConfig:
     # no early stop before this epoch; above `epochs` it simply never stops early
     min_epochs: int = field(default=20, metadata=_range(1, 10_000))
     patience: int = field(default=10, metadata=_range(1, 10_000))
+    # which weights go to models/model.pt: the best validation epoch, or the last epoch run
+    # (with a schedule that anneals to 0, the last epoch beat noisy best-epoch picks)
+    checkpoint: Literal["best", "last"] = "last"
     batch_size: int = field(default=2048, metadata=_range(1, 1 << 20))
     learning_rate: float = field(default=2e-3, metadata=_range(0.0, 10.0, lo_open=True))
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"

@@ -98,7 +98,8 @@ def _row(
         "model": model if isinstance(model, str) else None,
         "seed": params.get("seed"),
         "parameters": evaluation.get("parameters", timing.get("parameters")),
-        "best_epoch": evaluation.get("best_epoch"),
+        # the checkpoint's epoch ("best_epoch" before train.checkpoint existed)
+        "best_epoch": evaluation.get("checkpoint_epoch", evaluation.get("best_epoch")),
         "epochs_run": timing.get("epochs_run"),
         "seconds_per_epoch": timing.get("seconds_per_epoch"),
         "threads": timing.get("threads"),

@@ -40,7 +40,7 @@ class TrainingError(RuntimeError):
 
 @dataclass
 class TrainOutcome:
-    best_epoch: int
+    best_epoch: int  # the best validation epoch
     best_val: dict
     epochs_run: int
     stop_reason: str
@@ -48,6 +48,8 @@ class TrainOutcome:
     num_threads: int = 1
     device: str = "cpu"
     num_parameters: int = 0
+    kept_epoch: int = 0  # the epoch whose weights are in the checkpoint (train.checkpoint)
+    kept_val: dict = field(default_factory=dict)
 
 
 def setup_torch(cfg: TrainConfig, seed: int) -> tuple[int, torch.device]:
@@ -197,6 +199,8 @@ class _LoopState:
     best_score: float = -math.inf
     best_epoch: int = 0
     best_val: dict = field(default_factory=dict)
+    kept_epoch: int = 0
+    kept_val: dict = field(default_factory=dict)
     bad_epochs: int = 0
     history: list[dict] = field(default_factory=list)  # per-epoch rows logged to dvclive
     seconds: list[float] = field(default_factory=list)
@@ -240,7 +244,8 @@ def train(
     progress: bool | None = None,
     resume_path: Path | None = None,
 ) -> TrainOutcome:
-    """Train cfg.model on the split; the best epoch (by validation MONITOR) goes to model_path.
+    """Train cfg.model on the split; the checkpoint (the best epoch by validation MONITOR, or
+    the last epoch run: train.checkpoint) goes to model_path.
 
     With `resume_path`, the full state is saved there after every epoch, and a run started
     with the same params and data continues from the last completed epoch, ending exactly as
@@ -277,6 +282,8 @@ def train(
             threads,
             str(device),
             model.num_parameters(),
+            0,
+            val,
         )
 
     optimizer = make_optimizer(model, tc)
@@ -369,13 +376,16 @@ def train(
         state.epoch = epoch
         state.history.append(row)
         state.seconds.append(train_seconds)
-        if val[MONITOR] > state.best_score:
+        improved = val[MONITOR] > state.best_score
+        if improved:
             state.best_score, state.best_epoch, state.best_val = val[MONITOR], epoch, val
             state.bad_epochs = 0
-            best_payload = checkpoint_payload(cfg, model, epoch, val)
-            save_checkpoint(model_path, best_payload)
         else:
             state.bad_epochs += 1
+        if improved or tc.checkpoint == "last":
+            state.kept_epoch, state.kept_val = epoch, val
+            best_payload = checkpoint_payload(cfg, model, epoch, val)
+            save_checkpoint(model_path, best_payload)
         if resume_path is not None:
             _save_resume(
                 resume_path, fingerprint, state, model, optimizer, scheduler, shuffle, best_payload
@@ -391,4 +401,6 @@ def train(
         threads,
         str(device),
         model.num_parameters(),
+        state.kept_epoch,
+        state.kept_val,
     )
