@@ -9,6 +9,8 @@ what makes a GPU worth it for models this small.
         --jobs 8 --device cuda [--final-seeds 1 2 3 4 5]
 
 A grid file is a YAML list of override mappings, e.g. `- {train: {learning_rate: 0.001}}`.
+Trials train on the existing data/split/ (made with params.yaml's seed), so --seeds vary the
+training randomness only, and overrides of what preprocess / split read are refused.
 Results go to <out-dir>/sweep.jsonl (one line per trial) and, with --final-seeds, the chosen
 trial of each grid rerun per seed with val and test metrics to <out-dir>/final.jsonl and its
 per-user ranks to <out-dir>/ranks/.
@@ -123,6 +125,20 @@ def run_trial(args: tuple) -> dict:
     return result
 
 
+def check_override(override: dict, grid: Path) -> None:
+    """Trials train on the existing data/split/, so an override of what the preprocess or split
+    stage reads would silently not apply: refuse it."""
+    upstream = {"dataset", "data", "split"} & set(override)
+    if "num_negatives" in (override.get("eval") or {}):
+        upstream.add("eval.num_negatives")
+    if upstream:
+        raise SystemExit(
+            f"{grid}: {override} changes {', '.join(sorted(upstream))}, which the preprocess / "
+            "split stages read; a sweep trains on the existing data/split/. Change params.yaml "
+            "and run `dvc repro split` first, or compare with `dvc exp run -S ...`."
+        )
+
+
 def _key(override: dict) -> str:
     return json.dumps(override, sort_keys=True)
 
@@ -150,7 +166,7 @@ def main() -> None:
         nargs="*",
         default=[],
         help="after each grid, rerun its best trial (by validation) with these "
-        "seeds, with early stopping, and evaluate val and test",
+        "seeds, with the pipeline's stopping and checkpoint rules, and evaluate val and test",
     )
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per trial")
@@ -164,6 +180,7 @@ def main() -> None:
     trials, owner = [], []
     for grid in args.grids:
         for o in yaml.safe_load(grid.read_text()):
+            check_override(o or {}, grid)
             for s in args.seeds:
                 trials.append((o or {}, s, args.device, args.threads, False, None))
                 owner.append(grid.stem)
