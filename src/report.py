@@ -4,7 +4,8 @@
     python src/report.py compare MODEL_A MODEL_B [--metric full_ndcg@10]
     python src/report.py compare --ranks-a A.parquet [...] --ranks-b B.parquet [...]
 
-`table` reads `dvc exp show --json` (the experiments of HEAD; --all-commits for every commit),
+`table` reads `dvc exp show --json` (the experiments of HEAD; --rev for another baseline commit,
+--all-commits for every commit),
 keeps the finished experiments, one per (model, seed) (the newest), and prints mean ± std over
 seeds per model. `compare` pairs two models user by user on the test split: each model's
 metrics/eval_ranks.parquet is read at every one of its experiments (dvc.api.open), averaged per
@@ -44,7 +45,7 @@ QUEUE_HINT = (
 )
 
 
-def exp_show_json(from_json: str | None, all_commits: bool) -> list:
+def exp_show_json(from_json: str | None, all_commits: bool, rev: str | None = None) -> list:
     if from_json:
         try:
             return json.loads(Path(from_json).read_text(encoding="utf-8"))
@@ -53,6 +54,8 @@ def exp_show_json(from_json: str | None, all_commits: bool) -> list:
                 f"cannot read {from_json} as `dvc exp show --json` output: {e}"
             ) from e
     cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json", *(["-A"] * all_commits)]
+    if rev:
+        cmd += ["--rev", rev]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise ReportError(
@@ -66,7 +69,9 @@ def exp_show_json(from_json: str | None, all_commits: bool) -> list:
 
 
 def load_runs(args: argparse.Namespace) -> Selection:
-    rows = parse_exp_show(exp_show_json(args.from_json, args.all_commits))
+    if args.rev and args.all_commits:
+        raise ReportError("--rev and --all-commits exclude each other: choose one baseline or all")
+    rows = parse_exp_show(exp_show_json(args.from_json, args.all_commits, args.rev))
     selection = select_runs(
         rows, include_baselines=args.include_baselines, include_workspace=args.include_workspace
     )
@@ -76,7 +81,7 @@ def load_runs(args: argparse.Namespace) -> Selection:
         where = (
             "in the repository"
             if args.all_commits
-            else "based on HEAD (--all-commits also looks at earlier commits)"
+            else f"based on {args.rev or 'HEAD'} (--all-commits also looks at earlier commits)"
         )
         raise ReportError(f"no finished experiments found {where}; {QUEUE_HINT}")
     return selection
@@ -187,6 +192,9 @@ def parser() -> argparse.ArgumentParser:
     source.add_argument("--from-json", metavar="FILE", help="saved `dvc exp show --json` output")
     source.add_argument(
         "--all-commits", action="store_true", help="experiments of every commit (dvc exp show -A)"
+    )
+    source.add_argument(
+        "--rev", metavar="COMMIT", help="experiments of this baseline commit (default HEAD)"
     )
     source.add_argument(
         "--include-baselines", action="store_true", help="count baseline commits as runs too"

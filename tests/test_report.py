@@ -776,6 +776,24 @@ def test_cli_errors(tmp_path, capsys):
     empty.write_text(json.dumps([workspace, {**baseline, "experiments": []}]))
     assert cli.main(["table", "--from-json", str(empty), "--out", ""]) == 2
     assert "error: no finished experiments found" in capsys.readouterr().err
+    assert cli.main(["table", "--rev", "abc1234", "--all-commits", "--out", ""]) == 2
+    assert "--rev and --all-commits exclude each other" in capsys.readouterr().err
+
+
+def test_cli_passes_rev_to_dvc(monkeypatch):
+    seen = {}
+
+    def fake_run(cmd, **kwargs):
+        seen["cmd"] = cmd
+
+        class Done:
+            returncode, stdout, stderr = 0, "[]", ""
+
+        return Done
+
+    monkeypatch.setattr(cli.subprocess, "run", fake_run)
+    assert cli.exp_show_json(None, False, "131041c") == []
+    assert seen["cmd"][-2:] == ["--rev", "131041c"]
 
 
 def test_cli_compare_rank_files(tmp_path, capsys):
