@@ -20,8 +20,9 @@ def encode(values, vocab: np.ndarray) -> np.ndarray:
 def encode_lists(lists, vocab: np.ndarray) -> np.ndarray:
     """Encode a list-valued column into an (n, max_len) matrix, unknown values dropped, 0-padded."""
     lengths = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
-    flat = encode(np.concatenate([np.asarray(x, dtype=object) for x in lists]) if len(lists) else [],
-                  vocab)
+    flat = encode(
+        np.concatenate([np.asarray(x, dtype=object) for x in lists]) if len(lists) else [], vocab
+    )
     rows = np.repeat(np.arange(len(lists)), lengths)
     keep = flat > 0
     rows, flat = rows[keep], flat[keep]

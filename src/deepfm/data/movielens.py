@@ -12,7 +12,6 @@ sources.DATASETS.
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,7 +24,15 @@ class ParseError(ValueError):
 
 
 # The 7 age groups of ML-1M's users.dat (code -> label); ML-100K raw ages are binned to match.
-AGE_BUCKETS = {1: "Under 18", 18: "18-24", 25: "25-34", 35: "35-44", 45: "45-49", 50: "50-55", 56: "56+"}
+AGE_BUCKETS = {
+    1: "Under 18",
+    18: "18-24",
+    25: "25-34",
+    35: "35-44",
+    45: "45-49",
+    50: "50-55",
+    56: "56+",
+}
 
 # ML-1M encodes occupations as 0..20 (its README); ML-100K spells them out.
 ML1M_OCCUPATIONS = [
@@ -49,7 +56,8 @@ def age_bucket(age: np.ndarray) -> np.ndarray:
 
 
 def zip_prefix(zips: pd.Series) -> pd.Series:
-    """First digit of a US zip code (its national area); non-numeric codes (Canada etc.) -> 'other'."""
+    """First digit of a US zip code (its national area); non-numeric codes (Canada etc.) ->
+    'other'."""
     zips = zips.astype(str).str.strip()
     first = zips.str[:1]
     return first.where(first.str.isdigit(), "other")
@@ -142,18 +150,30 @@ def parse_ratings(path: Path, sep: str, *, rating_range=(1.0, 5.0)) -> pd.DataFr
     data, _ = _read_bytes(path, sep, len(RATING_COLUMNS))
     lo, hi = rating_range
     try:  # fast path: typed columns straight from the C parser (ML-20M: 20M rows)
-        typed = _read_table(path, sep, RATING_COLUMNS, "latin-1", data=data, dtype={
-            "user_id": np.int64, "item_id": np.int64, "rating": np.float64, "timestamp": np.int64,
-        })
+        typed = _read_table(
+            path,
+            sep,
+            RATING_COLUMNS,
+            "latin-1",
+            data=data,
+            dtype={
+                "user_id": np.int64,
+                "item_id": np.int64,
+                "rating": np.float64,
+                "timestamp": np.int64,
+            },
+        )
         rating = typed["rating"].to_numpy()
         bad = np.isnan(rating) | (rating < lo) | (rating > hi)
         if not bad.any():
-            out = pd.DataFrame({
-                "user_id": typed["user_id"].to_numpy().astype(np.int32),
-                "item_id": typed["item_id"].to_numpy().astype(np.int32),
-                "rating": rating.astype(np.float32),
-                "timestamp": typed["timestamp"].to_numpy(),
-            })
+            out = pd.DataFrame(
+                {
+                    "user_id": typed["user_id"].to_numpy().astype(np.int32),
+                    "item_id": typed["item_id"].to_numpy().astype(np.int32),
+                    "rating": rating.astype(np.float32),
+                    "timestamp": typed["timestamp"].to_numpy(),
+                }
+            )
             del typed
             return _check_duplicates(out, path)
     except (ValueError, OverflowError):

@@ -137,7 +137,10 @@ def verify_and_extract(zip_path: Path, source: DatasetSource, dest: Path) -> dic
             for member, expected in source.members.items():
                 target = tmp / member
                 try:
-                    with archive.open(f"{source.folder}/{member}") as src, open(target, "wb") as out:
+                    with (
+                        archive.open(f"{source.folder}/{member}") as src,
+                        open(target, "wb") as out,
+                    ):
                         shutil.copyfileobj(src, out, 1 << 20)
                 except (zipfile.BadZipFile, OSError, EOFError) as e:
                     raise FetchError(

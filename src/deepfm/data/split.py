@@ -99,9 +99,11 @@ def sample_candidates(
         cols = rated_keys[concat_ranges(lo, hi - lo)] % num_items
         keys[rows, cols] = np.inf  # rated items sort last
         # k smallest of i.i.d. uniform keys = a uniform k-subset of the unrated items
-        chosen = np.argpartition(keys, take - 1, axis=1)[:, :take] if take < num_items else (
-            np.argsort(keys, axis=1)
-        )[:, :take]
+        chosen = (
+            np.argpartition(keys, take - 1, axis=1)[:, :take]
+            if take < num_items
+            else (np.argsort(keys, axis=1))[:, :take]
+        )
         valid = np.take_along_axis(keys, chosen, axis=1) < np.inf
         chosen = np.where(valid, chosen, num_items)  # push padding to the end when sorting
         chosen.sort(axis=1)
@@ -137,7 +139,11 @@ def split_dataset(
     held = {}
     for name, rows, stream in (("val", val_rows, 1), ("test", test_rows, 2)):
         cand = sample_candidates(
-            user_idx[rows], rated_keys, num_items, num_negatives, rng_for(seed, "candidates", stream)
+            user_idx[rows],
+            rated_keys,
+            num_items,
+            num_negatives,
+            rng_for(seed, "candidates", stream),
         )
         held[name] = HeldOut(user_idx[rows], item_idx[rows], cand)
 
@@ -156,7 +162,9 @@ def split_dataset(
         vocab = fit_vocab(seen_items[name])
         item_cols.append(encode(items[name], vocab))
         fields.append(Field(name, "item", "sparse", len(vocab) + 1, col))
-    genre_vocab = fit_vocab(np.concatenate([np.asarray(g, dtype=object) for g in seen_items["genres"]]))
+    genre_vocab = fit_vocab(
+        np.concatenate([np.asarray(g, dtype=object) for g in seen_items["genres"]])
+    )
     item_genres = encode_lists(list(items["genres"]), genre_vocab)
     fields.append(Field("genres", "item", "sequence", len(genre_vocab) + 1, 0))
 

@@ -9,7 +9,6 @@ attention_layers = 0 it is DeepFM.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from deepfm.config import AttentionDeepFMConfig
 from deepfm.data.schema import Schema

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from deepfm.config import DeepFMConfig
 from deepfm.data.schema import Schema

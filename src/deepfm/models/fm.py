@@ -4,7 +4,6 @@ embeddings. DeepFM without the DNN, to show what the DNN adds."""
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from deepfm.config import FMConfig
 from deepfm.data.schema import Schema

@@ -7,12 +7,10 @@ items" plus "this item is liked by many users", i.e. a personalised popularity.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from deepfm.config import LRConfig
 from deepfm.data.schema import Schema
 from deepfm.models.base import RankingModel
-from deepfm.models.layers import FeatureEmbedding
 
 
 class LR(RankingModel):

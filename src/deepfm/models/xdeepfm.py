@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 from deepfm.config import XDeepFMConfig
 from deepfm.data.schema import Schema

@@ -207,7 +207,7 @@ class _LoopState:
 
 
 def _save_resume(
-    path, fingerprint, state: _LoopState, model, optimizer, scheduler, shuffle, best_payload
+    path, fingerprint, state: _LoopState, model, optimizer, scheduler, shuffle, kept_payload
 ) -> None:
     save_checkpoint(
         path,
@@ -219,7 +219,7 @@ def _save_resume(
             "scheduler": scheduler.state_dict() if scheduler is not None else {},
             "torch_rng": torch.get_rng_state(),
             "shuffle_rng": shuffle.get_state(),
-            "best": best_payload,
+            "kept": kept_payload,
         },
     )
 
@@ -291,7 +291,7 @@ def train(
     loss_fn = nn.BCEWithLogitsLoss()
     shuffle = torch.Generator().manual_seed(cfg.seed)
     state = _LoopState()
-    best_payload = None
+    kept_payload = None
     fingerprint = run_fingerprint(cfg, split)
     saved = _load_resume(resume_path, fingerprint)
     if saved is not None:
@@ -302,9 +302,9 @@ def train(
             scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["torch_rng"])
         shuffle.set_state(saved["shuffle_rng"])
-        best_payload = saved["best"]
-        if best_payload is not None:
-            save_checkpoint(model_path, best_payload)  # DVC removed it before rerunning
+        kept_payload = saved["kept"]
+        if kept_payload is not None:
+            save_checkpoint(model_path, kept_payload)  # DVC removed it before rerunning
         for row in state.history:  # DVC removed the curves too: replay them
             _log(live, row, "")
             if live is not None:
@@ -384,11 +384,11 @@ def train(
             state.bad_epochs += 1
         if improved or tc.checkpoint == "last":
             state.kept_epoch, state.kept_val = epoch, val
-            best_payload = checkpoint_payload(cfg, model, epoch, val)
-            save_checkpoint(model_path, best_payload)
+            kept_payload = checkpoint_payload(cfg, model, epoch, val)
+            save_checkpoint(model_path, kept_payload)
         if resume_path is not None:
             _save_resume(
-                resume_path, fingerprint, state, model, optimizer, scheduler, shuffle, best_payload
+                resume_path, fingerprint, state, model, optimizer, scheduler, shuffle, kept_payload
             )
     if resume_path is not None:
         resume_path.unlink(missing_ok=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,6 +25,7 @@ class Dropout(nn.Module):
             raise ValueError(f"dropout probability must be in [0, 1), got {p}.")
         self.p = p
         self.threshold = -32768 + round(p * 65536)  # keep an element if its int16 >= this
+        self.scale = 65536 / (32768 - self.threshold)  # 1 / the exact keep rate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
@@ -32,8 +35,7 @@ class Dropout(nn.Module):
         n = x.numel()
         draws = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)
         bits = draws.view(torch.int16)[:n].view(x.shape)
-        keep_rate = 1.0 - (self.threshold + 32768) / 65536
-        return x * (bits >= self.threshold).to(x.dtype).mul_(1.0 / keep_rate)
+        return x * (bits >= self.threshold).to(x.dtype).mul_(self.scale)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -44,7 +46,7 @@ class DNN(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         dims = [in_dim, *hidden]
-        for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
+        for d_in, d_out in itertools.pairwise(dims):
             linear = nn.Linear(d_in, d_out)
             nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
             nn.init.zeros_(linear.bias)

@@ -2,10 +2,11 @@
 
 Sparse fields share one table with per-field offsets (one gather for all of them);
 sequence fields (genres) are mean-pooled bags in which padding code 0 is left out of the
-mean. Lookups are `index_select` on the weight rather than nn.Embedding / nn.EmbeddingBag
-calls: same values, but on CPU their backward (index_add instead of a sort-and-reduce) was
-2-3x faster, and the tables here are small and dense. Lookups are split by side (user / item) so a model can embed U users and I items once
+mean. Lookups are split by side (user / item) so a model can embed U users and I items once
 and combine them into a U x I score matrix without materialising U*I rows of features.
+They are `index_select` on the weights rather than nn.Embedding / nn.EmbeddingBag calls: same
+values, but on CPU the backward (an index_add instead of a sort-and-reduce) was 2-3x faster
+on these small, dense tables.
 
 `field_dims` gives some fields their own size (a 3-code gender field needs fewer dimensions
 than a 1,700-code item id): such a field gets its own table and a bias-free Linear up to the
@@ -100,9 +101,11 @@ class FeatureEmbedding(nn.Module):
         parts = []
         if spec["shared_columns"]:
             shared = codes if not spec["separate"] else codes[:, spec["shared_columns"]]
-            parts.append(_lookup(self.tables[side].weight, shared + getattr(self, f"{side}_offsets")))
+            offsets = getattr(self, f"{side}_offsets")
+            parts.append(_lookup(self.tables[side].weight, shared + offsets))
         for name, column in spec["separate"]:
-            parts.append(self.projections[name](_lookup(self.own_tables[name].weight, codes[:, column]))[:, None])
+            own = _lookup(self.own_tables[name].weight, codes[:, column])
+            parts.append(self.projections[name](own)[:, None])
         for (name, _), bag in zip(spec["sequence"], bags, strict=True):
             pooled = _mean_bag(self.bags[name].weight, bag)
             if name in self.projections:
