@@ -62,6 +62,7 @@ def ranks_per_epoch(args: tuple) -> np.ndarray:
     raw["seed"] = seed
     raw["train"]["num_threads"] = threads
     raw["train"]["min_epochs"] = raw["train"]["epochs"]
+    raw["train"]["val_every"] = 1  # the rules need every epoch's validation
     cfg = parse_config(raw, require_all=True)
     ranks = []
     evaluate = loop.evaluate_held_out

@@ -91,15 +91,19 @@ def run_trial(args: tuple) -> dict:
         "seconds_per_epoch": sum(seconds) / max(1, len(seconds)),
         "seconds": round(time.perf_counter() - start, 1),
     }  # fmt: skip
-    if curve.rows and "val/full_ndcg@10" in curve.rows[0]:
-        scores = [r["val/full_ndcg@10"] for r in curve.rows]
-        hrs = [r["val/hr@10"] for r in curve.rows]
+    # validated epochs only (train.val_every); "last 10" = those among the last 10 epochs run
+    validated = [(i + 1, r) for i, r in enumerate(curve.rows) if "val/full_ndcg@10" in r]
+    if validated:
+        epochs = [e for e, _ in validated]
+        scores = [r["val/full_ndcg@10"] for _, r in validated]
+        hrs = [r["val/hr@10"] for _, r in validated]
+        tail = [i for i, e in enumerate(epochs) if e > len(curve.rows) - 10]
         result.update({
             "val_full_ndcg@10_best": max(scores),
-            "val_hr@10_at_best": hrs[max(out.best_epoch, 1) - 1],
-            "val_full_ndcg@10_last10": sum(scores[-10:]) / len(scores[-10:]),
-            "val_hr@10_last10": sum(hrs[-10:]) / len(hrs[-10:]),
-            "curve": [round(s, 4) for s in scores],
+            "val_hr@10_at_best": hrs[epochs.index(out.best_epoch)] if out.best_epoch else hrs[0],
+            "val_full_ndcg@10_last10": sum(scores[i] for i in tail) / len(tail),
+            "val_hr@10_last10": sum(hrs[i] for i in tail) / len(tail),
+            "curve": {e: round(s, 4) for e, s in zip(epochs, scores, strict=True)},
         })  # fmt: skip
     if final:
         import pandas as pd

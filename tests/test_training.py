@@ -67,9 +67,40 @@ def test_checkpoint_last_keeps_the_final_weights(split, tmp_path):
     assert math.isclose(again.metrics["full_ndcg@10"], scores[-1], abs_tol=1e-6)
 
 
-@pytest.mark.parametrize("scheduler", ["none", "plateau", "cosine"])
-def test_interrupted_run_resumes_to_identical_result(split, tmp_path, scheduler):
-    cfg = _cfg(scheduler=scheduler, optimizer="adamw", grad_clip=1.0)
+def test_val_every_validates_less_and_keeps_the_same_final_weights(split, tmp_path):
+    every, sparse = Recorder(), Recorder()
+    a = train(_cfg(epochs=7), split, tmp_path / "a.pt", live=every, progress=False)
+    b = train(_cfg(epochs=7, val_every=3), split, tmp_path / "b.pt", live=sparse, progress=False)
+    validated = [i + 1 for i, r in enumerate(sparse.rows) if "val/full_ndcg@10" in r]
+    assert validated == [3, 6, 7]  # every 3rd epoch and always the last
+    assert len(sparse.rows) == 7 and all("train/loss" in r for r in sparse.rows)
+    # validation draws no randomness: training, and the kept last epoch, are unchanged
+    assert [r["train/loss"] for r in sparse.rows] == [r["train/loss"] for r in every.rows]
+    assert sparse.rows[6] == every.rows[6]
+    assert a.kept_epoch == b.kept_epoch == 7
+    wa, wb = load_checkpoint(tmp_path / "a.pt"), load_checkpoint(tmp_path / "b.pt")
+    for key in wa["state_dict"]:
+        assert torch.equal(wa["state_dict"][key], wb["state_dict"][key]), key
+    # the best epoch is chosen among validated epochs only
+    assert b.best_epoch in validated
+
+
+def test_early_stopping_counts_epochs_and_stops_after_a_validation(split, tmp_path):
+    live = Recorder()
+    cfg = _cfg(epochs=40, min_epochs=1, patience=2, val_every=3, checkpoint="best")
+    out = train(cfg, split, tmp_path / "m.pt", live=live, progress=False)
+    assert out.stop_reason.startswith("early stop")
+    assert out.epochs_run % 3 == 0 and out.epochs_run < 40
+    assert out.epochs_run - out.best_epoch >= 2
+    assert "val/full_ndcg@10" in live.rows[-1]
+    assert load_checkpoint(tmp_path / "m.pt")["epoch"] == out.best_epoch
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "val_every"), [("none", 1), ("plateau", 1), ("cosine", 1), ("plateau", 3)]
+)
+def test_interrupted_run_resumes_to_identical_result(split, tmp_path, scheduler, val_every):
+    cfg = _cfg(scheduler=scheduler, optimizer="adamw", grad_clip=1.0, val_every=val_every)
     clean = Recorder()
     train(cfg, split, tmp_path / "clean.pt", live=clean, progress=False)
 
@@ -84,7 +115,7 @@ def test_interrupted_run_resumes_to_identical_result(split, tmp_path, scheduler)
             resume_path=resume,
         )
     assert resume.is_file()
-    (tmp_path / "resumed.pt").unlink()  # as DVC does before rerunning the stage
+    (tmp_path / "resumed.pt").unlink(missing_ok=True)  # as DVC does before a rerun
     again = Recorder()
     train(cfg, split, tmp_path / "resumed.pt", live=again, progress=False, resume_path=resume)
     assert not resume.exists()

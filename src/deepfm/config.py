@@ -43,6 +43,9 @@ class TrainConfig:
     # no early stop before this epoch; above `epochs` it simply never stops early
     min_epochs: int = field(default=20, metadata=_range(1, 10_000))
     patience: int = field(default=10, metadata=_range(1, 10_000))
+    # validate every n epochs, and always after the last: with checkpoint `last` validation
+    # only draws the curves, and for xDeepFM / AttentionDeepFM it costs as much as training
+    val_every: int = field(default=1, metadata=_range(1, 10_000))
     # which weights go to models/model.pt: the best validation epoch, or the last epoch run
     # (with a schedule that anneals to 0, the last epoch beat noisy best-epoch picks)
     checkpoint: Literal["best", "last"] = "last"
@@ -99,7 +102,7 @@ class FMConfig:
 @dataclass(frozen=True)
 class XDeepFMConfig:
     embed_dim: int = field(default=16, metadata=_range(1, 1024))
-    cin_layers: list[int] = field(default_factory=lambda: [64, 64], metadata=_range(1, 4096))
+    cin_layers: list[int] = field(default_factory=lambda: [32, 32], metadata=_range(1, 4096))
     cin_split_half: bool = True
     dnn_hidden: list[int] = field(default_factory=lambda: [128, 64], metadata=_range(1, 65536))
     dropout: float = field(default=0.2, metadata=_range(0.0, 0.99))
@@ -117,7 +120,7 @@ class XDeepFMConfig:
 @dataclass(frozen=True)
 class AttentionDeepFMConfig:
     embed_dim: int = field(default=16, metadata=_range(1, 1024))
-    attention_layers: int = field(default=3, metadata=_range(0, 64))  # 0 = DeepFM
+    attention_layers: int = field(default=1, metadata=_range(0, 64))  # 0 = DeepFM
     attention_heads: int = field(default=2, metadata=_range(1, 64))
     attention_dim: int = field(default=32, metadata=_range(1, 1024))  # per head
     dnn_hidden: list[int] = field(default_factory=lambda: [128, 64], metadata=_range(1, 65536))

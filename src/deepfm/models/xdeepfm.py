@@ -15,7 +15,7 @@ from deepfm.models.layers import CIN, DNN, FeatureEmbedding
 
 class XDeepFM(RankingModel):
     # score_matrix works on 64 x 64 blocks of (user, item) pairs: each holds a few (k, H_l)
-    # activations per pair, 16 MB apiece with the defaults; larger blocks were slower on CPU
+    # activations per pair, 16 MB apiece with 64 maps; larger blocks were slower on CPU
     score_chunk = 1 << 12
 
     def __init__(self, schema: Schema, features: dict, params: XDeepFMConfig):

@@ -1,4 +1,4 @@
-"""The training loop: epochs of fresh negatives, validation after each, early stopping.
+"""The training loop: epochs of fresh negatives, validation every `val_every`, early stopping.
 
 Plain PyTorch, no framework: one function a reader can hold in their head.
 """
@@ -201,7 +201,6 @@ class _LoopState:
     best_val: dict = field(default_factory=dict)
     kept_epoch: int = 0
     kept_val: dict = field(default_factory=dict)
-    bad_epochs: int = 0
     history: list[dict] = field(default_factory=list)  # per-epoch rows logged to dvclive
     seconds: list[float] = field(default_factory=list)
 
@@ -315,11 +314,9 @@ def train(
         )
 
     stop_reason = f"reached train.epochs={tc.epochs}"
+    epoch = state.epoch
     while state.epoch < tc.epochs:
         epoch = state.epoch + 1
-        if epoch > tc.min_epochs and state.bad_epochs >= tc.patience:
-            stop_reason = f"early stop: no better {MONITOR} for {state.bad_epochs} epochs"
-            break
         start = time.perf_counter()
         model.train()
         users, items, labels = epoch_examples(
@@ -347,11 +344,15 @@ def train(
                 "train.grad_clip."
             )
         train_seconds = time.perf_counter() - start
-        val_start = time.perf_counter()
-        val = validate()
-        val_seconds = time.perf_counter() - val_start
+        validated = epoch % tc.val_every == 0 or epoch == tc.epochs
+        val, val_seconds = {}, 0.0
+        if validated:
+            val_start = time.perf_counter()
+            val = validate()
+            val_seconds = time.perf_counter() - val_start
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(val[MONITOR])
+            if validated:  # plateau_patience counts validations
+                scheduler.step(val[MONITOR])
         elif scheduler is not None:
             scheduler.step()
 
@@ -365,31 +366,38 @@ def train(
             live.next_step()
         if timing_live is not None:
             timing_live.log_metric("train/seconds_per_epoch", round(train_seconds, 3))
-            timing_live.log_metric("val/seconds", round(val_seconds, 3))
+            if validated:
+                timing_live.log_metric("val/seconds", round(val_seconds, 3))
             timing_live.next_step()
         if progress:
-            tqdm.write(
-                f"epoch {epoch}: loss {train_loss:.4f}  val {MONITOR} {val[MONITOR]:.4f}  "
-                f"hr@10 {val['hr@10']:.4f}  auc {val['auc']:.4f}  ({train_seconds:.1f}s)"
+            shown = (
+                f"  val {MONITOR} {val[MONITOR]:.4f}  hr@10 {val['hr@10']:.4f}  "
+                f"auc {val['auc']:.4f}"
+                if validated
+                else ""
             )
+            tqdm.write(f"epoch {epoch}: loss {train_loss:.4f}{shown}  ({train_seconds:.1f}s)")
 
         state.epoch = epoch
         state.history.append(row)
         state.seconds.append(train_seconds)
-        improved = val[MONITOR] > state.best_score
-        if improved:
-            state.best_score, state.best_epoch, state.best_val = val[MONITOR], epoch, val
-            state.bad_epochs = 0
-        else:
-            state.bad_epochs += 1
-        if improved or tc.checkpoint == "last":
-            state.kept_epoch, state.kept_val = epoch, val
-            kept_payload = checkpoint_payload(cfg, model, epoch, val)
-            save_checkpoint(model_path, kept_payload)
+        if validated:
+            improved = val[MONITOR] > state.best_score
+            if improved:
+                state.best_score, state.best_epoch, state.best_val = val[MONITOR], epoch, val
+            if improved or tc.checkpoint == "last":
+                state.kept_epoch, state.kept_val = epoch, val
+                kept_payload = checkpoint_payload(cfg, model, epoch, val)
+                save_checkpoint(model_path, kept_payload)
         if resume_path is not None:
             _save_resume(
                 resume_path, fingerprint, state, model, optimizer, scheduler, shuffle, kept_payload
             )
+        # stop only right after a validation, so the last epoch run is always a validated one
+        since_best = epoch - state.best_epoch
+        if validated and epoch < tc.epochs and epoch >= tc.min_epochs and since_best >= tc.patience:
+            stop_reason = f"early stop: no better {MONITOR} for {since_best} epochs"
+            break
     if resume_path is not None:
         resume_path.unlink(missing_ok=True)
     return TrainOutcome(
