@@ -100,7 +100,7 @@ def run_trial(args: tuple) -> dict:
         tail = [i for i, e in enumerate(epochs) if e > len(curve.rows) - 10]
         result.update({
             "val_full_ndcg@10_best": max(scores),
-            "val_hr@10_at_best": hrs[epochs.index(out.best_epoch)] if out.best_epoch else hrs[0],
+            "val_hr@10_at_best": hrs[scores.index(max(scores))],
             "val_full_ndcg@10_last10": sum(scores[i] for i in tail) / len(tail),
             "val_hr@10_last10": sum(hrs[i] for i in tail) / len(tail),
             "curve": {e: round(s, 4) for e, s in zip(epochs, scores, strict=True)},
