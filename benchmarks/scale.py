@@ -107,7 +107,10 @@ def measure(args: tuple) -> dict:
     interactions, users, items = load_canonical("ml-100k", Path(folder), 4, 1980)
     out["preprocess_s"], out["preprocess_peak_mb"] = time.perf_counter() - t, peak_rss_mb()
     t = time.perf_counter()
-    split = split_dataset(interactions, users, items, seed=seed, min_positives=3, num_negatives=999)
+    split = split_dataset(
+        interactions, users, items, seed=seed, min_positives=3, num_negatives=999,
+        history_length=10,
+    )  # fmt: skip
     out["split_s"], out["split_peak_mb"] = time.perf_counter() - t, peak_rss_mb()
     out["eval_users"] = len(split.test.users)
     del interactions

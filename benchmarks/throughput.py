@@ -30,7 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from deepfm.config import load_config  # noqa: E402
-from deepfm.data.batches import epoch_examples, feature_tensors, iterate_batches  # noqa: E402
+from deepfm.data.batches import (  # noqa: E402
+    epoch_examples,
+    feature_tensors,
+    history_tensor,
+    iterate_batches,
+    with_history,
+)
 from deepfm.data.sampling import RatedIndex  # noqa: E402
 from deepfm.data.split import read_split  # noqa: E402
 from deepfm.models import MODELS, build_model  # noqa: E402
@@ -75,8 +81,14 @@ def bench_model(name: str, cfg, split, rated, device, repeats: int) -> dict:
 
     if model.trainable:
         optimizer = make_optimizer(model, tc)
+        train_history = history_tensor(split.train_history, device)
         tensors = tuple(torch.from_numpy(a).to(device) for a in ex)
-        prebuilt = list(iterate_batches(tensors, tc.batch_size, torch.Generator().manual_seed(0)))
+        prebuilt = list(
+            with_history(
+                iterate_batches(tensors, tc.batch_size, torch.Generator().manual_seed(0)),
+                train_history,
+            )
+        )
         model.train()
         train_steps(
             model, optimizer, prebuilt[:5], loss_fn, amp=tc.amp
@@ -88,12 +100,9 @@ def bench_model(name: str, cfg, split, rated, device, repeats: int) -> dict:
         shuffle = torch.Generator().manual_seed(cfg.seed)
 
         def real_epoch():
-            users, items, labels = examples()
-            t = tuple(torch.from_numpy(a).to(device) for a in (users, items, labels))
-            return train_steps(
-                model, optimizer, iterate_batches(t, tc.batch_size, shuffle), loss_fn,
-                tc.grad_clip, tc.amp,
-            )  # fmt: skip
+            t = tuple(torch.from_numpy(a).to(device) for a in examples())
+            batches = with_history(iterate_batches(t, tc.batch_size, shuffle), train_history)
+            return train_steps(model, optimizer, batches, loss_fn, tc.grad_clip, tc.amp)
 
         row["epoch_s"], _ = timed(real_epoch, repeats)
         row["epoch_over_bound"] = row["epoch_s"] / row["bound_s"]

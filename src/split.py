@@ -25,6 +25,7 @@ def main() -> None:
         seed=cfg.seed,
         min_positives=cfg.split.min_positives,
         num_negatives=cfg.eval.num_negatives,
+        history_length=cfg.split.history_length,
     )
     write_split(result, SPLIT)
     print("split:", json.dumps(result.summary))

@@ -109,7 +109,9 @@ def split(canonical):
     from deepfm.data.split import split_dataset
 
     interactions, users, items = canonical
-    return split_dataset(interactions, users, items, seed=7, min_positives=3, num_negatives=30)
+    return split_dataset(
+        interactions, users, items, seed=7, min_positives=3, num_negatives=30, history_length=4
+    )
 
 
 def tiny_frames():

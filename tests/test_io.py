@@ -28,9 +28,9 @@ def test_checkpoint_round_trip_weights_only(split, tmp_path):
     assert payload["epoch"] == 3 and payload["model"] == "deepfm"
     loaded, _ = load_model(path)
     assert isinstance(loaded.embedding.dim, int) and loaded.embedding.dim == 4
-    u, i = torch.arange(5), torch.arange(5)
+    u, i, h = torch.arange(5), torch.arange(5), torch.from_numpy(split.train_history[:5])
     with torch.no_grad():
-        torch.testing.assert_close(loaded(u, i), model(u, i))
+        torch.testing.assert_close(loaded(u, i, h), model(u, i, h))
     assert load_checkpoint(path)["model_params"] == {
         "embed_dim": 4,
         "dnn_hidden": [8],

@@ -96,8 +96,9 @@ def test_feature_embedding_per_field_sizes(split):
     assert "item_id" not in sized.projections
 
     codes = torch.as_tensor(split.user_features[:5]).long()
-    out = sized.side("user", codes, [])
-    assert out.shape == plain.side("user", codes, []).shape == (5, plain.num_user_fields, 6)
+    history = [torch.as_tensor(split.train_history[:5]).long()]
+    out = sized.side("user", codes, history)
+    assert out.shape == plain.side("user", codes, history).shape == (5, plain.num_user_fields, 6)
     # field order is unchanged: gender (column 1) comes back projected in place
     gender = schema.by_source("user", "sparse")[1]
     assert gender.name == "gender"
@@ -123,7 +124,9 @@ def test_feature_embedding_per_field_sizes(split):
 def test_feature_embedding_default_state_dict_is_unchanged(split):
     # checkpoints written before field_dims existed must still load
     keys = set(FeatureEmbedding(split.schema, 4).state_dict())
-    assert keys == {"tables.user.weight", "tables.item.weight", "bags.genres.weight"}
+    assert keys == {
+        "tables.user.weight", "tables.item.weight", "bags.genres.weight", "bags.history.weight"
+    }  # fmt: skip
 
 
 def test_feature_embedding_rejects_unknown_fields(split):

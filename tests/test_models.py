@@ -72,15 +72,22 @@ def test_every_model_has_small_test_params():
     assert set(SMALL_PARAMS) == set(MODELS)
 
 
+@pytest.mark.parametrize("history_length", [4, 0])
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_forward_shapes_gradients_and_score_matrix(split, name):
+def test_forward_shapes_gradients_and_score_matrix(canonical, name, history_length):
+    from deepfm.data.split import split_dataset
+
+    split = split_dataset(
+        *canonical, seed=7, min_positives=3, num_negatives=30, history_length=history_length
+    )
     torch.manual_seed(0)
     params = SMALL_PARAMS[name]
     model = build_model(name, split.schema, feature_tensors(split), params)
     users = torch.from_numpy(split.train_users[:32].astype(np.int64))
     items = torch.from_numpy(split.train_items[:32].astype(np.int64))
+    history = torch.from_numpy(split.train_history[:32]) if history_length else None
     if model.trainable:
-        out = model(users, items)
+        out = model(users, items, history)
         assert out.shape == (32,)
         out.sum().backward()
         grads = [p.grad for p in model.parameters()]
@@ -90,20 +97,45 @@ def test_forward_shapes_gradients_and_score_matrix(split, name):
         assert all(m.weight.grad.abs().sum() > 0 for m in tables)
         # BatchNorm statistics in eval mode so that both paths compute the same function
         for _ in range(3):
-            model(users, items)
+            model(users, items, history)
     else:
         model.fit(split.train_users, split.train_items, split.train_labels)
     model.eval()
     u = torch.arange(split.schema.num_users)[:9]
     i = torch.arange(split.schema.num_items)
+    # nine different histories, one per user (the history need not be that user's own)
+    rows = np.linspace(0, len(split.train_history) - 1, 9).astype(np.int64)
+    h = torch.from_numpy(split.train_history[rows]) if history_length else None
+    pair_h = h.repeat_interleave(len(i), dim=0) if history_length else None
     with torch.no_grad():
-        fast = model.score_matrix(u, i)
-        slow = model(u.repeat_interleave(len(i)), i.repeat(len(u))).reshape(len(u), len(i))
-        chunked = RankingModel.score_matrix(model, u, i, chunk=7)  # chunks that split users
-        blocked = model.score_matrix(u, i, chunk=16)  # several user and item blocks
+        fast = model.score_matrix(u, i, h)
+        slow = model(u.repeat_interleave(len(i)), i.repeat(len(u)), pair_h).reshape(len(u), -1)
+        chunked = RankingModel.score_matrix(model, u, i, h, chunk=7)  # chunks that split users
+        blocked = model.score_matrix(u, i, h, chunk=16)  # several user and item blocks
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(chunked, slow, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(blocked, slow, rtol=1e-5, atol=1e-5)
+    if history_length and model.trainable:
+        # the history is an input: another history changes the scores (LR starts at zero)
+        with torch.no_grad():
+            for param in model.parameters():
+                param.normal_()
+        fast = model.score_matrix(u, i, h)
+        other = torch.from_numpy(split.train_history[rows[::-1].copy()])
+        assert not torch.allclose(model.score_matrix(u, i, other), fast)
+        with pytest.raises(ValueError, match="schema has a history field: pass history"):
+            model.score_matrix(u, i)
+
+
+def test_history_is_mean_pooled_without_padding(split):
+    emb = FeatureEmbedding(split.schema, 3)
+    codes = torch.ones(2, 5, dtype=torch.long)
+    history = [torch.tensor([[4, 0, 2, 0], [0, 0, 0, 0]])]
+    out = emb.side("user", codes, history)
+    assert out.shape == (2, 6, 3)  # five user fields + the history bag
+    w = emb.bags["history"].weight
+    torch.testing.assert_close(out[0, -1], (w[4] + w[2]) / 2)
+    torch.testing.assert_close(out[1, -1], torch.zeros(3))  # empty history: zeros
 
 
 def test_xdeepfm_params_reject_odd_split_sizes():

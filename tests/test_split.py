@@ -65,6 +65,90 @@ def test_split_invariants(split, canonical):
         assert (ts[(u, v)], split.item_ids[v]) < (ts[(u, t)], split.item_ids[t])
 
 
+def _history_frames():
+    # user 1: 10@1, 11@2, 13@4 (val), 14@4 (test), then 12@5 rated 2, after both held-out items;
+    # user 2 (two positives: train only) puts 13 and 14 into the train vocabulary
+    frame = pd.DataFrame(
+        {
+            "user_id": [1, 1, 1, 1, 1, 2, 2, 2],
+            "item_id": [10, 11, 13, 14, 12, 13, 14, 10],
+            "rating": [5, 4, 5, 5, 2, 5, 5, 1],
+            "timestamp": [1, 2, 4, 4, 5, 1, 2, 3],
+        }
+    )
+    frame["label"] = (frame.rating >= 4).astype(np.int8)
+    users = pd.DataFrame({"user_id": [1, 2]})
+    users = users.assign(gender="M", age_bucket="18-24", occupation="x", zip_prefix="1")
+    items = pd.DataFrame(
+        {"item_id": [10, 11, 12, 13, 14], "genres": [[]] * 5, "year_bucket": [None] * 5}
+    )
+    return frame, users, items
+
+
+def test_history_hand_worked():
+    res = split_dataset(
+        *_history_frames(), seed=0, min_positives=3, num_negatives=2, history_length=3
+    )
+    # train vocabulary: items 10..14 -> codes 1..5; most recent first, 0-padded
+    assert res.train_history.tolist() == [
+        [0, 0, 0],  # user 1, 10@1
+        [1, 0, 0],  # user 1, 11@2
+        [2, 1, 0],  # user 1, 12@5: train positives only, not the held-out 13 and 14
+        [0, 0, 0],  # user 2, 13@1
+        [4, 0, 0],  # user 2, 14@2
+        [5, 4, 0],  # user 2, 10@3 (rated 1: history of an observed negative)
+    ]
+    assert res.val.history.tolist() == [[2, 1, 0]]  # before 13: 11, 10
+    assert res.test.history.tolist() == [[4, 2, 1]]  # before 14: the validation item 13 first
+    fields = [f.name for f in res.schema.fields]
+    assert fields.index("history") == fields.index("zip_prefix") + 1
+    history = res.schema.fields[fields.index("history")]
+    assert (history.source, history.kind) == ("user", "sequence")
+    assert history.vocab_size == res.schema.fields[fields.index("item_id")].vocab_size
+    none = split_dataset(*_history_frames(), seed=0, min_positives=3, num_negatives=2)
+    assert none.train_history.shape == (6, 0) and none.test.history.shape == (1, 0)
+    assert "history" not in [f.name for f in none.schema.fields]
+
+
+def test_history_matches_slow_reference(split, canonical):
+    # every example's history = the codes of its user's last 4 train positives strictly
+    # before it in (timestamp, item_id) order; the test item's also counts the validation item
+    interactions, users, items = canonical
+    u = np.searchsorted(users.user_id, interactions.user_id)
+    i = np.searchsorted(items.item_id, interactions.item_id)
+    frame = pd.DataFrame(
+        {"u": u, "i": i, "t": interactions.timestamp, "id": interactions.item_id,
+         "y": interactions.label}
+    ).sort_values(["u", "t", "id"])  # fmt: skip
+    val = dict(zip(split.val.users.tolist(), split.val.items.tolist(), strict=True))
+    test = dict(zip(split.test.users.tolist(), split.test.items.tolist(), strict=True))
+    code = split.item_features[:, 0]
+
+    def codes(positives):
+        recent = [int(code[x]) for x in reversed(positives[-4:])]
+        return recent + [0] * (4 - len(recent))
+
+    expected = {}
+    for user, rows in frame.groupby("u"):
+        train_positives = []
+        for row in rows.itertuples():
+            expected[(user, row.i)] = codes(train_positives)
+            held_out = row.i in (val.get(user), test.get(user))
+            if row.y == 1 and not held_out:
+                train_positives.append(row.i)
+        if user in test:
+            expected[(user, test[user])] = codes([*train_positives, val[user]])
+    got = {
+        (int(a), int(b)): h.tolist()
+        for a, b, h in zip(split.train_users, split.train_items, split.train_history, strict=True)
+    }
+    for h in (split.val, split.test):
+        rows = zip(h.users, h.items, h.history, strict=True)
+        got.update({(int(a), int(b)): r.tolist() for a, b, r in rows})
+    assert got == expected
+    assert split.train_history.dtype == np.int32 and (split.train_history > 0).any()
+
+
 def test_encoders_fitted_on_train_only(split):
     item_codes = split.item_features[:, 0]
     in_train = np.zeros(len(item_codes), dtype=bool)

@@ -201,7 +201,8 @@ def test_bfloat16_autocast_steps_train(split):
     users = torch.from_numpy(split.train_users[:256].astype("int64"))
     items = torch.from_numpy(split.train_items[:256].astype("int64"))
     labels = torch.from_numpy(split.train_labels[:256].astype("float32"))
-    batches = [(users, items, labels)] * 20
+    history = torch.from_numpy(split.train_history[:256])
+    batches = [(users, items, labels, history)] * 20
     first = loop.train_steps(model, optimizer, batches[:1], torch.nn.BCEWithLogitsLoss(), amp=True)
     last = loop.train_steps(model, optimizer, batches, torch.nn.BCEWithLogitsLoss(), amp=True)
     assert math.isfinite(first) and last < first

@@ -35,6 +35,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class SplitConfig:
     min_positives: int = field(default=3, metadata=_range(3))
+    # the history field: the user's most recent positives before each example; 0 = no field
+    history_length: int = field(default=10, metadata=_range(0, 1000))
 
 
 @dataclass(frozen=True)

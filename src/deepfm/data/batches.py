@@ -28,25 +28,34 @@ def epoch_examples(
     epoch: int,
     negatives_per_positive: int,
     observed_negatives: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(users, items, labels) for one epoch: train positives, fresh uniform negatives drawn
-    from items the user did not rate in train (seeded by seed and epoch) and, optionally,
-    the observed negatives (rated below the threshold) with label 0."""
-    is_pos = split.train_labels == 1
-    pos_u, pos_i = split.train_users[is_pos], split.train_items[is_pos]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(users, items, labels, rows) for one epoch: train positives, fresh uniform negatives
+    drawn from items the user did not rate in train (seeded by seed and epoch) and,
+    optionally, the observed negatives (rated below the threshold) with label 0.
+
+    rows: the train row whose history an example carries (split.train_history[rows]): a
+    positive's own, the positive's for the negatives drawn for it (they compete at the same
+    moment), an observed negative's own. Rows rather than histories keep an epoch's arrays
+    at one integer per example; `with_history` gathers a batch's history."""
+    pos_rows = np.flatnonzero(split.train_labels == 1)
+    pos_u, pos_i = split.train_users[pos_rows], split.train_items[pos_rows]
     neg_u, neg_i = sample_negatives(
         pos_u, negatives_per_positive, rated, rng_for(seed, "train-negatives", epoch)
     )
     parts_u, parts_i = [pos_u, neg_u], [pos_i, neg_i]
+    parts_r = [pos_rows, np.repeat(pos_rows, negatives_per_positive)]
     parts_y = [np.ones(len(pos_u), np.float32), np.zeros(len(neg_u), np.float32)]
     if observed_negatives:
-        parts_u.append(split.train_users[~is_pos])
-        parts_i.append(split.train_items[~is_pos])
-        parts_y.append(np.zeros(int((~is_pos).sum()), np.float32))
+        obs_rows = np.flatnonzero(split.train_labels != 1)
+        parts_u.append(split.train_users[obs_rows])
+        parts_i.append(split.train_items[obs_rows])
+        parts_r.append(obs_rows)
+        parts_y.append(np.zeros(len(obs_rows), np.float32))
     return (
         np.concatenate(parts_u).astype(np.int64),
         np.concatenate(parts_i).astype(np.int64),
         np.concatenate(parts_y),
+        np.concatenate(parts_r).astype(np.int64),
     )
 
 
@@ -59,3 +68,18 @@ def iterate_batches(
     shuffled = tuple(t[perm] for t in tensors)
     for start in range(0, n, batch_size):
         yield tuple(t[start : start + batch_size] for t in shuffled)
+
+
+def with_history(
+    batches: Iterator[tuple[torch.Tensor, ...]], train_history: torch.Tensor | None
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """(users, items, labels, rows) batches -> (users, items, labels, history) batches, the
+    history gathered from the train rows; None for a split without a history field."""
+    for users, items, labels, rows in batches:
+        history = train_history[rows] if train_history is not None else None
+        yield users, items, labels, history
+
+
+def history_tensor(history: np.ndarray, device) -> torch.Tensor | None:
+    """A split's (n, L) history codes as a tensor on `device`; None when L = 0 (no field)."""
+    return torch.from_numpy(history).to(device) if history.shape[1] else None

@@ -4,7 +4,10 @@
   for users with at least `min_positives` positives; everything else is train;
 - fixed evaluation candidates: for every val / test user, `num_negatives` items the user
   never rated in any split, uniformly without replacement (fewer when fewer exist);
-- encoders fitted on the train split only (0 = padding / unknown).
+- encoders fitted on the train split only (0 = padding / unknown);
+- the history field: for every example, the user's `history_length` most recent train
+  positives strictly before it in the protocol's order; the test item's history also has the
+  validation item (it came first), no other example ever sees a held-out item.
 
 Users and items are addressed by their row in the canonical users / items tables
 ("index"); the feature matrices map an index to the embedding codes of its fields.
@@ -37,6 +40,7 @@ class HeldOut:
     users: np.ndarray  # (n,) user index
     items: np.ndarray  # (n,) held-out positive item index
     candidates: np.ndarray  # (n, num_negatives) item index, -1 where the user has fewer
+    history: np.ndarray  # (n, history_length) item_id codes of the preceding positives, int32
 
 
 @dataclass
@@ -44,6 +48,7 @@ class SplitResult:
     train_users: np.ndarray
     train_items: np.ndarray
     train_labels: np.ndarray
+    train_history: np.ndarray  # (n_train, history_length) item_id codes, 0-padded
     val: HeldOut
     test: HeldOut
     user_features: np.ndarray  # (num_users, len(USER_SPARSE)) codes
@@ -72,6 +77,25 @@ def leave_one_out(
     test_rows = pos_rows[last[eligible]]
     val_rows = pos_rows[last[eligible] - 1]
     return val_rows, test_rows
+
+
+def recent_positives(
+    user_idx: np.ndarray, item_codes: np.ndarray, label: np.ndarray, length: int
+) -> np.ndarray:
+    """(n_rows, length): for every row, the codes of the same user's `length` most recent
+    positives strictly before it, most recent first, 0-padded.
+
+    Rows must be ordered by (user, timestamp, item_id), the order that defines the split, so
+    a row never sees a positive that the protocol places after it.
+    """
+    pos_rows = np.flatnonzero(label == 1)
+    before = np.searchsorted(pos_rows, np.arange(len(user_idx)))  # positives above each row
+    out = np.zeros((len(user_idx), length), dtype=np.int32)
+    for back in range(1, length + 1):
+        source = pos_rows[np.maximum(before - back, 0)] if len(pos_rows) else before
+        same_user = (before - back >= 0) & (user_idx[source] == user_idx)
+        out[:, back - 1] = np.where(same_user, item_codes[source], 0)
+    return out
 
 
 def sample_candidates(
@@ -120,6 +144,7 @@ def split_dataset(
     seed: int,
     min_positives: int,
     num_negatives: int,
+    history_length: int = 0,
 ) -> SplitResult:
     num_users, num_items = len(users), len(items)
     user_idx = np.searchsorted(users["user_id"].to_numpy(), interactions["user_id"].to_numpy())
@@ -134,18 +159,6 @@ def split_dataset(
     in_train = np.ones(len(user_idx), dtype=bool)
     in_train[val_rows] = False
     in_train[test_rows] = False
-
-    rated_keys = np.sort(user_idx.astype(np.int64) * num_items + item_idx)
-    held = {}
-    for name, rows, stream in (("val", val_rows, 1), ("test", test_rows, 2)):
-        cand = sample_candidates(
-            user_idx[rows],
-            rated_keys,
-            num_items,
-            num_negatives,
-            rng_for(seed, "candidates", stream),
-        )
-        held[name] = HeldOut(user_idx[rows], item_idx[rows], cand)
 
     # Encoders see the train split only: a user or item that occurs only in val/test is unknown.
     train_u, train_i = user_idx[in_train], item_idx[in_train]
@@ -167,6 +180,27 @@ def split_dataset(
     )
     item_genres = encode_lists(list(items["genres"]), genre_vocab)
     fields.append(Field("genres", "item", "sequence", len(genre_vocab) + 1, 0))
+    # History is made of train positives only, so no train example (an observed negative dated
+    # after the held-out items) and no validation user sees a held-out item; the test item's
+    # history alone also has the validation item, which precedes it and is known by then.
+    item_codes = item_cols[ITEM_SPARSE.index("item_id")][item_idx]
+    history = recent_positives(user_idx, item_codes, label * in_train, history_length)
+    history[test_rows] = recent_positives(user_idx, item_codes, label, history_length)[test_rows]
+    if history_length:
+        item_id_vocab = fields[len(USER_SPARSE) + ITEM_SPARSE.index("item_id")].vocab_size
+        fields.insert(len(USER_SPARSE), Field("history", "user", "sequence", item_id_vocab, 0))
+
+    rated_keys = np.sort(user_idx.astype(np.int64) * num_items + item_idx)
+    held = {}
+    for name, rows, stream in (("val", val_rows, 1), ("test", test_rows, 2)):
+        cand = sample_candidates(
+            user_idx[rows],
+            rated_keys,
+            num_items,
+            num_negatives,
+            rng_for(seed, "candidates", stream),
+        )
+        held[name] = HeldOut(user_idx[rows], item_idx[rows], cand, history[rows])
 
     n_unrated = num_items - np.bincount(user_idx, minlength=num_users)
     short = {
@@ -188,11 +222,21 @@ def split_dataset(
         "train_only_users": int(num_users - len(test_rows)),
         "users_with_fewer_candidates": short,
         "items_unseen_in_train": int(num_items - len(np.unique(train_i))),
+        "history_length": history_length,
+        "mean_history_filled": {
+            name: round(float((history[rows] > 0).sum(1).mean()), 3) if len(rows) else 0.0
+            for name, rows in (
+                ("train", np.flatnonzero(in_train)),
+                ("val", val_rows),
+                ("test", test_rows),
+            )
+        },
     }
     return SplitResult(
         train_users=train_u.astype(np.int32),
         train_items=train_i.astype(np.int32),
         train_labels=label[in_train],
+        train_history=history[in_train],
         val=held["val"],
         test=held["test"],
         user_features=np.stack(user_cols, axis=1),
@@ -206,8 +250,8 @@ def split_dataset(
 
 
 _ARRAYS = (
-    "train_users", "train_items", "train_labels", "user_features", "item_features", "item_genres",
-    "user_ids", "item_ids",
+    "train_users", "train_items", "train_labels", "train_history", "user_features",
+    "item_features", "item_genres", "user_ids", "item_ids",
 )  # fmt: skip
 
 
@@ -221,6 +265,7 @@ def write_split(result: SplitResult, out_dir: Path) -> None:
             write_npy(tmp / f"{split_name}_users.npy", held.users.astype(np.int32))
             write_npy(tmp / f"{split_name}_items.npy", held.items.astype(np.int32))
             write_npy(tmp / f"{split_name}_candidates.npy", held.candidates.astype(np.int32))
+            write_npy(tmp / f"{split_name}_history.npy", held.history)
         write_json(tmp / "schema.json", result.schema.to_dict())
         write_json(tmp / "summary.json", result.summary)
 
@@ -237,6 +282,7 @@ def read_split(split_dir: Path) -> SplitResult:
             read_npy(split_dir / f"{s}_users.npy"),
             read_npy(split_dir / f"{s}_items.npy"),
             read_npy(split_dir / f"{s}_candidates.npy"),
+            read_npy(split_dir / f"{s}_history.npy"),
         )
         for s in ("val", "test")
     }

@@ -43,7 +43,9 @@ class AttentionDeepFM(RankingModel):
             params.batch_norm,
         )
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        emb = self.embed(self.embedding, users, items)  # (B, F, k)
+    def forward(
+        self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        emb = self.embed(self.embedding, users, items, history)  # (B, F, k)
         deep = self.dnn(self.attention(emb).flatten(1))
-        return self.first_order(users, items) + fm_interaction(emb) + deep
+        return self.first_order(users, items, history) + fm_interaction(emb) + deep

@@ -1,13 +1,15 @@
 """The shared base of every model: feature lookup tables and the scoring interface.
 
 A model scores (user index, item index) pairs. The feature matrices from the split stage
-are buffers of the model, so a checkpoint is self-contained and batching moves only two
-integer vectors.
+are buffers of the model, so a checkpoint is self-contained and batching moves only integer
+vectors. What changes from one example to the next on the user side, the history field (the
+user's most recent positives before the example), comes with the call as `history`, an
+(N, L) matrix of item_id codes, 0-padded; a schema without a history field takes None.
 
-- forward(users, items) -> (B,) logits for aligned pairs (training);
-- score_matrix(users, items) -> (U, I) logits for every pair (evaluation). The default
-  expands pairs in chunks; models whose parts are additive over user and item fields
-  override it with an exact factorised version.
+- forward(users, items, history) -> (B,) logits for aligned pairs (training);
+- score_matrix(users, items, history) -> (U, I) logits for every pair (evaluation), one
+  history row per user. The default expands pairs in chunks; models whose parts are
+  additive over user and item fields override it with an exact factorised version.
 """
 
 from __future__ import annotations
@@ -30,20 +32,47 @@ class RankingModel(nn.Module):
         self.register_buffer("user_features", features["user_features"].long())
         self.register_buffer("item_features", features["item_features"].long())
         self.register_buffer("item_genres", features["item_genres"].long())
+        self.uses_history = bool(schema.by_source("user", "sequence"))
 
-    def side_inputs(self, side: str, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        if side == "user":
+    def side_inputs(
+        self, side: str, idx: torch.Tensor, history: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if side == "item":
+            return self.item_features[idx], [self.item_genres[idx]]
+        if not self.uses_history:
             return self.user_features[idx], []
-        return self.item_features[idx], [self.item_genres[idx]]
+        if history is None or history.shape[0] != len(idx):
+            raise ValueError(
+                "this model's schema has a history field: pass history, one row of item_id "
+                f"codes per user ({len(idx)} rows; got "
+                f"{'none' if history is None else tuple(history.shape)}), e.g. "
+                "SplitResult.train_history or HeldOut.history."
+            )
+        return self.user_features[idx], [history.long()]
 
-    def embed_side(self, embedding: nn.Module, side: str, idx: torch.Tensor) -> torch.Tensor:
-        codes, bags = self.side_inputs(side, idx)
+    def embed_side(
+        self,
+        embedding: nn.Module,
+        side: str,
+        idx: torch.Tensor,
+        history: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        codes, bags = self.side_inputs(side, idx, history)
         return embedding.side(side, codes, bags)
 
-    def embed(self, embedding: nn.Module, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def embed(
+        self,
+        embedding: nn.Module,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        history: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """(B,) users, (B,) items -> (B, F, dim): user fields first, then item fields."""
         return torch.cat(
-            [self.embed_side(embedding, "user", users), self.embed_side(embedding, "item", items)],
+            [
+                self.embed_side(embedding, "user", users, history),
+                self.embed_side(embedding, "item", items),
+            ],
             dim=1,
         )
 
@@ -55,33 +84,46 @@ class RankingModel(nn.Module):
         self.linear = FeatureEmbedding(schema, 1, init_std=0.0)
         self.bias = nn.Parameter(torch.zeros(()))
 
-    def first_order(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def first_order(
+        self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(B,) bias + first-order term of aligned pairs."""
-        return self.bias + self.embed(self.linear, users, items).sum(dim=(1, 2))
+        return self.bias + self.embed(self.linear, users, items, history).sum(dim=(1, 2))
 
-    def first_order_matrix(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def first_order_matrix(
+        self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(U, I) bias + first-order term: a user part plus an item part."""
-        lin_u = self.embed_side(self.linear, "user", users).sum(dim=(1, 2))
+        lin_u = self.embed_side(self.linear, "user", users, history).sum(dim=(1, 2))
         lin_i = self.embed_side(self.linear, "item", items).sum(dim=(1, 2))
         return lin_u[:, None] + lin_i[None, :] + self.bias
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None
+    ) -> torch.Tensor:
         raise NotImplementedError
 
     @torch.no_grad()
     def score_matrix(
-        self, users: torch.Tensor, items: torch.Tensor, chunk: int | None = None
+        self,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        history: torch.Tensor | None = None,
+        chunk: int | None = None,
     ) -> torch.Tensor:
-        """(U,) users x (I,) items -> (U, I) logits, by expanding pairs in chunks of `chunk`
-        (default: the class's score_chunk)."""
+        """(U,) users (with their (U, L) history) x (I,) items -> (U, I) logits, by expanding
+        pairs in chunks of `chunk` (default: the class's score_chunk)."""
         chunk = chunk or self.score_chunk
         n_u, n_i = len(users), len(items)
-        pair_u = users.repeat_interleave(n_i)
+        pair_row = torch.arange(n_u, device=users.device).repeat_interleave(n_i)
         pair_i = items.repeat(n_u)
-        out = torch.cat(
-            [self(pair_u[s : s + chunk], pair_i[s : s + chunk]) for s in range(0, n_u * n_i, chunk)]
-        )
-        return out.reshape(n_u, n_i)
+        parts = []
+        for s in range(0, n_u * n_i, chunk):
+            rows = pair_row[s : s + chunk]
+            parts.append(
+                self(users[rows], pair_i[s : s + chunk], None if history is None else history[rows])
+            )
+        return torch.cat(parts).reshape(n_u, n_i)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -22,17 +22,20 @@ class DeepFM(RankingModel):
             params.batch_norm,
         )
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        emb = self.embed(self.embedding, users, items)  # (B, F, k)
-        return self.first_order(users, items) + fm_interaction(emb) + self.dnn(emb.flatten(1))
+    def forward(
+        self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        emb = self.embed(self.embedding, users, items, history)  # (B, F, k)
+        first = self.first_order(users, items, history)
+        return first + fm_interaction(emb) + self.dnn(emb.flatten(1))
 
     @torch.no_grad()
-    def score_matrix(self, users: torch.Tensor, items: torch.Tensor, chunk: int = 0):
+    def score_matrix(self, users, items, history=None, chunk: int | None = None):
         """Exact U x I logits without expanding pairs: the linear term, the FM term and the DNN's
         first Linear are all sums of a user part and an item part."""
-        eu = self.embed_side(self.embedding, "user", users)  # (U, Fu, k)
+        eu = self.embed_side(self.embedding, "user", users, history)  # (U, Fu, k)
         ei = self.embed_side(self.embedding, "item", items)  # (I, Fi, k)
-        additive = self.first_order_matrix(users, items) + fm_interaction_matrix(eu, ei)
+        additive = self.first_order_matrix(users, items, history) + fm_interaction_matrix(eu, ei)
         folded = self.dnn.folded_linears()
         hu, hi = self.dnn.first_by_side(eu.flatten(1), ei.flatten(1), folded)  # (U, H), (I, H)
         deep = self.dnn.forward_from_first(hu[:, None, :] + hi[None, :, :], folded)  # (U, I)

@@ -17,14 +17,16 @@ class FM(RankingModel):
         self.embedding = FeatureEmbedding(schema, params.embed_dim)
         self.add_first_order(schema)  # after the embedding: keeps the initialisation order
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        emb = self.embed(self.embedding, users, items)  # (B, F, k)
-        return self.first_order(users, items) + fm_interaction(emb)
+    def forward(
+        self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        emb = self.embed(self.embedding, users, items, history)  # (B, F, k)
+        return self.first_order(users, items, history) + fm_interaction(emb)
 
     @torch.no_grad()
-    def score_matrix(self, users: torch.Tensor, items: torch.Tensor, chunk: int | None = None):
+    def score_matrix(self, users, items, history=None, chunk: int | None = None):
         """Exact: pairs within a side are a user (or item) part; pairs across sides sum to
         <sum of user fields, sum of item fields>, one matrix product."""
-        eu = self.embed_side(self.embedding, "user", users)  # (U, Fu, k)
+        eu = self.embed_side(self.embedding, "user", users, history)  # (U, Fu, k)
         ei = self.embed_side(self.embedding, "item", items)  # (I, Fi, k)
-        return self.first_order_matrix(users, items) + fm_interaction_matrix(eu, ei)
+        return self.first_order_matrix(users, items, history) + fm_interaction_matrix(eu, ei)

@@ -33,9 +33,12 @@ class ItemPop(RankingModel):
         p = (counts + a) / (n + 2 * a)
         self.item_logits.copy_(torch.from_numpy(np.log(p) - np.log1p(-p)).float())
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return self.item_logits[items]
 
     @torch.no_grad()
-    def score_matrix(self, users: torch.Tensor, items: torch.Tensor, chunk: int = 0):
+    def score_matrix(self, users, items, history=None, chunk: int | None = None):
+        """Popularity ignores the user and the history."""
         return self.item_logits[items][None, :].expand(len(users), -1).clone()

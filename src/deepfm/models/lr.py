@@ -18,10 +18,12 @@ class LR(RankingModel):
         super().__init__(schema, features)
         self.add_first_order(schema)
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return self.first_order(users, items)
+    def forward(
+        self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.first_order(users, items, history)
 
     @torch.no_grad()
-    def score_matrix(self, users: torch.Tensor, items: torch.Tensor, chunk: int | None = None):
+    def score_matrix(self, users, items, history=None, chunk: int | None = None):
         """Exact: the logit is a user part plus an item part."""
-        return self.first_order_matrix(users, items)
+        return self.first_order_matrix(users, items, history)

@@ -30,21 +30,24 @@ class XDeepFM(RankingModel):
             params.batch_norm,
         )
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        emb = self.embed(self.embedding, users, items)  # (B, F, k)
-        return self.first_order(users, items) + self.cin(emb) + self.dnn(emb.flatten(1))
+    def forward(
+        self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        emb = self.embed(self.embedding, users, items, history)  # (B, F, k)
+        first = self.first_order(users, items, history)
+        return first + self.cin(emb) + self.dnn(emb.flatten(1))
 
     @torch.no_grad()
-    def score_matrix(self, users: torch.Tensor, items: torch.Tensor, chunk: int | None = None):
+    def score_matrix(self, users, items, history=None, chunk: int | None = None):
         """Exact U x I logits from per-user and per-item parts: the linear term and the DNN's
         first Linear are additive as in DeepFM, and the CIN scores blocks of pairs without
         forming its per-pair field products (CIN.score_pairs)."""
         block = max(1, math.isqrt(chunk or self.score_chunk))
-        eu = self.embed_side(self.embedding, "user", users)  # (U, Fu, k)
+        eu = self.embed_side(self.embedding, "user", users, history)  # (U, Fu, k)
         ei = self.embed_side(self.embedding, "item", items)  # (I, Fi, k)
         folded = self.dnn.folded_linears()
         hu, hi = self.dnn.first_by_side(eu.flatten(1), ei.flatten(1), folded)  # (U, H), (I, H)
-        out = self.first_order_matrix(users, items)
+        out = self.first_order_matrix(users, items, history)
         for u0 in range(0, len(users), block):
             us = slice(u0, u0 + block)
             for i0 in range(0, len(items), block):

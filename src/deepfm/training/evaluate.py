@@ -58,7 +58,9 @@ def evaluate_held_out(
         users = held.users[sl].astype(np.int64)
         pos = held.items[sl].astype(np.int64)
         u = len(users)
-        scores = model.score_matrix(torch.from_numpy(users).to(device), all_items).float().cpu()
+        history = torch.from_numpy(held.history[sl]).to(device) if held.history.shape[1] else None
+        scores = model.score_matrix(torch.from_numpy(users).to(device), all_items, history)
+        scores = scores.float().cpu()
         rows = torch.arange(u)
         pos_t = torch.from_numpy(pos)
         pos_scores = scores[rows, pos_t]

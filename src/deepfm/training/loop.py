@@ -20,7 +20,13 @@ from torch import nn
 from tqdm import tqdm
 
 from deepfm.config import MODEL_SECTIONS, Config, TrainConfig
-from deepfm.data.batches import epoch_examples, feature_tensors, iterate_batches
+from deepfm.data.batches import (
+    epoch_examples,
+    feature_tensors,
+    history_tensor,
+    iterate_batches,
+    with_history,
+)
 from deepfm.data.sampling import RatedIndex
 from deepfm.data.schema import Schema
 from deepfm.data.split import SplitResult
@@ -139,7 +145,7 @@ def _log(live, metrics: dict, prefix: str) -> None:
 def train_steps(
     model, optimizer, batches, loss_fn, grad_clip: float = 0.0, amp: bool = False
 ) -> float:
-    """One pass of optimizer steps over (users, items, labels) batches; the mean loss.
+    """One pass of optimizer steps over (users, items, labels, history) batches; the mean loss.
 
     amp: run the forward pass under bfloat16 autocast (weights, gradients and the optimizer
     stay float32; bfloat16 has float32's range, so no loss scaling is needed).
@@ -147,9 +153,9 @@ def train_steps(
     total = None
     count = 0
     device_type = next(model.parameters()).device.type
-    for users, items, labels in batches:
+    for users, items, labels, history in batches:
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(users, items)
+            logits = model(users, items, history)
         loss = loss_fn(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -181,8 +187,10 @@ def run_fingerprint(cfg: Config, split: SplitResult) -> str:
         split.train_users,
         split.train_items,
         split.train_labels,
+        split.train_history,
         split.val.users,
         split.val.items,
+        split.val.history,
         split.user_features,
         split.item_features,
         split.item_genres,
@@ -259,6 +267,7 @@ def train(
     rated = RatedIndex(
         split.train_users, split.train_items, split.schema.num_users, split.schema.num_items
     )
+    train_history = history_tensor(split.train_history, device)
 
     def validate() -> dict:
         return evaluate_held_out(
@@ -319,7 +328,7 @@ def train(
         epoch = state.epoch + 1
         start = time.perf_counter()
         model.train()
-        users, items, labels = epoch_examples(
+        users, items, labels, rows = epoch_examples(
             split,
             rated,
             seed=cfg.seed,
@@ -327,8 +336,8 @@ def train(
             negatives_per_positive=tc.negatives_per_positive,
             observed_negatives=tc.observed_negatives,
         )
-        tensors = tuple(torch.from_numpy(a).to(device) for a in (users, items, labels))
-        batches = iterate_batches(tensors, tc.batch_size, shuffle)
+        tensors = tuple(torch.from_numpy(a).to(device) for a in (users, items, labels, rows))
+        batches = with_history(iterate_batches(tensors, tc.batch_size, shuffle), train_history)
         batches = tqdm(
             batches,
             total=math.ceil(len(users) / tc.batch_size),
