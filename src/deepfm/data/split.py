@@ -182,10 +182,14 @@ def split_dataset(
     fields.append(Field("genres", "item", "sequence", len(genre_vocab) + 1, 0))
     # History is made of train positives only, so no train example (an observed negative dated
     # after the held-out items) and no validation user sees a held-out item; the test item's
-    # history alone also has the validation item, which precedes it and is known by then.
+    # history alone also has the validation item, which precedes it and is known by then. The
+    # two are a user's last two positives, so that history is the validation item followed by
+    # the validation item's own history.
     item_codes = item_cols[ITEM_SPARSE.index("item_id")][item_idx]
     history = recent_positives(user_idx, item_codes, label * in_train, history_length)
-    history[test_rows] = recent_positives(user_idx, item_codes, label, history_length)[test_rows]
+    if history_length:
+        history[test_rows, 0] = item_codes[val_rows]
+        history[test_rows, 1:] = history[val_rows, :-1]
     if history_length:
         item_id_vocab = fields[len(USER_SPARSE) + ITEM_SPARSE.index("item_id")].vocab_size
         fields.insert(len(USER_SPARSE), Field("history", "user", "sequence", item_id_vocab, 0))

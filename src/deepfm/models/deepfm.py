@@ -30,7 +30,13 @@ class DeepFM(RankingModel):
         return first + fm_interaction(emb) + self.dnn(emb.flatten(1))
 
     @torch.no_grad()
-    def score_matrix(self, users, items, history=None, chunk: int | None = None):
+    def score_matrix(
+        self,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        history: torch.Tensor | None = None,
+        chunk: int | None = None,
+    ) -> torch.Tensor:
         """Exact U x I logits without expanding pairs: the linear term, the FM term and the DNN's
         first Linear are all sums of a user part and an item part."""
         eu = self.embed_side(self.embedding, "user", users, history)  # (U, Fu, k)

@@ -24,7 +24,13 @@ class FM(RankingModel):
         return self.first_order(users, items, history) + fm_interaction(emb)
 
     @torch.no_grad()
-    def score_matrix(self, users, items, history=None, chunk: int | None = None):
+    def score_matrix(
+        self,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        history: torch.Tensor | None = None,
+        chunk: int | None = None,
+    ) -> torch.Tensor:
         """Exact: pairs within a side are a user (or item) part; pairs across sides sum to
         <sum of user fields, sum of item fields>, one matrix product."""
         eu = self.embed_side(self.embedding, "user", users, history)  # (U, Fu, k)

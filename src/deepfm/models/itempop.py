@@ -39,6 +39,12 @@ class ItemPop(RankingModel):
         return self.item_logits[items]
 
     @torch.no_grad()
-    def score_matrix(self, users, items, history=None, chunk: int | None = None):
+    def score_matrix(
+        self,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        history: torch.Tensor | None = None,
+        chunk: int | None = None,
+    ) -> torch.Tensor:
         """Popularity ignores the user and the history."""
         return self.item_logits[items][None, :].expand(len(users), -1).clone()

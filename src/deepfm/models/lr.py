@@ -24,6 +24,12 @@ class LR(RankingModel):
         return self.first_order(users, items, history)
 
     @torch.no_grad()
-    def score_matrix(self, users, items, history=None, chunk: int | None = None):
+    def score_matrix(
+        self,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        history: torch.Tensor | None = None,
+        chunk: int | None = None,
+    ) -> torch.Tensor:
         """Exact: the logit is a user part plus an item part."""
         return self.first_order_matrix(users, items, history)

@@ -38,7 +38,13 @@ class XDeepFM(RankingModel):
         return first + self.cin(emb) + self.dnn(emb.flatten(1))
 
     @torch.no_grad()
-    def score_matrix(self, users, items, history=None, chunk: int | None = None):
+    def score_matrix(
+        self,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        history: torch.Tensor | None = None,
+        chunk: int | None = None,
+    ) -> torch.Tensor:
         """Exact U x I logits from per-user and per-item parts: the linear term and the DNN's
         first Linear are additive as in DeepFM, and the CIN scores blocks of pairs without
         forming its per-pair field products (CIN.score_pairs)."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from deepfm.data.batches import history_tensor
 from deepfm.data.sampling import RatedIndex
 from deepfm.data.split import HeldOut
 from deepfm.models.base import RankingModel
@@ -58,7 +59,7 @@ def evaluate_held_out(
         users = held.users[sl].astype(np.int64)
         pos = held.items[sl].astype(np.int64)
         u = len(users)
-        history = torch.from_numpy(held.history[sl]).to(device) if held.history.shape[1] else None
+        history = history_tensor(held.history[sl], device)
         scores = model.score_matrix(torch.from_numpy(users).to(device), all_items, history)
         scores = scores.float().cpu()
         rows = torch.arange(u)
