@@ -26,6 +26,8 @@ def main() -> None:
         min_positives=cfg.split.min_positives,
         num_negatives=cfg.eval.num_negatives,
         history_length=cfg.split.history_length,
+        sequence=cfg.split.sequence,
+        tie_break=cfg.split.tie_break,
     )
     write_split(result, SPLIT)
     print("split:", json.dumps(result.summary))

@@ -9,7 +9,7 @@ from deepfm.models import build_model
 @pytest.mark.parametrize("count", ["ratings", "positives"])
 def test_itempop_is_smoothed_train_popularity(split, count):
     model = build_model("itempop", split.schema, feature_tensors(split), ItemPopConfig(count=count))
-    model.fit(split.train_users, split.train_items, split.train_labels)
+    model.fit(split)
     items = split.train_items
     counted = items if count == "ratings" else items[split.train_labels == 1]
     counts = np.bincount(counted, minlength=split.schema.num_items)

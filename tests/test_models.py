@@ -99,7 +99,7 @@ def test_forward_shapes_gradients_and_score_matrix(canonical, name, history_leng
         for _ in range(3):
             model(users, items, history)
     else:
-        model.fit(split.train_users, split.train_items, split.train_labels)
+        model.fit(split)
     model.eval()
     u = torch.arange(split.schema.num_users)[:9]
     i = torch.arange(split.schema.num_items)

@@ -37,6 +37,11 @@ class SplitConfig:
     min_positives: int = field(default=3, metadata=_range(3))
     # the history field: the user's most recent positives before each example; 0 = no field
     history_length: int = field(default=10, metadata=_range(0, 1000))
+    # which earlier items form a user's sequence (the history field and every sequence-aware
+    # model's input): train positives, or every train rating (observed negatives too)
+    sequence: Literal["positives", "rated"] = "positives"
+    # order of one user's ratings within the same second: ascending item_id, or seeded random
+    tie_break: Literal["item_id", "random"] = "item_id"
 
 
 @dataclass(frozen=True)

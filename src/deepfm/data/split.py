@@ -27,6 +27,8 @@ from deepfm.data.schema import Field, Schema
 from deepfm.io import atomic_dir, read_json, read_npy, write_json, write_npy
 from deepfm.utils import rng_for
 
+SEQUENCES = ("positives", "rated")
+TIE_BREAKS = ("item_id", "random")
 USER_SPARSE = ["user_id", "gender", "age_bucket", "occupation", "zip_prefix"]
 ITEM_SPARSE = ["item_id", "year_bucket"]
 ITEM_SEQUENCE = ["genres"]
@@ -59,6 +61,13 @@ class SplitResult:
     schema: Schema
     summary: dict
 
+    def sequence_mask(self) -> np.ndarray:
+        """Which train rows make up the users' sequences (the history field's items):
+        positives only, or every rating (split.sequence)."""
+        if self.summary.get("sequence", "positives") == "rated":
+            return np.ones(len(self.train_labels), dtype=bool)
+        return self.train_labels == 1
+
 
 def leave_one_out(
     user_idx: np.ndarray, label: np.ndarray, min_positives: int
@@ -79,21 +88,26 @@ def leave_one_out(
     return val_rows, test_rows
 
 
-def recent_positives(
-    user_idx: np.ndarray, item_codes: np.ndarray, label: np.ndarray, length: int
+def recent_items(
+    user_idx: np.ndarray,
+    item_codes: np.ndarray,
+    counted: np.ndarray,
+    length: int,
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(n_rows, length): for every row, the codes of the same user's `length` most recent
-    positives strictly before it, most recent first, 0-padded.
+    """(n_rows, length): for every row (or only `rows`), the codes of the same user's `length`
+    most recent counted rows strictly before it, most recent first, 0-padded.
 
-    Rows must be ordered by (user, timestamp, item_id), the order that defines the split, so
-    a row never sees a positive that the protocol places after it.
+    Rows must be ordered by (user, timestamp, tie-break), the order that defines the split,
+    so a row never sees an item that the protocol places after it.
     """
-    pos_rows = np.flatnonzero(label == 1)
-    before = np.searchsorted(pos_rows, np.arange(len(user_idx)))  # positives above each row
-    out = np.zeros((len(user_idx), length), dtype=np.int32)
+    rows = np.arange(len(user_idx)) if rows is None else rows
+    counted_rows = np.flatnonzero(counted)
+    before = np.searchsorted(counted_rows, rows)  # counted rows above each row
+    out = np.zeros((len(rows), length), dtype=np.int32)
     for back in range(1, length + 1):
-        source = pos_rows[np.maximum(before - back, 0)] if len(pos_rows) else before
-        same_user = (before - back >= 0) & (user_idx[source] == user_idx)
+        source = counted_rows[np.maximum(before - back, 0)] if len(counted_rows) else before
+        same_user = (before - back >= 0) & (user_idx[source] == user_idx[rows])
         out[:, back - 1] = np.where(same_user, item_codes[source], 0)
     return out
 
@@ -145,13 +159,25 @@ def split_dataset(
     min_positives: int,
     num_negatives: int,
     history_length: int = 0,
+    sequence: str = "positives",
+    tie_break: str = "item_id",
 ) -> SplitResult:
+    """sequence: which earlier rows make up a user's history, "positives" (train positives)
+    or "rated" (every train rating, observed negatives too). tie_break: the order of one
+    user's ratings with the same timestamp, "item_id" (ascending) or "random" (seeded)."""
+    if sequence not in SEQUENCES or tie_break not in TIE_BREAKS:
+        raise ValueError(
+            f"sequence must be one of {SEQUENCES} (got {sequence!r}) and tie_break one of "
+            f"{TIE_BREAKS} (got {tie_break!r})."
+        )
     num_users, num_items = len(users), len(items)
     user_idx = np.searchsorted(users["user_id"].to_numpy(), interactions["user_id"].to_numpy())
     item_idx = np.searchsorted(items["item_id"].to_numpy(), interactions["item_id"].to_numpy())
-    order = np.lexsort(
-        (interactions["item_id"].to_numpy(), interactions["timestamp"].to_numpy(), user_idx)
-    )
+    if tie_break == "item_id":
+        ties = interactions["item_id"].to_numpy()
+    else:  # a seeded random key per row: a random order within equal timestamps
+        ties = rng_for(seed, "tie-break").permutation(len(interactions))
+    order = np.lexsort((ties, interactions["timestamp"].to_numpy(), user_idx))
     user_idx, item_idx = user_idx[order], item_idx[order]
     label = interactions["label"].to_numpy()[order].astype(np.int8)
 
@@ -180,16 +206,19 @@ def split_dataset(
     )
     item_genres = encode_lists(list(items["genres"]), genre_vocab)
     fields.append(Field("genres", "item", "sequence", len(genre_vocab) + 1, 0))
-    # History is made of train positives only, so no train example (an observed negative dated
-    # after the held-out items) and no validation user sees a held-out item; the test item's
-    # history alone also has the validation item, which precedes it and is known by then. The
-    # two are a user's last two positives, so that history is the validation item followed by
-    # the validation item's own history.
+    # History is made of train rows only (positives, or every rating: `sequence`), so no
+    # train example (e.g. an observed negative dated after the held-out items) and no
+    # validation user sees a held-out item. The test item's history alone may also hold the
+    # validation item, which precedes it and is known by then.
     item_codes = item_cols[ITEM_SPARSE.index("item_id")][item_idx]
-    history = recent_positives(user_idx, item_codes, label * in_train, history_length)
+    counted = in_train if sequence == "rated" else in_train & (label == 1)
+    history = recent_items(user_idx, item_codes, counted, history_length)
     if history_length:
-        history[test_rows, 0] = item_codes[val_rows]
-        history[test_rows, 1:] = history[val_rows, :-1]
+        with_val = counted.copy()
+        with_val[val_rows] = True
+        history[test_rows] = recent_items(
+            user_idx, item_codes, with_val, history_length, rows=test_rows
+        )
     if history_length:
         item_id_vocab = fields[len(USER_SPARSE) + ITEM_SPARSE.index("item_id")].vocab_size
         fields.insert(len(USER_SPARSE), Field("history", "user", "sequence", item_id_vocab, 0))
@@ -227,6 +256,8 @@ def split_dataset(
         "users_with_fewer_candidates": short,
         "items_unseen_in_train": int(num_items - len(np.unique(train_i))),
         "history_length": history_length,
+        "sequence": sequence,
+        "tie_break": tie_break,
         "mean_history_filled": {
             name: round(float((history[rows] > 0).sum(1).mean()), 3) if len(rows) else 0.0
             for name, rows in (

@@ -13,6 +13,7 @@ import torch
 
 from deepfm.config import ItemPopConfig
 from deepfm.data.schema import Schema
+from deepfm.data.split import SplitResult
 from deepfm.models.base import RankingModel
 
 
@@ -25,10 +26,11 @@ class ItemPop(RankingModel):
         self.smoothing = params.smoothing
         self.register_buffer("item_logits", torch.zeros(schema.num_items))
 
-    def fit(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray) -> None:
+    def fit(self, split: SplitResult) -> None:
+        items, labels = split.train_items, split.train_labels
         counted = items if self.count == "ratings" else items[labels == 1]
         counts = np.bincount(counted, minlength=self.schema.num_items)
-        n = len(np.unique(users))
+        n = len(np.unique(split.train_users))
         a = self.smoothing
         p = (counts + a) / (n + 2 * a)
         self.item_logits.copy_(torch.from_numpy(np.log(p) - np.log1p(-p)).float())

@@ -275,7 +275,7 @@ def train(
         ).metrics
 
     if not model.trainable:
-        model.fit(split.train_users, split.train_items, split.train_labels)
+        model.fit(split)
         val = validate()
         _log(live, {k: v for k, v in val.items() if k != "users"}, "val")
         if live is not None:
