@@ -65,7 +65,6 @@ def run_trial(args: tuple) -> dict:
 
     from deepfm.config import parse_config
     from deepfm.data.sampling import RatedIndex
-    from deepfm.data.split import read_split
     from deepfm.training.evaluate import evaluate_split
     from deepfm.training.loop import load_model, train
 
@@ -78,7 +77,7 @@ def run_trial(args: tuple) -> dict:
     if not final:
         raw["train"]["min_epochs"] = raw["train"]["epochs"]
     cfg = parse_config(raw, require_all=True)
-    split = read_split(ROOT / "data" / "split")
+    split = _split_for(override, base, parse_config)
     curve = Curve()
     start = time.perf_counter()
     ckpt = Path(f"/tmp/sweep-{mp.current_process().pid}.pt")
@@ -129,17 +128,36 @@ def run_trial(args: tuple) -> dict:
     return result
 
 
+_SPLITS: dict = {}
+
+
+def _split_for(override: dict, base: dict, parse_config):
+    """data/split/, or, for an override of `split`, the split those params make from
+    data/processed/ with params.yaml's seed (so the candidates stay those of data/split/ while
+    trial seeds vary the training); cached per process."""
+    from deepfm.data.split import read_split, split_processed
+
+    if "split" not in override:
+        return read_split(ROOT / "data" / "split")
+    key = _key(override["split"])
+    if key not in _SPLITS:
+        cfg = parse_config(merge(base, {"split": override["split"]}), require_all=True)
+        _SPLITS[key] = split_processed(cfg, ROOT / "data" / "processed")
+    return _SPLITS[key]
+
+
 def check_override(override: dict, grid: Path) -> None:
-    """Trials train on the existing data/split/, so an override of what the preprocess or split
-    stage reads would silently not apply: refuse it."""
-    upstream = {"dataset", "data", "split"} & set(override)
+    """Trials read data/processed/, so an override of what the fetch or preprocess stage reads
+    would silently not apply: refuse it."""
+    upstream = {"dataset", "data"} & set(override)
     if "num_negatives" in (override.get("eval") or {}):
         upstream.add("eval.num_negatives")
     if upstream:
         raise SystemExit(
             f"{grid}: {override} changes {', '.join(sorted(upstream))}, which the preprocess / "
-            "split stages read; a sweep trains on the existing data/split/. Change params.yaml "
-            "and run `dvc repro split` first, or compare with `dvc exp run -S ...`."
+            "split stages read; a sweep trains on the existing data/processed/ and candidates. "
+            "Change params.yaml and run `dvc repro split` first, or compare with "
+            "`dvc exp run -S ...`."
         )
 
 

@@ -15,6 +15,7 @@ Optionally (--repro) the wall time and peak RSS of `dvc repro --force`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import resource
@@ -30,18 +31,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from deepfm.config import load_config  # noqa: E402
-from deepfm.data.batches import (  # noqa: E402
-    epoch_examples,
-    feature_tensors,
-    history_tensor,
-    iterate_batches,
-    with_history,
-)
+from deepfm.data.batches import epoch_examples, feature_tensors  # noqa: E402
 from deepfm.data.sampling import RatedIndex  # noqa: E402
 from deepfm.data.split import read_split  # noqa: E402
 from deepfm.models import MODELS, build_model  # noqa: E402
 from deepfm.training.evaluate import evaluate_split  # noqa: E402
 from deepfm.training.loop import make_optimizer, setup_torch, train_steps  # noqa: E402
+from deepfm.training.objectives import make_objective  # noqa: E402
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
@@ -62,7 +58,7 @@ def bench_model(name: str, cfg, split, rated, device, repeats: int) -> dict:
     params = cfg.models[name]
     torch.manual_seed(cfg.seed)
     model = build_model(name, split.schema, feature_tensors(split), params).to(device)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
+    objective = make_objective(dataclasses.replace(cfg, model=name), split, rated, device)
     row: dict = {"model": name, "parameters": model.num_parameters()}
 
     def examples(epoch=1):
@@ -81,28 +77,20 @@ def bench_model(name: str, cfg, split, rated, device, repeats: int) -> dict:
 
     if model.trainable:
         optimizer = make_optimizer(model, tc)
-        train_history = history_tensor(split.train_history, device)
-        tensors = tuple(torch.from_numpy(a).to(device) for a in ex)
-        prebuilt = list(
-            with_history(
-                iterate_batches(tensors, tc.batch_size, torch.Generator().manual_seed(0)),
-                train_history,
-            )
-        )
+        prebuilt = list(objective.batches(1, tc.batch_size, torch.Generator().manual_seed(0)))
         model.train()
         train_steps(
-            model, optimizer, prebuilt[:5], loss_fn, amp=tc.amp
+            model, optimizer, prebuilt[:5], objective, amp=tc.amp
         )  # warm-up (allocator, kernels)
         row["bound_s"], _ = timed(
-            lambda: train_steps(model, optimizer, prebuilt, loss_fn, amp=tc.amp), repeats
+            lambda: train_steps(model, optimizer, prebuilt, objective, amp=tc.amp), repeats
         )
 
         shuffle = torch.Generator().manual_seed(cfg.seed)
 
         def real_epoch():
-            t = tuple(torch.from_numpy(a).to(device) for a in examples())
-            batches = with_history(iterate_batches(t, tc.batch_size, shuffle), train_history)
-            return train_steps(model, optimizer, batches, loss_fn, tc.grad_clip, tc.amp)
+            batches = objective.batches(1, tc.batch_size, shuffle)
+            return train_steps(model, optimizer, batches, objective, tc.grad_clip, tc.amp)
 
         row["epoch_s"], _ = timed(real_epoch, repeats)
         row["epoch_over_bound"] = row["epoch_s"] / row["bound_s"]

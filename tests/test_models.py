@@ -68,20 +68,41 @@ SMALL_PARAMS = {
 }
 
 
+# the order-aware switches of the DeepFM family, on together (they need a history field)
+ORDER_AWARE = {
+    "deepfm+order": DeepFMConfig(
+        embed_dim=4, dnn_hidden=[16, 8], dropout=0.0, recent_items=2, history_pooling="position"
+    ),
+    "xdeepfm+order": XDeepFMConfig(
+        embed_dim=4, cin_layers=[6, 5], dnn_hidden=[16, 8], recent_items=2,
+        history_pooling="position",
+    ),
+    "attention_deepfm+order": AttentionDeepFMConfig(
+        embed_dim=4, attention_layers=1, attention_heads=2, attention_dim=3, dnn_hidden=[16, 8],
+        recent_items=1, target_attention=True,
+    ),
+}  # fmt: skip
+CASES = {**SMALL_PARAMS, **ORDER_AWARE}
+
+
 def test_every_model_has_small_test_params():
     assert set(SMALL_PARAMS) == set(MODELS)
 
 
 @pytest.mark.parametrize("history_length", [4, 0])
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_forward_shapes_gradients_and_score_matrix(canonical, name, history_length):
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_forward_shapes_gradients_and_score_matrix(canonical, case, history_length):
     from deepfm.data.split import split_dataset
 
     split = split_dataset(
         *canonical, seed=7, min_positives=3, num_negatives=30, history_length=history_length
     )
     torch.manual_seed(0)
-    params = SMALL_PARAMS[name]
+    name, params = case.split("+")[0], CASES[case]
+    if case in ORDER_AWARE and not history_length:
+        with pytest.raises(ValueError, match=r"history field: set split\.history_length > 0"):
+            build_model(name, split.schema, feature_tensors(split), params)
+        return
     model = build_model(name, split.schema, feature_tensors(split), params)
     users = torch.from_numpy(split.train_users[:32].astype(np.int64))
     items = torch.from_numpy(split.train_items[:32].astype(np.int64))

@@ -1,5 +1,6 @@
 import numpy as np
 import pandas as pd
+import pytest
 
 from deepfm.data.split import (
     leave_one_out,
@@ -205,3 +206,88 @@ def test_leave_one_out_rows():
     labels = np.array([1, 0, 1, 1, 1, 1, 1, 1, 1])
     val, test = leave_one_out(users, labels, 3)
     assert test.tolist() == [3, 8] and val.tolist() == [2, 7]
+
+
+def test_history_of_every_rating_hand_worked():
+    frame, users, items = _history_frames()
+    frame.loc[(frame.user_id == 1) & (frame.item_id == 12), "timestamp"] = 3  # before val/test
+    res = split_dataset(
+        frame, users, items, seed=0, min_positives=3, num_negatives=2, history_length=3,
+        sequence="rated",
+    )  # fmt: skip
+    # codes 10..14 -> 1..5; user 1 now rates 12 (rating 2) at 3, between 11@2 and 13@4 (val)
+    assert res.val.history.tolist() == [[3, 2, 1]]  # the observed negative 12 counts
+    assert res.test.history.tolist() == [[4, 3, 2]]  # the validation item first
+    assert res.train_history[:3].tolist() == [[0, 0, 0], [1, 0, 0], [2, 1, 0]]
+    assert res.summary["sequence"] == "rated"
+    assert res.sequence_mask().all()
+    positives = split_dataset(
+        frame, users, items, seed=0, min_positives=3, num_negatives=2, history_length=3
+    )
+    assert positives.val.history.tolist() == [[2, 1, 0]]
+    assert positives.test.history.tolist() == [[4, 2, 1]]
+    assert positives.sequence_mask().tolist() == (positives.train_labels == 1).tolist()
+
+
+def test_random_tie_break_orders_same_second_ratings_by_seed():
+    # user 1's validation (13) and test (14) items share timestamp 4: item_id order always
+    # makes 14 the test item, a seeded random order makes it either, the same for one seed
+    frames = _history_frames()
+    test_items = set()
+    for seed in range(8):
+        a = split_dataset(*frames, seed=seed, min_positives=3, num_negatives=2,
+                          history_length=3, tie_break="random")  # fmt: skip
+        b = split_dataset(*frames, seed=seed, min_positives=3, num_negatives=2,
+                          history_length=3, tie_break="random")  # fmt: skip
+        assert a.test.items.tolist() == b.test.items.tolist()
+        assert a.test.history.tolist() == b.test.history.tolist()
+        test_items.add(int(a.item_ids[a.test.items[0]]))
+        fixed = split_dataset(*frames, seed=seed, min_positives=3, num_negatives=2)
+        assert int(fixed.item_ids[fixed.test.items[0]]) == 14
+    assert test_items == {13, 14}
+    with pytest.raises(ValueError, match="tie_break one of"):
+        split_dataset(*frames, seed=0, min_positives=3, num_negatives=2, tie_break="time")
+
+
+@pytest.mark.parametrize("sequence", ["positives", "rated"])
+@pytest.mark.parametrize("tie_break", ["item_id", "random"])
+def test_no_input_holds_its_target_or_a_later_item(canonical, sequence, tie_break):
+    # Every example's history holds items the same user rated at or before the example's
+    # second (never later), never the example's own item, never a held-out item, except the
+    # validation item in the test item's history. Fails if any input sees its target or the
+    # future.
+    interactions, users, items = canonical
+    split = split_dataset(
+        interactions, users, items, seed=3, min_positives=3, num_negatives=20,
+        history_length=6, sequence=sequence, tie_break=tie_break,
+    )  # fmt: skip
+    code_to_item = {int(c): i for i, c in enumerate(split.item_features[:, 0]) if c}
+    u = np.searchsorted(users.user_id, interactions.user_id)
+    i = np.searchsorted(items.item_id, interactions.item_id)
+    pairs = list(zip(u.tolist(), i.tolist(), strict=True))
+    when = dict(zip(pairs, interactions.timestamp.tolist(), strict=True))
+    liked = dict(zip(pairs, interactions.label.tolist(), strict=True))
+    val = dict(zip(split.val.users.tolist(), split.val.items.tolist(), strict=True))
+    test = dict(zip(split.test.users.tolist(), split.test.items.tolist(), strict=True))
+    examples = [
+        ("train", a, b, h)
+        for a, b, h in zip(split.train_users, split.train_items, split.train_history, strict=True)
+    ]
+    for name, held in (("val", split.val), ("test", split.test)):
+        examples += [
+            (name, a, b, h) for a, b, h in zip(held.users, held.items, held.history, strict=True)
+        ]
+    checked = 0
+    for name, user, target, history in examples:
+        user, target = int(user), int(target)
+        for c in history[history > 0]:
+            item = code_to_item[int(c)]
+            assert item != target, (name, user, target)
+            assert when[(user, item)] <= when[(user, target)], (name, user, item, target)
+            assert item != test.get(user), (name, user)
+            if item == val.get(user):
+                assert name == "test", (name, user)
+            elif sequence == "positives":
+                assert liked[(user, item)] == 1
+            checked += 1
+    assert checked > 1000

@@ -7,6 +7,7 @@ from deepfm.config import parse_config
 from deepfm.io import load_checkpoint
 from deepfm.training import loop
 from deepfm.training.loop import TrainingError, load_model, train
+from deepfm.training.objectives import Pointwise
 
 
 def _cfg(**train):
@@ -154,15 +155,15 @@ def test_resume_state_of_other_params_is_ignored(split, tmp_path):
 def test_nan_loss_stops_and_keeps_best_checkpoint(split, tmp_path, monkeypatch):
     path = tmp_path / "m.pt"
     calls = {"n": 0}
-    real = torch.nn.BCEWithLogitsLoss.forward
+    real = Pointwise.loss
     batches_per_epoch = math.ceil((split.train_labels.sum() * 5) / _cfg().train.batch_size)
 
-    def poisoned(self, logits, target):
+    def poisoned(self, model, batch):
         calls["n"] += 1
-        loss = real(self, logits, target)
-        return loss * float("nan") if calls["n"] > 2 * batches_per_epoch else loss
+        loss, n = real(self, model, batch)
+        return (loss * float("nan") if calls["n"] > 2 * batches_per_epoch else loss), n
 
-    monkeypatch.setattr(torch.nn.BCEWithLogitsLoss, "forward", poisoned)
+    monkeypatch.setattr(Pointwise, "loss", poisoned)
     with pytest.raises(TrainingError, match=r"epoch 3: the training loss is nan.*kept"):
         train(_cfg(), split, path, progress=False)
     kept = load_checkpoint(path)
@@ -193,6 +194,7 @@ def test_bfloat16_autocast_steps_train(split):
     # the mixed-precision code path, exercised on the CPU (where autocast supports bfloat16)
     from deepfm.data.batches import feature_tensors
     from deepfm.models import build_model
+    from deepfm.training.objectives import Pointwise
 
     cfg = _cfg()
     torch.manual_seed(0)
@@ -203,7 +205,10 @@ def test_bfloat16_autocast_steps_train(split):
     labels = torch.from_numpy(split.train_labels[:256].astype("float32"))
     history = torch.from_numpy(split.train_history[:256])
     batches = [(users, items, labels, history)] * 20
-    first = loop.train_steps(model, optimizer, batches[:1], torch.nn.BCEWithLogitsLoss(), amp=True)
-    last = loop.train_steps(model, optimizer, batches, torch.nn.BCEWithLogitsLoss(), amp=True)
+    bce = Pointwise(
+        split, None, seed=0, negatives_per_positive=1, observed_negatives=False, device="cpu"
+    )
+    first = loop.train_steps(model, optimizer, batches[:1], bce, amp=True)
+    last = loop.train_steps(model, optimizer, batches, bce, amp=True)
     assert math.isfinite(first) and last < first
     assert all(p.dtype == torch.float32 for p in model.parameters())

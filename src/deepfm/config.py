@@ -82,7 +82,21 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
-class DeepFMConfig:
+class OrderAware:
+    """What the DeepFM family reads of the history's order, and how it is trained. The
+    defaults (0, mean, bce) are the models without either."""
+
+    # the n most recent history items as user-side fields of their own (FPMC-style)
+    recent_items: int = field(default=0, metadata=_range(0, 1000))
+    # pool the history bag with equal weights, or with a learned weight per position
+    history_pooling: Literal["mean", "position"] = "mean"
+    # pointwise BCE over positives and sampled negatives, or a softmax over each positive and
+    # its train.negatives_per_positive sampled negatives (sampled softmax, shared per positive)
+    loss: Literal["bce", "sampled_softmax"] = "bce"
+
+
+@dataclass(frozen=True)
+class DeepFMConfig(OrderAware):
     embed_dim: int = field(default=16, metadata=_range(1, 1024))
     dnn_hidden: list[int] = field(default_factory=lambda: [128, 64], metadata=_range(1, 65536))
     dropout: float = field(default=0.2, metadata=_range(0.0, 0.99))
@@ -107,7 +121,7 @@ class FMConfig:
 
 
 @dataclass(frozen=True)
-class XDeepFMConfig:
+class XDeepFMConfig(OrderAware):
     embed_dim: int = field(default=16, metadata=_range(1, 1024))
     cin_layers: list[int] = field(default_factory=lambda: [32, 32], metadata=_range(1, 4096))
     cin_split_half: bool = True
@@ -125,11 +139,13 @@ class XDeepFMConfig:
 
 
 @dataclass(frozen=True)
-class AttentionDeepFMConfig:
+class AttentionDeepFMConfig(OrderAware):
     embed_dim: int = field(default=16, metadata=_range(1, 1024))
     attention_layers: int = field(default=1, metadata=_range(0, 64))  # 0 = DeepFM
     attention_heads: int = field(default=2, metadata=_range(1, 64))
     attention_dim: int = field(default=32, metadata=_range(1, 1024))  # per head
+    # pool the history by attention from the candidate item (DIN, Zhou et al., KDD 2018)
+    target_attention: bool = False
     dnn_hidden: list[int] = field(default_factory=lambda: [128, 64], metadata=_range(1, 65536))
     dropout: float = field(default=0.2, metadata=_range(0.0, 0.99))
     batch_norm: bool = True

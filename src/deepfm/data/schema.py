@@ -13,6 +13,7 @@ class Field:
     kind: Literal["sparse", "sequence"]  # one code, or a padded bag of codes (mean-pooled)
     vocab_size: int  # number of codes including 0 = padding / unknown
     column: int  # column in the source's feature matrix (sparse) or index of the bag matrix
+    length: int = 0  # a sequence field's bag width when fixed by the data (the history), else 0
 
 
 @dataclass(frozen=True)

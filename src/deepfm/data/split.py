@@ -221,7 +221,10 @@ def split_dataset(
         )
     if history_length:
         item_id_vocab = fields[len(USER_SPARSE) + ITEM_SPARSE.index("item_id")].vocab_size
-        fields.insert(len(USER_SPARSE), Field("history", "user", "sequence", item_id_vocab, 0))
+        fields.insert(
+            len(USER_SPARSE),
+            Field("history", "user", "sequence", item_id_vocab, 0, history_length),
+        )
 
     rated_keys = np.sort(user_idx.astype(np.int64) * num_items + item_idx)
     held = {}
@@ -281,6 +284,25 @@ def split_dataset(
         item_ids=items["item_id"].to_numpy().astype(np.int64),
         schema=Schema(tuple(fields), num_users, num_items),
         summary=summary,
+    )
+
+
+def split_processed(cfg, processed_dir: Path) -> SplitResult:
+    """The split stage's result for a Config, from the canonical tables in processed_dir."""
+    tables = {
+        n: pd.read_parquet(Path(processed_dir) / f"{n}.parquet")
+        for n in ("interactions", "users", "items")
+    }
+    return split_dataset(
+        tables["interactions"],
+        tables["users"],
+        tables["items"],
+        seed=cfg.seed,
+        min_positives=cfg.split.min_positives,
+        num_negatives=cfg.eval.num_negatives,
+        history_length=cfg.split.history_length,
+        sequence=cfg.split.sequence,
+        tie_break=cfg.split.tie_break,
     )
 
 

@@ -4,6 +4,9 @@ self-attention across fields (AutoInt's interacting layers, Song et al., CIKM 20
 The first-order and FM terms read the raw embeddings, so the model keeps DeepFM's explicit
 second-order part and the attention only reshapes what the DNN sees; with
 attention_layers = 0 it is DeepFM.
+
+With `target_attention`, the history field is pooled by attention from the candidate item
+(DIN) instead of a fixed pooling, for the FM term and the DNN alike.
 """
 
 from __future__ import annotations
@@ -13,7 +16,13 @@ import torch
 from deepfm.config import AttentionDeepFMConfig
 from deepfm.data.schema import Schema
 from deepfm.models.base import RankingModel
-from deepfm.models.layers import DNN, FeatureEmbedding, field_attention_stack, fm_interaction
+from deepfm.models.layers import (
+    DNN,
+    FeatureEmbedding,
+    TargetAttention,
+    field_attention_stack,
+    fm_interaction,
+)
 
 
 class AttentionDeepFM(RankingModel):
@@ -23,7 +32,12 @@ class AttentionDeepFM(RankingModel):
 
     def __init__(self, schema: Schema, features: dict, params: AttentionDeepFMConfig):
         super().__init__(schema, features)
-        self.embedding = FeatureEmbedding(schema, params.embed_dim)
+        self.embedding = FeatureEmbedding(
+            schema,
+            params.embed_dim,
+            recent_items=params.recent_items,
+            history_pooling=params.history_pooling,
+        )
         self.add_first_order(schema)  # after the embedding: keeps the initialisation order
         self.attention = field_attention_stack(
             params.attention_layers,
@@ -31,6 +45,21 @@ class AttentionDeepFM(RankingModel):
             params.attention_heads,
             params.attention_dim,
         )
+        self.target_attention = None
+        if params.target_attention:
+            history = next((f for f in schema.fields if f.name == "history"), None)
+            if history is None:
+                raise ValueError(
+                    "attention_deepfm.target_attention needs the history field: set "
+                    "split.history_length > 0, or target_attention: false."
+                )
+            self.target_attention = TargetAttention(params.embed_dim, history.length)
+            # where the history and the candidate's item_id sit among the embedded fields
+            self.history_field = len(schema.by_source("user", "sparse"))
+            item_sparse = sorted(schema.by_source("item", "sparse"), key=lambda f: f.column)
+            self.item_id_field = self.embedding.num_user_fields + [
+                f.name for f in item_sparse
+            ].index("item_id")
         width = (
             params.attention_heads * params.attention_dim
             if params.attention_layers
@@ -47,5 +76,11 @@ class AttentionDeepFM(RankingModel):
         self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None
     ) -> torch.Tensor:
         emb = self.embed(self.embedding, users, items, history)  # (B, F, k)
+        if self.target_attention is not None:
+            h = self.history_field
+            pooled = self.target_attention(
+                self.embedding.history_items(history), emb[:, self.item_id_field], history > 0
+            )
+            emb = torch.cat([emb[:, :h], pooled.unsqueeze(1), emb[:, h + 1 :]], dim=1)
         deep = self.dnn(self.attention(emb).flatten(1))
         return self.first_order(users, items, history) + fm_interaction(emb) + deep

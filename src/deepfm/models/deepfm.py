@@ -13,7 +13,12 @@ from deepfm.models.layers import DNN, FeatureEmbedding, fm_interaction, fm_inter
 class DeepFM(RankingModel):
     def __init__(self, schema: Schema, features: dict, params: DeepFMConfig):
         super().__init__(schema, features)
-        self.embedding = FeatureEmbedding(schema, params.embed_dim)
+        self.embedding = FeatureEmbedding(
+            schema,
+            params.embed_dim,
+            recent_items=params.recent_items,
+            history_pooling=params.history_pooling,
+        )
         self.add_first_order(schema)  # after the embedding: keeps the initialisation order
         self.dnn = DNN(
             self.embedding.num_fields * params.embed_dim,

@@ -20,7 +20,12 @@ class XDeepFM(RankingModel):
 
     def __init__(self, schema: Schema, features: dict, params: XDeepFMConfig):
         super().__init__(schema, features)
-        self.embedding = FeatureEmbedding(schema, params.embed_dim)
+        self.embedding = FeatureEmbedding(
+            schema,
+            params.embed_dim,
+            recent_items=params.recent_items,
+            history_pooling=params.history_pooling,
+        )
         self.add_first_order(schema)  # after the embedding: keeps the initialisation order
         self.cin = CIN(self.embedding.num_fields, list(params.cin_layers), params.cin_split_half)
         self.dnn = DNN(

@@ -20,13 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from deepfm.config import MODEL_SECTIONS, Config, TrainConfig
-from deepfm.data.batches import (
-    epoch_examples,
-    feature_tensors,
-    history_tensor,
-    iterate_batches,
-    with_history,
-)
+from deepfm.data.batches import feature_tensors
 from deepfm.data.sampling import RatedIndex
 from deepfm.data.schema import Schema
 from deepfm.data.split import SplitResult
@@ -34,14 +28,11 @@ from deepfm.io import load_checkpoint, save_checkpoint
 from deepfm.models import build_model
 from deepfm.models.base import RankingModel
 from deepfm.training.evaluate import evaluate_held_out
+from deepfm.training.objectives import TrainingError, make_objective
 from deepfm.utils import physical_cores
 
 MONITOR = "full_ndcg@10"  # early stopping watches validation full-ranking NDCG@10
 CHECKPOINT_FORMAT = 1
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. a non-finite loss); the best checkpoint is left untouched."""
 
 
 @dataclass
@@ -143,29 +134,29 @@ def _log(live, metrics: dict, prefix: str) -> None:
 
 
 def train_steps(
-    model, optimizer, batches, loss_fn, grad_clip: float = 0.0, amp: bool = False
+    model, optimizer, batches, objective, grad_clip: float = 0.0, amp: bool = False
 ) -> float:
-    """One pass of optimizer steps over (users, items, labels, history) batches; the mean loss.
+    """One pass of optimizer steps over an objective's batches; the mean loss per example.
 
     amp: run the forward pass under bfloat16 autocast (weights, gradients and the optimizer
-    stay float32; bfloat16 has float32's range, so no loss scaling is needed).
+    stay float32; bfloat16 has float32's range, so no loss scaling is needed; the objectives
+    take their loss in float32).
     """
     total = None
     count = 0
     device_type = next(model.parameters()).device.type
-    for users, items, labels, history in batches:
+    for batch in batches:
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(users, items, history)
-        loss = loss_fn(logits.float(), labels)
+            loss, n = objective.loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         # summed on the device: a .item() per step would synchronise a GPU every batch
-        weighted = loss.detach() * len(labels)
+        weighted = loss.detach() * n
         total = weighted if total is None else total + weighted
-        count += len(labels)
+        count += n
     return float(total) / max(count, 1) if total is not None else float("nan")
 
 
@@ -267,7 +258,6 @@ def train(
     rated = RatedIndex(
         split.train_users, split.train_items, split.schema.num_users, split.schema.num_items
     )
-    train_history = history_tensor(split.train_history, device)
 
     def validate() -> dict:
         return evaluate_held_out(
@@ -296,7 +286,7 @@ def train(
 
     optimizer = make_optimizer(model, tc)
     scheduler = make_scheduler(optimizer, tc)
-    loss_fn = nn.BCEWithLogitsLoss()
+    objective = make_objective(cfg, split, rated, device)
     shuffle = torch.Generator().manual_seed(cfg.seed)
     state = _LoopState()
     kept_payload = None
@@ -328,24 +318,13 @@ def train(
         epoch = state.epoch + 1
         start = time.perf_counter()
         model.train()
-        users, items, labels, rows = epoch_examples(
-            split,
-            rated,
-            seed=cfg.seed,
-            epoch=epoch,
-            negatives_per_positive=tc.negatives_per_positive,
-            observed_negatives=tc.observed_negatives,
-        )
-        tensors = tuple(torch.from_numpy(a).to(device) for a in (users, items, labels, rows))
-        batches = with_history(iterate_batches(tensors, tc.batch_size, shuffle), train_history)
         batches = tqdm(
-            batches,
-            total=math.ceil(len(users) / tc.batch_size),
+            objective.batches(epoch, tc.batch_size, shuffle),
             desc=f"epoch {epoch}",
             disable=not progress,
             leave=False,
         )
-        train_loss = train_steps(model, optimizer, batches, loss_fn, tc.grad_clip, tc.amp)
+        train_loss = train_steps(model, optimizer, batches, objective, tc.grad_clip, tc.amp)
         if not math.isfinite(train_loss):
             raise TrainingError(
                 f"epoch {epoch}: the training loss is {train_loss}; stopping. The best checkpoint "

@@ -3,6 +3,7 @@ from deepfm.models.layers.cin import CIN
 from deepfm.models.layers.dnn import DNN
 from deepfm.models.layers.embedding import FeatureEmbedding
 from deepfm.models.layers.fm import FMInteraction, fm_interaction, fm_interaction_matrix
+from deepfm.models.layers.target_attention import TargetAttention
 
 __all__ = [
     "CIN",
@@ -10,6 +11,7 @@ __all__ = [
     "FMInteraction",
     "FeatureEmbedding",
     "FieldAttention",
+    "TargetAttention",
     "field_attention_stack",
     "fm_interaction",
     "fm_interaction_matrix",

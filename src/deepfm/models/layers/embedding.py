@@ -12,6 +12,14 @@ on these small, dense tables.
 than a 1,700-code item id): such a field gets its own table and a bias-free Linear up to the
 common `dim`, so every model still sees (N, F, dim). Fields of the common size keep the
 shared-table fast path.
+
+The history (the user's most recent items, most recent first) can carry order two ways:
+`history_pooling="position"` pools it with a learned weight per position (softmax over the
+filled positions; all-zero logits at the start make it the plain mean), and
+`recent_items=n` makes each of the n most recent items a user-side field of its own, with its
+own table: an FM interaction between the last item and the candidate is then a factorised
+item-to-item transition (FPMC, Rendle et al., WWW 2010). Both stay on the user side, so
+models that factorise a score matrix into user and item parts keep doing so.
 """
 
 from __future__ import annotations
@@ -29,8 +37,21 @@ class FeatureEmbedding(nn.Module):
         dim: int,
         init_std: float = 1e-2,
         field_dims: dict[str, int] | None = None,
+        recent_items: int = 0,
+        history_pooling: str = "mean",
     ):
         super().__init__()
+        history = next((f for f in schema.fields if f.name == "history"), None)
+        if (recent_items or history_pooling != "mean") and history is None:
+            raise ValueError(
+                "recent_items and history_pooling need the history field: set "
+                "split.history_length > 0, or recent_items: 0 and history_pooling: mean."
+            )
+        if history is not None and recent_items > history.length:
+            raise ValueError(
+                f"recent_items is {recent_items} but the history holds {history.length} items "
+                "(split.history_length): lower recent_items or raise split.history_length."
+            )
         field_dims = dict(field_dims or {})
         names = [f.name for f in schema.fields]
         unknown = sorted(set(field_dims) - set(names))
@@ -80,17 +101,30 @@ class FeatureEmbedding(nn.Module):
                 "separate": [(f.name, f.column) for f in separate],
                 "sequence": [(f.name, f.column) for f in sequence],
             }
-        self.num_user_fields = len(schema.by_source("user", "sparse")) + len(
-            schema.by_source("user", "sequence")
+        self.recent = nn.ModuleList(
+            nn.Embedding(history.vocab_size, dim, padding_idx=0) for _ in range(recent_items)
+        )
+        self.history_pooling = history_pooling
+        if history_pooling == "position":
+            self.history_position = nn.Parameter(torch.zeros(history.length))
+        self.num_user_fields = (
+            len(schema.by_source("user", "sparse"))
+            + len(schema.by_source("user", "sequence"))
+            + recent_items
         )
         self.num_item_fields = len(schema.by_source("item", "sparse")) + len(
             schema.by_source("item", "sequence")
         )
         self.num_fields = self.num_user_fields + self.num_item_fields
-        tables = [*self.tables.values(), *self.bags.values(), *self.own_tables.values()]
+        tables = [
+            *self.tables.values(),
+            *self.bags.values(),
+            *self.own_tables.values(),
+            *self.recent,
+        ]
         for module in tables:
             nn.init.normal_(module.weight, std=init_std)
-            if module in self.bags.values():
+            if module.padding_idx is not None:
                 with torch.no_grad():
                     module.weight[0].zero_()
 
@@ -106,19 +140,42 @@ class FeatureEmbedding(nn.Module):
         for name, column in spec["separate"]:
             own = _lookup(self.own_tables[name].weight, codes[:, column])
             parts.append(self.projections[name](own)[:, None])
+        history = None
         for (name, _), bag in zip(spec["sequence"], bags, strict=True):
-            pooled = _mean_bag(self.bags[name].weight, bag)
+            if name == "history":
+                history = bag
+            if name == "history" and self.history_pooling == "position":
+                pooled = _weighted_bag(self.bags[name].weight, bag, self.history_position)
+            else:
+                pooled = _mean_bag(self.bags[name].weight, bag)
             if name in self.projections:
                 pooled = self.projections[name](pooled)
             parts.append(pooled.unsqueeze(1))
         out = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         order = getattr(self, f"{side}_order")
-        return out if order is None else out[:, order]
+        out = out if order is None else out[:, order]
+        if side == "user" and len(self.recent):
+            recent = [_lookup(t.weight, history[:, p]) for p, t in enumerate(self.recent)]
+            out = torch.cat([out, torch.stack(recent, dim=1)], dim=1)
+        return out
+
+    def history_items(self, history: torch.Tensor) -> torch.Tensor:
+        """(N, L) history codes -> (N, L, dim) embeddings from the history table (padding: 0),
+        for models that pool the history themselves (target attention)."""
+        return _lookup(self.bags["history"].weight, history)
 
 
 def _lookup(weight: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     """weight[codes] for any shape of codes: (..., ) -> (..., dim)."""
     return weight.index_select(0, codes.reshape(-1)).view(*codes.shape, weight.shape[1])
+
+
+def _weighted_bag(weight: torch.Tensor, codes: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """(N, L) 0-padded codes -> (N, dim): softmax(logits) over each row's filled positions."""
+    present = codes > 0
+    scores = logits[: codes.shape[1]].expand(codes.shape).masked_fill(~present, -torch.inf)
+    share = torch.softmax(scores, dim=1).nan_to_num(0.0)  # an empty bag pools to zeros
+    return (_lookup(weight, codes) * share.unsqueeze(-1)).sum(1)
 
 
 def _mean_bag(weight: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:

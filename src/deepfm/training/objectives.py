@@ -1,0 +1,148 @@
+"""What a training step minimises, and the batches it reads each epoch.
+
+An objective draws one epoch's batches (fresh negatives every epoch, seeded by seed and
+epoch; one shuffle from the loop's generator) and turns a batch into a loss. The loop in
+loop.py is the same for all of them, so checkpoints, resume and the non-finite-loss guard
+hold for every model.
+
+- `Pointwise`: BCE over train positives (label 1), `negatives_per_positive` sampled
+  negatives each (label 0) and optionally the observed negatives (label 0).
+- `SampledSoftmax`: a softmax over each positive and its own sampled negatives (the shared
+  negatives of a positive's group): the loss ranks the positive first among them.
+- `NextItemSoftmax`: a full softmax over the catalogue for each train positive, given its
+  history: the next-item objective of sequence models (SASRec); the model needs
+  `catalogue_logits(users, history)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from deepfm.data.batches import epoch_examples, iterate_batches, with_history
+from deepfm.data.sampling import RatedIndex, sample_negatives
+from deepfm.data.split import SplitResult
+from deepfm.utils import rng_for
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or go on (a params combination that cannot train, a non-finite
+    loss); the best checkpoint is left untouched."""
+
+
+class Pointwise:
+    def __init__(self, split, rated, *, seed, negatives_per_positive, observed_negatives, device):
+        self.split, self.rated, self.seed, self.device = split, rated, seed, device
+        self.negatives = negatives_per_positive
+        self.observed = observed_negatives
+        self.history = _history(split, device)
+
+    def batches(self, epoch: int, batch_size: int, shuffle: torch.Generator) -> Iterator:
+        arrays = epoch_examples(
+            self.split,
+            self.rated,
+            seed=self.seed,
+            epoch=epoch,
+            negatives_per_positive=self.negatives,
+            observed_negatives=self.observed,
+        )
+        tensors = tuple(torch.from_numpy(a).to(self.device) for a in arrays)
+        return with_history(iterate_batches(tensors, batch_size, shuffle), self.history)
+
+    def loss(self, model, batch) -> tuple[torch.Tensor, int]:
+        users, items, labels, history = batch
+        logits = model(users, items, history).float()
+        return F.binary_cross_entropy_with_logits(logits, labels), len(labels)
+
+
+class SampledSoftmax:
+    def __init__(self, split, rated, *, seed, negatives_per_positive, device):
+        if negatives_per_positive < 1:
+            raise TrainingError(
+                "loss sampled_softmax needs train.negatives_per_positive >= 1 (the negatives "
+                "each positive is ranked against)."
+            )
+        self.split, self.rated, self.seed, self.device = split, rated, seed, device
+        self.negatives = negatives_per_positive
+        self.history = _history(split, device)
+
+    def batches(self, epoch: int, batch_size: int, shuffle: torch.Generator) -> Iterator:
+        rows = np.flatnonzero(self.split.train_labels == 1)
+        users = self.split.train_users[rows].astype(np.int64)
+        # the same stream as Pointwise's negatives: one epoch draws the same items for both
+        _, neg = sample_negatives(
+            users, self.negatives, self.rated, rng_for(self.seed, "train-negatives", epoch)
+        )
+        items = np.concatenate(
+            [self.split.train_items[rows, None].astype(np.int64), neg.reshape(len(rows), -1)], 1
+        )
+        tensors = tuple(torch.from_numpy(a).to(self.device) for a in (users, items, rows))
+        for u, i, r in iterate_batches(tensors, batch_size, shuffle):
+            yield u, i, None if self.history is None else self.history[r]
+
+    def loss(self, model, batch) -> tuple[torch.Tensor, int]:
+        users, items, history = batch  # items: (B, 1 + K), the positive first
+        b, group = items.shape
+        logits = model(
+            users.repeat_interleave(group),
+            items.reshape(-1),
+            None if history is None else history.repeat_interleave(group, dim=0),
+        ).float()
+        target = torch.zeros(b, dtype=torch.long, device=users.device)
+        return F.cross_entropy(logits.reshape(b, group), target), b
+
+
+class NextItemSoftmax:
+    def __init__(self, split, rated, *, device):
+        if not hasattr(split, "train_history") or split.train_history.shape[1] == 0:
+            raise TrainingError(
+                "a next-item softmax needs the history field: set split.history_length > 0."
+            )
+        self.split, self.device = split, device
+        self.history = _history(split, device)
+
+    def batches(self, epoch: int, batch_size: int, shuffle: torch.Generator) -> Iterator:
+        rows = np.flatnonzero(self.split.train_labels == 1)
+        arrays = (self.split.train_users[rows], self.split.train_items[rows], rows)
+        tensors = tuple(torch.from_numpy(a.astype(np.int64)).to(self.device) for a in arrays)
+        for u, i, r in iterate_batches(tensors, batch_size, shuffle):
+            yield u, i, self.history[r]
+
+    def loss(self, model, batch) -> tuple[torch.Tensor, int]:
+        users, targets, history = batch
+        logits = model.catalogue_logits(users, history).float()
+        return F.cross_entropy(logits, targets), len(targets)
+
+
+def _history(split: SplitResult, device) -> torch.Tensor | None:
+    h = split.train_history
+    return torch.from_numpy(h).to(device) if h.shape[1] else None
+
+
+def make_objective(cfg, split: SplitResult, rated: RatedIndex, device):
+    """The objective of cfg.model: its section's `loss` (bce when it has none)."""
+    tc = cfg.train
+    loss = getattr(cfg.model_params, "loss", "bce")
+    if loss != "bce" and tc.observed_negatives:
+        raise TrainingError(
+            f"{cfg.model}.loss is {loss!r}, which ranks each positive against sampled items; "
+            "train.observed_negatives (label-0 rows) needs loss bce. Set one of them back."
+        )
+    if loss == "sampled_softmax":
+        return SampledSoftmax(
+            split, rated, seed=cfg.seed, negatives_per_positive=tc.negatives_per_positive,
+            device=device,
+        )  # fmt: skip
+    if loss == "softmax":
+        return NextItemSoftmax(split, rated, device=device)
+    return Pointwise(
+        split,
+        rated,
+        seed=cfg.seed,
+        negatives_per_positive=tc.negatives_per_positive,
+        observed_negatives=tc.observed_negatives,
+        device=device,
+    )
