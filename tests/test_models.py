@@ -13,6 +13,7 @@ from deepfm.config import (
     FMConfig,
     ItemPopConfig,
     LRConfig,
+    SASRecConfig,
     XDeepFMConfig,
 )
 from deepfm.data.batches import feature_tensors
@@ -31,7 +32,7 @@ def test_fm_identity_equals_naive_pairwise_sum():
 
 def test_registry_matches_params_sections():
     assert set(MODELS) == set(MODEL_SECTIONS)
-    names = "attention_deepfm, deepfm, fm, itempop, lr, xdeepfm"
+    names = "attention_deepfm, deepfm, fm, itempop, lr, sasrec, xdeepfm"
     with pytest.raises(ValueError, match=f"unknown model 'nope'; registered: {names}"):
         build_model("nope", None, {}, None)
     with pytest.raises(TypeError, match="model 'fm' takes FMConfig params"):
@@ -64,6 +65,7 @@ SMALL_PARAMS = {
     "fm": FMConfig(embed_dim=4),
     "itempop": ItemPopConfig(),
     "lr": LRConfig(),
+    "sasrec": SASRecConfig(embed_dim=4, num_layers=2, num_heads=2, dropout=0.0, max_len=8),
     "xdeepfm": XDeepFMConfig(embed_dim=4, cin_layers=[6, 5], dnn_hidden=[16, 8]),
 }
 
@@ -99,8 +101,8 @@ def test_forward_shapes_gradients_and_score_matrix(canonical, case, history_leng
     )
     torch.manual_seed(0)
     name, params = case.split("+")[0], CASES[case]
-    if case in ORDER_AWARE and not history_length:
-        with pytest.raises(ValueError, match=r"history field: set split\.history_length > 0"):
+    if (case in ORDER_AWARE or MODELS[name].requires_history) and not history_length:
+        with pytest.raises(ValueError, match=r"split\.history_length"):
             build_model(name, split.schema, feature_tensors(split), params)
         return
     model = build_model(name, split.schema, feature_tensors(split), params)

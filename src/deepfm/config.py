@@ -151,6 +151,31 @@ class AttentionDeepFMConfig(OrderAware):
     batch_norm: bool = True
 
 
+@dataclass(frozen=True)
+class SASRecConfig:
+    """SASRec (Kang & McAuley, ICDM 2018): a causal Transformer over the history field (user
+    features unused); logit(u, i) = state(history) . E[item_id(i)] with E the input table."""
+
+    embed_dim: int = field(default=64, metadata=_range(1, 1024))
+    num_layers: int = field(default=2, metadata=_range(0, 64))  # self-attention blocks
+    num_heads: int = field(default=1, metadata=_range(1, 64))  # must divide embed_dim
+    dropout: float = field(default=0.2, metadata=_range(0.0, 0.99))
+    # positional embeddings; a longer history keeps its max_len most recent items
+    max_len: int = field(default=200, metadata=_range(1, 10_000))
+    item_bias: bool = False  # add a learned per-item bias to h . E[item] (not in the paper)
+    # the training objective (read by the training loop, not the model): "softmax" = full
+    # cross-entropy over the whole catalogue (catalogue_logits, target = the next item);
+    # "bce" = the paper's binary cross-entropy on the positive and one sampled negative
+    loss: Literal["softmax", "bce"] = "softmax"
+
+    def __post_init__(self):
+        if self.embed_dim % self.num_heads:
+            raise ConfigError(
+                f"params.yaml: 'sasrec.num_heads' is {self.num_heads}; it must divide "
+                f"'sasrec.embed_dim' ({self.embed_dim})."
+            )
+
+
 # One params section per model; the registry in deepfm.models maps the same names to classes.
 MODEL_SECTIONS: dict[str, type] = {
     "attention_deepfm": AttentionDeepFMConfig,
@@ -158,6 +183,7 @@ MODEL_SECTIONS: dict[str, type] = {
     "fm": FMConfig,
     "itempop": ItemPopConfig,
     "lr": LRConfig,
+    "sasrec": SASRecConfig,
     "xdeepfm": XDeepFMConfig,
 }
 

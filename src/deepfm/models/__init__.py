@@ -13,6 +13,7 @@ from deepfm.models.deepfm import DeepFM
 from deepfm.models.fm import FM
 from deepfm.models.itempop import ItemPop
 from deepfm.models.lr import LR
+from deepfm.models.sasrec import SASRec
 from deepfm.models.xdeepfm import XDeepFM
 
 MODELS: dict[str, type[RankingModel]] = {
@@ -21,6 +22,7 @@ MODELS: dict[str, type[RankingModel]] = {
     "fm": FM,
     "itempop": ItemPop,
     "lr": LR,
+    "sasrec": SASRec,
     "xdeepfm": XDeepFM,
 }
 

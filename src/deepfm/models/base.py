@@ -22,6 +22,9 @@ from deepfm.data.schema import Schema
 
 class RankingModel(nn.Module):
     trainable = True
+    # a model that cannot work without the history field (a pure sequence model) raises a
+    # ValueError naming split.history_length at construction when the schema lacks it
+    requires_history = False
     # pairs per forward pass in the default score_matrix: peak memory is about this times the
     # model's per-pair activations, so models with big intermediates (CIN) lower it
     score_chunk = 1 << 18

@@ -1,4 +1,5 @@
 from deepfm.models.layers.attention import FieldAttention, field_attention_stack
+from deepfm.models.layers.causal import CausalTransformer
 from deepfm.models.layers.cin import CIN
 from deepfm.models.layers.dnn import DNN
 from deepfm.models.layers.embedding import FeatureEmbedding
@@ -8,6 +9,7 @@ from deepfm.models.layers.target_attention import TargetAttention
 __all__ = [
     "CIN",
     "DNN",
+    "CausalTransformer",
     "FMInteraction",
     "FeatureEmbedding",
     "FieldAttention",
