@@ -30,8 +30,8 @@ def test_repo_params_load_and_are_complete():
         ),
         (
             {"model": "xgboost"},
-            r"'model' is 'xgboost'; allowed: attention_deepfm, deepfm, fm, itempop, lr, sasrec, "
-            r"xdeepfm",
+            r"'model' is 'xgboost'; allowed: attention_deepfm, deepfm, ease, fm, "
+            r"item_cooccurrence, itempop, lr, sasrec, xdeepfm",
         ),
         ({"lr": {"embed_dim": 4}}, r"unknown key 'lr\.embed_dim'\. This section takes none\."),
         (

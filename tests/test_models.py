@@ -10,7 +10,9 @@ from deepfm.config import (
     AttentionDeepFMConfig,
     ConfigError,
     DeepFMConfig,
+    EASEConfig,
     FMConfig,
+    ItemCooccurrenceConfig,
     ItemPopConfig,
     LRConfig,
     SASRecConfig,
@@ -32,7 +34,7 @@ def test_fm_identity_equals_naive_pairwise_sum():
 
 def test_registry_matches_params_sections():
     assert set(MODELS) == set(MODEL_SECTIONS)
-    names = "attention_deepfm, deepfm, fm, itempop, lr, sasrec, xdeepfm"
+    names = "attention_deepfm, deepfm, ease, fm, item_cooccurrence, itempop, lr, sasrec, xdeepfm"
     with pytest.raises(ValueError, match=f"unknown model 'nope'; registered: {names}"):
         build_model("nope", None, {}, None)
     with pytest.raises(TypeError, match="model 'fm' takes FMConfig params"):
@@ -62,7 +64,9 @@ SMALL_PARAMS = {
         embed_dim=4, attention_layers=2, attention_heads=2, attention_dim=3, dnn_hidden=[16, 8]
     ),
     "deepfm": DeepFMConfig(embed_dim=4, dnn_hidden=[16, 8], dropout=0.0),
+    "ease": EASEConfig(l2=5.0),
     "fm": FMConfig(embed_dim=4),
+    "item_cooccurrence": ItemCooccurrenceConfig(window=2, distance_weight=True, recency_power=0.5),
     "itempop": ItemPopConfig(),
     "lr": LRConfig(),
     "sasrec": SASRecConfig(embed_dim=4, num_layers=2, num_heads=2, dropout=0.0, max_len=8),

@@ -111,6 +111,34 @@ class ItemPopConfig:
 
 
 @dataclass(frozen=True)
+class ItemCooccurrenceConfig:
+    """Item-to-item co-occurrence counts over the users' train sequences, scored against the
+    history field (deepfm.models.item_cooccurrence). No training."""
+
+    # pairs (a -> b) with b at most this many sequence positions after a
+    window: int = field(default=3, metadata=_range(1, 10_000))
+    # forward: a -> b only (what follows a); both: also b -> a
+    direction: Literal["forward", "both"] = "both"
+    distance_weight: bool = False  # a pair counts 1 / distance instead of 1
+    normalise: Literal["row", "none"] = "row"  # row: each item's row of counts sums to 1
+    # history position p (0 = most recent) weighs 1 / (p + 1) ** recency_power
+    recency_power: float = field(default=1.0, metadata=_range(0.0, 100.0))
+    recent: int = field(default=0, metadata=_range(0, 10_000))  # first n positions; 0 = all
+    # + this times the item's train popularity / the largest (ties, empty histories)
+    popularity_weight: float = field(default=1e-6, metadata=_range(0.0, 1e6))
+
+
+@dataclass(frozen=True)
+class EASEConfig:
+    """Steck's EASE (WWW 2019): a closed-form item-item linear autoencoder
+    (deepfm.models.ease). No training."""
+
+    l2: float = field(default=500.0, metadata=_range(0.0, 1e12, lo_open=True))  # lambda
+    # the user x item input matrix: every train rating, or the train positives only
+    input: Literal["rated", "positives"] = "rated"
+
+
+@dataclass(frozen=True)
 class LRConfig:
     """Logistic regression on the one-hot fields: nothing to choose (`lr: {}`)."""
 
@@ -180,7 +208,9 @@ class SASRecConfig:
 MODEL_SECTIONS: dict[str, type] = {
     "attention_deepfm": AttentionDeepFMConfig,
     "deepfm": DeepFMConfig,
+    "ease": EASEConfig,
     "fm": FMConfig,
+    "item_cooccurrence": ItemCooccurrenceConfig,
     "itempop": ItemPopConfig,
     "lr": LRConfig,
     "sasrec": SASRecConfig,

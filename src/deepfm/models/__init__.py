@@ -10,7 +10,9 @@ from deepfm.data.schema import Schema
 from deepfm.models.attention_deepfm import AttentionDeepFM
 from deepfm.models.base import RankingModel
 from deepfm.models.deepfm import DeepFM
+from deepfm.models.ease import EASE
 from deepfm.models.fm import FM
+from deepfm.models.item_cooccurrence import ItemCooccurrence
 from deepfm.models.itempop import ItemPop
 from deepfm.models.lr import LR
 from deepfm.models.sasrec import SASRec
@@ -19,7 +21,9 @@ from deepfm.models.xdeepfm import XDeepFM
 MODELS: dict[str, type[RankingModel]] = {
     "attention_deepfm": AttentionDeepFM,
     "deepfm": DeepFM,
+    "ease": EASE,
     "fm": FM,
+    "item_cooccurrence": ItemCooccurrence,
     "itempop": ItemPop,
     "lr": LR,
     "sasrec": SASRec,
