@@ -164,3 +164,53 @@ def test_cpu_dropout_rate_scale_and_gradient():
     assert torch.equal(drop(x), x)
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         Dropout(1.0)
+
+
+def test_recent_items_are_fields_of_their_own_and_position_pooling_starts_as_the_mean(split):
+    from deepfm.models.layers import FeatureEmbedding
+
+    emb = FeatureEmbedding(split.schema, 3, recent_items=2, history_pooling="position")
+    mean = FeatureEmbedding(split.schema, 3)
+    assert emb.num_user_fields == mean.num_user_fields + 2
+    codes = torch.ones(3, 5, dtype=torch.long)
+    history = torch.tensor([[4, 2, 7, 0], [5, 0, 0, 0], [0, 0, 0, 0]])
+    out = emb.side("user", codes, [history])
+    assert out.shape == (3, 8, 3)  # five user fields, the history bag, two recent items
+    w = emb.bags["history"].weight
+    torch.testing.assert_close(out[0, 5], (w[4] + w[2] + w[7]) / 3)  # zero logits: the mean
+    torch.testing.assert_close(out[0, 6], emb.recent[0].weight[4])  # the most recent item
+    torch.testing.assert_close(out[0, 7], emb.recent[1].weight[2])  # the one before it
+    torch.testing.assert_close(out[1, 7], torch.zeros(3))  # padding: nothing
+    torch.testing.assert_close(out[2, 5:], torch.zeros(3, 3))  # empty history: zeros
+    with torch.no_grad():
+        emb.history_position.copy_(torch.tensor([1.0, 0.0, -1.0, 3.0]))
+    out = emb.side("user", codes, [history])
+    share = torch.softmax(torch.tensor([1.0, 0.0, -1.0]), 0)  # position 4 is padding
+    torch.testing.assert_close(out[0, 5], share[0] * w[4] + share[1] * w[2] + share[2] * w[7])
+    torch.testing.assert_close(out[1, 5], w[5])
+    with pytest.raises(ValueError, match=r"recent_items is 5 but the history holds 4"):
+        FeatureEmbedding(split.schema, 3, recent_items=5)
+
+
+def test_target_attention_matches_a_direct_computation():
+    from deepfm.models.layers import TargetAttention
+
+    torch.manual_seed(0)
+    layer = TargetAttention(4, length=3, hidden=5).double()
+    with torch.no_grad():
+        layer.position.copy_(torch.tensor([0.5, -0.2, 0.1]))
+    keys = torch.randn(2, 3, 4, dtype=torch.float64)
+    query = torch.randn(2, 4, dtype=torch.float64)
+    present = torch.tensor([[True, True, False], [False, False, False]])
+    out = layer(keys, query, present)
+    lin1, lin2 = layer.score[0], layer.score[2]
+    raw = []
+    for p in range(2):  # the filled positions of row 0
+        x = torch.cat([keys[0, p], query[0], keys[0, p] * query[0], keys[0, p] - query[0]])
+        raw.append(lin2(torch.relu(lin1(x)))[0] + layer.position[p])
+    weights = torch.softmax(torch.stack(raw), 0)
+    torch.testing.assert_close(out[0], weights[0] * keys[0, 0] + weights[1] * keys[0, 1])
+    torch.testing.assert_close(out[1], torch.zeros(4, dtype=torch.float64))  # empty: zeros
+    # the candidate steers the pooling: another query, other weights
+    other = layer(keys, -query, present)
+    assert not torch.allclose(other[0], out[0])
