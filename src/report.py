@@ -72,8 +72,17 @@ def load_runs(args: argparse.Namespace) -> Selection:
     if args.rev and args.all_commits:
         raise ReportError("--rev and --all-commits exclude each other: choose one baseline or all")
     rows = parse_exp_show(exp_show_json(args.from_json, args.all_commits, args.rev))
+    where = {}
+    for item in args.where:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ReportError(f"--where {item!r}: write PARAM=VALUE, e.g. split.tie_break=random")
+        where[key] = value
     selection = select_runs(
-        rows, include_baselines=args.include_baselines, include_workspace=args.include_workspace
+        rows,
+        include_baselines=args.include_baselines,
+        include_workspace=args.include_workspace,
+        where=where,
     )
     for note in selection.notes:
         print(note, file=sys.stderr)
@@ -203,6 +212,13 @@ def parser() -> argparse.ArgumentParser:
         "--include-workspace", action="store_true", help="count the workspace as a run too"
     )
     source.add_argument("--split", default="test", choices=("test", "val"))
+    source.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="PARAM=VALUE",
+        help="only runs with this param value, e.g. split.tie_break=random (repeatable)",
+    )
 
     t = sub.add_parser("table", parents=[source], help="mean ± std over seeds per model")
     t.add_argument("--out", default="reports/results.md", help="markdown file ('' = none)")

@@ -36,6 +36,9 @@ def test_checkpoint_round_trip_weights_only(split, tmp_path):
         "dnn_hidden": [8],
         "dropout": DeepFMConfig().dropout,
         "batch_norm": True,
+        "recent_items": 0,
+        "history_pooling": "mean",
+        "loss": "bce",
     }
 
 

@@ -586,6 +586,15 @@ def test_select_runs_defaults(exp_show):
     ]
 
 
+def test_select_runs_where_a_param_has_a_value(exp_show):
+    rows = parse_exp_show(exp_show)
+    runs = select_runs(rows, where={"train.epochs": "4"}).runs
+    assert set(runs["param.train.epochs"]) == {4} and len(runs) < len(select_runs(rows).runs)
+    assert select_runs(rows, where={"train.epochs": "7"}).runs.empty
+    with pytest.raises(ReportError, match=r"no run has a param 'split\.tie_break'"):
+        select_runs(rows, where={"split.tie_break": "random"})
+
+
 def test_select_runs_with_baseline_and_workspace(exp_show):
     selection = select_runs(
         parse_exp_show(exp_show), include_baselines=True, include_workspace=True

@@ -154,13 +154,25 @@ class Selection:
 
 
 def select_runs(
-    rows: pd.DataFrame, *, include_baselines: bool = False, include_workspace: bool = False
+    rows: pd.DataFrame,
+    *,
+    include_baselines: bool = False,
+    include_workspace: bool = False,
+    where: Mapping[str, str] | None = None,
 ) -> Selection:
     """The runs that count: finished experiments (plus the baseline commits and the workspace
-    if asked) with a `model` param; of several runs with one (model, seed), the newest."""
+    if asked) with a `model` param and, with `where` ({param: value}, e.g.
+    {"split.tie_break": "random"}), those params; of several runs with one (model, seed), the
+    newest."""
     notes: list[str] = []
     if rows.empty:
         return Selection(rows, notes)
+    for key, value in (where or {}).items():
+        column = f"param.{key}"
+        if column not in rows:
+            raise ReportError(f"--where {key}={value}: no run has a param {key!r}")
+        text = rows[column].map(lambda v: str(v).lower())
+        rows = rows[text == str(value).lower()]
     kinds = {"experiment"}
     if include_baselines:
         kinds.add("baseline")
