@@ -1,13 +1,15 @@
-"""The evaluation protocol's split (../shared/spec/evaluation-protocol.md), vectorized.
+"""The evaluation protocol's split (docs/protocol.md), vectorized.
 
-- leave-one-out on positives by (timestamp, item_id): last -> test, second-to-last -> val,
-  for users with at least `min_positives` positives; everything else is train;
+- leave-one-out on positives by (timestamp, tie-break: item_id or seeded random): last ->
+  test, second-to-last -> val, for users with at least `min_positives` positives; everything
+  else is train;
 - fixed evaluation candidates: for every val / test user, `num_negatives` items the user
   never rated in any split, uniformly without replacement (fewer when fewer exist);
 - encoders fitted on the train split only (0 = padding / unknown);
 - the history field: for every example, the user's `history_length` most recent train
-  positives strictly before it in the protocol's order; the test item's history also has the
-  validation item (it came first), no other example ever sees a held-out item.
+  positives (or train ratings: `sequence`) strictly before it in the protocol's order; the
+  test item's history also has the validation item (it came first), no other example ever
+  sees a held-out item.
 
 Users and items are addressed by their row in the canonical users / items tables
 ("index"); the feature matrices map an index to the embedding codes of its fields.
