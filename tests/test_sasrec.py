@@ -133,7 +133,7 @@ def test_score_matrix_forward_and_catalogue_logits_agree(split, item_bias):
     torch.testing.assert_close(catalogue, matrix, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(part, catalogue[:, some], rtol=1e-5, atol=1e-5)
     # the logit is h . E[item_id code] (+ bias)
-    codes = model.item_codes[items]
+    codes = model.item_id_codes()[items]
     want = model.user_state(history) @ model.item_embedding.weight[codes].T
     if item_bias:
         want = want + model.item_bias[codes]

@@ -37,5 +37,9 @@ class Schema:
             num_items=int(d["num_items"]),
         )
 
+    def field(self, name: str) -> Field | None:
+        """The field called `name` (e.g. "item_id", "history"), or None."""
+        return next((f for f in self.fields if f.name == name), None)
+
     def by_source(self, source: str, kind: str) -> list[Field]:
         return [f for f in self.fields if f.source == source and f.kind == kind]

@@ -47,7 +47,7 @@ class AttentionDeepFM(RankingModel):
         )
         self.target_attention = None
         if params.target_attention:
-            history = next((f for f in schema.fields if f.name == "history"), None)
+            history = schema.field("history")
             if history is None:
                 raise ValueError(
                     "attention_deepfm.target_attention needs the history field: set "

@@ -37,6 +37,11 @@ class RankingModel(nn.Module):
         self.register_buffer("item_genres", features["item_genres"].long())
         self.uses_history = bool(schema.by_source("user", "sequence"))
 
+    def item_id_codes(self) -> torch.Tensor:
+        """(num_items,) the item_id code of every item index (0: unseen in train), the
+        vocabulary of the history field."""
+        return self.item_features[:, self.schema.field("item_id").column]
+
     def side_inputs(
         self, side: str, idx: torch.Tensor, history: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:

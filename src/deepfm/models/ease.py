@@ -26,7 +26,6 @@ from deepfm.config import EASEConfig
 from deepfm.data.schema import Schema
 from deepfm.data.split import SplitResult
 from deepfm.models.base import RankingModel
-from deepfm.models.item_cooccurrence import item_id_field
 
 
 def ease_weights(x: sp.spmatrix, l2: float) -> np.ndarray:
@@ -51,9 +50,8 @@ class EASE(RankingModel):
         self.register_buffer("user_indptr", torch.zeros(schema.num_users + 1, dtype=torch.long))
         self.register_buffer("user_items", torch.zeros(0, dtype=torch.long))  # sized by fit
         # item_id code -> item index (-1: code 0, padding / unseen in train), from item_features
-        field = item_id_field(schema)
-        codes = self.item_features[:, field.column]
-        code_to_item = torch.full((field.vocab_size,), -1, dtype=torch.long)
+        codes = self.item_id_codes()
+        code_to_item = torch.full((schema.field("item_id").vocab_size,), -1, dtype=torch.long)
         seen = codes > 0
         code_to_item[codes[seen]] = torch.arange(n_items)[seen]
         self.register_buffer("code_to_item", code_to_item, persistent=False)

@@ -27,17 +27,9 @@ import numpy as np
 import torch
 
 from deepfm.config import ItemCooccurrenceConfig
-from deepfm.data.schema import Field, Schema
+from deepfm.data.schema import Schema
 from deepfm.data.split import SplitResult
 from deepfm.models.base import RankingModel
-
-
-def item_id_field(schema: Schema) -> Field:
-    """The item_id field: its column in item_features holds each item index's code."""
-    for f in schema.fields:
-        if f.name == "item_id" and f.source == "item":
-            return f
-    raise ValueError("the schema has no item-side 'item_id' field.")
 
 
 def cooccurrence_pairs(
@@ -83,20 +75,15 @@ class ItemCooccurrence(RankingModel):
     def __init__(self, schema: Schema, features: dict, params: ItemCooccurrenceConfig):
         super().__init__(schema, features)
         self.params = params
-        field = item_id_field(schema)
-        self.code_column = field.column
-        self.vocab = field.vocab_size
+        self.vocab = schema.field("item_id").vocab_size
         self.register_buffer("cooc", torch.zeros(self.vocab, self.vocab))
         self.register_buffer("item_prior", torch.zeros(schema.num_items))
-
-    def item_codes(self) -> torch.Tensor:
-        return self.item_features[:, self.code_column]
 
     def fit(self, split: SplitResult) -> None:
         p = self.params
         mask = split.sequence_mask()
         users, items = split.train_users[mask], split.train_items[mask]
-        codes = self.item_codes().cpu().numpy()[items]
+        codes = self.item_id_codes().cpu().numpy()[items]
         a, b, w = cooccurrence_pairs(users, codes, p.window, p.direction, p.distance_weight)
         v = self.vocab
         keys, inverse = np.unique(a * v + b, return_inverse=True)
@@ -120,7 +107,7 @@ class ItemCooccurrence(RankingModel):
     def forward(
         self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None
     ) -> torch.Tensor:
-        codes = self.item_codes()[items]
+        codes = self.item_id_codes()[items]
         out = torch.zeros(len(items), device=self.cooc.device)
         weights = self._weights(history)
         if weights is not None:
@@ -144,4 +131,4 @@ class ItemCooccurrence(RankingModel):
             history = history.long()
             for pos in range(len(weights)):
                 acc = acc + weights[pos] * self.cooc[history[:, pos]]
-        return acc[:, self.item_codes()[items]] + self.item_prior[items][None, :]
+        return acc[:, self.item_id_codes()[items]] + self.item_prior[items][None, :]

@@ -34,17 +34,13 @@ class SASRec(RankingModel):
 
     def __init__(self, schema: Schema, features: dict, params: SASRecConfig):
         super().__init__(schema, features)
-        if not any(f.name == "history" for f in schema.by_source("user", "sequence")):
+        if schema.field("history") is None:
             raise ValueError(
                 "SASRec is a sequence model and needs the history field, which this split does "
                 "not have (split.history_length is 0): set split.history_length > 0 in "
                 "params.yaml and rerun the split stage."
             )
-        (item_id,) = [f for f in schema.by_source("item", "sparse") if f.name == "item_id"]
-        # item index -> item_id code (0 = not seen in train), the vocabulary of the history
-        self.register_buffer(
-            "item_codes", self.item_features[:, item_id.column].clone(), persistent=False
-        )
+        item_id = schema.field("item_id")
         d = params.embed_dim
         self.max_len = params.max_len
         self.scale = d**0.5
@@ -79,7 +75,7 @@ class SASRec(RankingModel):
 
     def item_vectors(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(I,) item indices -> (I, d) output embeddings and (I,) biases (None without)."""
-        codes = self.item_codes[items]
+        codes = self.item_id_codes()[items]
         bias = None if self.item_bias is None else self.item_bias[codes]
         return self.item_embedding.weight.index_select(0, codes), bias
 
@@ -97,7 +93,7 @@ class SASRec(RankingModel):
         """(B,) users with their (B, L) history -> (B, num_items) logits of every item index
         0..num_items-1: the full-softmax loss takes cross_entropy(these, target item index)."""
         h = self._state(users, history)
-        e, b = self.item_vectors(torch.arange(len(self.item_codes), device=h.device))
+        e, b = self.item_vectors(torch.arange(self.schema.num_items, device=h.device))
         logits = h @ e.T
         return logits if b is None else logits + b
 

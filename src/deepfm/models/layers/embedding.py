@@ -41,7 +41,7 @@ class FeatureEmbedding(nn.Module):
         history_pooling: str = "mean",
     ):
         super().__init__()
-        history = next((f for f in schema.fields if f.name == "history"), None)
+        history = schema.field("history")
         if (recent_items or history_pooling != "mean") and history is None:
             raise ValueError(
                 "recent_items and history_pooling need the history field: set "
