@@ -1,0 +1,1 @@
+"""Data: dataset sources, parsing to canonical tables, the split, negative sampling, batches."""
