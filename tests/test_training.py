@@ -127,29 +127,53 @@ def test_interrupted_run_resumes_to_identical_result(split, tmp_path, scheduler,
         assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
 
 
-def test_resume_state_of_other_params_is_ignored(split, tmp_path):
+def _interrupted_after(epochs: int, cfg, split, tmp_path):
+    """Run until a kill in epoch epochs + 1; the resume file then holds `epochs` epochs."""
     resume = tmp_path / "state.pt"
     with pytest.raises(KeyboardInterrupt):
         train(
-            _cfg(),
+            cfg,
             split,
             tmp_path / "m.pt",
-            live=Recorder(interrupt_after=1),
+            live=Recorder(interrupt_after=epochs + 1),
             progress=False,
             resume_path=resume,
         )
-    rows = Recorder()
-    train(
-        _cfg(learning_rate=0.01),
-        split,
-        tmp_path / "m.pt",
-        live=rows,
-        progress=False,
-        resume_path=resume,
-    )
+    assert resume.is_file()  # else the tests below could not fail
+    return resume
+
+
+def test_resume_state_of_other_params_is_ignored(split, tmp_path, capsys):
+    resume = _interrupted_after(2, _cfg(), split, tmp_path)
+    capsys.readouterr()
+    resumed = Recorder()
+    other = _cfg(learning_rate=0.01)
+    train(other, split, tmp_path / "m.pt", live=resumed, progress=False, resume_path=resume)
+    assert "was left by a run with other params or data; it is ignored" in capsys.readouterr().err
     fresh = Recorder()
-    train(_cfg(learning_rate=0.01), split, tmp_path / "f.pt", live=fresh, progress=False)
-    assert rows.rows == fresh.rows
+    train(other, split, tmp_path / "f.pt", live=fresh, progress=False)
+    assert len(resumed.rows) == 4 and resumed.rows == fresh.rows
+    # ... while the same params do resume from it: the file was usable
+    resume = _interrupted_after(2, _cfg(), split, tmp_path)
+    capsys.readouterr()
+    train(_cfg(), split, tmp_path / "m.pt", live=Recorder(), progress=False, resume_path=resume)
+    assert "resuming after epoch 2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_resume_file_is_said_and_ignored(split, tmp_path, capsys, damage):
+    resume = _interrupted_after(1, _cfg(), split, tmp_path)
+    data = resume.read_bytes()
+    resume.write_bytes(b"not a checkpoint" if damage == "garbage" else data[: len(data) // 2])
+    capsys.readouterr()
+    rows = Recorder()
+    train(_cfg(), split, tmp_path / "m.pt", live=rows, progress=False, resume_path=resume)
+    err = capsys.readouterr().err
+    assert f"the resume file {resume} cannot be read" in err
+    assert "training starts from epoch 1" in err
+    fresh = Recorder()
+    train(_cfg(), split, tmp_path / "f.pt", live=fresh, progress=False)
+    assert rows.rows == fresh.rows and not resume.exists()
 
 
 def test_nan_loss_stops_and_keeps_best_checkpoint(split, tmp_path, monkeypatch):
@@ -211,4 +235,36 @@ def test_bfloat16_autocast_steps_train(split):
     first = loop.train_steps(model, optimizer, batches[:1], bce, amp=True)
     last = loop.train_steps(model, optimizer, batches, bce, amp=True)
     assert math.isfinite(first) and last < first
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def _record_linear_dtypes(model: torch.nn.Module, seen: list) -> None:
+    """Record the output dtype of every Linear layer while the model is in training mode."""
+
+    def hook(module, args, output):
+        if module.training:
+            seen.append(output.dtype)
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("amp", [True, False])
+def test_train_amp_runs_the_forward_pass_in_bfloat16(split, tmp_path, monkeypatch, amp):
+    # autocast on the CPU supports bfloat16, so the switch itself is checked here: the dtype
+    # of an intermediate under train(), not only the (float32) result
+    monkeypatch.setattr(loop, "setup_torch", lambda tc, seed: (1, torch.device("cpu")))
+    seen: list = []
+    real_build = loop.build_model
+
+    def build_and_watch(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        _record_linear_dtypes(model, seen)
+        return model
+
+    monkeypatch.setattr(loop, "build_model", build_and_watch)
+    train(_cfg(epochs=1, amp=amp), split, tmp_path / "m.pt", progress=False)
+    assert seen and set(seen) == {torch.bfloat16 if amp else torch.float32}
+    model, _ = load_model(tmp_path / "m.pt")
     assert all(p.dtype == torch.float32 for p in model.parameters())

@@ -223,13 +223,30 @@ def _save_resume(
 
 
 def _load_resume(path: Path | None, fingerprint: str):
+    """The saved state of an interrupted run with the same fingerprint, else None. A file that
+    cannot be read, or that another run left, is only a lost shortcut: said, never an error."""
     if path is None or not path.is_file():
         return None
     try:
         saved = load_checkpoint(path)
-    except Exception:  # a resume file we cannot read is only a lost shortcut, never an error
+        same_run = saved.get("fingerprint") == fingerprint
+    except Exception as e:
+        print(
+            f"warning: the resume file {path} cannot be read ({type(e).__name__}: {e}); it is "
+            "ignored and training starts from epoch 1.",
+            file=sys.stderr,
+            flush=True,
+        )
         return None
-    return saved if saved.get("fingerprint") == fingerprint else None
+    if not same_run:
+        print(
+            f"warning: the resume file {path} was left by a run with other params or data; it "
+            "is ignored and training starts from epoch 1.",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+    return saved
 
 
 def train(
