@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -75,6 +77,50 @@ def test_field_attention_shapes_gradients_and_residual_projection():
     assert len(stack) == 3
     assert stack(x).shape == (4, 6, 8)
     assert field_attention_stack(0, 8, 2, 4)(x) is x
+
+
+def attention_reference(layer: FieldAttention, x: torch.Tensor) -> torch.Tensor:
+    """Multi-head self-attention written out per example, head and query field, from the
+    weights of `layer`: softmax over the keys of q.k / sqrt(head_dim), the heads concatenated,
+    the residual added, then LayerNorm."""
+    b, f, _ = x.shape
+    heads, d = layer.num_heads, layer.head_dim
+    w_q, w_k, w_v = layer.qkv.weight.split(heads * d)  # each (heads * d, dim)
+    out = torch.zeros(b, f, heads * d, dtype=x.dtype)
+    for n in range(b):
+        for h in range(heads):
+            rows = slice(h * d, (h + 1) * d)
+            q, k, v = (x[n] @ w[rows].T for w in (w_q, w_k, w_v))  # each (F, d)
+            for i in range(f):
+                logits = torch.stack([q[i] @ k[j] / math.sqrt(d) for j in range(f)])
+                weights = torch.exp(logits - logits.max())
+                weights = weights / weights.sum()
+                out[n, i, rows] = sum(weights[j] * v[j] for j in range(f))
+    if layer.residual is not None:
+        out = out + layer.residual(x)
+    if isinstance(layer.norm, torch.nn.LayerNorm):
+        mean = out.mean(-1, keepdim=True)
+        var = out.var(-1, unbiased=False, keepdim=True)
+        out = (out - mean) / torch.sqrt(var + layer.norm.eps)
+        out = out * layer.norm.weight + layer.norm.bias
+    return out
+
+
+@pytest.mark.parametrize(
+    ("dim", "heads", "head_dim", "residual", "layer_norm"),
+    [(6, 2, 3, True, True), (5, 2, 4, True, True), (6, 3, 2, False, True), (6, 2, 3, True, False)],
+)
+def test_field_attention_matches_a_direct_implementation(
+    dim, heads, head_dim, residual, layer_norm
+):
+    torch.manual_seed(0)
+    layer = FieldAttention(dim, heads, head_dim, residual=residual, layer_norm=layer_norm).double()
+    if layer_norm:  # non-trivial affine parameters, so a skipped or misplaced norm shows
+        torch.nn.init.normal_(layer.norm.weight)
+        torch.nn.init.normal_(layer.norm.bias)
+    # fields of different scales give softmax weights far from uniform
+    x = torch.randn(3, 5, dim, dtype=torch.float64) * torch.arange(1, 6).double()[None, :, None]
+    torch.testing.assert_close(layer(x), attention_reference(layer, x))
 
 
 @pytest.mark.parametrize("layer_norm", [True, False])

@@ -92,3 +92,19 @@ def test_year_buckets_single_years_then_decades():
     assert year_bucket(years, 1980).tolist() == ["1995", "1980", "1970s", pd.NA, "1930s", "2000"]
     # a cut-off above every year gives decades only
     assert year_bucket(years, 2100).tolist()[:3] == ["1990s", "1980s", "1970s"]
+
+
+def test_ml100k_genre_flags_decode_to_their_own_names(canonical, ml100k_dir):
+    from tests.conftest import GENRES
+
+    _, _, items = canonical
+    lines = (ml100k_dir / "u.item").read_bytes().decode("latin-1").splitlines()
+    expected = {}
+    for line in lines:
+        fields = line.split("|")
+        flags = fields[5:]  # after id, title, release date, video date, url
+        assert len(flags) == len(GENRES)
+        expected[int(fields[0])] = [g for g, f in zip(GENRES, flags, strict=True) if f == "1"]
+    got = {int(i): list(g) for i, g in zip(items["item_id"], items["genres"], strict=True)}
+    assert got == expected
+    assert sum(len(g) >= 2 for g in got.values()) >= 10  # several flags per item decode too

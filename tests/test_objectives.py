@@ -1,5 +1,7 @@
 """The training objectives: what each batch holds and the loss it is turned into."""
 
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
@@ -25,6 +27,49 @@ def _rated(split):
 
 def _all(batches):
     return [torch.cat(parts) for parts in zip(*batches, strict=True)]
+
+
+def _examples(users, items, labels, history):
+    """One (user, item, label, history) tuple per example, for multiset comparisons."""
+    return [
+        (int(u), int(i), int(y), tuple(h.tolist()))
+        for u, i, y, h in zip(users, items, labels, history, strict=True)
+    ]
+
+
+@pytest.mark.parametrize("observed", [False, True])
+def test_pointwise_epoch_holds_the_right_examples_with_their_own_history(split, observed):
+    k = 3
+    rated = _rated(split)
+    objective = Pointwise(
+        split, rated, seed=5, negatives_per_positive=k, observed_negatives=observed, device="cpu"
+    )
+    users, items, labels, history = _all(objective.batches(2, 97, torch.Generator().manual_seed(0)))
+    got = _examples(users, items, labels, history)
+    rated_in_train = rated.contains(users.numpy(), items.numpy())
+    h = split.train_history
+    pos = np.flatnonzero(split.train_labels == 1)
+    obs = np.flatnonzero(split.train_labels == 0)
+
+    def rows(r, label):
+        return Counter(
+            (int(split.train_users[i]), int(split.train_items[i]), label, tuple(h[i].tolist()))
+            for i in r
+        )
+
+    # the train rows: every positive once with label 1; the observed negatives only when the
+    # switch is on, with label 0; each with its own history row
+    from_train = Counter(e for e, seen in zip(got, rated_in_train, strict=True) if seen)
+    assert from_train == rows(pos, 1) + (rows(obs, 0) if observed else Counter())
+    # sampled negatives: k per positive, label 0, each with that positive's user and history
+    # (a user's history differs from one positive to the next, so the pair names the positive)
+    sampled = [e for e, seen in zip(got, rated_in_train, strict=True) if not seen]
+    assert {e[2] for e in sampled} == {0}
+    per_positive = Counter((u, hist) for u, _, _, hist in sampled)
+    assert per_positive == Counter(
+        {(int(split.train_users[r]), tuple(h[r].tolist())): k for r in pos}
+    )
+    assert len(got) == len(pos) * (1 + k) + (len(obs) if observed else 0)
 
 
 def test_sampled_softmax_groups_hold_each_positive_and_its_own_negatives(split):

@@ -737,6 +737,24 @@ def test_per_user_scores_from_ranks():
         per_user_scores(ranks, "auc")
 
 
+def test_rank_table_listing_a_user_twice_is_refused():
+    # a user twice would count twice in every mean and misalign the pairing
+    twice = ranks_frame([1, 2, 2], [1, 1, 5])
+    with pytest.raises(ReportError, match="rank table lists a user twice in split 'test'"):
+        per_user_scores(twice, "full_ndcg@10")
+    per_user_scores(
+        pd.concat([ranks_frame([1, 2], [1, 1]), ranks_frame([1, 2], [1, 1], split="val")])
+    )
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_paired_test_refuses_nan_or_infinite_scores(bad):
+    a, b = np.array([0.1, 0.5, 0.2]), np.array([0.0, 0.3, 0.2])
+    for x, y in ((np.r_[a, bad], np.r_[b, 0.1]), (np.r_[a, 0.1], np.r_[b, bad])):
+        with pytest.raises(ReportError, match="per-user scores contain NaN or infinity"):
+            paired_test(x, y)
+
+
 def test_paired_user_scores_aligns_and_averages_seeds():
     a1 = ranks_frame([1, 2, 3], [1, 3, 20])
     a2 = ranks_frame([3, 2, 1], [1, 1, 1])  # another seed, other row order

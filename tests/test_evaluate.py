@@ -1,0 +1,174 @@
+"""The evaluation worked out by hand on a tiny example: every rank and metric below was
+computed on paper from the score table, not by the code under test.
+
+Three users, seven items (0..6), three candidate slots per user (-1 = padding: user 0 has
+only two never-rated items left for each held-out split).
+
+    user  train items  val item  test item  val candidates  test candidates
+    0     0, 1         2         3          4, 6, -1        5, 6, -1
+    1     2            0         4          1, 3, 5         6, 1, 3
+    2     0, 3         1         5          2, 4, 6         2, 6, -1
+
+Scores (a row per user, a column per item):
+
+    user    0  1  2  3  4  5  6
+    0       9  8  5  3  5  1  4
+    1       6  2  9  6  8  0  3
+    2       1  4  4  7  2  6  5
+
+Ranks are pessimistic: a tied competitor ranks above the held-out item.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from deepfm.data.sampling import RatedIndex
+from deepfm.data.split import HeldOut
+from deepfm.training.evaluate import evaluate_held_out, evaluate_split
+
+SCORES = torch.tensor(
+    [
+        [9, 8, 5, 3, 5, 1, 4],
+        [6, 2, 9, 6, 8, 0, 3],
+        [1, 4, 4, 7, 2, 6, 5],
+    ],
+    dtype=torch.float32,
+)
+TRAIN = {0: [0, 1], 1: [2], 2: [0, 3]}
+NO_HISTORY = np.zeros((3, 0), dtype=np.int32)
+
+
+class FixedScores(torch.nn.Module):
+    """A 'model' whose score of (user, item) is SCORES[user, item]."""
+
+    def score_matrix(self, users, items, history=None):
+        assert history is None
+        return SCORES[users][:, items]
+
+
+def held(items, candidates) -> HeldOut:
+    return HeldOut(
+        users=np.array([0, 1, 2], dtype=np.int32),
+        items=np.array(items, dtype=np.int32),
+        candidates=np.array(candidates, dtype=np.int32),
+        history=NO_HISTORY,
+    )
+
+
+VAL = held([2, 0, 1], [[4, 6, -1], [1, 3, 5], [2, 4, 6]])
+TEST = held([3, 4, 5], [[5, 6, -1], [6, 1, 3], [2, 6, -1]])
+
+
+class TinySplit:
+    val, test = VAL, TEST
+
+
+def rated() -> RatedIndex:
+    users = np.array([u for u, items in TRAIN.items() for _ in items])
+    items = np.array([i for its in TRAIN.values() for i in its])
+    return RatedIndex(users, items, num_users=3, num_items=7)
+
+
+def ndcg(ranks, k):
+    return sum(1 / math.log2(r + 1) for r in ranks if r <= k) / len(ranks)
+
+
+@pytest.fixture(scope="module")
+def results():
+    # two users per block: the blocks' slicing is part of what is checked
+    return evaluate_split(FixedScores(), TinySplit, rated(), ks=[1, 2, 3], batch_users=2)
+
+
+def test_sampled_ranks_by_hand(results):
+    # val  u0: item 2 (5) vs 4 (5, tie), 6 (4); the padding slot does not compete  -> 2
+    #      u1: item 0 (6) vs 1 (2), 3 (6, tie), 5 (0)                              -> 2
+    #      u2: item 1 (4) vs 2 (4, tie), 4 (2), 6 (5)                              -> 3
+    # test u0: item 3 (3) vs 5 (1), 6 (4)                                          -> 2
+    #      u1: item 4 (8) vs 6 (3), 1 (2), 3 (6)                                   -> 1
+    #      u2: item 5 (6) vs 2 (4), 6 (5)                                          -> 1
+    assert results["val"].sampled_rank.tolist() == [2, 2, 3]
+    assert results["test"].sampled_rank.tolist() == [2, 1, 1]
+    assert results["val"].num_candidates.tolist() == [3, 4, 4]  # the positive + valid slots
+    assert results["test"].num_candidates.tolist() == [3, 4, 3]
+
+
+def test_full_ranks_by_hand(results):
+    # val: train items excluded, the test item competes (unknown at validation time)
+    #   u0: 2 (5) vs 3 (3), 4 (5 tie), 5 (1), 6 (4); not 0 (9), 1 (8): train        -> 2
+    #   u1: 0 (6) vs 1 (2), 3 (6 tie), 4 (8, the test item), 5 (0), 6 (3); not 2    -> 3
+    #   u2: 1 (4) vs 2 (4 tie), 4 (2), 5 (6, the test item), 6 (5); not 0, 3         -> 4
+    # test: train items and the validation item excluded
+    #   u0: 3 (3) vs 4 (5), 5 (1), 6 (4); not 0, 1 (train), 2 (val, 5)               -> 3
+    #   u1: 4 (8) vs 1, 3, 5, 6 (all lower); not 2 (train, 9), 0 (val)               -> 1
+    #   u2: 5 (6) vs 2 (4), 4 (2), 6 (5); not 0, 3 (train, 7), 1 (val)               -> 1
+    assert results["val"].full_rank.tolist() == [2, 3, 4]
+    assert results["test"].full_rank.tolist() == [3, 1, 1]
+
+
+def test_metrics_by_hand(results):
+    val = results["val"].metrics
+    assert val["users"] == 3
+    assert val["hr@1"] == 0.0
+    assert val["hr@2"] == pytest.approx(2 / 3)
+    assert val["hr@3"] == 1.0
+    assert val["ndcg@2"] == pytest.approx(2 / math.log2(3) / 3)
+    assert val["ndcg@3"] == pytest.approx((2 / math.log2(3) + 1 / 2) / 3)
+    assert val["mrr"] == pytest.approx((1 / 2 + 1 / 2 + 1 / 3) / 3)
+    assert val["full_hr@2"] == pytest.approx(1 / 3)
+    assert val["full_hr@3"] == pytest.approx(2 / 3)
+    assert val["full_ndcg@3"] == pytest.approx((1 / math.log2(3) + 1 / 2) / 3)
+    assert val["full_mrr"] == pytest.approx((1 / 2 + 1 / 3 + 1 / 4) / 3)
+    test = results["test"].metrics
+    assert test["hr@1"] == pytest.approx(2 / 3)
+    assert test["ndcg@2"] == pytest.approx((1 / math.log2(3) + 2) / 3)
+    assert test["full_hr@1"] == pytest.approx(2 / 3)
+    assert test["full_ndcg@3"] == pytest.approx((1 / 2 + 2) / 3)
+    assert test["full_mrr"] == pytest.approx((1 / 3 + 2) / 3)
+    for split in ("val", "test"):
+        m = results[split].metrics
+        ranks = results[split].full_rank
+        assert m["full_ndcg@2"] == pytest.approx(ndcg(ranks, 2))
+
+
+def test_auc_and_logloss_pool_every_valid_pair_by_hand(results):
+    # val pairs (positive first, padding dropped): u0 5 | 5 4; u1 6 | 2 6 0; u2 4 | 4 2 5.
+    # Positive 5 beats 4 4 2 2 0 and ties 5 5: 6; positive 6 beats 7 and ties one: 7.5;
+    # positive 4 beats 2 2 0 and ties 4 4: 4. AUC = 17.5 / (3 * 8).
+    assert results["val"].metrics["auc"] == pytest.approx(17.5 / 24)
+    pairs = [(1, 5), (0, 5), (0, 4), (1, 6), (0, 2), (0, 6), (0, 0), (1, 4), (0, 4), (0, 2)]
+    pairs += [(0, 5)]
+    expected = sum(math.log1p(math.exp(x)) - y * x for y, x in pairs) / len(pairs)
+    assert results["val"].metrics["logloss"] == pytest.approx(expected)
+    # test pairs: u0 3 | 1 4; u1 8 | 3 2 6; u2 6 | 4 5. Positive 3 beats 1 2 and ties 3:
+    # 2.5; positive 8 beats all 7; positive 6 beats 1 4 3 2 4 5 and ties 6: 6.5.
+    assert results["test"].metrics["auc"] == pytest.approx(16 / 21)
+
+
+def test_blocks_of_users_do_not_change_anything(results):
+    again = evaluate_split(FixedScores(), TinySplit, rated(), ks=[1, 2, 3], batch_users=256)
+    for split in ("val", "test"):
+        assert again[split].metrics == results[split].metrics
+        np.testing.assert_array_equal(again[split].full_rank, results[split].full_rank)
+
+
+def test_test_ranking_without_the_validation_exclusion_is_worse(results):
+    # evaluate_held_out alone does not know the validation item: u0's test item then
+    # also competes with item 2 (5) -> rank 4
+    alone = evaluate_held_out(FixedScores(), TEST, rated(), ks=[1])
+    assert alone.full_rank.tolist() == [4, 1, 1]
+    exclude = evaluate_held_out(FixedScores(), TEST, rated(), ks=[1], also_exclude=VAL.items)
+    assert exclude.full_rank.tolist() == results["test"].full_rank.tolist()
+
+
+def test_validation_and_test_users_must_match():
+    class Shifted:
+        val = VAL
+        test = HeldOut(np.array([0, 1, 3], dtype=np.int32), TEST.items, TEST.candidates, NO_HISTORY)
+
+    with pytest.raises(ValueError, match="validation and test users differ; rerun the split"):
+        evaluate_split(FixedScores(), Shifted, rated(), ks=[1])
