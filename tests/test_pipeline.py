@@ -1,4 +1,8 @@
-"""Integration: the real `dvc repro` on real MovieLens-100K via the mirror, epochs cut to 1."""
+"""Integration: the real `dvc repro` on real MovieLens-100K via the mirror, epochs cut to 2.
+
+No wall-clock limits: a slow or loaded machine makes these tests slow, never wrong. Every
+wait ends when the process it waits on ends.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ KEEP = ["src", "params.yaml", "dvc.yaml", ".dvc", ".dvcignore", ".gitignore", "p
 
 
 def _run(cmd: list[str], cwd: Path, env: dict) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout + proc.stderr
 
@@ -43,7 +47,7 @@ def pipeline(tmp_path_factory):
     shutil.rmtree(work / ".dvc" / "tmp", ignore_errors=True)
     shutil.rmtree(work / ".dvc" / "cache", ignore_errors=True)
     params = yaml.safe_load((work / "params.yaml").read_text())
-    params["train"].update(epochs=1, min_epochs=1)
+    params["train"].update(epochs=2, min_epochs=2)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {
         **os.environ,
@@ -51,12 +55,10 @@ def pipeline(tmp_path_factory):
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
     _run(["git", "init", "-q"], work, env)
+    for key, value in (("user.name", "ci"), ("user.email", "ci@localhost")):  # dvc exp commits
+        _run(["git", "config", key, value], work, env)
     _run(["git", "add", "-A"], work, env)
-    _run(
-        ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost", "commit", "-qm", "copy"],
-        work,
-        env,
-    )
+    _run(["git", "commit", "-qm", "copy"], work, env)
     first = _run(["dvc", "repro"], work, env)
     second = _run(["dvc", "repro"], work, env)
     return work, env, first, second
@@ -76,14 +78,24 @@ def test_metrics_file_is_complete(pipeline):
     assert set(ranks.num_candidates) >= {1000, 946, 998}  # users 405 and 655 have fewer
 
 
-def test_deepfm_beats_random_by_a_wide_margin(pipeline):
+# ItemPop on this split (no training; measured with the default params): the floor the
+# default model must clear by a margin, on both held-out splits. DeepFM after 2 epochs
+# measured 0.0651 / 0.1953 / 0.895 on test and 0.0865 / 0.2399 / 0.918 on validation.
+ITEMPOP = {
+    "test": {"full_ndcg@10": 0.0414, "hr@10": 0.0998, "auc": 0.7965},
+    "val": {"full_ndcg@10": 0.0377, "hr@10": 0.1168, "auc": 0.8271},
+}
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_default_model_clears_itempop(pipeline, split):
     work, *_ = pipeline
-    test = json.loads((work / "metrics/eval.json").read_text())["test"]
-    # random ranking: sampled HR@10 = 0.01, full-ranking NDCG@10 about 0.003
-    assert test["hr@10"] > 0.06
-    assert test["full_ndcg@10"] > 0.02
-    assert test["auc"] > 0.75
-    assert test["ndcg@10"] <= test["hr@10"]
+    got = json.loads((work / "metrics/eval.json").read_text())[split]
+    floor = ITEMPOP[split]
+    assert got["full_ndcg@10"] > floor["full_ndcg@10"] + 0.015
+    assert got["hr@10"] > floor["hr@10"] + 0.05
+    assert got["auc"] > floor["auc"] + 0.05
+    assert got["ndcg@10"] <= got["hr@10"] and got["full_ndcg@10"] <= got["full_hr@10"]
 
 
 def test_second_repro_does_nothing(pipeline):
@@ -119,12 +131,11 @@ def test_interrupted_train_resumes_to_the_same_metrics_bytes(pipeline):
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    deadline = time.monotonic() + 300
-    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not state.exists() and proc.poll() is None:
         time.sleep(0.05)
     assert state.exists(), "train never saved its per-epoch state"
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the middle of epoch 2
-    proc.communicate(timeout=120)
+    proc.communicate()
     assert state.exists()
 
     resumed = _run(["dvc", "repro"], work, env)
@@ -137,3 +148,30 @@ def test_interrupted_train_resumes_to_the_same_metrics_bytes(pipeline):
         _run(["dvc", "repro", "--single-item", "--force", "--no-run-cache", stage], work, env)
     assert (work / "metrics/eval.json").read_bytes() == resumed_metrics
     assert (work / "dvc.lock").read_text() == resumed_lock
+
+
+def test_experiments_and_the_report_through_real_dvc(pipeline):
+    """`dvc exp run`, then the report's `table` and `compare` on what the real `dvc exp show`
+    and dvc.api give: the default model against ItemPop, with the paired test."""
+    work, env, *_ = pipeline
+    _run(["dvc", "exp", "run", "-n", "default"], work, env)
+    _run(["dvc", "exp", "run", "-n", "pop", "-S", "model=itempop"], work, env)
+    table = _run([sys.executable, "src/report.py", "table", "--out", ""], work, env)
+    rows = {
+        line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")
+    }
+    assert {"deepfm", "itempop"} <= set(rows), table
+    compare = _run(
+        [sys.executable, "src/report.py", "compare", "deepfm", "itempop", "--resamples", "2000"],
+        work,
+        env,
+    )
+    assert "full_ndcg@10 on test, 942 users" in compare
+    means = {
+        line.split(":")[0].strip(): float(line.split(":")[1].split()[0])
+        for line in compare.splitlines()
+        if line.strip().startswith(("deepfm:", "itempop:"))
+    }
+    assert means["itempop"] == pytest.approx(ITEMPOP["test"]["full_ndcg@10"], abs=5e-5)
+    assert means["deepfm"] > means["itempop"] + 0.015
+    assert "-> significant at alpha = 0.05" in compare
