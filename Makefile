@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha256sum requirements.lock | cut -c1-12)
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test lint lock clean
+.PHONY: install repro test lint lock clean mutation
 
 $(STAMP): requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (set PYTHON=...)")'
@@ -24,6 +24,19 @@ lint: install
 
 test: lint  ## lint + unit tests + the real-pipeline integration test
 	$(BIN)/python -m pytest
+
+# The functions whose code produces reported numbers (fnmatch patterns over mutmut's names).
+MUTANTS := 'deepfm.data.split.*' 'deepfm.data.sampling.*' 'deepfm.data.batches.*' \
+	'deepfm.training.evaluate.*' 'deepfm.training.metrics.*' \
+	'deepfm.training.loop.x_run_fingerprint*' 'deepfm.training.loop.x__*_resume*' \
+	'deepfm.report.x_summarize*' 'deepfm.report.x_bootstrap_mean_ci*' \
+	'deepfm.report.x_wilcoxon_p*' 'deepfm.report.x_paired_*' 'deepfm.report.x_*user*' \
+	'deepfm.report.x_mean_over_runs*' 'deepfm.report.x_parse_rank_metric*'
+
+mutation: install  ## mutation testing by hand (docs/testing.md); one core, one worker
+	$(BIN)/python -m pip install --disable-pip-version-check --quiet -r requirements-mutation.lock
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 taskset -c 0 $(BIN)/mutmut run --max-children 1 $(MUTANTS)
+	$(BIN)/mutmut results
 
 lock:  ## re-resolve requirements.lock from pyproject.toml (a deliberate upgrade)
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv

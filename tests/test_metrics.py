@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -57,3 +58,30 @@ def test_auc_and_logloss_match_sklearn():
 def test_logloss_is_stable_for_large_logits():
     assert M.log_loss(np.array([1, 0]), np.array([1000.0, -1000.0])) == pytest.approx(0.0)
     assert M.log_loss(np.array([0]), np.array([1000.0])) == pytest.approx(1000.0)
+
+
+def test_empty_inputs_give_nan_without_a_warning():
+    empty = np.array([], dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # np.mean of nothing would warn
+        for value in (M.hit_rate(empty, 10), M.ndcg(empty, 10), M.mrr(empty)):
+            assert math.isnan(value)
+        assert math.isnan(M.auc(np.array([1, 1]), np.array([0.3, 0.2])))  # no negative
+        assert math.isnan(M.auc(np.array([0, 0]), np.array([0.3, 0.2])))  # no positive
+
+
+def test_ndcg_per_user_counts_rank_k():
+    got = M.ndcg_per_user(np.array([1, 3, 10, 11]), 10)
+    np.testing.assert_allclose(got, [1.0, 0.5, 1 / math.log2(11), 0.0])
+
+
+def test_auc_with_one_positive_and_with_the_lowest_score_positive():
+    # one positive: the share of negatives it beats (a tie counts one half)
+    assert M.auc(np.array([0, 1, 0, 0]), np.array([0.1, 0.5, 0.5, 0.9])) == pytest.approx(1.5 / 3)
+    # one negative
+    assert M.auc(np.array([1, 0, 1]), np.array([0.2, 0.4, 0.9])) == pytest.approx(0.5)
+    # the lowest score (a tie group of its own) belongs to a positive
+    labels = np.array([1, 1, 0, 0, 1])
+    scores = np.array([-3.0, -3.0, 0.0, 1.0, 2.0])
+    assert M.auc(labels, scores) == pytest.approx(2 / 6)
+    assert M.auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores))

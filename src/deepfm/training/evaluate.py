@@ -29,7 +29,6 @@ class EvalResult:
     num_candidates: np.ndarray
 
 
-@torch.inference_mode()
 def evaluate_held_out(
     model: RankingModel,
     held: HeldOut,
@@ -45,65 +44,69 @@ def evaluate_held_out(
     also_exclude: per evaluation user, one more item to drop from the full ranking (the
     validation item when ranking the test item), or None.
     """
-    was_training = model.training
-    model.eval()
-    num_items = train_rated.num_items
-    all_items = torch.arange(num_items, device=device)
-    n = len(held.users)
-    sampled_rank = np.empty(n, dtype=np.int64)
-    full_rank = np.empty(n, dtype=np.int64)
-    n_cand = np.empty(n, dtype=np.int64)
-    pair_labels, pair_logits = [], []
-    for start in range(0, n, batch_users):
-        sl = slice(start, start + batch_users)
-        users = held.users[sl].astype(np.int64)
-        pos = held.items[sl].astype(np.int64)
-        u = len(users)
-        history = history_tensor(held.history[sl], device)
-        scores = model.score_matrix(torch.from_numpy(users).to(device), all_items, history)
-        scores = scores.float().cpu()
-        rows = torch.arange(u)
-        pos_t = torch.from_numpy(pos)
-        pos_scores = scores[rows, pos_t]
+    # a context, not a decorator: mutation tools skip decorated functions (docs/testing.md)
+    with torch.inference_mode():
+        was_training = model.training
+        model.eval()
+        num_items = train_rated.num_items
+        all_items = torch.arange(num_items, device=device)
+        n = len(held.users)
+        sampled_rank = np.empty(n, dtype=np.int64)
+        full_rank = np.empty(n, dtype=np.int64)
+        n_cand = np.empty(n, dtype=np.int64)
+        pair_labels, pair_logits = [], []
+        for start in range(0, n, batch_users):
+            sl = slice(start, start + batch_users)
+            users = held.users[sl].astype(np.int64)
+            pos = held.items[sl].astype(np.int64)
+            u = len(users)
+            history = history_tensor(held.history[sl], device)
+            scores = model.score_matrix(torch.from_numpy(users).to(device), all_items, history)
+            scores = scores.float().cpu()
+            rows = torch.arange(u)
+            pos_t = torch.from_numpy(pos)
+            pos_scores = scores[rows, pos_t]
 
-        cand = torch.from_numpy(held.candidates[sl].astype(np.int64))
-        valid = cand >= 0
-        cand_scores = scores.gather(1, cand.clamp(min=0))
-        sampled_rank[sl] = M.pessimistic_rank(pos_scores, cand_scores, valid).numpy()
-        n_cand[sl] = valid.sum(1).numpy() + 1
-        pair_logits.append(
-            torch.cat([pos_scores[:, None], cand_scores], 1)[
-                torch.cat([torch.ones(u, 1, dtype=torch.bool), valid], 1)
-            ].numpy()
-        )
-        lab = torch.zeros(u, cand.shape[1] + 1, dtype=torch.int8)
-        lab[:, 0] = 1
-        pair_labels.append(lab[torch.cat([torch.ones(u, 1, dtype=torch.bool), valid], 1)].numpy())
+            cand = torch.from_numpy(held.candidates[sl].astype(np.int64))
+            valid = cand >= 0
+            cand_scores = scores.gather(1, cand.clamp(min=0))
+            sampled_rank[sl] = M.pessimistic_rank(pos_scores, cand_scores, valid).numpy()
+            n_cand[sl] = valid.sum(1).numpy() + 1
+            pair_logits.append(
+                torch.cat([pos_scores[:, None], cand_scores], 1)[
+                    torch.cat([torch.ones(u, 1, dtype=torch.bool), valid], 1)
+                ].numpy()
+            )
+            lab = torch.zeros(u, cand.shape[1] + 1, dtype=torch.int8)
+            lab[:, 0] = 1
+            pair_labels.append(
+                lab[torch.cat([torch.ones(u, 1, dtype=torch.bool), valid], 1)].numpy()
+            )
 
-        # full ranking: everything except the user's train items (and `also_exclude`)
-        keep = torch.ones(u, num_items, dtype=torch.bool)
-        r_rows, r_cols = train_rated.pairs_of(users)
-        keep[torch.from_numpy(r_rows), torch.from_numpy(r_cols)] = False
-        if also_exclude is not None:
-            keep[rows, torch.from_numpy(also_exclude[sl].astype(np.int64))] = False
-        keep[rows, pos_t] = False  # the positive does not compete with itself
-        full_rank[sl] = M.pessimistic_rank(pos_scores, scores, keep).numpy()
+            # full ranking: everything except the user's train items (and `also_exclude`)
+            keep = torch.ones(u, num_items, dtype=torch.bool)
+            r_rows, r_cols = train_rated.pairs_of(users)
+            keep[torch.from_numpy(r_rows), torch.from_numpy(r_cols)] = False
+            if also_exclude is not None:
+                keep[rows, torch.from_numpy(also_exclude[sl].astype(np.int64))] = False
+            keep[rows, pos_t] = False  # the positive does not compete with itself
+            full_rank[sl] = M.pessimistic_rank(pos_scores, scores, keep).numpy()
 
-    labels = np.concatenate(pair_labels) if pair_labels else np.array([])
-    logits = np.concatenate(pair_logits) if pair_logits else np.array([])
-    out: dict[str, float] = {}
-    for k in ks:
-        out[f"hr@{k}"] = M.hit_rate(sampled_rank, k)
-        out[f"ndcg@{k}"] = M.ndcg(sampled_rank, k)
-    out["mrr"] = M.mrr(sampled_rank)
-    out["auc"] = M.auc(labels, logits)
-    out["logloss"] = M.log_loss(labels, logits)
-    for k in ks:
-        out[f"full_hr@{k}"] = M.hit_rate(full_rank, k)
-        out[f"full_ndcg@{k}"] = M.ndcg(full_rank, k)
-    out["full_mrr"] = M.mrr(full_rank)
-    out["users"] = n
-    model.train(was_training)
+        labels = np.concatenate(pair_labels) if pair_labels else np.array([])
+        logits = np.concatenate(pair_logits) if pair_logits else np.array([])
+        out: dict[str, float] = {}
+        for k in ks:
+            out[f"hr@{k}"] = M.hit_rate(sampled_rank, k)
+            out[f"ndcg@{k}"] = M.ndcg(sampled_rank, k)
+        out["mrr"] = M.mrr(sampled_rank)
+        out["auc"] = M.auc(labels, logits)
+        out["logloss"] = M.log_loss(labels, logits)
+        for k in ks:
+            out[f"full_hr@{k}"] = M.hit_rate(full_rank, k)
+            out[f"full_ndcg@{k}"] = M.ndcg(full_rank, k)
+        out["full_mrr"] = M.mrr(full_rank)
+        out["users"] = n
+        model.train(was_training)
     return EvalResult(out, held.users, held.items, sampled_rank, full_rank, n_cand)
 
 

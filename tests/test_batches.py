@@ -1,0 +1,50 @@
+"""Epoch examples and batches: dtypes the loss relies on, a shuffle that depends only on the
+loop's generator, and the history gathered (or absent) per batch."""
+
+import numpy as np
+import torch
+
+from deepfm.data.batches import epoch_examples, history_tensor, iterate_batches, with_history
+from deepfm.data.sampling import RatedIndex
+
+
+def test_epoch_examples_dtypes_and_sizes(split):
+    s = split.schema
+    rated = RatedIndex(split.train_users, split.train_items, s.num_users, s.num_items)
+    for observed in (False, True):
+        users, items, labels, rows = epoch_examples(
+            split, rated, seed=1, epoch=1, negatives_per_positive=2, observed_negatives=observed
+        )
+        assert users.dtype == items.dtype == rows.dtype == np.int64
+        assert labels.dtype == np.float32  # BCE targets match float32 logits
+        n_pos = int((split.train_labels == 1).sum())
+        n_obs = int((split.train_labels != 1).sum()) if observed else 0
+        assert len(users) == len(items) == len(labels) == len(rows) == 3 * n_pos + n_obs
+        assert labels.sum() == n_pos
+
+
+def test_shuffle_depends_only_on_the_given_generator():
+    data = (torch.arange(10), torch.arange(10) * 10)
+
+    def order(seed_global):
+        torch.manual_seed(seed_global)  # the global generator must not matter
+        batches = iterate_batches(data, 4, torch.Generator().manual_seed(3))
+        return [tuple(t.tolist() for t in b) for b in batches]
+
+    first = order(0)
+    assert first == order(1)
+    assert [len(b[0]) for b in first] == [4, 4, 2]
+    got = torch.cat([torch.tensor(b[0]) for b in first])
+    assert sorted(got.tolist()) == list(range(10)) and got.tolist() != list(range(10))
+    assert all(torch.equal(torch.tensor(b[1]), torch.tensor(b[0]) * 10) for b in first)
+
+
+def test_history_is_gathered_by_row_or_absent():
+    history = torch.tensor([[1, 2], [3, 4], [5, 6]])
+    batch = (torch.tensor([7]), torch.tensor([8]), torch.tensor([1.0]), torch.tensor([2, 0]))
+    ((_, _, _, got),) = with_history(iter([batch]), history)
+    assert got.tolist() == [[5, 6], [1, 2]]
+    ((*_, none),) = with_history(iter([batch]), None)
+    assert none is None
+    assert history_tensor(np.zeros((3, 0), dtype=np.int32), "cpu") is None
+    assert history_tensor(np.ones((3, 2), dtype=np.int32), "cpu").tolist() == [[1, 1]] * 3
