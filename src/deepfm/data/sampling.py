@@ -25,7 +25,6 @@ class RatedIndex:
     """The set of (user, item) pairs a user rated, as sorted int64 keys user * num_items + item."""
 
     def __init__(self, users: np.ndarray, items: np.ndarray, num_users: int, num_items: int):
-        self.num_users = num_users
         self.num_items = num_items
         self.keys = np.unique(users.astype(np.int64) * num_items + items.astype(np.int64))
         counts = np.bincount(self.keys // num_items, minlength=num_users)

@@ -66,7 +66,7 @@ class SplitResult:
     def sequence_mask(self) -> np.ndarray:
         """Which train rows make up the users' sequences (the history field's items):
         positives only, or every rating (split.sequence)."""
-        if self.summary.get("sequence", "positives") == "rated":
+        if self.summary.get("sequence") == "rated":  # absent in splits written before it
             return np.ones(len(self.train_labels), dtype=bool)
         return self.train_labels == 1
 
@@ -222,7 +222,7 @@ def split_dataset(
             user_idx, item_codes, with_val, history_length, rows=test_rows
         )
     if history_length:
-        item_id_vocab = fields[len(USER_SPARSE) + ITEM_SPARSE.index("item_id")].vocab_size
+        item_id_vocab = next(f.vocab_size for f in fields if f.name == "item_id")
         fields.insert(
             len(USER_SPARSE),
             Field("history", "user", "sequence", item_id_vocab, 0, history_length),

@@ -234,16 +234,14 @@ def _load_resume(path: Path | None, fingerprint: str):
         print(
             f"warning: the resume file {path} cannot be read ({type(e).__name__}: {e}); it is "
             "ignored and training starts from epoch 1.",
-            file=sys.stderr,
-            flush=True,
+            file=sys.stderr,  # line-buffered: no flush needed
         )
         return None
     if not same_run:
         print(
             f"warning: the resume file {path} was left by a run with other params or data; it "
             "is ignored and training starts from epoch 1.",
-            file=sys.stderr,
-            flush=True,
+            file=sys.stderr,  # line-buffered: no flush needed
         )
         return None
     return saved

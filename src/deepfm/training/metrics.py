@@ -63,6 +63,8 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 def log_loss(labels: np.ndarray, logits: np.ndarray) -> float:
     """Mean binary cross-entropy computed from logits (numerically stable)."""
+    if not len(labels):
+        return float("nan")
     labels = np.asarray(labels, dtype=np.float64)
     logits = np.asarray(logits, dtype=np.float64)
     # -[y log s(x) + (1-y) log(1-s(x))] = softplus(x) - y*x
