@@ -22,6 +22,7 @@ Ranks are pessimistic: a tied competitor ranks above the held-out item.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -78,9 +79,11 @@ def ndcg(ranks, k):
     return sum(1 / math.log2(r + 1) for r in ranks if r <= k) / len(ranks)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def results():
-    # two users per block: the blocks' slicing is part of what is checked
+    # function scope, not module: mutmut runs for a mutant only the tests that called the
+    # code, and a module fixture's call is counted for the first test alone.
+    # Two users per block: the blocks' slicing is part of what is checked.
     return evaluate_split(FixedScores(), TinySplit, rated(), ks=[1, 2, 3], batch_users=2)
 
 
@@ -170,5 +173,67 @@ def test_validation_and_test_users_must_match():
         val = VAL
         test = HeldOut(np.array([0, 1, 3], dtype=np.int32), TEST.items, TEST.candidates, NO_HISTORY)
 
-    with pytest.raises(ValueError, match="validation and test users differ; rerun the split"):
+    with pytest.raises(
+        ValueError, match=r"^validation and test users differ; rerun the split stage\.$"
+    ):
         evaluate_split(FixedScores(), Shifted, rated(), ks=[1])
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_evaluation_scores_in_eval_mode_and_restores_the_mode(training):
+    seen = []
+
+    class Watch(FixedScores):
+        def score_matrix(self, users, items, history=None):
+            seen.append((self.training, torch.is_inference_mode_enabled()))
+            return super().score_matrix(users, items, history)
+
+    model = Watch().train(training)
+    evaluate_held_out(model, VAL, rated(), ks=[1], batch_users=2)
+    assert seen == [(False, True), (False, True)]  # dropout / batch norm off, no autograd
+    assert model.training is training
+
+
+def test_item_zero_is_a_candidate_not_padding():
+    # one user, four items with scores 5 1 3 2; item 1 rated in train, item 2 held out;
+    # candidates item 0 (5, above) and item 3 (2, below), then a padding slot
+    class One(torch.nn.Module):
+        def score_matrix(self, users, items, history=None):
+            return torch.tensor([[5.0, 1.0, 3.0, 2.0]])[:, items]
+
+    heldout = HeldOut(
+        np.array([0], np.int32), np.array([2], np.int32), np.array([[0, 3, -1]], np.int32),
+        np.zeros((1, 0), np.int32),
+    )  # fmt: skip
+    index = RatedIndex(np.array([0]), np.array([1]), num_users=1, num_items=4)
+    r = evaluate_held_out(One(), heldout, index, ks=[1])
+    assert r.sampled_rank.tolist() == [2] and r.num_candidates.tolist() == [3]
+    assert r.full_rank.tolist() == [2]  # item 0 above; item 1 excluded; item 3 below
+    assert r.metrics["auc"] == 0.5  # pairs: positive 3 | negatives 5 and 2
+    pairs = [(1, 3.0), (0, 5.0), (0, 2.0)]
+    expected = sum(math.log1p(math.exp(x)) - y * x for y, x in pairs) / 3
+    assert r.metrics["logloss"] == pytest.approx(expected)
+
+
+def test_result_arrays_are_per_user_and_integer(results):
+    for split, held_out in (("val", VAL), ("test", TEST)):
+        r = results[split]
+        assert r.sampled_rank.dtype == r.full_rank.dtype == r.num_candidates.dtype == np.int64
+        np.testing.assert_array_equal(r.users, held_out.users)
+        np.testing.assert_array_equal(r.items, held_out.items)
+        expected = {"hr@1", "hr@2", "hr@3", "ndcg@1", "ndcg@2", "ndcg@3", "mrr", "auc",
+                    "logloss", "full_hr@1", "full_hr@2", "full_hr@3", "full_ndcg@1",
+                    "full_ndcg@2", "full_ndcg@3", "full_mrr", "users"}  # fmt: skip
+        assert set(r.metrics) == expected
+        assert all(isinstance(v, float) for k, v in r.metrics.items() if k != "users")
+
+
+def test_no_users_gives_nan_metrics():
+    empty = HeldOut(
+        np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros((0, 3), np.int32), NO_HISTORY[:0]
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = evaluate_held_out(FixedScores(), empty, rated(), ks=[1])
+    assert r.metrics["users"] == 0
+    assert all(math.isnan(v) for k, v in r.metrics.items() if k != "users")

@@ -64,7 +64,8 @@ def test_empty_inputs_give_nan_without_a_warning():
     empty = np.array([], dtype=np.int64)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # np.mean of nothing would warn
-        for value in (M.hit_rate(empty, 10), M.ndcg(empty, 10), M.mrr(empty)):
+        for value in (M.hit_rate(empty, 10), M.ndcg(empty, 10), M.mrr(empty),
+                      M.log_loss(empty, empty)):  # fmt: skip
             assert math.isnan(value)
         assert math.isnan(M.auc(np.array([1, 1]), np.array([0.3, 0.2])))  # no negative
         assert math.isnan(M.auc(np.array([0, 0]), np.array([0.3, 0.2])))  # no positive
@@ -85,3 +86,9 @@ def test_auc_with_one_positive_and_with_the_lowest_score_positive():
     scores = np.array([-3.0, -3.0, 0.0, 1.0, 2.0])
     assert M.auc(labels, scores) == pytest.approx(2 / 6)
     assert M.auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores))
+
+
+def test_logloss_is_computed_in_float64_even_from_float32_logits():
+    # softplus(20) - 20 = log1p(exp(-20)) ~ 2.06e-9: float32 arithmetic rounds it to 0
+    got = M.log_loss(np.array([1], dtype=np.int8), np.array([20.0], dtype=np.float32))
+    assert got == pytest.approx(math.log1p(math.exp(-20.0)), rel=1e-9)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,7 @@ from scipy.stats import wilcoxon
 import report as cli
 from deepfm.report import (
     ReportError,
+    align_users,
     bootstrap_mean_ci,
     mean_over_runs,
     paired_test,
@@ -536,6 +538,18 @@ EXP_SHOW_JSON = """
 ]"""
 
 
+def raises_exactly(message):
+    """pytest.raises for a ReportError whose message is exactly `message` (not just contains
+    it): the messages tell the user what is wrong and how to fix it, so their text matters."""
+    return pytest.raises(ReportError, match=rf"^{re.escape(message)}\Z")
+
+
+_HINT = (
+    "compare runs evaluated on the same dataset and split (same `dataset`, `data` and `split` "
+    "params, same data/split/)"
+)
+
+
 @pytest.fixture
 def exp_show():
     return json.loads(EXP_SHOW_JSON)
@@ -651,6 +665,92 @@ def test_summarize_sorting_and_metric_errors(runs):
         summarize(runs.iloc[:0])
 
 
+def test_summarize_error_messages_in_full(runs):
+    with raises_exactly("no runs to summarize"):
+        summarize(runs.iloc[:0])
+    with raises_exactly("no metrics asked for"):
+        summarize(runs, [])
+    # every missing metric is named, and every metric the split does have is offered (sorted)
+    with raises_exactly(
+        "metric(s) ndcg@99, mrr not in the 'test' split of metrics/eval.json; available: auc, "
+        "full_hr@10, full_ndcg@10, hr@10, logloss, ndcg@10, users"
+    ):
+        summarize(runs, ["ndcg@99", "auc", "mrr"])
+    with raises_exactly(
+        "metric(s) auc not in the 'valid' split of metrics/eval.json; available: none"
+    ):
+        summarize(runs, ["auc"], split="valid")  # no `valid.*` column at all
+
+
+def test_summarize_sorts_by_the_first_metric_when_sort_by_is_absent(runs):
+    # mrr is not in the runs: sort by full_ndcg@10 (descending), not by the next metric, logloss
+    # (ascending, which would put itempop first)
+    summary = summarize(runs, ["full_ndcg@10", "logloss"], sort_by="mrr")
+    assert summary.sort_by == "full_ndcg@10"
+    assert list(summary.table.index) == ["deepfm", "fm", "itempop"]
+
+
+def test_summarize_messy_runs_by_hand():
+    # Runs not from select_runs: non-numeric values (e.g. a string in a metrics file) count as
+    # missing instead of crashing, seeds need not be integers, a model may lack every parameter
+    # count / user count, and models that tie on `sort_by` keep the order in which they first
+    # appear (zeta before alpha, although alpha sorts first by name).
+    runs = pd.DataFrame(
+        {
+            "model": ["zeta", "zeta", "alpha", "mid", "alpha"],
+            "seed": [2.5, 1.0, "abc", 1, 3],
+            "parameters": [100, 200, "n/a", 300, None],
+            "seconds_per_epoch": [10.0, "slow", 12.0, 8.0, 14.0],
+            "test.hr@10": [0.5, "bad", 0.5, 0.7, None],
+            "test.auc": [0.8, 0.6, 0.9, 0.7, 0.9],
+            "test.users": [50, "?", None, 40, None],
+        }
+    )
+    t = summarize(runs, ["hr@10", "auc"], sort_by="hr@10").table
+    assert list(t.index) == ["mid", "zeta", "alpha"]  # hr@10 0.7, then the tie at 0.5
+    assert list(t["n"]) == [1, 2, 2]
+    assert list(t["seeds"]) == ["1", "1,2.5", "3"]  # sorted; integral floats print as ints
+    assert list(t["parameters"].iloc[:2]) == [300, 200] and math.isnan(t.loc["alpha", "parameters"])
+    assert list(t["parameters_vary"]) == [False, True, False]  # zeta: 100 and 200
+    assert list(t["seconds_per_epoch"]) == [8.0, 10.0, 13.0]
+    assert list(t["users"].iloc[:2]) == [40, 50] and math.isnan(t.loc["alpha", "users"])
+    # hr@10: one number per model; auc: zeta 0.8, 0.6 -> 0.7 ± sqrt(2 * 0.1^2 / 1)
+    assert list(t["hr@10 mean"]) == [0.7, 0.5, 0.5]
+    assert list(t["hr@10 n"]) == [1, 1, 1]
+    assert t["hr@10 std"].isna().all()
+    assert list(t["auc n"]) == [1, 2, 2]
+    assert list(t["auc mean"]) == pytest.approx([0.7, 0.7, 0.9])
+    assert t.loc["zeta", "auc std"] == pytest.approx(0.1 * math.sqrt(2))
+    assert t.loc["alpha", "auc std"] == 0.0
+    # no `test.users` column at all: users unknown, the rest unchanged
+    without_users = summarize(runs.drop(columns="test.users"), ["hr@10"]).table
+    assert without_users["users"].isna().all()
+    assert list(without_users.index) == ["mid", "zeta", "alpha"]
+
+
+def test_summarize_ties_keep_the_order_of_the_runs():
+    # Twelve models in a scrambled name order, three values of the sort metric: the sort is
+    # stable, so each tie lists its models in input order, for higher-is-better (hr@10) and
+    # lower-is-better (logloss) alike.
+    names = ["k", "c", "h", "a", "l", "e", "j", "b", "g", "d", "i", "f"]
+    values = [0.2, 0.1, 0.3, 0.2, 0.1, 0.3, 0.2, 0.1, 0.3, 0.2, 0.1, 0.3]
+    runs = pd.DataFrame(
+        {
+            "model": names,
+            "seed": 1,
+            "parameters": 10,
+            "seconds_per_epoch": 1.0,
+            "test.hr@10": values,
+            "test.logloss": values,
+        }
+    )
+    by_value = {v: [n for n, w in zip(names, values, strict=True) if w == v] for v in values}
+    high_first = summarize(runs, ["hr@10"], sort_by="hr@10").table
+    assert list(high_first.index) == by_value[0.3] + by_value[0.2] + by_value[0.1]
+    low_first = summarize(runs, ["logloss"], sort_by="logloss").table
+    assert list(low_first.index) == by_value[0.1] + by_value[0.2] + by_value[0.3]
+
+
 def test_render_markdown(runs):
     text = render_markdown(summarize(runs, ["full_ndcg@10", "auc", "logloss"]))
     lines = text.splitlines()
@@ -699,6 +799,21 @@ def test_wilcoxon_hand_examples():
     assert paired_test(a, b).p_value == pytest.approx(expected)
 
 
+def test_wilcoxon_normal_approximation_by_hand_in_float64():
+    # 80 users (> 50: scipy uses the normal approximation), float32 differences without ties
+    # or zeros. By hand: T = the smaller of the rank sums of the positive and the negative
+    # differences, z = (T - n (n + 1) / 4) / sqrt(n (n + 1) (2n + 1) / 24), p = erfc(|z| / sqrt 2).
+    # The p-value must be this float64 number, not one computed in float32 (off by ~1e-8).
+    diff = np.random.default_rng(8).normal(0.1, 1.0, size=80).astype(np.float32)
+    n = len(diff)
+    assert len(set(np.abs(diff))) == n and np.all(diff != 0)  # no ties, no zeros
+    ranks = np.empty(n)
+    ranks[np.argsort(np.abs(diff))] = np.arange(1, n + 1)
+    t = min(ranks[diff > 0].sum(), ranks[diff < 0].sum())
+    z = (t - n * (n + 1) / 4) / math.sqrt(n * (n + 1) * (2 * n + 1) / 24)
+    assert wilcoxon_p(diff) == pytest.approx(math.erfc(abs(z) / math.sqrt(2)), rel=1e-12)
+
+
 def test_bootstrap_ci_is_seeded_and_brackets_the_mean():
     diff = np.random.default_rng(2).normal(0.1, 1.0, size=300)
     low, high = bootstrap_mean_ci(diff, n_resamples=2000, seed=7)
@@ -708,6 +823,70 @@ def test_bootstrap_ci_is_seeded_and_brackets_the_mean():
     assert high - low == pytest.approx(2 * 1.96 * se, rel=0.1)
     with pytest.raises(ReportError, match="one length"):
         paired_test(np.zeros(3), np.zeros(4))
+
+
+def test_bootstrap_and_wilcoxon_edge_cases_by_hand():
+    # one user, one resample: the only possible resample is that user, so the CI is its value
+    assert bootstrap_mean_ci(np.array([0.123]), n_resamples=1) == (0.123, 0.123)
+    # one nonzero difference: W+ is 0 or 1 with probability 1/2 each, two-sided p = 1
+    assert wilcoxon_p(np.array([0.5])) == 1.0
+    with raises_exactly("no users to resample"):
+        bootstrap_mean_ci(np.array([]))
+    with raises_exactly("no users to test"):
+        wilcoxon_p(np.array([]))
+    diff = np.array([0.1, -0.2, 0.3])
+    for n_resamples, confidence in ((0, 0.95), (10, 0.0), (10, 1.0), (10, 1.5)):
+        with raises_exactly(
+            f"need resamples >= 1 and 0 < confidence < 1, got {n_resamples}, {confidence}"
+        ):
+            bootstrap_mean_ci(diff, n_resamples=n_resamples, confidence=confidence)
+
+
+def test_bootstrap_defaults_and_float64_arithmetic():
+    diff = np.random.default_rng(3).normal(0.05, 0.3, size=40)
+    # the documented defaults: 10 000 resamples, 95 %, seed 0
+    assert bootstrap_mean_ci(diff) == bootstrap_mean_ci(
+        diff, n_resamples=10_000, confidence=0.95, seed=0
+    )
+    # float32 scores (e.g. read from a parquet file) are averaged in float64 like any others
+    diff32 = diff.astype(np.float32)
+    assert bootstrap_mean_ci(diff32) == bootstrap_mean_ci(diff32.astype(np.float64))
+
+
+def test_bootstrap_ci_over_several_chunks():
+    # 2 000 users: the resamples are drawn 2 000 at a time, so 5 000 take three chunks
+    assert bootstrap_mean_ci(np.full(2000, 0.25), n_resamples=5000) == (0.25, 0.25)
+    diff = np.random.default_rng(5).normal(0.0, 1.0, size=2000)
+    low, high = bootstrap_mean_ci(diff, n_resamples=5000)
+    se = diff.std(ddof=1) / math.sqrt(len(diff))
+    assert low < diff.mean() < high
+    assert high - low == pytest.approx(2 * 1.96 * se, rel=0.1)
+
+
+def test_paired_test_passes_its_settings_to_the_bootstrap():
+    rng = np.random.default_rng(6)
+    a, b = rng.random(30), rng.random(30)
+    r = paired_test(a, b, n_resamples=500, confidence=0.8, seed=3)
+    assert (r.ci_low, r.ci_high) == bootstrap_mean_ci(
+        a - b, n_resamples=500, confidence=0.8, seed=3
+    )
+    assert (r.confidence, r.n_resamples) == (0.8, 500)
+    # defaults: 10 000 resamples, 95 %, seed 0
+    r = paired_test(a, b)
+    assert (r.ci_low, r.ci_high) == bootstrap_mean_ci(
+        a - b, n_resamples=10_000, confidence=0.95, seed=0
+    )
+    assert (r.confidence, r.n_resamples) == (0.95, 10_000)
+
+
+def test_paired_test_means_in_float64_for_float32_scores():
+    # float32 summation is off by ~1e-8 relative; the means must be the float64 ones
+    rng = np.random.default_rng(4)
+    a, b = rng.random(1000).astype(np.float32), rng.random(1000).astype(np.float32)
+    r = paired_test(a, b)
+    assert r.mean_a == pytest.approx(math.fsum(a.tolist()) / 1000, rel=1e-12, abs=0)
+    assert r.mean_b == pytest.approx(math.fsum(b.tolist()) / 1000, rel=1e-12, abs=0)
+    assert r.mean_diff == pytest.approx(math.fsum((a - b.astype(float)).tolist()) / 1000, rel=1e-12)
 
 
 def ranks_frame(users, full_ranks, sampled_ranks=None, items=None, split="test"):
@@ -737,6 +916,26 @@ def test_per_user_scores_from_ranks():
         per_user_scores(ranks, "auc")
 
 
+def test_per_user_scores_rank_table_errors_in_full():
+    # exactly the columns needed are enough; the index is named user_id
+    minimal = ranks_frame([2, 1], [1, 3])[["split", "user_id", "item_id", "full_rank"]]
+    scores = per_user_scores(minimal, "full_hr@1")
+    assert scores.index.name == "user_id"
+    assert list(scores.index) == [1, 2] and list(scores["score"]) == [0.0, 1.0]
+    with raises_exactly(
+        "rank table lacks column(s) ['sampled_rank']; expected the columns of "
+        "metrics/eval_ranks.parquet"
+    ):
+        per_user_scores(minimal, "ndcg@10")  # sampled: needs sampled_rank
+    with raises_exactly("rank table has no rows for split 'val'"):
+        per_user_scores(minimal, "full_ndcg@10", split="val")
+    with raises_exactly(
+        "'auc' is not a per-user metric: use ndcg@K, hr@K or mrr, with a full_ prefix for full "
+        "ranking (AUC and LogLoss are pooled over users, so they cannot be paired)"
+    ):
+        per_user_scores(minimal, "auc")
+
+
 def test_rank_table_listing_a_user_twice_is_refused():
     # a user twice would count twice in every mean and misalign the pairing
     twice = ranks_frame([1, 2, 2], [1, 1, 5])
@@ -751,7 +950,7 @@ def test_rank_table_listing_a_user_twice_is_refused():
 def test_paired_test_refuses_nan_or_infinite_scores(bad):
     a, b = np.array([0.1, 0.5, 0.2]), np.array([0.0, 0.3, 0.2])
     for x, y in ((np.r_[a, bad], np.r_[b, 0.1]), (np.r_[a, 0.1], np.r_[b, bad])):
-        with pytest.raises(ReportError, match="per-user scores contain NaN or infinity"):
+        with raises_exactly("per-user scores contain NaN or infinity"):
             paired_test(x, y)
 
 
@@ -775,6 +974,70 @@ def test_paired_user_scores_refuses_different_users_or_items():
         paired_user_scores([a, ranks_frame([1, 2, 4], [1, 2, 3])], a)
     with pytest.raises(ReportError, match="hold out different items for 1 user"):
         paired_user_scores(a, ranks_frame([1, 2, 3], [1, 2, 3], items=[101, 102, 7]))
+
+
+def test_different_users_messages_in_full():
+    # A has users 1-10, B has 1, 2 and 11: both sides are listed, at most five examples each
+    a, b = ranks_frame(list(range(1, 11)), [1] * 10), ranks_frame([1, 2, 11], [1, 1, 1])
+    expected = (
+        "A and B were evaluated on different users (8 only in A (e.g. 3, 4, 5, 6, 7); "
+        f"1 only in B (e.g. 11)): {_HINT}"
+    )
+    with raises_exactly(expected):
+        paired_user_scores(a, b)
+    with raises_exactly(expected):
+        align_users(per_user_scores(a), per_user_scores(b))  # default labels A and B
+    # the runs of one model are checked first, under that model's label
+    with raises_exactly(
+        "B run 1 and B run 2 were evaluated on different users (1 only in B run 2 (e.g. 11)): "
+        f"{_HINT}"
+    ):
+        paired_user_scores(b, [ranks_frame([1, 2], [1, 1]), ranks_frame([1, 2, 11], [1, 1, 1])])
+    with raises_exactly(f"A and B hold out different items for 1 user(s) (e.g. user 2): {_HINT}"):
+        paired_user_scores(b, ranks_frame([1, 2, 11], [1, 1, 1], items=[101, 7, 111]))
+    # mean_over_runs on its own: default label "runs"
+    x = per_user_scores(ranks_frame([1, 2], [1, 1]))
+    y = per_user_scores(ranks_frame([1, 3], [1, 1]))
+    with raises_exactly("no runs for runs"):
+        mean_over_runs([])
+    with raises_exactly(
+        "runs run 1 and runs run 2 were evaluated on different users (1 only in runs run 1 "
+        f"(e.g. 2); 1 only in runs run 2 (e.g. 3)): {_HINT}"
+    ):
+        mean_over_runs([x, y])
+
+
+def test_align_users_and_mean_over_runs_match_rows_by_user_id():
+    # hand-made per-user frames whose rows are in different user orders: everything is matched
+    # by user id; hit/miss scores as integers come back as float64
+    a = pd.DataFrame({"item_id": [13, 11, 12], "score": [1, 0, 1]}, index=[3, 1, 2])
+    b = pd.DataFrame({"item_id": [12, 13, 11], "score": [0, 0, 1]}, index=[2, 3, 1])
+    users, sa, sb = align_users(a, b)
+    assert list(users) == [1, 2, 3]
+    assert sa.dtype == sb.dtype == np.float64
+    assert list(sa) == [0.0, 1.0, 1.0] and list(sb) == [1.0, 0.0, 0.0]
+    # item ids are only compared when both frames have them
+    users, sa, sb = align_users(a, b[["score"]])
+    assert list(users) == [1, 2, 3] and list(sb) == [1.0, 0.0, 0.0]
+    # per-user mean over two runs (a: user 1 -> 0, 2 -> 1, 3 -> 1):
+    # user 1 (1 + 0) / 2 = 0.5, user 2 (0.5 + 1) / 2 = 0.75, user 3 (0.25 + 1) / 2 = 0.625
+    run2 = pd.DataFrame({"item_id": [11, 12, 13], "score": [1.0, 0.5, 0.25]}, index=[1, 2, 3])
+    mean = mean_over_runs([run2, a])
+    assert list(mean.index) == [1, 2, 3] and list(mean["item_id"]) == [11, 12, 13]
+    assert list(mean["score"]) == [0.5, 0.75, 0.625]
+    mean = mean_over_runs([a, run2.iloc[::-1]])
+    assert list(mean.index) == [3, 1, 2] and list(mean["item_id"]) == [13, 11, 12]  # a's order
+    assert list(mean["score"]) == [0.625, 0.5, 0.75]
+
+
+def test_paired_user_scores_reads_the_asked_split():
+    test_ranks = ranks_frame([1, 2], [1, 20])
+    val_ranks = ranks_frame([1, 2], [20, 1], split="val")
+    both = pd.concat([test_ranks, val_ranks])
+    users, sa, sb = paired_user_scores(both, both, metric="full_hr@10", split="val")
+    assert list(users) == [1, 2] and list(sa) == [0.0, 1.0] and list(sb) == [0.0, 1.0]
+    users, sa, _ = paired_user_scores(both, both, metric="full_hr@10")
+    assert list(sa) == [1.0, 0.0]
 
 
 # --------------------------------------------------------------------------- the CLI

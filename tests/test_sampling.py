@@ -71,5 +71,7 @@ def test_rated_index_lookups_at_the_edges():
     rows, got = rated.pairs_of(np.array([3, 1, 2, 0]))
     assert rows.tolist() == [1, 1, 3, 3] and got.tolist() == [0, 4, 0, 2]
     empty = RatedIndex(np.array([], dtype=np.int64), np.array([], dtype=np.int64), 2, 5)
-    assert empty.contains(np.array([0, 1]), np.array([0, 4])).tolist() == [False, False]
+    none = empty.contains(np.array([0, 1]), np.array([0, 4]))
+    assert none.dtype == bool and none.tolist() == [False, False]
+    assert rated.contains(query_u, query_i).dtype == bool
     assert empty.counts().tolist() == [0, 0]

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -291,3 +293,142 @@ def test_no_input_holds_its_target_or_a_later_item(canonical, sequence, tie_brea
                 assert liked[(user, item)] == 1
             checked += 1
     assert checked > 1000
+
+
+def test_written_split_reads_back_whole(split, tmp_path):
+    write_split(split, tmp_path / "s")
+    back = read_split(tmp_path / "s")
+    for name in ("train_users", "train_items", "train_labels", "train_history", "user_features",
+                 "item_features", "item_genres", "user_ids", "item_ids"):  # fmt: skip
+        got, want = getattr(back, name), getattr(split, name)
+        np.testing.assert_array_equal(got, want, err_msg=name)
+        assert got.dtype == want.dtype, name
+    for held in ("val", "test"):
+        got, want = getattr(back, held), getattr(split, held)
+        for name in ("users", "items", "candidates", "history"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+        # indices are stored as int32 (half the bytes; 2^31 users or items is far off)
+        assert got.users.dtype == got.items.dtype == got.candidates.dtype == np.int32
+    assert back.schema == split.schema and back.summary == split.summary
+    assert back.summary["history_length"] == 4  # a real summary, not an empty one
+
+
+def test_reading_a_missing_split_says_run_the_stage(tmp_path):
+    with pytest.raises(
+        FileNotFoundError,
+        match=re.escape(
+            f"{tmp_path}/schema.json not found: run the split stage first (dvc repro split)."
+        ),
+    ):
+        read_split(tmp_path)
+
+
+@pytest.mark.parametrize(("sequence", "tie_break"), [("positives", "item_id"), ("rated", "random")])
+def test_split_processed_passes_every_param(canonical, tmp_path, sequence, tie_break):
+    from deepfm.config import parse_config
+    from deepfm.data.split import split_processed
+
+    for name, table in zip(("interactions", "users", "items"), canonical, strict=True):
+        table.to_parquet(tmp_path / f"{name}.parquet")
+    cfg = parse_config(
+        {
+            "seed": 11,
+            "split": {"min_positives": 4, "history_length": 3, "sequence": sequence,
+                      "tie_break": tie_break},
+            "eval": {"num_negatives": 17},
+        }
+    )  # fmt: skip
+    got = split_processed(cfg, tmp_path)
+    want = split_dataset(
+        *canonical, seed=11, min_positives=4, num_negatives=17, history_length=3,
+        sequence=sequence, tie_break=tie_break,
+    )  # fmt: skip
+    assert got.summary == want.summary
+    assert got.test.candidates.shape[1] == 17 and got.train_history.shape[1] == 3
+    for held in ("val", "test"):
+        np.testing.assert_array_equal(getattr(got, held).candidates, getattr(want, held).candidates)
+        np.testing.assert_array_equal(getattr(got, held).history, getattr(want, held).history)
+    np.testing.assert_array_equal(got.train_history, want.train_history)
+
+
+def test_recent_items_with_nothing_counted_is_all_padding():
+    from deepfm.data.split import recent_items
+
+    users = np.array([0, 0, 1])
+    got = recent_items(users, np.array([5, 6, 7]), np.zeros(3, dtype=bool), 2)
+    assert got.tolist() == [[0, 0]] * 3 and got.dtype == np.int32
+    # one counted row: only the same user's later rows see it
+    got = recent_items(users, np.array([5, 6, 7]), np.array([True, False, False]), 2)
+    assert got.tolist() == [[0, 0], [5, 0], [0, 0]]
+
+
+def _digest(folder) -> dict:
+    import hashlib
+
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:12] for p in sorted(folder.iterdir())
+    }
+
+
+# The split's outputs on the synthetic fixture, byte for byte. Every published number rests on
+# the exact candidates, histories and encodings: a change to a random stream's name, a dtype or
+# a vocabulary size changes them, and `dvc repro` on a fresh clone would no longer reproduce the
+# committed dvc.lock. If you changed the split on purpose, print _digest(...) and paste it here,
+# then rerun `dvc repro` and commit the new dvc.lock with it.
+PINNED = {
+    ("positives", "item_id"): {
+        "item_features.npy": "18965babea32",
+        "item_genres.npy": "f8338f1417d5",
+        "item_ids.npy": "a8bc8559364c",
+        "schema.json": "27e470854a1f",
+        "summary.json": "a8cb9de31c14",
+        "test_candidates.npy": "dd4319398a27",
+        "test_history.npy": "238a8b5af00e",
+        "test_items.npy": "db6a27bc33f4",
+        "test_users.npy": "ff497ca691b6",
+        "train_history.npy": "731c4cd35b59",
+        "train_items.npy": "68bb0c6d016e",
+        "train_labels.npy": "45a0a88c38f8",
+        "train_users.npy": "bda30b9bd6dd",
+        "user_features.npy": "34c17c107de5",
+        "user_ids.npy": "3b0ad95a63e3",
+        "val_candidates.npy": "50cd1a93f86d",
+        "val_history.npy": "a1c77115ff22",
+        "val_items.npy": "f230ec0115b7",
+        "val_users.npy": "ff497ca691b6",
+    },
+    ("rated", "random"): {
+        "item_features.npy": "18965babea32",
+        "item_genres.npy": "f8338f1417d5",
+        "item_ids.npy": "a8bc8559364c",
+        "schema.json": "27e470854a1f",
+        "summary.json": "1fc32159497f",
+        "test_candidates.npy": "dd4319398a27",
+        "test_history.npy": "b08a234c6712",
+        "test_items.npy": "b294e848d788",
+        "test_users.npy": "ff497ca691b6",
+        "train_history.npy": "de863f77c814",
+        "train_items.npy": "218821acbb04",
+        "train_labels.npy": "f0dc3bc50828",
+        "train_users.npy": "bda30b9bd6dd",
+        "user_features.npy": "34c17c107de5",
+        "user_ids.npy": "3b0ad95a63e3",
+        "val_candidates.npy": "50cd1a93f86d",
+        "val_history.npy": "6ca3f43eb99d",
+        "val_items.npy": "13db30711826",
+        "val_users.npy": "ff497ca691b6",
+    },
+}
+
+
+@pytest.mark.parametrize(("sequence", "tie_break"), list(PINNED))
+def test_split_outputs_are_pinned(canonical, tmp_path, sequence, tie_break):
+    interactions, users, items = canonical
+    # coarse timestamps: many same-second ratings, so the tie-break decides orders too
+    coarse = interactions.assign(timestamp=interactions["timestamp"] // 10**7)
+    result = split_dataset(
+        coarse, users, items, seed=7, min_positives=3, num_negatives=30, history_length=4,
+        sequence=sequence, tie_break=tie_break,
+    )  # fmt: skip
+    write_split(result, tmp_path / "s")
+    assert _digest(tmp_path / "s") == PINNED[sequence, tie_break]

@@ -149,7 +149,10 @@ def test_resume_state_of_other_params_is_ignored(split, tmp_path, capsys):
     resumed = Recorder()
     other = _cfg(learning_rate=0.01)
     train(other, split, tmp_path / "m.pt", live=resumed, progress=False, resume_path=resume)
-    assert "was left by a run with other params or data; it is ignored" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        f"warning: the resume file {resume} was left by a run with other params or data; it "
+        "is ignored and training starts from epoch 1.\n"
+    )
     fresh = Recorder()
     train(other, split, tmp_path / "f.pt", live=fresh, progress=False)
     assert len(resumed.rows) == 4 and resumed.rows == fresh.rows
@@ -165,12 +168,15 @@ def test_corrupt_resume_file_is_said_and_ignored(split, tmp_path, capsys, damage
     resume = _interrupted_after(1, _cfg(), split, tmp_path)
     data = resume.read_bytes()
     resume.write_bytes(b"not a checkpoint" if damage == "garbage" else data[: len(data) // 2])
+    with pytest.raises(Exception) as why:  # what reading the file raises, named in the warning
+        load_checkpoint(resume)
     capsys.readouterr()
     rows = Recorder()
     train(_cfg(), split, tmp_path / "m.pt", live=rows, progress=False, resume_path=resume)
-    err = capsys.readouterr().err
-    assert f"the resume file {resume} cannot be read" in err
-    assert "training starts from epoch 1" in err
+    assert capsys.readouterr().err == (
+        f"warning: the resume file {resume} cannot be read ({type(why.value).__name__}: "
+        f"{why.value}); it is ignored and training starts from epoch 1.\n"
+    )
     fresh = Recorder()
     train(_cfg(), split, tmp_path / "f.pt", live=fresh, progress=False)
     assert rows.rows == fresh.rows and not resume.exists()
@@ -268,3 +274,20 @@ def test_train_amp_runs_the_forward_pass_in_bfloat16(split, tmp_path, monkeypatc
     assert seen and set(seen) == {torch.bfloat16 if amp else torch.float32}
     model, _ = load_model(tmp_path / "m.pt")
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_run_fingerprint_covers_params_and_every_training_array(split):
+    import copy
+
+    base = loop.run_fingerprint(_cfg(), split)
+    assert base == loop.run_fingerprint(_cfg(), copy.deepcopy(split))
+    assert base != loop.run_fingerprint(_cfg(learning_rate=0.01), split)
+    arrays = ["train_users", "train_items", "train_labels", "train_history", "user_features",
+              "item_features", "item_genres"]  # fmt: skip
+    held = ["users", "items", "history"]
+    for name in arrays + [f"val.{h}" for h in held]:
+        changed = copy.deepcopy(split)
+        owner, attr = (changed.val, name[4:]) if name.startswith("val.") else (changed, name)
+        array = getattr(owner, attr)
+        array.flat[-1] = array.flat[-1] + 1
+        assert loop.run_fingerprint(_cfg(), changed) != base, name
