@@ -432,3 +432,63 @@ def test_split_outputs_are_pinned(canonical, tmp_path, sequence, tie_break):
     )  # fmt: skip
     write_split(result, tmp_path / "s")
     assert _digest(tmp_path / "s") == PINNED[sequence, tie_break]
+
+
+def test_users_with_fewer_candidates_and_empty_held_out_summaries(canonical):
+    interactions, _, items = canonical
+    # 40 candidates asked, 60 items: users who rated more than 20 have fewer unrated items
+    result = split_dataset(*canonical, seed=7, min_positives=3, num_negatives=40)
+    rated = interactions.groupby("user_id").size()
+    for name in ("val", "test"):
+        held = getattr(result, name)
+        eligible = result.user_ids[held.users]
+        unrated = {
+            str(u): int(len(items) - rated[u]) for u in eligible if len(items) - rated[u] < 40
+        }
+        # the fixture has such users, and users with exactly 40 (not short), else this test
+        # could not tell < from <=
+        assert unrated and any(len(items) - rated[u] == 40 for u in eligible)
+        assert result.summary["users_with_fewer_candidates"][name] == unrated
+        assert ((held.candidates >= 0).sum(1) == [unrated.get(str(u), 40) for u in eligible]).all()
+    # nobody eligible: empty held-out sets, and summaries that say so instead of NaN
+    none = split_dataset(*canonical, seed=7, min_positives=10_000, num_negatives=5)
+    assert none.summary["val_users"] == none.summary["test_users"] == 0
+    assert none.summary["mean_history_filled"]["val"] == 0.0
+    assert none.summary["mean_history_filled"]["test"] == 0.0
+    assert none.summary["users_with_fewer_candidates"] == {"val": {}, "test": {}}
+
+
+def test_leave_one_out_first_user_below_the_minimum():
+    # user 0 has 2 positives (< 3): train only; the count of the first run starts at row 0
+    users = np.array([0, 0, 0, 1, 1, 1])
+    labels = np.array([1, 0, 1, 1, 1, 1])
+    val, test = leave_one_out(users, labels, 3)
+    assert test.tolist() == [5] and val.tolist() == [4]
+    val, test = leave_one_out(users, labels, 2)
+    assert test.tolist() == [2, 5] and val.tolist() == [0, 4]
+
+
+def test_candidates_when_asking_for_more_than_the_catalogue():
+    # 6 items, user 0 rated 2 of them, 8 candidates asked: the 4 unrated, then -1 padding
+    c = sample_candidates(np.array([0]), np.array([1, 4]), 6, 8, np.random.default_rng(0))
+    assert c.tolist() == [[0, 2, 3, 5, -1, -1, -1, -1]]
+    assert c.dtype == np.int64
+
+
+def test_candidates_of_a_user_with_exactly_as_many_unrated_items_as_asked():
+    rated = np.array([i for i in range(100) if i % 10])  # 90 rated; unrated: 0, 10, ..., 90
+    for seed in range(5):
+        c = sample_candidates(np.array([0]), rated, 100, 10, np.random.default_rng(seed))
+        assert c.tolist() == [list(range(0, 100, 10))]
+
+
+def test_candidates_of_a_large_user_index_do_not_overflow():
+    # user 50,000 of a 50,000-item catalogue: its keys pass 2^31 (ML-25M-sized indices)
+    user, num_items = 50_000, 50_000
+    unrated = [7, 123, 49_999]
+    items = np.setdiff1d(np.arange(num_items), unrated)
+    keys = np.int64(user) * num_items + items
+    c = sample_candidates(
+        np.array([user], dtype=np.int32), keys, num_items, 3, np.random.default_rng(0)
+    )
+    assert c.tolist() == [unrated]
