@@ -492,3 +492,13 @@ def test_candidates_of_a_large_user_index_do_not_overflow():
         np.array([user], dtype=np.int32), keys, num_items, 3, np.random.default_rng(0)
     )
     assert c.tolist() == [unrated]
+
+
+def test_candidates_are_the_items_with_the_smallest_random_keys():
+    # the documented draw: one uniform key per item (rated items excluded), the k smallest
+    # win. 500 items, k = 100, seed 4 is a draw where taking any 100 of the 102 smallest keys
+    # (a partition at the wrong k) gives a different set.
+    c = sample_candidates(np.array([0]), np.array([], dtype=np.int64), 500, 100,
+                          np.random.default_rng(4))  # fmt: skip
+    keys = np.random.default_rng(4).random((1, 500))
+    assert c[0].tolist() == sorted(np.argsort(keys[0])[:100].tolist())
