@@ -291,3 +291,42 @@ def test_run_fingerprint_covers_params_and_every_training_array(split):
         array = getattr(owner, attr)
         array.flat[-1] = array.flat[-1] + 1
         assert loop.run_fingerprint(_cfg(), changed) != base, name
+
+
+class SignalRecorder(Recorder):
+    """Sends a real SIGINT (Ctrl-C) to this process while an epoch's row is logged: before
+    that epoch's resume state is saved, the moment a raised KeyboardInterrupt would lose it."""
+
+    def __init__(self, signal_after: int):
+        super().__init__()
+        self.signal_after = signal_after
+
+    def next_step(self):
+        super().next_step()
+        if len(self.rows) == self.signal_after:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_stops_after_the_epoch_is_saved_and_resumes_exactly(split, tmp_path):
+    cfg = _cfg(epochs=4)
+    clean = Recorder()
+    train(cfg, split, tmp_path / "clean.pt", live=clean, progress=False)
+    resume = tmp_path / "state.pt"
+    interrupted = SignalRecorder(signal_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, split, tmp_path / "m.pt", live=interrupted, progress=False, resume_path=resume)
+    assert len(interrupted.rows) == 2  # stopped before epoch 3 trained a single batch
+    assert load_checkpoint(resume)["loop"]["epoch"] == 2  # the interrupted epoch was saved
+    again = Recorder()
+    train(cfg, split, tmp_path / "m.pt", live=again, progress=False, resume_path=resume)
+    assert again.rows == clean.rows
+    a, b = load_checkpoint(tmp_path / "clean.pt"), load_checkpoint(tmp_path / "m.pt")
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    # the handlers are put back: outside train(), Ctrl-C raises again
+    import signal
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

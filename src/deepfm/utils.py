@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import signal
+import threading
 import zlib
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -34,6 +38,30 @@ def physical_cores() -> int:
     except OSError:
         pass
     return max(1, logical or 1)
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[threading.Event]:
+    """Ctrl-C (SIGINT) or SIGTERM sets the yielded flag instead of raising wherever the main
+    thread happens to be (inside a save, a finalizer, a C call); the caller checks the flag at
+    safe points and stops there. A second signal raises at once. Off the main thread, where
+    Python cannot install handlers, signals keep their default behaviour."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def environment(num_threads: int) -> dict:

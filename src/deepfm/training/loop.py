@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from deepfm.models import build_model
 from deepfm.models.base import RankingModel
 from deepfm.training.evaluate import evaluate_held_out
 from deepfm.training.objectives import TrainingError, make_objective
-from deepfm.utils import physical_cores
+from deepfm.utils import deferred_interrupts, physical_cores
 
 MONITOR = "full_ndcg@10"  # early stopping watches validation full-ranking NDCG@10
 CHECKPOINT_FORMAT = 1
@@ -134,18 +135,27 @@ def _log(live, metrics: dict, prefix: str) -> None:
 
 
 def train_steps(
-    model, optimizer, batches, objective, grad_clip: float = 0.0, amp: bool = False
+    model,
+    optimizer,
+    batches,
+    objective,
+    grad_clip: float = 0.0,
+    amp: bool = False,
+    interrupted: threading.Event | None = None,
 ) -> float:
     """One pass of optimizer steps over an objective's batches; the mean loss per example.
 
     amp: run the forward pass under bfloat16 autocast (weights, gradients and the optimizer
     stay float32; bfloat16 has float32's range, so no loss scaling is needed; the objectives
     take their loss in float32).
+    interrupted: a flag set by Ctrl-C (utils.deferred_interrupts); checked between batches.
     """
     total = None
     count = 0
     device_type = next(model.parameters()).device.type
     for batch in batches:
+        if interrupted is not None and interrupted.is_set():
+            raise KeyboardInterrupt  # Ctrl-C, deferred to a point between two batches
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
             loss, n = objective.loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
@@ -329,78 +339,95 @@ def train(
 
     stop_reason = f"reached train.epochs={tc.epochs}"
     epoch = state.epoch
-    while state.epoch < tc.epochs:
-        epoch = state.epoch + 1
-        start = time.perf_counter()
-        model.train()
-        batches = tqdm(
-            objective.batches(epoch, tc.batch_size, shuffle),
-            desc=f"epoch {epoch}",
-            disable=not progress,
-            leave=False,
-        )
-        train_loss = train_steps(model, optimizer, batches, objective, tc.grad_clip, tc.amp)
-        if not math.isfinite(train_loss):
-            raise TrainingError(
-                f"epoch {epoch}: the training loss is {train_loss}; stopping. The best checkpoint "
-                f"(epoch {state.best_epoch}) is kept. Lower train.learning_rate or set "
-                "train.grad_clip."
+    # Ctrl-C sets a flag that train_steps checks between batches: an interrupt never lands
+    # inside a save or a finalizer, and the resume file always holds whole epochs.
+    with deferred_interrupts() as interrupted:
+        while state.epoch < tc.epochs:
+            epoch = state.epoch + 1
+            start = time.perf_counter()
+            model.train()
+            batches = tqdm(
+                objective.batches(epoch, tc.batch_size, shuffle),
+                desc=f"epoch {epoch}",
+                disable=not progress,
+                leave=False,
             )
-        train_seconds = time.perf_counter() - start
-        validated = epoch % tc.val_every == 0 or epoch == tc.epochs
-        val, val_seconds = {}, 0.0
-        if validated:
-            val_start = time.perf_counter()
-            val = validate()
-            val_seconds = time.perf_counter() - val_start
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            if validated:  # plateau_patience counts validations
-                scheduler.step(val[MONITOR])
-        elif scheduler is not None:
-            scheduler.step()
-
-        row = {
-            "train/loss": train_loss,
-            **{f"val/{k}": v for k, v in val.items() if k != "users"},
-            "train/lr": optimizer.param_groups[0]["lr"],
-        }
-        _log(live, row, "")
-        if live is not None:
-            live.next_step()
-        if timing_live is not None:
-            timing_live.log_metric("train/seconds_per_epoch", round(train_seconds, 3))
+            train_loss = train_steps(
+                model, optimizer, batches, objective, tc.grad_clip, tc.amp, interrupted
+            )
+            if not math.isfinite(train_loss):
+                raise TrainingError(
+                    f"epoch {epoch}: the training loss is {train_loss}; stopping. The best "
+                    f"checkpoint (epoch {state.best_epoch}) is kept. Lower train.learning_rate or "
+                    "set train.grad_clip."
+                )
+            train_seconds = time.perf_counter() - start
+            validated = epoch % tc.val_every == 0 or epoch == tc.epochs
+            val, val_seconds = {}, 0.0
             if validated:
-                timing_live.log_metric("val/seconds", round(val_seconds, 3))
-            timing_live.next_step()
-        if progress:
-            shown = (
-                f"  val {MONITOR} {val[MONITOR]:.4f}  hr@10 {val['hr@10']:.4f}  "
-                f"auc {val['auc']:.4f}"
-                if validated
-                else ""
-            )
-            tqdm.write(f"epoch {epoch}: loss {train_loss:.4f}{shown}  ({train_seconds:.1f}s)")
+                val_start = time.perf_counter()
+                val = validate()
+                val_seconds = time.perf_counter() - val_start
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                if validated:  # plateau_patience counts validations
+                    scheduler.step(val[MONITOR])
+            elif scheduler is not None:
+                scheduler.step()
 
-        state.epoch = epoch
-        state.history.append(row)
-        state.seconds.append(train_seconds)
-        if validated:
-            improved = val[MONITOR] > state.best_score
-            if improved:
-                state.best_score, state.best_epoch, state.best_val = val[MONITOR], epoch, val
-            if improved or tc.checkpoint == "last":
-                state.kept_epoch, state.kept_val = epoch, val
-                kept_payload = checkpoint_payload(cfg, model, epoch, val)
-                save_checkpoint(model_path, kept_payload)
-        if resume_path is not None:
-            _save_resume(
-                resume_path, fingerprint, state, model, optimizer, scheduler, shuffle, kept_payload
-            )
-        # stop only right after a validation, so the last epoch run is always a validated one
-        since_best = epoch - state.best_epoch
-        if validated and epoch < tc.epochs and epoch >= tc.min_epochs and since_best >= tc.patience:
-            stop_reason = f"early stop: no better {MONITOR} for {since_best} epochs"
-            break
+            row = {
+                "train/loss": train_loss,
+                **{f"val/{k}": v for k, v in val.items() if k != "users"},
+                "train/lr": optimizer.param_groups[0]["lr"],
+            }
+            _log(live, row, "")
+            if live is not None:
+                live.next_step()
+            if timing_live is not None:
+                timing_live.log_metric("train/seconds_per_epoch", round(train_seconds, 3))
+                if validated:
+                    timing_live.log_metric("val/seconds", round(val_seconds, 3))
+                timing_live.next_step()
+            if progress:
+                shown = (
+                    f"  val {MONITOR} {val[MONITOR]:.4f}  hr@10 {val['hr@10']:.4f}  "
+                    f"auc {val['auc']:.4f}"
+                    if validated
+                    else ""
+                )
+                tqdm.write(f"epoch {epoch}: loss {train_loss:.4f}{shown}  ({train_seconds:.1f}s)")
+
+            state.epoch = epoch
+            state.history.append(row)
+            state.seconds.append(train_seconds)
+            if validated:
+                improved = val[MONITOR] > state.best_score
+                if improved:
+                    state.best_score, state.best_epoch, state.best_val = val[MONITOR], epoch, val
+                if improved or tc.checkpoint == "last":
+                    state.kept_epoch, state.kept_val = epoch, val
+                    kept_payload = checkpoint_payload(cfg, model, epoch, val)
+                    save_checkpoint(model_path, kept_payload)
+            if resume_path is not None:
+                _save_resume(
+                    resume_path,
+                    fingerprint,
+                    state,
+                    model,
+                    optimizer,
+                    scheduler,
+                    shuffle,
+                    kept_payload,
+                )
+            # stop only right after a validation, so the last epoch run is always a validated one
+            since_best = epoch - state.best_epoch
+            if (
+                validated
+                and epoch < tc.epochs
+                and epoch >= tc.min_epochs
+                and since_best >= tc.patience
+            ):
+                stop_reason = f"early stop: no better {MONITOR} for {since_best} epochs"
+                break
     if resume_path is not None:
         resume_path.unlink(missing_ok=True)
     return TrainOutcome(
