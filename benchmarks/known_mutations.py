@@ -87,14 +87,14 @@ MUTATIONS = [
     Mutation(
         "resume file of other params used anyway",
         "src/deepfm/training/loop.py",
-        "    if not same_run:\n",
-        "    if False:\n",
+        '        if saved.get("fingerprint") == fingerprint:\n',
+        "        if True:\n",
     ),
     Mutation(
         "corrupt resume file silently ignored",
         "src/deepfm/training/loop.py",
-        "    except Exception as e:\n        print(\n",
-        "    except Exception as e:\n        return None\n        print(\n",
+        "    except Exception as e:\n        why = ",
+        "    except Exception as e:\n        return None\n        why = ",
     ),
     Mutation(
         "genre flags decoded one column off",

@@ -239,22 +239,16 @@ def _load_resume(path: Path | None, fingerprint: str):
         return None
     try:
         saved = load_checkpoint(path)
-        same_run = saved.get("fingerprint") == fingerprint
+        if saved.get("fingerprint") == fingerprint:
+            return saved
+        why = "was left by a run with other params or data"
     except Exception as e:
-        print(
-            f"warning: the resume file {path} cannot be read ({type(e).__name__}: {e}); it is "
-            "ignored and training starts from epoch 1.",
-            file=sys.stderr,  # line-buffered: no flush needed
-        )
-        return None
-    if not same_run:
-        print(
-            f"warning: the resume file {path} was left by a run with other params or data; it "
-            "is ignored and training starts from epoch 1.",
-            file=sys.stderr,  # line-buffered: no flush needed
-        )
-        return None
-    return saved
+        why = f"cannot be read ({type(e).__name__}: {e})"
+    print(
+        f"warning: the resume file {path} {why}; it is ignored and training starts from epoch 1.",
+        file=sys.stderr,  # line-buffered: no flush needed
+    )
+    return None
 
 
 def train(
