@@ -2,15 +2,16 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell sha256sum requirements.lock | cut -c1-12)
+STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-12)
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install repro test lint lock clean mutation
 
-$(STAMP): requirements.lock
+$(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (set PYTHON=...)")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check --quiet -r requirements.lock
+	$(BIN)/python -m pip install --disable-pip-version-check --quiet --no-deps -e .
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 install: $(STAMP)
@@ -26,12 +27,12 @@ test: lint  ## lint + unit tests + the real-pipeline integration test
 	$(BIN)/python -m pytest
 
 # The functions whose code produces reported numbers (fnmatch patterns over mutmut's names).
-MUTANTS := 'deepfm.data.split.*' 'deepfm.data.sampling.*' 'deepfm.data.batches.*' \
-	'deepfm.training.evaluate.*' 'deepfm.training.metrics.*' \
+MUTANTS := 'deepfm.data.splitting.*' 'deepfm.data.sampling.*' 'deepfm.data.batches.*' \
+	'deepfm.evaluation.ranking.*' 'deepfm.evaluation.metrics.*' \
 	'deepfm.training.loop.x_run_fingerprint*' 'deepfm.training.loop.x__*_resume*' \
-	'deepfm.report.x_summarize*' 'deepfm.report.x_bootstrap_mean_ci*' \
-	'deepfm.report.x_wilcoxon_p*' 'deepfm.report.x_paired_*' 'deepfm.report.x_*user*' \
-	'deepfm.report.x_mean_over_runs*' 'deepfm.report.x_parse_rank_metric*'
+	'deepfm.results.comparison.x_summarize*' 'deepfm.results.comparison.x_bootstrap_mean_ci*' \
+	'deepfm.results.comparison.x_wilcoxon_p*' 'deepfm.results.comparison.x_paired_*' 'deepfm.results.comparison.x_*user*' \
+	'deepfm.results.comparison.x_mean_over_runs*' 'deepfm.results.comparison.x_parse_rank_metric*'
 
 mutation: install  ## mutation testing by hand (docs/testing.md); one core, one worker
 	$(BIN)/python -m pip install --disable-pip-version-check --quiet -r requirements-mutation.lock

@@ -14,15 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import sys
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def early_stop_pick(curve: np.ndarray, min_epochs: int, patience: int) -> int:
@@ -55,7 +52,7 @@ def ranks_per_epoch(args: tuple) -> np.ndarray:
 
     import deepfm.training.loop as loop
     from deepfm.config import parse_config
-    from deepfm.data.split import read_split
+    from deepfm.data.splitting import read_split
 
     torch.set_num_threads(threads)
     raw = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides)

@@ -38,25 +38,25 @@ class Mutation:
 MUTATIONS = [
     Mutation(
         "full ranking keeps the train items",
-        "src/deepfm/training/evaluate.py",
+        "src/deepfm/evaluation/ranking.py",
         "        keep[torch.from_numpy(r_rows), torch.from_numpy(r_cols)] = False\n",
         "",
     ),
     Mutation(
         "test ranking keeps the validation item",
-        "src/deepfm/training/evaluate.py",
+        "src/deepfm/evaluation/ranking.py",
         'exclude = {"val": None, "test": split.val.items}',
         'exclude = {"val": None, "test": None}',
     ),
     Mutation(
         "sampled rank counts padding slots",
-        "src/deepfm/training/evaluate.py",
+        "src/deepfm/evaluation/ranking.py",
         "M.pessimistic_rank(pos_scores, cand_scores, valid)",
         "M.pessimistic_rank(pos_scores, cand_scores)",
     ),
     Mutation(
         "validation / test users check removed",
-        "src/deepfm/training/evaluate.py",
+        "src/deepfm/evaluation/ranking.py",
         "    if not np.array_equal(split.val.users, split.test.users):\n",
         "    if False:\n",
     ),
@@ -110,13 +110,13 @@ MUTATIONS = [
     ),
     Mutation(
         "report: duplicate-user guard removed",
-        "src/deepfm/report.py",
+        "src/deepfm/results/comparison.py",
         '    if part["user_id"].duplicated().any():\n',
         "    if False:\n",
     ),
     Mutation(
         "report: NaN guard removed",
-        "src/deepfm/report.py",
+        "src/deepfm/results/comparison.py",
         "    if not (np.isfinite(a).all() and np.isfinite(b).all()):\n",
         "    if False:\n",
     ),

@@ -20,7 +20,6 @@ import argparse
 import json
 import multiprocessing as mp
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +28,6 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
 GENRES = 19
 
@@ -100,7 +98,7 @@ def measure(args: tuple) -> dict:
     from deepfm.data.batches import epoch_examples
     from deepfm.data.movielens import load_canonical
     from deepfm.data.sampling import RatedIndex
-    from deepfm.data.split import split_dataset
+    from deepfm.data.splitting import split_dataset
 
     out = {}
     t = time.perf_counter()

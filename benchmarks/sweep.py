@@ -22,14 +22,12 @@ import argparse
 import copy
 import json
 import multiprocessing as mp
-import sys
 import time
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -65,7 +63,7 @@ def run_trial(args: tuple) -> dict:
 
     from deepfm.config import parse_config
     from deepfm.data.sampling import RatedIndex
-    from deepfm.training.evaluate import evaluate_split
+    from deepfm.evaluation.ranking import evaluate_split
     from deepfm.training.loop import load_model, train
 
     torch.set_num_threads(threads)
@@ -135,7 +133,7 @@ def _split_for(override: dict, base: dict, parse_config):
     """data/split/, or, for an override of `split`, the split those params make from
     data/processed/ with params.yaml's seed (so the candidates stay those of data/split/ while
     trial seeds vary the training); cached per process."""
-    from deepfm.data.split import read_split, split_processed
+    from deepfm.data.splitting import read_split, split_processed
 
     if "split" not in override:
         return read_split(ROOT / "data" / "split")

@@ -21,21 +21,19 @@ import platform
 import resource
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
 from deepfm.config import load_config  # noqa: E402
 from deepfm.data.batches import epoch_examples, feature_tensors  # noqa: E402
 from deepfm.data.sampling import RatedIndex  # noqa: E402
-from deepfm.data.split import read_split  # noqa: E402
+from deepfm.data.splitting import read_split  # noqa: E402
+from deepfm.evaluation.ranking import evaluate_split  # noqa: E402
 from deepfm.models import MODELS, build_model  # noqa: E402
-from deepfm.training.evaluate import evaluate_split  # noqa: E402
 from deepfm.training.loop import make_optimizer, setup_torch, train_steps  # noqa: E402
 from deepfm.training.objectives import make_objective  # noqa: E402
 

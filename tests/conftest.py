@@ -106,7 +106,7 @@ def canonical(ml100k_dir):
 
 @pytest.fixture
 def split(canonical):
-    from deepfm.data.split import split_dataset
+    from deepfm.data.splitting import split_dataset
 
     interactions, users, items = canonical
     return split_dataset(

@@ -9,7 +9,7 @@ import torch
 
 from deepfm.config import ConfigError, EASEConfig, ItemCooccurrenceConfig, parse_config
 from deepfm.data.batches import feature_tensors
-from deepfm.data.split import split_dataset
+from deepfm.data.splitting import split_dataset
 from deepfm.models import build_model
 
 

@@ -78,6 +78,7 @@ def test_types_are_normalised():
 
 
 def test_stage_with_a_typo_in_params_exits_nonzero_and_writes_nothing(tmp_path):
+    import os
     import subprocess
     import sys
 
@@ -85,8 +86,9 @@ def test_stage_with_a_typo_in_params_exits_nonzero_and_writes_nothing(tmp_path):
     raw["train"]["epoch"] = 3  # the typo a `dvc exp run -S train.epoch=3` would add
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     proc = subprocess.run(
-        [sys.executable, str(REPO / "src" / "fetch.py")],
+        [sys.executable, str(REPO / "src" / "stages" / "fetch.py"), "--raw", "data/raw"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
     )  # fmt: skip
     assert proc.returncode == 2
     assert "unknown key 'train.epoch'. Did you mean 'epochs'?" in proc.stderr

@@ -29,8 +29,8 @@ import pytest
 import torch
 
 from deepfm.data.sampling import RatedIndex
-from deepfm.data.split import HeldOut
-from deepfm.training.evaluate import evaluate_held_out, evaluate_split
+from deepfm.data.splitting import HeldOut
+from deepfm.evaluation.ranking import evaluate_held_out, evaluate_split
 
 SCORES = torch.tensor(
     [

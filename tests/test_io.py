@@ -56,8 +56,7 @@ def test_killed_writer_never_leaves_a_truncated_file(tmp_path):
     target = tmp_path / "big.json"
     write_json(target, {"old": True})
     script = textwrap.dedent(f"""
-        import sys, time
-        sys.path.insert(0, {str(REPO / "src")!r})
+        import time
         from deepfm.io import atomic_path
         with atomic_path({str(target)!r}) as tmp:
             with open(tmp, "w") as f:
@@ -66,7 +65,10 @@ def test_killed_writer_never_leaves_a_truncated_file(tmp_path):
                 print("writing", flush=True)
                 time.sleep(30)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}  # this checkout's code
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env
+    )
     assert proc.stdout.readline().strip() == "writing"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -7,7 +7,7 @@ import torch
 from sklearn.metrics import log_loss as sk_log_loss
 from sklearn.metrics import roc_auc_score
 
-from deepfm.training import metrics as M
+from deepfm.evaluation import metrics as M
 
 
 def test_pessimistic_rank_with_ties_and_padding():

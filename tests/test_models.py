@@ -98,7 +98,7 @@ def test_every_model_has_small_test_params():
 @pytest.mark.parametrize("history_length", [4, 0])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_forward_shapes_gradients_and_score_matrix(canonical, case, history_length):
-    from deepfm.data.split import split_dataset
+    from deepfm.data.splitting import split_dataset
 
     split = split_dataset(
         *canonical, seed=7, min_positives=3, num_negatives=30, history_length=history_length

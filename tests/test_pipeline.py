@@ -52,6 +52,8 @@ def pipeline(tmp_path_factory):
     env = {
         **os.environ,
         "MOVIELENS_MIRROR": str(mirror),
+        # the copy's own code, ahead of the editable install (which points at this checkout)
+        "PYTHONPATH": str(work / "src"),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
     _run(["git", "init", "-q"], work, env)
@@ -156,13 +158,22 @@ def test_experiments_and_the_report_through_real_dvc(pipeline):
     work, env, *_ = pipeline
     _run(["dvc", "exp", "run", "-n", "default"], work, env)
     _run(["dvc", "exp", "run", "-n", "pop", "-S", "model=itempop"], work, env)
-    table = _run([sys.executable, "src/report.py", "table", "--out", ""], work, env)
+    table = _run([sys.executable, "-m", "deepfm.results", "table", "--out", ""], work, env)
     rows = {
         line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")
     }
     assert {"deepfm", "itempop"} <= set(rows), table
     compare = _run(
-        [sys.executable, "src/report.py", "compare", "deepfm", "itempop", "--resamples", "2000"],
+        [
+            sys.executable,
+            "-m",
+            "deepfm.results",
+            "compare",
+            "deepfm",
+            "itempop",
+            "--resamples",
+            "2000",
+        ],
         work,
         env,
     )

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from scipy.stats import wilcoxon
 
-import report as cli
-from deepfm.report import (
+from deepfm.results import cli
+from deepfm.results.comparison import (
     ReportError,
     align_users,
     bootstrap_mean_ci,

@@ -158,7 +158,7 @@ def test_empty_history_is_finite_with_finite_gradients(split):
 
 
 def test_needs_the_history_field(canonical):
-    from deepfm.data.split import split_dataset
+    from deepfm.data.splitting import split_dataset
 
     split = split_dataset(*canonical, seed=7, min_positives=3, num_negatives=30, history_length=0)
     with pytest.raises(ValueError, match=r"needs the history field.*split\.history_length"):

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deepfm.data.split import (
+from deepfm.data.splitting import (
     leave_one_out,
     read_split,
     sample_candidates,
@@ -326,7 +326,7 @@ def test_reading_a_missing_split_says_run_the_stage(tmp_path):
 @pytest.mark.parametrize(("sequence", "tie_break"), [("positives", "item_id"), ("rated", "random")])
 def test_split_processed_passes_every_param(canonical, tmp_path, sequence, tie_break):
     from deepfm.config import parse_config
-    from deepfm.data.split import split_processed
+    from deepfm.data.splitting import split_processed
 
     for name, table in zip(("interactions", "users", "items"), canonical, strict=True):
         table.to_parquet(tmp_path / f"{name}.parquet")
@@ -352,7 +352,7 @@ def test_split_processed_passes_every_param(canonical, tmp_path, sequence, tie_b
 
 
 def test_recent_items_with_nothing_counted_is_all_padding():
-    from deepfm.data.split import recent_items
+    from deepfm.data.splitting import recent_items
 
     users = np.array([0, 0, 1])
     got = recent_items(users, np.array([5, 6, 7]), np.zeros(3, dtype=bool), 2)

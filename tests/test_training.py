@@ -59,7 +59,7 @@ def test_checkpoint_last_keeps_the_final_weights(split, tmp_path):
     # the saved weights are the final ones: re-scoring them reproduces the last validation
     model, _ = load_model(tmp_path / "m.pt")
     from deepfm.data.sampling import RatedIndex
-    from deepfm.training.evaluate import evaluate_held_out
+    from deepfm.evaluation.ranking import evaluate_held_out
 
     rated = RatedIndex(
         split.train_users, split.train_items, split.schema.num_users, split.schema.num_items

@@ -88,12 +88,22 @@ EXPECTED_ERRORS = {
 }
 
 
-def run_stage(main) -> None:
-    """Run a stage's main(); expected failures become one clear message and exit code 2."""
-    import sys
+def run_stage(main, *paths: str) -> None:
+    """Run a stage's main(**paths); expected failures become one clear message and exit code 2.
 
+    `paths` names the artefacts the stage reads and writes; each comes from the command line
+    as `--name PATH` (dvc.yaml, the one place that names them, passes them).
+    """
+    import argparse
+    import sys
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description=(main.__module__ or "").strip() or None)
+    for name in paths:
+        parser.add_argument(f"--{name}", type=Path, required=True, metavar="PATH")
+    args = vars(parser.parse_args())
     try:
-        main()
+        main(**args)
     except Exception as e:
         expected = tuple(
             getattr(sys.modules[module], name)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from deepfm.data.sampling import RatedIndex, sample_negatives
-from deepfm.data.split import SplitResult
+from deepfm.data.splitting import SplitResult
 from deepfm.utils import rng_for
 
 

@@ -24,7 +24,7 @@ import torch
 
 from deepfm.config import EASEConfig
 from deepfm.data.schema import Schema
-from deepfm.data.split import SplitResult
+from deepfm.data.splitting import SplitResult
 from deepfm.models.base import RankingModel
 
 

@@ -24,11 +24,11 @@ from deepfm.config import MODEL_SECTIONS, Config, TrainConfig
 from deepfm.data.batches import feature_tensors
 from deepfm.data.sampling import RatedIndex
 from deepfm.data.schema import Schema
-from deepfm.data.split import SplitResult
+from deepfm.data.splitting import SplitResult
+from deepfm.evaluation.ranking import evaluate_held_out
 from deepfm.io import load_checkpoint, save_checkpoint
 from deepfm.models import build_model
 from deepfm.models.base import RankingModel
-from deepfm.training.evaluate import evaluate_held_out
 from deepfm.training.objectives import TrainingError, make_objective
 from deepfm.utils import deferred_interrupts, physical_cores
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from deepfm.data.batches import epoch_examples, iterate_batches, with_history
 from deepfm.data.sampling import RatedIndex, sample_negatives
-from deepfm.data.split import SplitResult
+from deepfm.data.splitting import SplitResult
 from deepfm.utils import rng_for
 
 

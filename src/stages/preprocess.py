@@ -1,4 +1,4 @@
-"""Stage preprocess: data/raw/ -> canonical parquet tables in data/processed/."""
+"""Stage preprocess: raw files -> canonical parquet tables (interactions, users, items)."""
 
 from pathlib import Path
 
@@ -7,23 +7,21 @@ from deepfm.data.movielens import load_canonical
 from deepfm.io import atomic_dir, write_parquet
 from deepfm.utils import run_stage
 
-RAW, PROCESSED = Path("data/raw"), Path("data/processed")
 
-
-def main() -> None:
+def main(raw: Path, processed: Path) -> None:
     cfg = load_config()
     interactions, users, items = load_canonical(
-        cfg.dataset, RAW, cfg.data.label_threshold, cfg.data.single_years_from
+        cfg.dataset, raw, cfg.data.label_threshold, cfg.data.single_years_from
     )
-    with atomic_dir(PROCESSED) as tmp:
+    with atomic_dir(processed) as tmp:
         write_parquet(tmp / "interactions.parquet", interactions)
         write_parquet(tmp / "users.parquet", users)
         write_parquet(tmp / "items.parquet", items)
     print(
         f"preprocess: {len(interactions):,} interactions ({int(interactions.label.sum()):,} "
-        f"positives), {len(users):,} users, {len(items):,} items -> {PROCESSED}"
+        f"positives), {len(users):,} users, {len(items):,} items -> {processed}"
     )
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, "raw", "processed")

@@ -14,9 +14,9 @@ import torch
 
 from deepfm.data.batches import history_tensor
 from deepfm.data.sampling import RatedIndex
-from deepfm.data.split import HeldOut
+from deepfm.data.splitting import HeldOut
+from deepfm.evaluation import metrics as M
 from deepfm.models.base import RankingModel
-from deepfm.training import metrics as M
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Results over DVC experiments: mean ± std over seeds per model, and paired per-user tests.
 
-Pure functions on already-loaded data; the CLI (src/report.py) runs `dvc exp show --json` and
+Pure functions on already-loaded data; the CLI (src/stages/report.py) runs `dvc exp show --json` and
 reads the per-user rank files. Which experiments count (see `select_runs`):
 
 - by default only *experiments* (rows under a baseline commit in `dvc exp show`) that finished:
@@ -468,7 +468,7 @@ def per_user_scores(ranks: pd.DataFrame, metric: str = MAIN_METRIC, split: str =
     """metrics/eval_ranks.parquet -> DataFrame indexed by user_id (sorted) with item_id and
     score: the per-user value of `metric` (ndcg@K, hr@K or mrr; `full_` = full-ranking ranks,
     otherwise the sampled-candidate ranks) on `split`."""
-    from deepfm.training.metrics import ndcg_per_user
+    from deepfm.evaluation.metrics import ndcg_per_user
 
     full, stem, k, is_mrr = parse_rank_metric(metric)
     column = "full_rank" if full else "sampled_rank"

@@ -1,8 +1,8 @@
 """Results over DVC experiments (run from the repository root, venv active).
 
-    python src/report.py table [--out reports/results.md] [--metrics M ...] [--from-json FILE]
-    python src/report.py compare MODEL_A MODEL_B [--metric full_ndcg@10]
-    python src/report.py compare --ranks-a A.parquet [...] --ranks-b B.parquet [...]
+    python -m deepfm.results table [--out reports/results.md] [--metrics M ...] [--from-json FILE]
+    python -m deepfm.results compare MODEL_A MODEL_B [--metric full_ndcg@10]
+    python -m deepfm.results compare --ranks-a A.parquet [...] --ranks-b B.parquet [...]
 
 `table` reads `dvc exp show --json` (the experiments of HEAD; --rev for another baseline commit,
 --all-commits for every commit),
@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from deepfm.io import atomic_path
-from deepfm.report import (
+from deepfm.results.comparison import (
     DEFAULT_METRICS,
     MAIN_METRIC,
     RANKS,

@@ -1,8 +1,8 @@
-"""Stage train: data/split/ -> models/model.pt (the last epoch, or the best by validation
+"""Stage train: the split -> the model checkpoint (the last epoch, or the best by validation
 full-ranking NDCG@10: train.checkpoint).
 
-Per-epoch curves go to metrics/train/ through dvclive (deterministic: tracked in dvc.lock);
-wall-clock times go to metrics/timing/ (a measurement, kept out of dvc.lock on purpose).
+Per-epoch curves go to --curves through dvclive (deterministic: tracked in dvc.lock);
+wall-clock times go to --timing (a measurement, kept out of dvc.lock on purpose).
 """
 
 from pathlib import Path
@@ -10,25 +10,23 @@ from pathlib import Path
 from dvclive import Live
 
 from deepfm.config import load_config
-from deepfm.data.split import read_split
+from deepfm.data.splitting import read_split
 from deepfm.io import write_json
 from deepfm.training.loop import train
 from deepfm.utils import run_stage
 
-SPLIT, MODEL = Path("data/split"), Path("models/model.pt")
-# Written after every epoch and removed at the end: an interrupted `dvc repro` resumes from it.
-RESUME = Path("models/.train_state.pt")
-LIVE_DIR, TIMING_DIR = "metrics/train", "metrics/timing"
 
-
-def main() -> None:
+def main(split: Path, model: Path, curves: Path, timing: Path) -> None:
     cfg = load_config()
-    split = read_split(SPLIT)
+    data = read_split(split)
+    # Written after every epoch and removed at the end: an interrupted `dvc repro` resumes
+    # from it. Beside the model (not a DVC output), so a rerun finds it.
+    resume = model.parent / ".train_state.pt"
     with (
-        Live(LIVE_DIR, save_dvc_exp=False, dvcyaml=None) as live,
-        Live(TIMING_DIR, save_dvc_exp=False, dvcyaml=None) as timing,
+        Live(str(curves), save_dvc_exp=False, dvcyaml=None) as live,
+        Live(str(timing), save_dvc_exp=False, dvcyaml=None) as timing_live,
     ):
-        outcome = train(cfg, split, MODEL, live=live, timing_live=timing, resume_path=RESUME)
+        outcome = train(cfg, data, model, live=live, timing_live=timing_live, resume_path=resume)
         summary = {
             "model": cfg.model,
             "parameters": outcome.num_parameters,
@@ -39,15 +37,15 @@ def main() -> None:
             "threads": outcome.num_threads,
             "device": outcome.device,
         }
-    write_json(Path(TIMING_DIR) / "summary.json", summary)
+    write_json(timing / "summary.json", summary)
     kept = outcome.kept_val
     print(
         f"train: {cfg.model}, kept epoch {outcome.kept_epoch} of {outcome.epochs_run} "
         f"(train.checkpoint: {cfg.train.checkpoint}; best validation epoch {outcome.best_epoch}; "
         f"{outcome.stop_reason}); val full_ndcg@10 {kept['full_ndcg@10']:.4f}, "
-        f"hr@10 {kept['hr@10']:.4f} -> {MODEL}"
+        f"hr@10 {kept['hr@10']:.4f} -> {model}"
     )
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, "split", "model", "curves", "timing")

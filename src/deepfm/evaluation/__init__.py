@@ -1,0 +1,1 @@
+"""Evaluation: the metric registry and the ranking protocol (scoring held-out users)."""

@@ -1,0 +1,1 @@
+"""Results over runs: collecting DVC experiments, paired statistics, rendering tables."""

@@ -1,0 +1,61 @@
+"""Stage eval: the model checkpoint + the split -> every metric of the protocol for the
+validation and test splits (--metrics, JSON) and per-user ranks (--ranks, parquet: paired
+comparisons between runs). Nothing is trained here."""
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from deepfm.config import load_config
+from deepfm.data.sampling import RatedIndex
+from deepfm.data.splitting import read_split
+from deepfm.evaluation.ranking import evaluate_split
+from deepfm.io import write_json, write_parquet
+from deepfm.training.loop import load_model
+from deepfm.utils import environment, physical_cores, run_stage
+
+
+def main(split: Path, model: Path, metrics: Path, ranks: Path) -> None:
+    cfg = load_config()
+    threads = cfg.train.num_threads or physical_cores()
+    torch.set_num_threads(threads)
+    data = read_split(split)
+    scorer, payload = load_model(model)
+    rated = RatedIndex(
+        data.train_users, data.train_items, data.schema.num_users, data.schema.num_items
+    )
+    results = evaluate_split(scorer, data, rated, ks=cfg.eval.ks, batch_users=cfg.eval.batch_users)
+    out = {
+        name: {k: round(v, 6) if isinstance(v, float) else v for k, v in r.metrics.items()}
+        for name, r in results.items()
+    }
+    out["model"] = payload["model"]
+    out["checkpoint_epoch"] = int(payload["epoch"])
+    out["parameters"] = scorer.num_parameters()
+    out["environment"] = environment(threads)
+    write_json(metrics, out)
+
+    frames = [
+        pd.DataFrame(
+            {
+                "split": name,
+                "user_id": data.user_ids[r.users],
+                "item_id": data.item_ids[r.items],
+                "sampled_rank": r.sampled_rank,
+                "full_rank": r.full_rank,
+                "num_candidates": r.num_candidates,
+            }
+        )
+        for name, r in results.items()
+    ]
+    write_parquet(ranks, pd.concat(frames, ignore_index=True))
+    t = out["test"]
+    print(
+        f"eval: {payload['model']} test full_ndcg@10 {t['full_ndcg@10']:.4f}  "
+        f"hr@10 {t['hr@10']:.4f}  ndcg@10 {t['ndcg@10']:.4f}  auc {t['auc']:.4f}"
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main, "split", "model", "metrics", "ranks")

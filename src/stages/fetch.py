@@ -1,0 +1,18 @@
+"""Stage fetch: the dataset's files (official MovieLens zip, $MOVIELENS_MIRROR/<dataset>.zip,
+or a declared local file) -> the raw folder, every file checked against its sha256."""
+
+from pathlib import Path
+
+from deepfm.config import load_config
+from deepfm.data.sources import fetch
+from deepfm.utils import run_stage
+
+
+def main(raw: Path) -> None:
+    cfg = load_config()
+    dest = fetch(cfg.dataset, raw)
+    print(f"fetch: {cfg.dataset} verified and extracted to {dest}")
+
+
+if __name__ == "__main__":
+    run_stage(main, "raw")
