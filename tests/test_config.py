@@ -38,7 +38,10 @@ def test_repo_params_load_and_are_complete():
             {"xdeepfm": {"cin_layers": [63, 64]}},
             r"'xdeepfm\.cin_layers' is \[63, 64\]; with 'xdeepfm\.cin_split_half: true'",
         ),
-        ({"dataset": "ml-25m"}, r"'dataset' is 'ml-25m'; allowed: ml-100k, ml-1m"),
+        (
+            {"dataset": "ml-latest"},
+            r"'dataset' is 'ml-latest'; allowed: ml-100k, ml-10m, ml-1m, ml-20m, ml-25m, ml-32m\.",
+        ),
         ({"data": {"label_threshold": True}}, r"'data\.label_threshold' is True"),
         ({"train": 3}, r"'train' must be a mapping"),
     ],

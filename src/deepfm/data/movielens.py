@@ -11,6 +11,7 @@ sources.DATASETS.
 
 from __future__ import annotations
 
+import csv
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -297,10 +298,227 @@ def parse_ml1m(raw: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     return ratings, users, items
 
 
+# ML-10M on: half-star ratings, no demographics (users is the distinct rated ids, nothing more),
+# and "(no genres listed)" for a movie without genres.
+HALF_STAR_RANGE = (0.5, 5.0)
+NO_GENRES = "(no genres listed)"
+# ML-20M, ML-25M and ML-32M: RFC 4180 CSV in UTF-8, one header line, these columns.
+CSV_HEADERS = {
+    "ratings.csv": ["userId", "movieId", "rating", "timestamp"],
+    "movies.csv": ["movieId", "title", "genres"],
+}
+_CSV_NAMES = dict(zip(RATING_COLUMNS, CSV_HEADERS["ratings.csv"], strict=True))
+
+
+def _users_from_ratings(ratings: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"user_id": np.unique(ratings["user_id"].to_numpy())})
+
+
+def _items_from_columns(item_id: np.ndarray, titles, genres) -> pd.DataFrame:
+    """item_id, title, year (from the title's trailing '(YYYY)', else missing), genre names."""
+    titles = pd.Series(titles, dtype="str").reset_index(drop=True)
+    year = pd.to_numeric(titles.str.extract(r"\((\d{4})\)\s*$", expand=False), errors="coerce")
+    return pd.DataFrame(
+        {
+            "item_id": item_id,
+            "title": titles,
+            "year": year.astype("Int16"),
+            "genres": [[] if s == NO_GENRES else [g for g in s.split("|") if g] for s in genres],
+        }
+    )
+
+
+def _utf8_or_latin1(path: Path) -> str:
+    """ML-10M's README names no encoding: read UTF-8, and a file that is not UTF-8 as latin-1."""
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return "latin-1"
+    return "utf-8"
+
+
+def parse_ml10m(raw: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """ML-10M (folder ml-10M100K): ratings.dat `UserID::MovieID::Rating::Timestamp` with half
+    stars, movies.dat `MovieID::Title::Genres`; no users file."""
+    ratings = parse_ratings(raw / "ratings.dat", "::", rating_range=HALF_STAR_RANGE)
+    items_path = raw / "movies.dat"
+    it = _read_table(items_path, "::", ["item_id", "title", "genres"], _utf8_or_latin1(items_path))
+    items = _items_from_columns(
+        _to_int(it, "item_id", items_path, np.int32), it["title"], it["genres"]
+    )
+    _check_unique(items, "item_id", items_path)
+    return ratings, _users_from_ratings(ratings), items
+
+
+def _check_csv_header(first_line: str, path: Path, file: str) -> None:
+    """`file`: which of CSV_HEADERS `path` is."""
+    expected = ",".join(CSV_HEADERS[file])
+    got = first_line.lstrip("\ufeff").rstrip("\r\n")
+    if got != expected:
+        raise ParseError(
+            f"{path}, line 1: header {got!r}, expected {expected!r}; the {file} of "
+            "ML-20M/25M/32M starts with that line."
+        )
+
+
+def _csv_ints(frame: pd.DataFrame, column: str, path: Path, dtype, lines: np.ndarray):
+    """Column of integer strings -> `dtype`, or ParseError naming the line (`lines[i]` is row
+    i's line in the file) of the first value that is not an integer of that type."""
+    values = pd.to_numeric(frame[column].str.strip(), errors="coerce").to_numpy(np.float64)
+    info = np.iinfo(dtype)
+    bad = np.isnan(values) | (values % 1 != 0) | (values < info.min) | (values > info.max)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        name = _CSV_NAMES.get(column, column)
+        raise ParseError(
+            f"{path}, line {lines[i]}: {name} {frame[column].iloc[i]!r} is not an integer "
+            f"({np.dtype(dtype).name})."
+        )
+    return values.astype(dtype)
+
+
+def parse_ratings_csv(path: Path, *, rating_range=HALF_STAR_RANGE) -> pd.DataFrame:
+    """ratings.csv of ML-20M/25M/32M -> user_id int32, item_id int32, rating float32, timestamp
+    int64. Errors name the file and the line, counting the header as line 1."""
+    with open(path, "rb") as f:
+        _check_csv_header(f.readline().decode("utf-8", "replace"), path, "ratings.csv")
+    lo, hi = rating_range
+    read = {
+        "sep": ",",
+        "skiprows": 1,
+        "header": None,
+        "names": RATING_COLUMNS,
+        "quoting": 3,  # no quotes in this file: a quoted number is an error, not a number
+        "skip_blank_lines": False,  # a blank line is an error, not nothing
+        "encoding": "latin-1",  # digits only; any other byte fails as a number, not as text
+        "engine": "c",
+    }
+    try:  # fast path: typed columns straight from the C parser, which reads the file in
+        # blocks (ML-32M: 32M rows, 877 MB), so the file is never held whole in memory
+        typed = pd.read_csv(
+            path,
+            dtype={
+                "user_id": np.int32,
+                "item_id": np.int32,
+                "rating": np.float32,
+                "timestamp": np.int64,
+            },
+            **read,
+        )
+        if typed.empty:
+            raise pd.errors.EmptyDataError
+        rating = typed["rating"].to_numpy()
+        if not (np.isnan(rating) | (rating < lo) | (rating > hi)).any():
+            return _check_duplicates_csv(typed, path)
+    except pd.errors.EmptyDataError:
+        raise ParseError(f"{path}: no ratings after the header line.") from None
+    except (ValueError, OverflowError, pd.errors.ParserError):
+        pass
+    # slow path, only for a malformed file: find and name the first bad line. The header has
+    # 4 fields too, so the field count check numbers lines from the header as line 1.
+    data = path.read_bytes().replace(b"\r\n", b"\n")
+    _check_field_counts(data, b",", len(RATING_COLUMNS), path)
+    frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, **read)
+    lines = np.arange(2, len(frame) + 2)
+    rating = pd.to_numeric(frame["rating"].str.strip(), errors="coerce").to_numpy(np.float64)
+    bad = np.isnan(rating) | (rating < lo) | (rating > hi)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ParseError(
+            f"{path}, line {lines[i]}: rating {frame['rating'].iloc[i]!r} is not a number in "
+            f"[{lo:g}, {hi:g}]."
+        )
+    out = pd.DataFrame(
+        {
+            "user_id": _csv_ints(frame, "user_id", path, np.int32, lines),
+            "item_id": _csv_ints(frame, "item_id", path, np.int32, lines),
+            "rating": rating.astype(np.float32),
+            "timestamp": _csv_ints(frame, "timestamp", path, np.int64, lines),
+        }
+    )
+    return _check_duplicates_csv(out, path)
+
+
+def _check_duplicates_csv(out: pd.DataFrame, path: Path) -> pd.DataFrame:
+    key = out["user_id"].to_numpy().astype(np.int64) << 32 | out["item_id"].to_numpy().view(
+        np.uint32
+    )
+    ordered = np.sort(key)  # a sort detects a repeat with less memory than a hash table
+    if (ordered[1:] == ordered[:-1]).any():
+        del ordered
+        dup = pd.Series(key).duplicated().to_numpy()  # which line repeats first, in file order
+        i = int(np.flatnonzero(dup)[0])
+        raise ParseError(
+            f"{path}, line {i + 2}: user {out.user_id[i]} rates item {out.item_id[i]} a second "
+            "time; keep one rating per (user, item)."
+        )
+    return out
+
+
+def parse_movies_csv(path: Path) -> pd.DataFrame:
+    """movies.csv of ML-20M/25M/32M (RFC 4180: a title with a comma or a quote is quoted, its
+    quotes doubled) -> item_id, title, year, genres. One Python step per movie (ML-32M: 87,585)."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ParseError(f"{path}, line {line}: not UTF-8 text ({e.reason}).") from None
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    ids, titles, genres, lines = [], [], [], []
+    try:
+        header = next(reader, None)
+        _check_csv_header(",".join(header or []), path, "movies.csv")
+        for row in reader:
+            if len(row) != 3:
+                raise ParseError(
+                    f"{path}, line {reader.line_num}: {len(row)} fields, expected 3 "
+                    "(movieId,title,genres); a title that contains a comma must be quoted."
+                )
+            ids.append(row[0])
+            titles.append(row[1])
+            genres.append(row[2])
+            lines.append(reader.line_num)
+    except csv.Error as e:
+        raise ParseError(f"{path}, line {reader.line_num}: {e}; fix the quoting.") from None
+    frame = pd.DataFrame({"item_id": pd.Series(ids, dtype=object)})
+    item_id = _csv_ints(frame, "item_id", path, np.int32, np.array(lines))
+    items = _items_from_columns(item_id, titles, genres)
+    dup = items["item_id"].duplicated().to_numpy()
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0])
+        raise ParseError(f"{path}, line {lines[i]}: movieId {item_id[i]} appears twice.")
+    return items
+
+
+def parse_ml20m(raw: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """ML-20M, ML-25M and ML-32M (same formats): ratings.csv and movies.csv; no users file."""
+    ratings = parse_ratings_csv(raw / "ratings.csv")
+    items = parse_movies_csv(raw / "movies.csv")
+    return ratings, _users_from_ratings(ratings), items
+
+
 PARSERS: dict[str, tuple[Callable[[Path], tuple], dict[str, str]]] = {
     # name -> (parser, the raw files that ratings/users/items come from, for error messages)
     "ml-100k": (parse_ml100k, {"ratings": "u.data", "users": "u.user", "items": "u.item"}),
     "ml-1m": (parse_ml1m, {"ratings": "ratings.dat", "users": "users.dat", "items": "movies.dat"}),
+    # no users file from ML-10M on: users come from the ratings
+    "ml-10m": (
+        parse_ml10m,
+        {"ratings": "ratings.dat", "users": "ratings.dat", "items": "movies.dat"},
+    ),
+    "ml-20m": (
+        parse_ml20m,
+        {"ratings": "ratings.csv", "users": "ratings.csv", "items": "movies.csv"},
+    ),
+    "ml-25m": (
+        parse_ml20m,
+        {"ratings": "ratings.csv", "users": "ratings.csv", "items": "movies.csv"},
+    ),
+    "ml-32m": (
+        parse_ml20m,
+        {"ratings": "ratings.csv", "users": "ratings.csv", "items": "movies.csv"},
+    ),
 }
 
 

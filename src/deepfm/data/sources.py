@@ -1,7 +1,11 @@
 """Dataset registry and the fetch logic: official URL, member checksums, safe extraction.
 
 The GroupLens archives are verified member by member (not as whole archives) so a rebuilt
-mirror zip with the same files passes and a single altered file fails.
+mirror zip with the same files passes and a single altered file fails. A member is checked
+against its recorded sha256, or against the md5 GroupLens publishes for it (ml-32m on). Where
+neither is recorded for a member (none is published for ml-10m, ml-20m, ml-25m), the whole
+official archive is checked instead, so only the exact GroupLens zip passes; with nothing
+recorded at all the file is refused.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from deepfm.io import atomic_dir, atomic_path
@@ -30,11 +34,36 @@ class DatasetSource:
     name: str
     url: str
     folder: str  # the folder inside the zip that holds the members
-    members: dict[str, str]  # file name inside `folder` -> sha256
+    members: dict[str, str | None]  # file name inside `folder` -> sha256; None: not recorded
     citation: str = (
         "F. Maxwell Harper and Joseph A. Konstan. 2015. The MovieLens Datasets: History and "
         "Context. ACM TiiS 5(4). https://doi.org/10.1145/2827872"
     )
+    # The md5 GroupLens publishes per member (ml-32m's README and checksums.txt).
+    member_md5: dict[str, str] = field(default_factory=dict)
+    # The zip as served at `url`; checked only when some member has no checksum of its own.
+    archive_sha256: str | None = None
+    archive_md5: str | None = None  # GroupLens' `<zip>.md5`
+
+    @property
+    def pinned(self) -> str:
+        """Which checksums this entry records, in words."""
+        kinds = []
+        with_sha = [m for m, sha in self.members.items() if sha is not None]
+        if with_sha:
+            every = len(with_sha) == len(self.members)
+            kinds.append("member sha256" + ("" if every else f" ({', '.join(with_sha)})"))
+        if self.member_md5:
+            kinds.append(f"member md5 from GroupLens ({', '.join(self.member_md5)})")
+        if self.archive_sha256:
+            kinds.append("archive sha256")
+        if self.archive_md5:
+            kinds.append("archive md5 from GroupLens")
+        return "; ".join(kinds) or "nothing"
+
+    def unverified_members(self) -> list[str]:
+        """Members with no checksum of their own (neither sha256 nor md5 recorded)."""
+        return [m for m, sha in self.members.items() if sha is None and m not in self.member_md5]
 
 
 DATASETS: dict[str, DatasetSource] = {
@@ -60,6 +89,73 @@ DATASETS: dict[str, DatasetSource] = {
             "ratings.dat": "506d64ca44484487c11dc2d9a28de5c54948213e6b96285e298afe28d6ea4e0f",
             "movies.dat": "0140fc2356357c1a851d0f52e893a1e4d3696df632c4141cea8d5bc3d621f0b9",
             "users.dat": "1dc3a95300cb19f7c10e027daf29b8cdf1d908dab65b5edfb45950aa389a10a3",
+        },
+    ),
+    # ml-10m, ml-20m, ml-25m: we found no checksum of their member files published, by
+    # GroupLens or by any loader, so none is recorded (None) and the fetch verifies the whole
+    # official zip instead: by its md5 as GroupLens publishes it in <url>.md5, and by its sha256,
+    # which GroupLens does not publish: the value that public loaders computed from the official
+    # download and pin (sources beside each entry; manifests that checked both list each sha256
+    # with the GroupLens md5 below it).
+    # A re-zipped mirror copy therefore fails; to accept one, record each member's sha256
+    # (sha256sum of the files a fetch of the official zip extracted) in `members`.
+    "ml-10m": DatasetSource(
+        name="ml-10m",
+        url="https://files.grouplens.org/datasets/movielens/ml-10m.zip",
+        folder="ml-10M100K",  # the zip's folder is not named after the release
+        members={"ratings.dat": None, "movies.dat": None},  # tags.dat is not read
+        # 65,566,137 bytes. sha256: github.com/ISG-Siegen/OmniRec
+        # (src/omnirec/data_loaders/movielens_small.py), and the same value with the same size
+        # in several independent research manifests that verify the official download.
+        archive_sha256="813c411ccb6122564edfe752e7f80c4dcc5aa25fa94c93622f6877a7ba252862",
+        # md5: https://files.grouplens.org/datasets/movielens/ml-10m.zip.md5, as pinned by
+        # github.com/alibaba/FederatedScope (federatedscope/mf/dataset/movielens.py) and others.
+        archive_md5="ce571fd55effeba0271552578f2648bd",
+    ),
+    "ml-20m": DatasetSource(
+        name="ml-20m",
+        url="https://files.grouplens.org/datasets/movielens/ml-20m.zip",
+        folder="ml-20m",
+        members={"ratings.csv": None, "movies.csv": None},  # tags, links, genome: not read
+        # 198,702,078 bytes. sha256: github.com/tensorflow/datasets
+        # (tensorflow_datasets/url_checksums/movielens.txt) and ISG-Siegen/OmniRec
+        # (src/omnirec/data_loaders/movielens_large.py).
+        archive_sha256="96f243c338a8665f6bcc89c53edf6ee39162a846940de6b7c8c48aeada765ff3",
+        # md5: https://files.grouplens.org/datasets/movielens/ml-20m.zip.md5, as pinned by
+        # github.com/eli-osherovich/papers_with_code (datasets/movielens/dl_config.py) and others.
+        archive_md5="cd245b17a1ae2cc31bb14903e1204af3",
+    ),
+    "ml-25m": DatasetSource(
+        name="ml-25m",
+        url="https://files.grouplens.org/datasets/movielens/ml-25m.zip",
+        folder="ml-25m",
+        members={"ratings.csv": None, "movies.csv": None},  # tags, links, genome: not read
+        # 261,978,986 bytes. sha256: tensorflow/datasets (url_checksums/movielens.txt) and
+        # ISG-Siegen/OmniRec (movielens_large.py).
+        archive_sha256="8b21cfb7eb1706b4ec0aac894368d90acf26ebdfb6aced3ebd4ad5bd1eb9c6aa",
+        # md5: https://files.grouplens.org/datasets/movielens/ml-25m.zip.md5, as pinned by
+        # eli-osherovich/papers_with_code (dl_config.py) and others.
+        archive_md5="6b51fb2759a8657d3bfcbfc42b592ada",
+    ),
+    # ml-32m: GroupLens publishes the md5 of each data file, in
+    # https://files.grouplens.org/datasets/movielens/ml-32m-README.html and in checksums.txt
+    # inside the zip, so the members are verified one by one and a re-zipped copy passes. No
+    # official sha256 exists. Seen but not pinned, as computed by independent projects from
+    # their own verified copies (confirm on a verified fetch before recording them):
+    #   ratings.csv  91159850e41ee59c86231165a688709647e2726cab2e7ba9faf04001bd5261ee
+    #   movies.csv   b37ca1abc7798de741138ed252b62f69f7e37c84b8a8fab1b82d409b4c6c5cc2
+    #   ml-32m.zip   e4a68655d7386b8f95f2f2424b2ff975dfdd15ffd59e0d864a14dca43e99d6ee
+    #                (238,950,008 bytes; GroupLens' ml-32m.zip.md5 d472be332d4daa821edc399621853b57)
+    "ml-32m": DatasetSource(
+        name="ml-32m",
+        url="https://files.grouplens.org/datasets/movielens/ml-32m.zip",
+        folder="ml-32m",
+        members={"ratings.csv": None, "movies.csv": None, "tags.csv": None, "links.csv": None},
+        member_md5={
+            "ratings.csv": "cf12b74f9ad4b94a011f079e26d4270a",
+            "movies.csv": "0df90835c19151f9d819d0822e190797",
+            "tags.csv": "963bf4fa4de6b8901868fddd3eb54567",
+            "links.csv": "8f033867bcb4e6be8792b21468b4fa6e",
         },
     ),
 }
@@ -111,9 +207,12 @@ def _check_member_name(name: str, zip_path: Path) -> None:
 
 
 def verify_and_extract(zip_path: Path, source: DatasetSource, dest: Path) -> dict[str, str]:
-    """Check every registered member's sha256 and extract exactly those members to `dest`.
+    """Check every registered member's checksums and extract exactly those members to `dest`.
 
-    `dest` is replaced atomically: on any failure it is left as it was.
+    A member with neither a sha256 nor an md5 recorded is vouched for only by the whole archive
+    matching `source.archive_sha256` / `archive_md5`; with those absent too, the zip is refused.
+    Returns each member's sha256 as computed. `dest` is replaced atomically: on any failure it
+    is left as it was.
     """
     try:
         archive = zipfile.ZipFile(zip_path)
@@ -133,6 +232,10 @@ def verify_and_extract(zip_path: Path, source: DatasetSource, dest: Path) -> dic
                 f"{zip_path} lacks {', '.join(f'{source.folder}/{m}' for m in missing)}; "
                 f"it is not the {source.name} archive. Download it again from {source.url}."
             )
+        unverified = source.unverified_members()
+        if unverified:
+            _verify_whole_archive(zip_path, source, unverified)
+        computed: dict[str, str] = {}
         with atomic_dir(dest) as tmp:
             for member, expected in source.members.items():
                 target = tmp / member
@@ -147,15 +250,56 @@ def verify_and_extract(zip_path: Path, source: DatasetSource, dest: Path) -> dic
                         f"{zip_path}: member {source.folder}/{member} cannot be read ({e}); the "
                         "archive is corrupt or truncated. Delete it and download it again."
                     ) from None
+                expected_md5 = source.member_md5.get(member)
                 with open(target, "rb") as f:
-                    actual = sha256_of(f)
-                if actual != expected:
-                    raise FetchError(
-                        f"{zip_path}: checksum mismatch for {source.folder}/{member}: sha256 "
-                        f"{actual}, expected {expected}. The file is corrupt or not the official "
-                        f"release; download the archive again from {source.url}."
-                    )
-    return dict(source.members)
+                    digests = _digests(f, ("sha256", "md5") if expected_md5 else ("sha256",))
+                computed[member] = digests["sha256"]
+                for algorithm, want in (("sha256", expected), ("md5", expected_md5)):
+                    if want is not None and digests.get(algorithm) != want:
+                        raise FetchError(
+                            f"{zip_path}: checksum mismatch for {source.folder}/{member}: "
+                            f"{algorithm} {digests[algorithm]}, expected {want}. The file is "
+                            "corrupt or not the official release; download the archive again "
+                            f"from {source.url}."
+                        )
+    return computed
+
+
+def _digests(stream, algorithms: tuple[str, ...], chunk: int = 1 << 20) -> dict[str, str]:
+    """Several hex digests of one stream in a single pass."""
+    hashers = {a: hashlib.new(a, usedforsecurity=False) for a in algorithms}
+    while block := stream.read(chunk):
+        for h in hashers.values():
+            h.update(block)
+    return {a: h.hexdigest() for a, h in hashers.items()}
+
+
+def _verify_whole_archive(zip_path: Path, source: DatasetSource, unverified: list[str]) -> None:
+    """Vouch for members without checksums of their own by checking the zip itself."""
+    members = ", ".join(f"{source.folder}/{m}" for m in unverified)
+    how_to_add = (
+        f"To accept other copies, record each member's sha256 (sha256sum of the files that a "
+        f"fetch of the official zip extracted) in DATASETS[{source.name!r}].members in "
+        "src/deepfm/data/sources.py."
+    )
+    wanted = {"sha256": source.archive_sha256, "md5": source.archive_md5}
+    wanted = {a: v for a, v in wanted.items() if v}
+    if not wanted:
+        raise FetchError(
+            f"{zip_path}: no checksum is recorded for {source.name}'s members ({members}) nor "
+            "for its archive, so the file cannot be verified and is refused. " + how_to_add
+        )
+    with open(zip_path, "rb") as f:
+        actual = _digests(f, tuple(wanted))
+    for algorithm, want in wanted.items():
+        if actual[algorithm] != want:
+            raise FetchError(
+                f"{zip_path}: {source.name}'s member checksums are not recorded ({members}), so "
+                "only the official archive itself can be verified, and this file is not it: "
+                f"{algorithm} {actual[algorithm]}, expected {want}. Download it again from "
+                f"{source.url}; a mirror must hold that exact file, not a re-zipped copy. "
+                + how_to_add
+            )
 
 
 def fetch(name: str, dest: Path, *, mirror: str | None = None, timeout: float = 60.0) -> Path:
