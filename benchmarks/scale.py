@@ -95,6 +95,7 @@ def peak_rss_mb() -> float:
 
 def measure(args: tuple) -> dict:
     folder, seed = args
+    from deepfm.config import load_config
     from deepfm.data.batches import epoch_examples
     from deepfm.data.movielens import load_canonical
     from deepfm.data.sampling import RatedIndex
@@ -105,9 +106,10 @@ def measure(args: tuple) -> dict:
     interactions, users, items = load_canonical("ml-100k", Path(folder), 4, 1980)
     out["preprocess_s"], out["preprocess_peak_mb"] = time.perf_counter() - t, peak_rss_mb()
     t = time.perf_counter()
+    fields = load_config(ROOT / "params.yaml").datasets["ml-100k"].fields
     split = split_dataset(
-        interactions, users, items, seed=seed, min_positives=3, num_negatives=999,
-        history_length=10,
+        interactions, users, items, fields=fields, seed=seed, min_positives=3,
+        num_negatives=999, history_length=10,
     )  # fmt: skip
     out["split_s"], out["split_peak_mb"] = time.perf_counter() - t, peak_rss_mb()
     out["eval_users"] = len(split.test.users)

@@ -10,9 +10,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def declared_fields(dataset: str = "ml-100k") -> tuple:
+    """The fields params.yaml declares for `dataset`: tests split what the pipeline splits."""
+    from deepfm.config import load_config
+
+    return load_config(REPO / "params.yaml").datasets[dataset].fields
+
+
+ML_FIELDS = declared_fields()
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 
 GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
           "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
@@ -110,7 +122,14 @@ def split(canonical):
 
     interactions, users, items = canonical
     return split_dataset(
-        interactions, users, items, seed=7, min_positives=3, num_negatives=30, history_length=4
+        interactions,
+        users,
+        items,
+        fields=ML_FIELDS,
+        seed=7,
+        min_positives=3,
+        num_negatives=30,
+        history_length=4,
     )
 
 
@@ -124,3 +143,61 @@ def tiny_frames():
             "timestamp": [1, 2, 3, 4, 4, 1, 2, 3],
         }
     )
+
+
+def make_synthetic_ratings(path: Path, n_users=300, n_items=200, per_user=40, seed=0) -> Path:
+    """A dataset no MovieLens code knows, as one CSV: `user,item,stars,when,age,category,tags`
+    with ratings 0-10, text item ids, ages missing for about 15% of users, a categorical and a
+    multi-valued item column.
+
+    The signal, by construction: each user loves one of 5 categories (chosen from the age
+    when it is known) and rates its items 7-10, everything else 0-6. Items are drawn evenly
+    over categories, so popularity alone cannot tell a user's next liked item.
+    """
+    rng = np.random.default_rng(seed)
+    categories = np.array(["drama", "comedy", "horror", "docs", "anime"])
+    tags = np.array(["old", "new", "long", "short", "loud", "quiet", "sad", "fun"])
+    item_cat = rng.integers(0, 5, n_items)
+    item_tags = ["|".join(rng.choice(tags, size=rng.integers(1, 4), replace=False)) for _ in
+                 range(n_items)]  # fmt: skip
+    ages = rng.integers(18, 73, n_users).astype(float)
+    favourite = np.minimum((ages - 18) // 11, 4).astype(int)
+    ages[rng.random(n_users) < 0.15] = np.nan
+    rows = []
+    for u in range(n_users):
+        liked = np.flatnonzero(item_cat == favourite[u])
+        other = np.flatnonzero(item_cat != favourite[u])
+        chosen = np.r_[
+            rng.choice(liked, size=min(per_user // 2, len(liked)), replace=False),
+            rng.choice(other, size=min(per_user // 2, len(other)), replace=False),
+        ]
+        times = np.sort(rng.integers(1_600_000_000, 1_700_000_000, len(chosen)))
+        for item, when in zip(rng.permutation(chosen), times, strict=True):
+            stars = rng.integers(7, 11) if item_cat[item] == favourite[u] else rng.integers(0, 7)
+            age = "" if np.isnan(ages[u]) else f"{ages[u]:g}"
+            rows.append(
+                f"u{u},m{item:03d},{stars},{when},{age},{categories[item_cat[item]]},"
+                f"{item_tags[item]}\n"
+            )
+    path.write_text("user,item,stars,when,age,category,tags\n" + "".join(rows))
+    return path
+
+
+SYNTHETIC_DECLARATION = {
+    "source": "local",
+    "columns": {"user_id": "user", "item_id": "item", "rating": "stars", "timestamp": "when"},
+    "label": {"threshold": 7},
+    "fields": {
+        "user_id": {"source": "user", "kind": "sparse"},
+        "age": {"source": "user", "kind": "dense", "scaler": "standard", "missing": "mean"},
+        "item_id": {"source": "item", "kind": "sparse"},
+        "category": {"source": "item", "kind": "sparse"},
+        "tags": {"source": "item", "kind": "sequence", "separator": "|"},
+    },
+}
+
+
+def synthetic_declaration(csv: Path) -> dict:
+    """SYNTHETIC_DECLARATION with the file's path and sha256 filled in."""
+    sha = hashlib.sha256(csv.read_bytes()).hexdigest()
+    return {**SYNTHETIC_DECLARATION, "files": {"interactions": {"path": str(csv), "sha256": sha}}}

@@ -11,6 +11,7 @@ from deepfm.config import ConfigError, EASEConfig, ItemCooccurrenceConfig, parse
 from deepfm.data.batches import feature_tensors
 from deepfm.data.splitting import split_dataset
 from deepfm.models import build_model
+from tests.conftest import ML_FIELDS
 
 
 def _frames():
@@ -39,6 +40,7 @@ def _frames():
 def _tiny(sequence="positives", history_length=3):
     return split_dataset(
         *_frames(),
+        fields=ML_FIELDS,
         seed=0,
         min_positives=3,
         num_negatives=2,
@@ -129,7 +131,7 @@ PARAM_GRID = [
 def test_cooccurrence_counts_match_a_loop(canonical, sequence):
     interactions, users, items = canonical
     split = split_dataset(
-        interactions, users, items, seed=7, min_positives=3, num_negatives=30,
+        interactions, users, items, fields=ML_FIELDS, seed=7, min_positives=3, num_negatives=30,
         history_length=4, sequence=sequence,
     )  # fmt: skip
     sequences = _sequences(split, interactions, users, items, sequence)
@@ -183,7 +185,7 @@ def test_cooccurrence_scores_match_a_loop(split, params):
 
 
 def test_cooccurrence_without_history_field_ranks_by_popularity(canonical):
-    split = split_dataset(*canonical, seed=7, min_positives=3, num_negatives=30)
+    split = split_dataset(*canonical, fields=ML_FIELDS, seed=7, min_positives=3, num_negatives=30)
     model = _fit("item_cooccurrence", split, ItemCooccurrenceConfig())
     scores = model.score_matrix(torch.arange(4), torch.arange(split.schema.num_items), None)
     assert torch.isfinite(scores).all() and (scores == model.item_prior).all()

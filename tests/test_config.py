@@ -4,6 +4,8 @@ import yaml
 from deepfm.config import ConfigError, load_config, parse_config
 from tests.conftest import REPO
 
+ML100K = yaml.safe_load((REPO / "params.yaml").read_text())["datasets"]["ml-100k"]
+
 
 def test_repo_params_load_and_are_complete():
     cfg = load_config(REPO / "params.yaml")
@@ -39,11 +41,24 @@ def test_repo_params_load_and_are_complete():
             r"'xdeepfm\.cin_layers' is \[63, 64\]; with 'xdeepfm\.cin_split_half: true'",
         ),
         (
-            {"dataset": "ml-latest"},
-            r"'dataset' is 'ml-latest'; allowed: ml-100k, ml-10m, ml-1m, ml-20m, ml-25m, ml-32m\.",
+            {"dataset": "ml-latest", "datasets": {"ml-100k": ML100K}},
+            r"'dataset' is 'ml-latest'; declared under 'datasets': ml-100k\.",
         ),
-        ({"data": {"label_threshold": True}}, r"'data\.label_threshold' is True"),
+        (
+            {"datasets": {"mine": {**ML100K, "source": "ml-latest"}}},
+            r"'datasets\.mine\.source' is 'ml-latest'; use 'local' \(your own files\) or a "
+            r"registered release: ml-100k, ml-10m, ml-1m, ml-20m, ml-25m, ml-32m\.",
+        ),
+        (
+            {"datasets": {"mine": {**ML100K, "label": {"threshold": True}}}},
+            r"'datasets\.mine\.label\.threshold' is True; it must be a number\.",
+        ),
         ({"train": 3}, r"'train' must be a mapping"),
+        ({"deepfm": {"field_dims": {"gender": 0}}}, r"'deepfm\.field_dims\.gender' is 0; it must"),
+        (
+            {"fm": {"field_dims": [2]}},
+            r"'fm\.field_dims' is \[2\]; it must be a mapping of names to an integer",
+        ),
     ],
 )
 def test_bad_values_name_key_value_and_allowed(raw, expected):

@@ -17,7 +17,7 @@ from tests.conftest import REPO
 
 def test_checkpoint_round_trip_weights_only(split, tmp_path):
     torch.manual_seed(0)
-    cfg = parse_config({"deepfm": {"embed_dim": 4, "dnn_hidden": [8]}})
+    cfg = parse_config({"deepfm": {"embed_dim": 4, "dnn_hidden": [8], "field_dims": {"gender": 2}}})
     model = build_model("deepfm", split.schema, feature_tensors(split), cfg.model_params)
     model.eval()
     path = tmp_path / "model.pt"
@@ -39,7 +39,9 @@ def test_checkpoint_round_trip_weights_only(split, tmp_path):
         "recent_items": 0,
         "history_pooling": "mean",
         "loss": "bce",
+        "field_dims": {"gender": 2},
     }
+    assert loaded.embedding.own_tables["gender"].weight.shape[1] == 2
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):

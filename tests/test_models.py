@@ -21,6 +21,7 @@ from deepfm.config import (
 from deepfm.data.batches import feature_tensors
 from deepfm.models import MODELS, RankingModel, build_model
 from deepfm.models.layers import DNN, FeatureEmbedding, fm_interaction
+from tests.conftest import ML_FIELDS
 
 
 def test_fm_identity_equals_naive_pairwise_sum():
@@ -101,7 +102,12 @@ def test_forward_shapes_gradients_and_score_matrix(canonical, case, history_leng
     from deepfm.data.splitting import split_dataset
 
     split = split_dataset(
-        *canonical, seed=7, min_positives=3, num_negatives=30, history_length=history_length
+        *canonical,
+        fields=ML_FIELDS,
+        seed=7,
+        min_positives=3,
+        num_negatives=30,
+        history_length=history_length,
     )
     torch.manual_seed(0)
     name, params = case.split("+")[0], CASES[case]

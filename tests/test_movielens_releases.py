@@ -22,7 +22,7 @@ from deepfm.data.movielens import (
     parse_ratings_csv,
 )
 from deepfm.data.sources import DATASETS, FetchError, fetch
-from tests.conftest import make_zip, sha256_file
+from tests.conftest import REPO, make_zip, sha256_file
 
 CSV_RELEASES = ["ml-20m", "ml-25m", "ml-32m"]
 RELEASES = ["ml-10m", *CSV_RELEASES]
@@ -495,3 +495,24 @@ def test_ml10m_zip_must_hold_the_ml_10M100K_folder(tmp_path, monkeypatch):
     )
     with pytest.raises(FetchError, match=r"lacks ml-10M100K/ratings\.dat, ml-10M100K/movies\.dat"):
         fetch("ml-10m", tmp_path / "raw", mirror=str(mirror))
+
+
+@pytest.mark.parametrize("release", ["ml-10m", "ml-20m", "ml-25m", "ml-32m"])
+def test_each_release_preprocesses_and_splits_with_its_declared_fields(tmp_path, release):
+    """params.yaml declares ids, year_bucket and genres for the releases without user
+    demographics; the canonical tables must hold exactly those, and the split encodes them."""
+    from deepfm.config import load_config
+    from deepfm.data.canonical import canonical_tables
+    from deepfm.data.splitting import split_dataset
+
+    spec = load_config(REPO / "params.yaml").datasets[release]
+    folder = make_release_files(tmp_path / release, release)
+    interactions, users, items = canonical_tables(spec, folder)
+    assert list(users.columns) == ["user_id"]
+    assert list(items.columns) == ["item_id", "title", "year", "year_bucket", "genres"]
+    assert interactions["label"].tolist() == (interactions["rating"] >= 4).astype(int).tolist()
+    split = split_dataset(
+        interactions, users, items, fields=spec.fields, seed=0, min_positives=2, num_negatives=3
+    )
+    assert [f.name for f in split.schema.fields] == ["user_id", "item_id", "year_bucket", "genres"]
+    assert split.features["item_genres"].shape[0] == len(items)

@@ -32,12 +32,9 @@ def _run(cmd: list[str], cwd: Path, env: dict) -> str:
     return proc.stdout + proc.stderr
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    mirror = Path(os.environ.get("MOVIELENS_MIRROR", SHARED_DATA))
-    if not (mirror / "ml-100k.zip").is_file():
-        pytest.skip(f"no ml-100k.zip in {mirror}; set MOVIELENS_MIRROR to run the real pipeline")
-    work = tmp_path_factory.mktemp("repo")
+def copy_repo(work: Path, epochs: int, extra_env: dict | None = None) -> dict:
+    """This checkout's code and params, without data or DVC cache, as a fresh git repository
+    in `work`, with `epochs` training epochs; returns the environment to run DVC in."""
     for name in KEEP:
         src = REPO / name
         if src.is_dir():
@@ -47,11 +44,11 @@ def pipeline(tmp_path_factory):
     shutil.rmtree(work / ".dvc" / "tmp", ignore_errors=True)
     shutil.rmtree(work / ".dvc" / "cache", ignore_errors=True)
     params = yaml.safe_load((work / "params.yaml").read_text())
-    params["train"].update(epochs=2, min_epochs=2)
+    params["train"].update(epochs=epochs, min_epochs=epochs)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {
         **os.environ,
-        "MOVIELENS_MIRROR": str(mirror),
+        **(extra_env or {}),
         # the copy's own code, ahead of the editable install (which points at this checkout)
         "PYTHONPATH": str(work / "src"),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -61,6 +58,16 @@ def pipeline(tmp_path_factory):
         _run(["git", "config", key, value], work, env)
     _run(["git", "add", "-A"], work, env)
     _run(["git", "commit", "-qm", "copy"], work, env)
+    return env
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    mirror = Path(os.environ.get("MOVIELENS_MIRROR", SHARED_DATA))
+    if not (mirror / "ml-100k.zip").is_file():
+        pytest.skip(f"no ml-100k.zip in {mirror}; set MOVIELENS_MIRROR to run the real pipeline")
+    work = tmp_path_factory.mktemp("repo")
+    env = copy_repo(work, epochs=2, extra_env={"MOVIELENS_MIRROR": str(mirror)})
     first = _run(["dvc", "repro"], work, env)
     second = _run(["dvc", "repro"], work, env)
     return work, env, first, second

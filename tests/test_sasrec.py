@@ -11,6 +11,7 @@ from deepfm.data.batches import feature_tensors
 from deepfm.models import build_model
 from deepfm.models.layers import CausalTransformer
 from deepfm.models.layers.causal import CausalBlock, causal_mask
+from tests.conftest import ML_FIELDS
 
 SMALL = SASRecConfig(embed_dim=8, num_layers=2, num_heads=2, dropout=0.0, max_len=16)
 
@@ -160,7 +161,9 @@ def test_empty_history_is_finite_with_finite_gradients(split):
 def test_needs_the_history_field(canonical):
     from deepfm.data.splitting import split_dataset
 
-    split = split_dataset(*canonical, seed=7, min_positives=3, num_negatives=30, history_length=0)
+    split = split_dataset(
+        *canonical, fields=ML_FIELDS, seed=7, min_positives=3, num_negatives=30, history_length=0
+    )
     with pytest.raises(ValueError, match=r"needs the history field.*split\.history_length"):
         build_model("sasrec", split.schema, feature_tensors(split), SMALL)
 

@@ -11,7 +11,7 @@ from deepfm.data.splitting import (
     split_dataset,
     write_split,
 )
-from tests.conftest import tiny_frames
+from tests.conftest import ML_FIELDS, PARAMS, tiny_frames
 
 
 def _pairs(users, items):
@@ -26,7 +26,9 @@ def test_leave_one_out_by_time_then_item():
         {"item_id": [10, 11, 12, 13, 14], "genres": [[]] * 5, "year_bucket": [None] * 5}
     )
     users = users.assign(gender="M", age_bucket="18-24", occupation="x", zip_prefix="1")
-    res = split_dataset(frame, users, items, seed=0, min_positives=3, num_negatives=2)
+    res = split_dataset(
+        frame, users, items, fields=ML_FIELDS, seed=0, min_positives=3, num_negatives=2
+    )
     # user 1 positives by (timestamp, item): 10@1, 11@2, 13@4, 14@4 -> test 14, val 13
     assert res.test.users.tolist() == [0] and res.val.users.tolist() == [0]
     assert res.item_ids[res.test.items].tolist() == [14]
@@ -90,7 +92,12 @@ def _history_frames():
 
 def test_history_hand_worked():
     res = split_dataset(
-        *_history_frames(), seed=0, min_positives=3, num_negatives=2, history_length=3
+        *_history_frames(),
+        fields=ML_FIELDS,
+        seed=0,
+        min_positives=3,
+        num_negatives=2,
+        history_length=3,
     )
     # train vocabulary: items 10..14 -> codes 1..5; most recent first, 0-padded
     assert res.train_history.tolist() == [
@@ -108,7 +115,9 @@ def test_history_hand_worked():
     history = res.schema.fields[fields.index("history")]
     assert (history.source, history.kind) == ("user", "sequence")
     assert history.vocab_size == res.schema.fields[fields.index("item_id")].vocab_size
-    none = split_dataset(*_history_frames(), seed=0, min_positives=3, num_negatives=2)
+    none = split_dataset(
+        *_history_frames(), fields=ML_FIELDS, seed=0, min_positives=3, num_negatives=2
+    )
     assert none.train_history.shape == (6, 0) and none.test.history.shape == (1, 0)
     assert "history" not in [f.name for f in none.schema.fields]
 
@@ -161,13 +170,14 @@ def test_encoders_fitted_on_train_only(split):
     assert len(np.unique(item_codes[in_train])) == in_train.sum()
     vocab = {f.name: f.vocab_size for f in split.schema.fields}
     assert vocab["item_id"] == in_train.sum() + 1
-    assert split.item_genres.min() >= 0 and split.item_genres.max() < vocab["genres"]
+    assert split.features["item_genres"].min() >= 0
+    assert split.features["item_genres"].max() < vocab["genres"]
 
 
 def test_same_seed_same_files(canonical, tmp_path):
-    a = split_dataset(*canonical, seed=3, min_positives=3, num_negatives=30)
-    b = split_dataset(*canonical, seed=3, min_positives=3, num_negatives=30)
-    c = split_dataset(*canonical, seed=4, min_positives=3, num_negatives=30)
+    a = split_dataset(*canonical, fields=ML_FIELDS, seed=3, min_positives=3, num_negatives=30)
+    b = split_dataset(*canonical, fields=ML_FIELDS, seed=3, min_positives=3, num_negatives=30)
+    c = split_dataset(*canonical, fields=ML_FIELDS, seed=4, min_positives=3, num_negatives=30)
     write_split(a, tmp_path / "a")
     write_split(b, tmp_path / "b")
     write_split(c, tmp_path / "c")
@@ -214,7 +224,8 @@ def test_history_of_every_rating_hand_worked():
     frame, users, items = _history_frames()
     frame.loc[(frame.user_id == 1) & (frame.item_id == 12), "timestamp"] = 3  # before val/test
     res = split_dataset(
-        frame, users, items, seed=0, min_positives=3, num_negatives=2, history_length=3,
+        frame, users, items, fields=ML_FIELDS, seed=0, min_positives=3, num_negatives=2,
+        history_length=3,
         sequence="rated",
     )  # fmt: skip
     # codes 10..14 -> 1..5; user 1 now rates 12 (rating 2) at 3, between 11@2 and 13@4 (val)
@@ -224,7 +235,14 @@ def test_history_of_every_rating_hand_worked():
     assert res.summary["sequence"] == "rated"
     assert res.sequence_mask().all()
     positives = split_dataset(
-        frame, users, items, seed=0, min_positives=3, num_negatives=2, history_length=3
+        frame,
+        users,
+        items,
+        fields=ML_FIELDS,
+        seed=0,
+        min_positives=3,
+        num_negatives=2,
+        history_length=3,
     )
     assert positives.val.history.tolist() == [[2, 1, 0]]
     assert positives.test.history.tolist() == [[4, 2, 1]]
@@ -237,18 +255,22 @@ def test_random_tie_break_orders_same_second_ratings_by_seed():
     frames = _history_frames()
     test_items = set()
     for seed in range(8):
-        a = split_dataset(*frames, seed=seed, min_positives=3, num_negatives=2,
+        a = split_dataset(*frames, fields=ML_FIELDS, seed=seed, min_positives=3, num_negatives=2,
                           history_length=3, tie_break="random")  # fmt: skip
-        b = split_dataset(*frames, seed=seed, min_positives=3, num_negatives=2,
+        b = split_dataset(*frames, fields=ML_FIELDS, seed=seed, min_positives=3, num_negatives=2,
                           history_length=3, tie_break="random")  # fmt: skip
         assert a.test.items.tolist() == b.test.items.tolist()
         assert a.test.history.tolist() == b.test.history.tolist()
         test_items.add(int(a.item_ids[a.test.items[0]]))
-        fixed = split_dataset(*frames, seed=seed, min_positives=3, num_negatives=2)
+        fixed = split_dataset(
+            *frames, fields=ML_FIELDS, seed=seed, min_positives=3, num_negatives=2
+        )
         assert int(fixed.item_ids[fixed.test.items[0]]) == 14
     assert test_items == {13, 14}
     with pytest.raises(ValueError, match="tie_break one of"):
-        split_dataset(*frames, seed=0, min_positives=3, num_negatives=2, tie_break="time")
+        split_dataset(
+            *frames, fields=ML_FIELDS, seed=0, min_positives=3, num_negatives=2, tie_break="time"
+        )
 
 
 @pytest.mark.parametrize("sequence", ["positives", "rated"])
@@ -260,7 +282,7 @@ def test_no_input_holds_its_target_or_a_later_item(canonical, sequence, tie_brea
     # future.
     interactions, users, items = canonical
     split = split_dataset(
-        interactions, users, items, seed=3, min_positives=3, num_negatives=20,
+        interactions, users, items, fields=ML_FIELDS, seed=3, min_positives=3, num_negatives=20,
         history_length=6, sequence=sequence, tie_break=tie_break,
     )  # fmt: skip
     code_to_item = {int(c): i for i, c in enumerate(split.item_features[:, 0]) if c}
@@ -298,11 +320,15 @@ def test_no_input_holds_its_target_or_a_later_item(canonical, sequence, tie_brea
 def test_written_split_reads_back_whole(split, tmp_path):
     write_split(split, tmp_path / "s")
     back = read_split(tmp_path / "s")
-    for name in ("train_users", "train_items", "train_labels", "train_history", "user_features",
-                 "item_features", "item_genres", "user_ids", "item_ids"):  # fmt: skip
+    for name in ("train_users", "train_items", "train_labels", "train_history", "user_ids",
+                 "item_ids"):  # fmt: skip
         got, want = getattr(back, name), getattr(split, name)
         np.testing.assert_array_equal(got, want, err_msg=name)
         assert got.dtype == want.dtype, name
+    assert sorted(back.features) == ["item_features", "item_genres", "user_features"]
+    for name, want in split.features.items():
+        np.testing.assert_array_equal(back.features[name], want, err_msg=name)
+        assert back.features[name].dtype == want.dtype, name
     for held in ("val", "test"):
         got, want = getattr(back, held), getattr(split, held)
         for name in ("users", "items", "candidates", "history"):
@@ -336,11 +362,12 @@ def test_split_processed_passes_every_param(canonical, tmp_path, sequence, tie_b
             "split": {"min_positives": 4, "history_length": 3, "sequence": sequence,
                       "tie_break": tie_break},
             "eval": {"num_negatives": 17},
+            "datasets": {"ml-100k": PARAMS["datasets"]["ml-100k"]},
         }
     )  # fmt: skip
     got = split_processed(cfg, tmp_path)
     want = split_dataset(
-        *canonical, seed=11, min_positives=4, num_negatives=17, history_length=3,
+        *canonical, fields=ML_FIELDS, seed=11, min_positives=4, num_negatives=17, history_length=3,
         sequence=sequence, tie_break=tie_break,
     )  # fmt: skip
     assert got.summary == want.summary
@@ -427,7 +454,8 @@ def test_split_outputs_are_pinned(canonical, tmp_path, sequence, tie_break):
     # coarse timestamps: many same-second ratings, so the tie-break decides orders too
     coarse = interactions.assign(timestamp=interactions["timestamp"] // 10**7)
     result = split_dataset(
-        coarse, users, items, seed=7, min_positives=3, num_negatives=30, history_length=4,
+        coarse, users, items, fields=ML_FIELDS, seed=7, min_positives=3, num_negatives=30,
+        history_length=4,
         sequence=sequence, tie_break=tie_break,
     )  # fmt: skip
     write_split(result, tmp_path / "s")
@@ -437,7 +465,7 @@ def test_split_outputs_are_pinned(canonical, tmp_path, sequence, tie_break):
 def test_users_with_fewer_candidates_and_empty_held_out_summaries(canonical):
     interactions, _, items = canonical
     # 40 candidates asked, 60 items: users who rated more than 20 have fewer unrated items
-    result = split_dataset(*canonical, seed=7, min_positives=3, num_negatives=40)
+    result = split_dataset(*canonical, fields=ML_FIELDS, seed=7, min_positives=3, num_negatives=40)
     rated = interactions.groupby("user_id").size()
     for name in ("val", "test"):
         held = getattr(result, name)
@@ -451,7 +479,9 @@ def test_users_with_fewer_candidates_and_empty_held_out_summaries(canonical):
         assert result.summary["users_with_fewer_candidates"][name] == unrated
         assert ((held.candidates >= 0).sum(1) == [unrated.get(str(u), 40) for u in eligible]).all()
     # nobody eligible: empty held-out sets, and summaries that say so instead of NaN
-    none = split_dataset(*canonical, seed=7, min_positives=10_000, num_negatives=5)
+    none = split_dataset(
+        *canonical, fields=ML_FIELDS, seed=7, min_positives=10_000, num_negatives=5
+    )
     assert none.summary["val_users"] == none.summary["test_users"] == 0
     assert none.summary["mean_history_filled"]["val"] == 0.0
     assert none.summary["mean_history_filled"]["test"] == 0.0

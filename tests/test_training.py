@@ -282,13 +282,17 @@ def test_run_fingerprint_covers_params_and_every_training_array(split):
     base = loop.run_fingerprint(_cfg(), split)
     assert base == loop.run_fingerprint(_cfg(), copy.deepcopy(split))
     assert base != loop.run_fingerprint(_cfg(learning_rate=0.01), split)
-    arrays = ["train_users", "train_items", "train_labels", "train_history", "user_features",
-              "item_features", "item_genres"]  # fmt: skip
+    arrays = ["train_users", "train_items", "train_labels", "train_history"]
     held = ["users", "items", "history"]
-    for name in arrays + [f"val.{h}" for h in held]:
+    features = ["user_features", "item_features", "item_genres"]
+    assert sorted(split.features) == sorted(features)
+    for name in arrays + [f"val.{h}" for h in held] + [f"features.{f}" for f in features]:
         changed = copy.deepcopy(split)
-        owner, attr = (changed.val, name[4:]) if name.startswith("val.") else (changed, name)
-        array = getattr(owner, attr)
+        if name.startswith("features."):
+            array = changed.features[name[9:]]
+        else:
+            owner, attr = (changed.val, name[4:]) if name.startswith("val.") else (changed, name)
+            array = getattr(owner, attr)
         array.flat[-1] = array.flat[-1] + 1
         assert loop.run_fingerprint(_cfg(), changed) != base, name
 

@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import yaml
 
+from deepfm.data.declaration import DatasetSpec
+
 
 class ConfigError(ValueError):
     """A params.yaml problem; the message names the key, the value and what is allowed."""
@@ -23,13 +25,6 @@ class ConfigError(ValueError):
 
 def _range(lo=None, hi=None, *, lo_open=False):
     return {"min": lo, "max": hi, "lo_open": lo_open}
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    label_threshold: int = field(default=4, metadata=_range(1, 5))
-    # release years from this one on are their own year_bucket; earlier ones go by decade
-    single_years_from: int = field(default=1980, metadata=_range(1800, 2100))
 
 
 @dataclass(frozen=True)
@@ -93,6 +88,9 @@ class OrderAware:
     # pointwise BCE over positives and sampled negatives, or a softmax over each positive and
     # its train.negatives_per_positive sampled negatives (sampled softmax, shared per positive)
     loss: Literal["bce", "sampled_softmax"] = "bce"
+    # an embedding size per field (e.g. {gender: 2, item_id: 64}), projected to embed_dim
+    # where FM / CIN need one width; fields not named use embed_dim
+    field_dims: dict[str, int] = field(default_factory=dict, metadata=_range(1, 1024))
 
 
 @dataclass(frozen=True)
@@ -146,6 +144,8 @@ class LRConfig:
 @dataclass(frozen=True)
 class FMConfig:
     embed_dim: int = field(default=16, metadata=_range(1, 1024))
+    # an embedding size per field, projected to embed_dim (see OrderAware.field_dims)
+    field_dims: dict[str, int] = field(default_factory=dict, metadata=_range(1, 1024))
 
 
 @dataclass(frozen=True)
@@ -223,11 +223,17 @@ class Config:
     seed: int = field(default=42, metadata=_range(0, 2**32 - 1))
     dataset: str = "ml-100k"
     model: str = "deepfm"
-    data: DataConfig = field(default_factory=DataConfig)
+    # every declared dataset (params.yaml `datasets:`), by name; `dataset` picks one
+    datasets: dict[str, DatasetSpec] = field(default_factory=dict)
     split: SplitConfig = field(default_factory=SplitConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     models: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dataset_spec(self) -> DatasetSpec:
+        """The declaration of the selected dataset."""
+        return self.datasets[self.dataset]
 
     @property
     def model_params(self):
@@ -236,8 +242,11 @@ class Config:
 
     def to_dict(self) -> dict:
         out = {
-            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "models"
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("models", "datasets")
         }
+        out["datasets"] = {n: dataclasses.asdict(d) for n, d in self.datasets.items()}
         out = {
             k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in out.items()
         }
@@ -251,6 +260,8 @@ def _describe_type(tp) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin is list:
         return f"a list of {_describe_type(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return f"a mapping of names to {_describe_type(typing.get_args(tp)[1])}"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
         tp, str(tp)
     )
@@ -291,6 +302,15 @@ def _check_scalar(key: str, value, tp, meta) -> Any:
 
 
 def _check_value(key: str, value, tp, meta) -> Any:
+    if typing.get_origin(tp) is dict:
+        _, elem = typing.get_args(tp)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"params.yaml: '{key}' is {value!r}; it must be {_describe_type(tp)}."
+            )
+        return {str(k): _check_scalar(f"{key}.{k}", v, elem, meta) for k, v in value.items()}
     if typing.get_origin(tp) is list:
         (elem,) = typing.get_args(tp)
         if not isinstance(value, list) or not value:
@@ -341,13 +361,15 @@ def parse_config(raw: dict, *, require_all: bool = False) -> Config:
     require_all: every key must be present (how the pipeline loads params.yaml, so that no
     default hidden in code can change a result without DVC seeing it).
     """
-    from deepfm.data.sources import DATASETS  # late import: sources imports nothing from here
+    # late imports: neither imports anything from here
+    from deepfm.data.declaration import DeclarationError, parse_dataset
+    from deepfm.data.sources import DATASETS
 
     if not isinstance(raw, dict):
         raise ConfigError("params.yaml must be a mapping of sections, e.g. 'train: {epochs: 30}'.")
-    sections = {"data": DataConfig, "split": SplitConfig, "train": TrainConfig, "eval": EvalConfig}
+    sections = {"split": SplitConfig, "train": TrainConfig, "eval": EvalConfig}
     top = {"seed", "dataset", "model"}
-    known = sorted(top | set(sections) | set(MODEL_SECTIONS))
+    known = sorted(top | {"datasets"} | set(sections) | set(MODEL_SECTIONS))
     for key in raw:
         if key not in known:
             raise _unknown_key_error(str(key), known)
@@ -368,11 +390,29 @@ def parse_config(raw: dict, *, require_all: bool = False) -> Config:
             values[name] = section
         else:
             values.setdefault("models", {})[name] = section
+    declared = raw.get("datasets")
+    if require_all and not declared:
+        raise ConfigError(
+            "params.yaml: missing section 'datasets'; declare each dataset there (README, "
+            "'Add a dataset')."
+        )
+    if declared is not None and not isinstance(declared, dict):
+        raise ConfigError(
+            f"params.yaml: 'datasets' must map names to declarations, got {declared!r}."
+        )
+    try:
+        values["datasets"] = {
+            str(name): parse_dataset(str(name), block, tuple(sorted(DATASETS)))
+            for name, block in (declared or {}).items()
+        }
+    except DeclarationError as e:
+        raise ConfigError(str(e)) from None
     cfg = Config(**values)
 
-    if cfg.dataset not in DATASETS:
+    if declared is not None and cfg.dataset not in cfg.datasets:
         raise ConfigError(
-            f"params.yaml: 'dataset' is {cfg.dataset!r}; allowed: {', '.join(sorted(DATASETS))}."
+            f"params.yaml: 'dataset' is {cfg.dataset!r}; declared under 'datasets': "
+            f"{', '.join(cfg.datasets) or 'none'}."
         )
     if cfg.model not in MODEL_SECTIONS:
         raise ConfigError(

@@ -4,13 +4,13 @@ or a declared local file) -> the raw folder, every file checked against its sha2
 from pathlib import Path
 
 from deepfm.config import load_config
-from deepfm.data.sources import fetch
+from deepfm.data.canonical import fetch_dataset
 from deepfm.utils import run_stage
 
 
 def main(raw: Path) -> None:
     cfg = load_config()
-    dest = fetch(cfg.dataset, raw)
+    dest = fetch_dataset(cfg.dataset_spec, raw)
     print(f"fetch: {cfg.dataset} verified and extracted to {dest}")
 
 

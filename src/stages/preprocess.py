@@ -3,16 +3,14 @@
 from pathlib import Path
 
 from deepfm.config import load_config
-from deepfm.data.movielens import load_canonical
+from deepfm.data.canonical import canonical_tables
 from deepfm.io import atomic_dir, write_parquet
 from deepfm.utils import run_stage
 
 
 def main(raw: Path, processed: Path) -> None:
     cfg = load_config()
-    interactions, users, items = load_canonical(
-        cfg.dataset, raw, cfg.data.label_threshold, cfg.data.single_years_from
-    )
+    interactions, users, items = canonical_tables(cfg.dataset_spec, raw)
     with atomic_dir(processed) as tmp:
         write_parquet(tmp / "interactions.parquet", interactions)
         write_parquet(tmp / "users.parquet", users)

@@ -13,11 +13,8 @@ from deepfm.utils import rng_for
 
 
 def feature_tensors(split: SplitResult) -> dict[str, torch.Tensor]:
-    return {
-        "user_features": torch.from_numpy(split.user_features),
-        "item_features": torch.from_numpy(split.item_features),
-        "item_genres": torch.from_numpy(split.item_genres),
-    }
+    """The split's feature arrays as tensors, by buffer name (the model's lookup tables)."""
+    return {name: torch.from_numpy(array) for name, array in split.features.items()}
 
 
 def epoch_examples(

@@ -544,7 +544,8 @@ def load_canonical(
     # A canonical order makes every later stage independent of the raw file's row order.
     ratings = ratings.sort_values(["user_id", "timestamp", "item_id"], kind="stable")
     users = users.sort_values("user_id", kind="stable").reset_index(drop=True)
-    users["age_bucket"] = users["age_bucket"].map(AGE_BUCKETS)
+    if "age_bucket" in users:  # ml-10m and later have no demographics
+        users["age_bucket"] = users["age_bucket"].map(AGE_BUCKETS)
     items = items.sort_values("item_id", kind="stable").reset_index(drop=True)
     items["year_bucket"] = year_bucket(items["year"], single_years_from)
     items = items[["item_id", "title", "year", "year_bucket", "genres"]]

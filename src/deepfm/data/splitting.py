@@ -17,12 +17,16 @@ Users and items are addressed by their row in the canonical users / items tables
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from deepfm.data.declaration import FieldSpec
 from deepfm.data.encoders import encode, encode_lists, fit_vocab
 from deepfm.data.sampling import concat_ranges
 from deepfm.data.schema import Field, Schema
@@ -31,9 +35,6 @@ from deepfm.utils import rng_for
 
 SEQUENCES = ("positives", "rated")
 TIE_BREAKS = ("item_id", "random")
-USER_SPARSE = ["user_id", "gender", "age_bucket", "occupation", "zip_prefix"]
-ITEM_SPARSE = ["item_id", "year_bucket"]
-ITEM_SEQUENCE = ["genres"]
 
 # Users scored per block when drawing candidates: bounds memory at block * num_items floats.
 _CANDIDATE_BLOCK_CELLS = 1 << 24
@@ -55,13 +56,22 @@ class SplitResult:
     train_history: np.ndarray  # (n_train, history_length) item_id codes, 0-padded
     val: HeldOut
     test: HeldOut
-    user_features: np.ndarray  # (num_users, len(USER_SPARSE)) codes
-    item_features: np.ndarray  # (num_items, len(ITEM_SPARSE)) codes
-    item_genres: np.ndarray  # (num_items, max_genres) codes, 0-padded
+    # the model's lookup tables, by buffer name: "user_features" / "item_features" (one code
+    # column per sparse field), "<side>_<name>" (one 0-padded code matrix per sequence field)
+    # and "user_dense" / "item_dense" (one scaled float column per dense field, when declared)
+    features: dict[str, np.ndarray]
     user_ids: np.ndarray  # (num_users,) raw dataset id of each user index
     item_ids: np.ndarray  # (num_items,) raw dataset id of each item index
     schema: Schema
     summary: dict
+
+    @property
+    def user_features(self) -> np.ndarray:
+        return self.features["user_features"]
+
+    @property
+    def item_features(self) -> np.ndarray:
+        return self.features["item_features"]
 
     def sequence_mask(self) -> np.ndarray:
         """Which train rows make up the users' sequences (the history field's items):
@@ -152,11 +162,107 @@ def sample_candidates(
     return out
 
 
+def _fit_scaler(values: np.ndarray, f: FieldSpec) -> dict:
+    """A dense field's fill value and scaling, from the train split's users / items only."""
+    seen = values[~np.isnan(values)]
+    mean = float(seen.mean()) if len(seen) else 0.0
+    fill = mean if f.missing == "mean" else float(f.missing)
+    if f.scaler == "standard":
+        shift, scale = mean, float(seen.std()) if len(seen) else 1.0
+    elif f.scaler == "minmax":
+        shift = float(seen.min()) if len(seen) else 0.0
+        scale = float(seen.max()) - shift if len(seen) else 1.0
+    else:
+        shift, scale = 0.0, 1.0
+    return {"fill": fill, "shift": shift, "scale": scale if scale > 0 else 1.0}
+
+
+def encode_fields(
+    fields: Sequence[FieldSpec], tables: dict[str, pd.DataFrame], seen: dict[str, np.ndarray]
+) -> tuple[list[Field], dict[str, list[Field]], dict[str, np.ndarray], dict]:
+    """Encode every declared field of the users and items tables, fitted on the rows in
+    `seen` (the users / items of the train split) only.
+
+    Returns (sparse and dense fields, sequence fields by side, the feature arrays by buffer
+    name, the dense fields' fitted scalers). Sparse and sequence values seen on fewer than
+    `min_count` train users / items get code 0, like values never seen.
+    """
+    flat: list[Field] = []
+    bags: dict[str, list[Field]] = {"user": [], "item": []}
+    arrays: dict[str, np.ndarray] = {}
+    scalers: dict[str, dict] = {}
+    for side in ("user", "item"):
+        table = tables[side]
+        train_rows = table.iloc[seen[side]]
+        sparse = [f for f in fields if f.source == side and f.kind == "sparse"]
+        codes = []
+        for column, f in enumerate(sparse):
+            if f.bins:  # a number bucketed by the declared edges
+                values = bucket_values(table[f.name], f.bins)
+                train_values = values.iloc[seen[side]]
+            else:
+                values, train_values = table[f.name], train_rows[f.name]
+            vocab = fit_vocab(_frequent(train_values, f.min_count))
+            codes.append(encode(values, vocab))
+            flat.append(Field(f.name, side, "sparse", len(vocab) + 1, column))
+        arrays[f"{side}_features"] = (
+            np.stack(codes, axis=1) if codes else np.zeros((len(table), 0), dtype=np.int64)
+        )
+        dense = [f for f in fields if f.source == side and f.kind == "dense"]
+        if dense:
+            columns = []
+            for column, f in enumerate(dense):
+                values = pd.to_numeric(table[f.name], errors="coerce").to_numpy(np.float64)
+                scaler = _fit_scaler(values[seen[side]], f)
+                values = np.where(np.isnan(values), scaler["fill"], values)
+                columns.append((values - scaler["shift"]) / scaler["scale"])
+                scalers[f.name] = {"scaler": f.scaler, **scaler}
+                flat.append(Field(f.name, side, "dense", 0, column))
+            arrays[f"{side}_dense"] = np.stack(columns, axis=1).astype(np.float32)
+        sequence = [f for f in fields if f.source == side and f.kind == "sequence"]
+        for column, f in enumerate(sequence):
+            lists = [_as_list(v) for v in table[f.name]]
+            if f.max_length:
+                lists = [v[: f.max_length] for v in lists]
+            train_flat = [v for i in seen[side] for v in lists[i]]
+            vocab = fit_vocab(_frequent(pd.Series(train_flat, dtype=object), f.min_count))
+            arrays[f"{side}_{f.name}"] = encode_lists(lists, vocab)
+            bags[side].append(Field(f.name, side, "sequence", len(vocab) + 1, column))
+    return flat, bags, arrays, scalers
+
+
+def _as_list(value) -> list:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return []
+    return list(value)
+
+
+def _frequent(values: pd.Series, min_count: int) -> pd.Series:
+    """The values that occur at least `min_count` times (all of them for 1)."""
+    if min_count <= 1:
+        return values
+    counts = values.value_counts()
+    return pd.Series(counts.index[counts.to_numpy() >= min_count], dtype=object)
+
+
+def bucket_values(values: pd.Series, edges: tuple[float, ...]) -> pd.Series:
+    """Numbers -> the label of their interval of `edges` ('<e0', '[e0,e1)', ..., '>=en');
+    missing stays missing."""
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(np.float64)
+    labels = [f"<{edges[0]:g}"]
+    labels += [f"[{a:g},{b:g})" for a, b in itertools.pairwise(edges)]
+    labels += [f">={edges[-1]:g}"]
+    which = np.searchsorted(np.asarray(edges), numbers, side="right")
+    out = pd.Series(np.asarray(labels, dtype=object)[which], dtype=object)
+    return out.where(~np.isnan(numbers), None)
+
+
 def split_dataset(
     interactions: pd.DataFrame,
     users: pd.DataFrame,
     items: pd.DataFrame,
     *,
+    fields: Sequence[FieldSpec],
     seed: int,
     min_positives: int,
     num_negatives: int,
@@ -175,8 +281,8 @@ def split_dataset(
     num_users, num_items = len(users), len(items)
     user_idx = np.searchsorted(users["user_id"].to_numpy(), interactions["user_id"].to_numpy())
     item_idx = np.searchsorted(items["item_id"].to_numpy(), interactions["item_id"].to_numpy())
-    if tie_break == "item_id":
-        ties = interactions["item_id"].to_numpy()
+    if tie_break == "item_id":  # the items table is sorted by item_id: the same order
+        ties = item_idx
     else:  # a seeded random key per row: a random order within equal timestamps
         ties = rng_for(seed, "tie-break").permutation(len(interactions))
     order = np.lexsort((ties, interactions["timestamp"].to_numpy(), user_idx))
@@ -190,29 +296,17 @@ def split_dataset(
 
     # Encoders see the train split only: a user or item that occurs only in val/test is unknown.
     train_u, train_i = user_idx[in_train], item_idx[in_train]
-    seen_users = users.iloc[np.unique(train_u)]
-    seen_items = items.iloc[np.unique(train_i)]
-    fields: list[Field] = []
-    user_cols = []
-    for col, name in enumerate(USER_SPARSE):
-        vocab = fit_vocab(seen_users[name])
-        user_cols.append(encode(users[name], vocab))
-        fields.append(Field(name, "user", "sparse", len(vocab) + 1, col))
-    item_cols = []
-    for col, name in enumerate(ITEM_SPARSE):
-        vocab = fit_vocab(seen_items[name])
-        item_cols.append(encode(items[name], vocab))
-        fields.append(Field(name, "item", "sparse", len(vocab) + 1, col))
-    genre_vocab = fit_vocab(
-        np.concatenate([np.asarray(g, dtype=object) for g in seen_items["genres"]])
+    flat, bags, features, scalers = encode_fields(
+        fields,
+        {"user": users, "item": items},
+        {"user": np.unique(train_u), "item": np.unique(train_i)},
     )
-    item_genres = encode_lists(list(items["genres"]), genre_vocab)
-    fields.append(Field("genres", "item", "sequence", len(genre_vocab) + 1, 0))
     # History is made of train rows only (positives, or every rating: `sequence`), so no
     # train example (e.g. an observed negative dated after the held-out items) and no
     # validation user sees a held-out item. The test item's history alone may also hold the
     # validation item, which precedes it and is known by then.
-    item_codes = item_cols[ITEM_SPARSE.index("item_id")][item_idx]
+    item_id = next(f for f in flat if f.name == "item_id")
+    item_codes = features["item_features"][:, item_id.column][item_idx]
     counted = in_train if sequence == "rated" else in_train & (label == 1)
     history = recent_items(user_idx, item_codes, counted, history_length)
     if history_length:
@@ -221,12 +315,21 @@ def split_dataset(
         history[test_rows] = recent_items(
             user_idx, item_codes, with_val, history_length, rows=test_rows
         )
-    if history_length:
-        item_id_vocab = next(f.vocab_size for f in fields if f.name == "item_id")
-        fields.insert(
-            len(USER_SPARSE),
-            Field("history", "user", "sequence", item_id_vocab, 0, history_length),
-        )
+    # schema order: user sparse, user dense, the history, other user bags, then the item's
+    history_field = (
+        [Field("history", "user", "sequence", item_id.vocab_size, 0, history_length)]
+        if history_length
+        else []
+    )
+    user_bags = [
+        dataclasses.replace(f, column=i) for i, f in enumerate([*history_field, *bags["user"]])
+    ]
+    schema_fields = [
+        *[f for f in flat if f.source == "user"],
+        *user_bags,
+        *[f for f in flat if f.source == "item"],
+        *bags["item"],
+    ]
 
     rated_keys = np.sort(user_idx.astype(np.int64) * num_items + item_idx)
     held = {}
@@ -272,6 +375,8 @@ def split_dataset(
             )
         },
     }
+    if scalers:  # how each dense field was filled and scaled (fitted on train only)
+        summary["dense_scalers"] = scalers
     return SplitResult(
         train_users=train_u.astype(np.int32),
         train_items=train_i.astype(np.int32),
@@ -279,14 +384,20 @@ def split_dataset(
         train_history=history[in_train],
         val=held["val"],
         test=held["test"],
-        user_features=np.stack(user_cols, axis=1),
-        item_features=np.stack(item_cols, axis=1),
-        item_genres=item_genres,
-        user_ids=users["user_id"].to_numpy().astype(np.int64),
-        item_ids=items["item_id"].to_numpy().astype(np.int64),
-        schema=Schema(tuple(fields), num_users, num_items),
+        features=features,
+        user_ids=_id_array(users["user_id"]),
+        item_ids=_id_array(items["item_id"]),
+        schema=Schema(tuple(schema_fields), num_users, num_items),
         summary=summary,
     )
+
+
+def _id_array(ids: pd.Series) -> np.ndarray:
+    """Raw ids as int64, or as fixed-width text when they are not integers (np.save keeps
+    both without pickling)."""
+    if pd.api.types.is_integer_dtype(ids):
+        return ids.to_numpy().astype(np.int64)
+    return ids.astype(str).to_numpy(dtype=str)
 
 
 def split_processed(cfg, processed_dir: Path) -> SplitResult:
@@ -299,6 +410,7 @@ def split_processed(cfg, processed_dir: Path) -> SplitResult:
         tables["interactions"],
         tables["users"],
         tables["items"],
+        fields=cfg.dataset_spec.fields,
         seed=cfg.seed,
         min_positives=cfg.split.min_positives,
         num_negatives=cfg.eval.num_negatives,
@@ -308,10 +420,17 @@ def split_processed(cfg, processed_dir: Path) -> SplitResult:
     )
 
 
-_ARRAYS = (
-    "train_users", "train_items", "train_labels", "train_history", "user_features",
-    "item_features", "item_genres", "user_ids", "item_ids",
-)  # fmt: skip
+_ARRAYS = ("train_users", "train_items", "train_labels", "train_history", "user_ids", "item_ids")
+
+
+def feature_names(schema: Schema) -> list[str]:
+    """The buffer names of a schema's feature arrays (see SplitResult.features)."""
+    names = ["user_features", "item_features"]
+    for side in ("user", "item"):
+        names += [f"{side}_{f.name}" for f in schema.by_source(side, "sequence")]
+        if schema.by_source(side, "dense"):
+            names.append(f"{side}_dense")
+    return [n for n in names if n != "user_history"]  # the history travels with each example
 
 
 def write_split(result: SplitResult, out_dir: Path) -> None:
@@ -319,6 +438,8 @@ def write_split(result: SplitResult, out_dir: Path) -> None:
     with atomic_dir(out_dir) as tmp:
         for name in _ARRAYS:
             write_npy(tmp / f"{name}.npy", getattr(result, name))
+        for name in feature_names(result.schema):
+            write_npy(tmp / f"{name}.npy", result.features[name])
         for split_name in ("val", "test"):
             held: HeldOut = getattr(result, split_name)
             write_npy(tmp / f"{split_name}_users.npy", held.users.astype(np.int32))
@@ -336,6 +457,8 @@ def read_split(split_dir: Path) -> SplitResult:
             f"{split_dir}/schema.json not found: run the split stage first (dvc repro split)."
         )
     arrays = {name: read_npy(split_dir / f"{name}.npy") for name in _ARRAYS}
+    schema = Schema.from_dict(read_json(split_dir / "schema.json"))
+    features = {name: read_npy(split_dir / f"{name}.npy") for name in feature_names(schema)}
     held = {
         s: HeldOut(
             read_npy(split_dir / f"{s}_users.npy"),
@@ -349,6 +472,7 @@ def read_split(split_dir: Path) -> SplitResult:
         **arrays,
         val=held["val"],
         test=held["test"],
-        schema=Schema.from_dict(read_json(split_dir / "schema.json")),
+        features=features,
+        schema=schema,
         summary=read_json(split_dir / "summary.json"),
     )

@@ -35,6 +35,7 @@ class AttentionDeepFM(RankingModel):
         self.embedding = FeatureEmbedding(
             schema,
             params.embed_dim,
+            field_dims=params.field_dims,
             recent_items=params.recent_items,
             history_pooling=params.history_pooling,
         )
@@ -55,11 +56,10 @@ class AttentionDeepFM(RankingModel):
                 )
             self.target_attention = TargetAttention(params.embed_dim, history.length)
             # where the history and the candidate's item_id sit among the embedded fields
-            self.history_field = len(schema.by_source("user", "sparse"))
-            item_sparse = sorted(schema.by_source("item", "sparse"), key=lambda f: f.column)
-            self.item_id_field = self.embedding.num_user_fields + [
-                f.name for f in item_sparse
-            ].index("item_id")
+            self.history_field = self.embedding.field_position(schema, "user", "history")
+            self.item_id_field = self.embedding.num_user_fields + self.embedding.field_position(
+                schema, "item", "item_id"
+            )
         width = (
             params.attention_heads * params.attention_dim
             if params.attention_layers

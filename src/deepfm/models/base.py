@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from deepfm.data.schema import Schema
+from deepfm.data.splitting import feature_names
 
 
 class RankingModel(nn.Module):
@@ -32,10 +33,11 @@ class RankingModel(nn.Module):
     def __init__(self, schema: Schema, features: dict[str, torch.Tensor]):
         super().__init__()
         self.schema = schema
-        self.register_buffer("user_features", features["user_features"].long())
-        self.register_buffer("item_features", features["item_features"].long())
-        self.register_buffer("item_genres", features["item_genres"].long())
-        self.uses_history = bool(schema.by_source("user", "sequence"))
+        # one buffer per feature array the schema declares (deepfm.data.splitting.SplitResult)
+        for name in feature_names(schema):
+            dense = name.endswith("_dense")
+            self.register_buffer(name, features[name].float() if dense else features[name].long())
+        self.uses_history = schema.field("history") is not None
 
     def item_id_codes(self) -> torch.Tensor:
         """(num_items,) the item_id code of every item index (0: unseen in train), the
@@ -44,11 +46,21 @@ class RankingModel(nn.Module):
 
     def side_inputs(
         self, side: str, idx: torch.Tensor, history: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        if side == "item":
-            return self.item_features[idx], [self.item_genres[idx]]
-        if not self.uses_history:
-            return self.user_features[idx], []
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
+        """One side's inputs for indices `idx`: the sparse codes (N, n_sparse), one (N, L)
+        code matrix per sequence field in schema order (the history first, from `history`),
+        and the dense values (N, n_dense) or None."""
+        codes = getattr(self, f"{side}_features")[idx]
+        dense = (
+            getattr(self, f"{side}_dense")[idx] if self.schema.by_source(side, "dense") else None
+        )
+        bags = [
+            getattr(self, f"{side}_{f.name}")[idx]
+            for f in self.schema.by_source(side, "sequence")
+            if f.name != "history"
+        ]
+        if side == "item" or not self.uses_history:
+            return codes, bags, dense
         if history is None or history.shape[0] != len(idx):
             raise ValueError(
                 "this model's schema has a history field: pass history, one row of item_id "
@@ -56,7 +68,7 @@ class RankingModel(nn.Module):
                 f"{'none' if history is None else tuple(history.shape)}), e.g. "
                 "SplitResult.train_history or HeldOut.history."
             )
-        return self.user_features[idx], [history.long()]
+        return codes, [history.long(), *bags], dense
 
     def embed_side(
         self,
@@ -65,8 +77,7 @@ class RankingModel(nn.Module):
         idx: torch.Tensor,
         history: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        codes, bags = self.side_inputs(side, idx, history)
-        return embedding.side(side, codes, bags)
+        return embedding.side(side, *self.side_inputs(side, idx, history))
 
     def embed(
         self,

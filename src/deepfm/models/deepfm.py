@@ -16,6 +16,7 @@ class DeepFM(RankingModel):
         self.embedding = FeatureEmbedding(
             schema,
             params.embed_dim,
+            field_dims=params.field_dims,
             recent_items=params.recent_items,
             history_pooling=params.history_pooling,
         )

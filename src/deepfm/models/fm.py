@@ -14,7 +14,7 @@ from deepfm.models.layers import FeatureEmbedding, fm_interaction, fm_interactio
 class FM(RankingModel):
     def __init__(self, schema: Schema, features: dict, params: FMConfig):
         super().__init__(schema, features)
-        self.embedding = FeatureEmbedding(schema, params.embed_dim)
+        self.embedding = FeatureEmbedding(schema, params.embed_dim, field_dims=params.field_dims)
         self.add_first_order(schema)  # after the embedding: keeps the initialisation order
 
     def forward(

@@ -70,7 +70,7 @@ class SASRec(RankingModel):
 
     def _state(self, users: torch.Tensor, history: torch.Tensor | None) -> torch.Tensor:
         # side_inputs checks that there is one history row per user (same error as the others)
-        (history,) = self.side_inputs("user", users, history)[1]
+        history = self.side_inputs("user", users, history)[1][0]  # the history comes first
         return self.user_state(history)
 
     def item_vectors(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

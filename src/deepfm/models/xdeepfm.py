@@ -23,6 +23,7 @@ class XDeepFM(RankingModel):
         self.embedding = FeatureEmbedding(
             schema,
             params.embed_dim,
+            field_dims=params.field_dims,
             recent_items=params.recent_items,
             history_pooling=params.history_pooling,
         )

@@ -24,7 +24,7 @@ from deepfm.config import MODEL_SECTIONS, Config, TrainConfig
 from deepfm.data.batches import feature_tensors
 from deepfm.data.sampling import RatedIndex
 from deepfm.data.schema import Schema
-from deepfm.data.splitting import SplitResult
+from deepfm.data.splitting import SplitResult, feature_names
 from deepfm.evaluation.ranking import evaluate_held_out
 from deepfm.io import load_checkpoint, save_checkpoint
 from deepfm.models import build_model
@@ -118,7 +118,7 @@ def load_model(path: Path) -> tuple[RankingModel, dict]:
         )
     schema = Schema.from_dict(payload["schema"])
     state = payload["state_dict"]
-    features = {k: state[k] for k in ("user_features", "item_features", "item_genres")}
+    features = {k: state[k] for k in feature_names(schema)}
     params = MODEL_SECTIONS[payload["model"]](**payload["model_params"])
     model = build_model(payload["model"], schema, features, params)
     model.load_state_dict(state)
@@ -192,9 +192,7 @@ def run_fingerprint(cfg: Config, split: SplitResult) -> str:
         split.val.users,
         split.val.items,
         split.val.history,
-        split.user_features,
-        split.item_features,
-        split.item_genres,
+        *(split.features[name] for name in sorted(split.features)),
     ):
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()

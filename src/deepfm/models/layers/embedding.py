@@ -59,6 +59,12 @@ class FeatureEmbedding(nn.Module):
             raise ValueError(
                 f"field_dims names unknown fields {', '.join(unknown)}; fields: {', '.join(names)}."
             )
+        dense = sorted(set(field_dims) & {f.name for f in schema.fields if f.kind == "dense"})
+        if dense:
+            raise ValueError(
+                f"field_dims names dense fields {', '.join(dense)}: a number has no table; "
+                "its vector always has the common size. Remove it from field_dims."
+            )
         bad = {k: v for k, v in field_dims.items() if not isinstance(v, int) or v < 1}
         if bad:
             raise ValueError(f"field_dims sizes must be positive integers, got {bad}.")
@@ -87,11 +93,10 @@ class FeatureEmbedding(nn.Module):
             for f in [*separate, *sequence]:
                 if f.name in own:
                     self.projections[f.name] = nn.Linear(own[f.name], dim, bias=False)
-            # parts come out as [shared sparse, separate sparse, sequence]; `order` puts them
-            # back into schema order (sparse fields by column, then sequence fields)
+            # sparse parts come out as [shared, separate]; `order` puts them back into column
+            # order. A side's fields leave as: sparse, dense, sequence (schema order).
             produced = [*shared, *separate]
             order = sorted(range(len(produced)), key=lambda p: sparse.index(produced[p]))
-            order += range(len(produced), len(produced) + len(sequence))
             identity = order == list(range(len(order)))
             self.register_buffer(
                 f"{side}_order", None if identity else torch.tensor(order), persistent=False
@@ -107,14 +112,8 @@ class FeatureEmbedding(nn.Module):
         self.history_pooling = history_pooling
         if history_pooling == "position":
             self.history_position = nn.Parameter(torch.zeros(history.length))
-        self.num_user_fields = (
-            len(schema.by_source("user", "sparse"))
-            + len(schema.by_source("user", "sequence"))
-            + recent_items
-        )
-        self.num_item_fields = len(schema.by_source("item", "sparse")) + len(
-            schema.by_source("item", "sequence")
-        )
+        self.num_user_fields = self.side_width(schema, "user") + recent_items
+        self.num_item_fields = self.side_width(schema, "item")
         self.num_fields = self.num_user_fields + self.num_item_fields
         tables = [
             *self.tables.values(),
@@ -127,19 +126,58 @@ class FeatureEmbedding(nn.Module):
             if module.padding_idx is not None:
                 with torch.no_grad():
                     module.weight[0].zero_()
+        # a dense field's vector is its (scaled) value times a learned vector; made last, so
+        # schemas without dense fields draw the same initial weights as before they existed
+        self.dense = nn.ParameterDict(
+            {
+                side: nn.Parameter(
+                    torch.randn(len(schema.by_source(side, "dense")), dim) * init_std
+                )
+                for side in ("user", "item")
+                if schema.by_source(side, "dense")
+            }
+        )
 
-    def side(self, side: str, codes: torch.Tensor, bags: list[torch.Tensor]) -> torch.Tensor:
+    @staticmethod
+    def side_width(schema: Schema, side: str) -> int:
+        """How many field vectors one side yields (before recent_items)."""
+        return sum(len(schema.by_source(side, k)) for k in ("sparse", "dense", "sequence"))
+
+    def field_position(self, schema: Schema, side: str, name: str) -> int:
+        """Where field `name` sits among one side's output vectors (sparse by column, then
+        dense, then sequence fields)."""
+        sparse = sorted(schema.by_source(side, "sparse"), key=lambda f: f.column)
+        names = [f.name for f in sparse]
+        names += [f.name for f in schema.by_source(side, "dense")]
+        names += [f.name for f in schema.by_source(side, "sequence")]
+        return names.index(name)
+
+    def side(
+        self,
+        side: str,
+        codes: torch.Tensor,
+        bags: list[torch.Tensor],
+        dense: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """codes: (N, n_sparse) field codes of one side, in column order; bags: one (N, L) code
-        matrix per sequence field. Returns (N, n_fields_of_side, dim)."""
+        matrix per sequence field; dense: (N, n_dense) values or None. Returns
+        (N, n_fields_of_side, dim): sparse fields, dense fields, sequence fields."""
         spec = self.sides[side]
-        parts = []
+        sparse = []
         if spec["shared_columns"]:
             shared = codes if not spec["separate"] else codes[:, spec["shared_columns"]]
             offsets = getattr(self, f"{side}_offsets")
-            parts.append(_lookup(self.tables[side].weight, shared + offsets))
+            sparse.append(_lookup(self.tables[side].weight, shared + offsets))
         for name, column in spec["separate"]:
             own = _lookup(self.own_tables[name].weight, codes[:, column])
-            parts.append(self.projections[name](own)[:, None])
+            sparse.append(self.projections[name](own)[:, None])
+        parts = []
+        if sparse:
+            out = torch.cat(sparse, dim=1) if len(sparse) > 1 else sparse[0]
+            order = getattr(self, f"{side}_order")
+            parts.append(out if order is None else out[:, order])
+        if side in self.dense:
+            parts.append(dense.unsqueeze(-1).to(self.dense[side].dtype) * self.dense[side])
         history = None
         for (name, _), bag in zip(spec["sequence"], bags, strict=True):
             if name == "history":
@@ -152,8 +190,6 @@ class FeatureEmbedding(nn.Module):
                 pooled = self.projections[name](pooled)
             parts.append(pooled.unsqueeze(1))
         out = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-        order = getattr(self, f"{side}_order")
-        out = out if order is None else out[:, order]
         if side == "user" and len(self.recent):
             recent = [_lookup(t.weight, history[:, p]) for p, t in enumerate(self.recent)]
             out = torch.cat([out, torch.stack(recent, dim=1)], dim=1)

@@ -1,0 +1,261 @@
+"""A dataset, declared in params.yaml (`datasets.<name>`): where its files come from, how the
+label is made, and which fields the models see. A new dataset is a block of params, no code.
+
+    datasets:
+      my-ratings:
+        source: local                     # or a registered release: ml-100k, ml-1m, ...
+        files:
+          interactions: {path: /data/ratings.csv, sha256: 9f2c...}
+          items: {path: /data/items.parquet, sha256: 41aa...}   # optional side tables
+        columns: {user_id: user, item_id: movie, rating: stars, timestamp: ts}
+        label: {threshold: 7}             # label = rating >= 7; or {column: clicked} (0/1)
+        fields:
+          user_id: {source: user, kind: sparse}
+          age: {source: user, kind: dense, scaler: standard, missing: mean}
+          item_id: {source: item, kind: sparse}
+          category: {source: item, kind: sparse, min_count: 2}
+          tags: {source: item, kind: sequence, separator: "|", max_length: 5}
+
+Every key is checked here, with an error that names it, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+FIELD_SOURCES = ("user", "item")
+FIELD_KINDS = ("sparse", "sequence", "dense")
+SCALERS = ("standard", "minmax", "none")
+FILE_ROLES = ("interactions", "users", "items")
+CANONICAL_COLUMNS = ("user_id", "item_id", "rating", "timestamp", "label")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class DeclarationError(ValueError):
+    """A dataset declaration problem; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    source: str  # user | item: looked up by the user or the item of an example
+    kind: str  # sparse (one code) | sequence (a bag of codes) | dense (a number)
+    # sparse / sequence: values seen on fewer train users / items than this -> code 0 (unknown)
+    min_count: int = 1
+    max_length: int = 0  # sequence: keep the first n values of each bag; 0 = all
+    separator: str = "|"  # sequence held as text in a local file: the values' separator
+    bins: tuple[float, ...] = ()  # sparse from a number: one code per interval of these edges
+    scaler: str = "standard"  # dense: fitted on the train split's users / items only
+    missing: str | float = "mean"  # dense: a missing value becomes the train mean, or a number
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    path: str
+    sha256: str
+    format: str  # csv | parquet (from the file name unless given)
+    separator: str = ","
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    source: str  # "local", or the name of a registered release (deepfm.data.sources)
+    fields: tuple[FieldSpec, ...]
+    label_threshold: float | None = None  # label = rating >= threshold
+    label_column: str | None = None  # or a given 0/1 label (canonical name "label")
+    files: dict[str, FileSpec] = field(default_factory=dict)  # local: role -> file
+    columns: dict[str, str] = field(default_factory=dict)  # canonical name -> file column
+    options: dict[str, Any] = field(default_factory=dict)  # release parser options
+
+    def field(self, name: str) -> FieldSpec | None:
+        return next((f for f in self.fields if f.name == name), None)
+
+
+def _fail(key: str, message: str) -> DeclarationError:
+    return DeclarationError(f"params.yaml: '{key}' {message}")
+
+
+def _mapping(value, key: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _fail(key, f"is {value!r}; it must be a mapping of keys.")
+    return value
+
+
+def _only(raw: dict, allowed: tuple[str, ...], key: str) -> None:
+    unknown = sorted(set(raw) - set(allowed))
+    if unknown:
+        raise _fail(
+            f"{key}.{unknown[0]}", f"is not a known key; allowed here: {', '.join(allowed)}."
+        )
+
+
+def _int(raw: dict, name: str, key: str, default: int, lo: int) -> int:
+    value = raw.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise _fail(f"{key}.{name}", f"is {value!r}; it must be an integer >= {lo}.")
+    return value
+
+
+def _choice(raw: dict, name: str, key: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = raw.get(name, default)
+    if value not in allowed:
+        raise _fail(f"{key}.{name}", f"is {value!r}; allowed: {', '.join(allowed)}.")
+    return value
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def parse_field(name: str, raw, key: str) -> FieldSpec:
+    raw = _mapping(raw, key)
+    _only(
+        raw,
+        ("source", "kind", "min_count", "max_length", "separator", "bins", "scaler", "missing"),
+        key,
+    )
+    for required in ("source", "kind"):
+        if required not in raw:
+            raise _fail(key, f"lacks '{required}'; e.g. {{source: user, kind: sparse}}.")
+    source = _choice(raw, "source", key, "", FIELD_SOURCES)
+    kind = _choice(raw, "kind", key, "", FIELD_KINDS)
+    per_kind = {
+        "sparse": {"min_count", "bins"},
+        "sequence": {"min_count", "max_length", "separator"},
+        "dense": {"scaler", "missing"},
+    }
+    for option in set(raw) - {"source", "kind"} - per_kind[kind]:
+        raise _fail(
+            f"{key}.{option}",
+            f"does not apply to a {kind} field; its options: {', '.join(sorted(per_kind[kind]))}.",
+        )
+    bins = raw.get("bins", [])
+    if not isinstance(bins, list) or not all(_number(b) for b in bins) or bins != sorted(bins):
+        raise _fail(f"{key}.bins", f"is {bins!r}; it must be an increasing list of numbers.")
+    separator = raw.get("separator", "|")
+    if not isinstance(separator, str) or not separator:
+        raise _fail(f"{key}.separator", f"is {separator!r}; it must be a non-empty string.")
+    missing = raw.get("missing", "mean")
+    if missing != "mean" and not _number(missing):
+        raise _fail(f"{key}.missing", f"is {missing!r}; it must be 'mean' or a number.")
+    if name in ("user_id", "item_id") and (kind != "sparse" or source != name[:4]):
+        raise _fail(key, f"must be {{source: {name[:4]}, kind: sparse}}: it is the {name[:4]} id.")
+    return FieldSpec(
+        name=name,
+        source=source,
+        kind=kind,
+        min_count=_int(raw, "min_count", key, 1, 1),
+        max_length=_int(raw, "max_length", key, 0, 0),
+        separator=separator,
+        bins=tuple(float(b) for b in bins),
+        scaler=_choice(raw, "scaler", key, "standard", SCALERS),
+        missing=float(missing) if _number(missing) else missing,
+    )
+
+
+def _parse_file(role: str, raw, key: str) -> FileSpec:
+    raw = _mapping(raw, key)
+    _only(raw, ("path", "sha256", "format", "separator"), key)
+    path = raw.get("path")
+    if not isinstance(path, str) or not path:
+        raise _fail(
+            f"{key}.path", f"is {path!r}; give the file's path (absolute or repo-relative)."
+        )
+    sha = raw.get("sha256")
+    if not isinstance(sha, str) or not _SHA256.match(sha):
+        raise _fail(
+            f"{key}.sha256",
+            f"is {sha!r}; give the file's sha256 (64 hex digits, e.g. from `sha256sum {path}`).",
+        )
+    suffix = path.rsplit(".", 1)[-1].lower() if "." in path else ""
+    fmt = raw.get("format", {"csv": "csv", "tsv": "csv", "parquet": "parquet"}.get(suffix))
+    if fmt not in ("csv", "parquet"):
+        raise _fail(f"{key}.format", f"is {fmt!r}; set format: csv or format: parquet.")
+    separator = raw.get("separator", "\t" if suffix == "tsv" else ",")
+    if not isinstance(separator, str) or len(separator) != 1:
+        raise _fail(f"{key}.separator", f"is {separator!r}; it must be one character.")
+    return FileSpec(path=path, sha256=sha, format=fmt, separator=separator)
+
+
+def parse_dataset(name: str, raw, registered: tuple[str, ...]) -> DatasetSpec:
+    """One `datasets.<name>` block -> DatasetSpec. `registered`: the known release names."""
+    key = f"datasets.{name}"
+    raw = _mapping(raw, key)
+    _only(raw, ("source", "files", "columns", "label", "fields", "options"), key)
+    source = raw.get("source")
+    if source != "local" and source not in registered:
+        raise _fail(
+            f"{key}.source",
+            f"is {source!r}; use 'local' (your own files) or a registered release: "
+            f"{', '.join(registered)}.",
+        )
+
+    label = _mapping(raw.get("label"), f"{key}.label")
+    _only(label, ("threshold", "column"), f"{key}.label")
+    if len(label) != 1:
+        raise _fail(
+            f"{key}.label",
+            "must hold exactly one rule: {threshold: 4} (label = rating >= 4, any numeric "
+            "scale) or {column: clicked} (a given 0/1 label).",
+        )
+    threshold = label.get("threshold")
+    if "threshold" in label and not _number(threshold):
+        raise _fail(f"{key}.label.threshold", f"is {threshold!r}; it must be a number.")
+    label_column = label.get("column")
+    if "column" in label and (not isinstance(label_column, str) or not label_column):
+        raise _fail(f"{key}.label.column", f"is {label_column!r}; name the 0/1 label column.")
+
+    fields_raw = _mapping(raw.get("fields"), f"{key}.fields")
+    fields = tuple(parse_field(n, r, f"{key}.fields.{n}") for n, r in fields_raw.items())
+    for required in ("user_id", "item_id"):
+        if not any(f.name == required for f in fields):
+            raise _fail(
+                f"{key}.fields",
+                f"lacks '{required}'; add {required}: {{source: {required[:4]}, kind: sparse}}.",
+            )
+    if "history" in fields_raw:
+        raise _fail(
+            f"{key}.fields.history",
+            "is reserved: the history field is made by the split (split.history_length).",
+        )
+
+    files: dict[str, FileSpec] = {}
+    columns: dict[str, str] = {}
+    if source == "local":
+        files_raw = _mapping(raw.get("files"), f"{key}.files")
+        _only(files_raw, FILE_ROLES, f"{key}.files")
+        if "interactions" not in files_raw:
+            raise _fail(
+                f"{key}.files",
+                "lacks 'interactions'; e.g. interactions: {path: data.csv, sha256: <64 hex>}.",
+            )
+        files = {r: _parse_file(r, v, f"{key}.files.{r}") for r, v in files_raw.items()}
+        columns_raw = _mapping(raw.get("columns"), f"{key}.columns")
+        _only(columns_raw, CANONICAL_COLUMNS, f"{key}.columns")
+        for canonical, column in columns_raw.items():
+            if not isinstance(column, str) or not column:
+                raise _fail(f"{key}.columns.{canonical}", f"is {column!r}; name a file column.")
+        columns = {c: columns_raw.get(c, c) for c in CANONICAL_COLUMNS}
+        if label_column is not None:
+            columns["label"] = label_column
+    elif raw.get("files") or raw.get("columns"):
+        raise _fail(
+            f"{key}.files",
+            f"applies to source: local only; {source} is fetched from its registered archive.",
+        )
+    options = _mapping(raw.get("options"), f"{key}.options")
+    return DatasetSpec(
+        name=name,
+        source=source,
+        fields=fields,
+        label_threshold=float(threshold) if threshold is not None else None,
+        label_column=label_column,
+        files=files,
+        columns=columns,
+        options=options,
+    )
