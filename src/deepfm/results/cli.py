@@ -34,6 +34,7 @@ from deepfm.results.comparison import (
     paired_user_scores,
     parse_exp_show,
     parse_rank_metric,
+    per_user_metrics,
     render_markdown,
     select_runs,
     summarize,
@@ -227,7 +228,11 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", parents=[source], help="paired per-user test of two models")
     c.add_argument("models", nargs="*", metavar="MODEL", help="MODEL_A MODEL_B")
-    c.add_argument("--metric", default=MAIN_METRIC, help="ndcg@K, hr@K or mrr; full_ = full rank")
+    c.add_argument(
+        "--metric",
+        default=MAIN_METRIC,
+        help=f"{', '.join(per_user_metrics())}; full_ = full rank",
+    )
     c.add_argument("--ranks-a", nargs="+", metavar="FILE", help="rank parquet file(s) of A")
     c.add_argument("--ranks-b", nargs="+", metavar="FILE", help="rank parquet file(s) of B")
     c.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples")

@@ -13,13 +13,14 @@ reads the per-user rank files. Which experiments count (see `select_runs`):
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from deepfm.evaluation import metrics as M
 
 EVAL_JSON = "metrics/eval.json"
 TIMING_JSON = "metrics/timing/summary.json"
@@ -28,8 +29,13 @@ RANKS = "metrics/eval_ranks.parquet"
 PARAMS_YAML = "params.yaml"
 
 MAIN_METRIC = "full_ndcg@10"
-DEFAULT_METRICS = ("full_ndcg@10", "full_hr@10", "ndcg@10", "hr@10", "auc", "logloss")
-LOWER_IS_BETTER = frozenset({"logloss"})
+# the registry's table columns: full_ndcg@10 full_hr@10 ndcg@10 hr@10 auc logloss
+DEFAULT_METRICS = tuple(
+    M.key(M.METRICS[name], ranking, M.TABLE_K)
+    for ranking in (M.FULL, M.SAMPLED)
+    for name in M.TABLE
+    if ranking in M.METRICS[name].rankings
+)
 # Differ on purpose between the runs of one model, so never reported as a config mismatch.
 _EXPECTED_TO_VARY = frozenset({"seed", "train.num_threads", "train.device"})
 _DASH = "—"
@@ -262,7 +268,8 @@ def summarize(
     sort_by: str = MAIN_METRIC,
 ) -> Summary:
     """Runs (from `select_runs`) -> mean ± std over seeds per model, sorted by `sort_by`
-    (higher first; lower first for LogLoss). If `sort_by` is not in the runs, the first metric."""
+    (best first: higher first, lower first for a lower-is-better metric such as LogLoss). If
+    `sort_by` is not in the runs, the first metric."""
     if runs.empty:
         raise ReportError("no runs to summarize")
     metrics = tuple(dict.fromkeys(metrics))
@@ -297,22 +304,32 @@ def summarize(
             row[f"{m} n"] = len(values)
         out.append(row)
     table = pd.DataFrame(out).sort_values(
-        f"{sort_by} mean", ascending=sort_by in LOWER_IS_BETTER, kind="stable", na_position="last"
+        f"{sort_by} mean", ascending=_lower_is_better(sort_by), kind="stable", na_position="last"
     )
     return Summary(table.set_index("model"), metrics, split, sort_by)
 
 
+def _lower_is_better(column: str) -> bool:
+    """A registered metric's direction; a column that is no metric (users) sorts high first."""
+    try:
+        return not M.higher_is_better(column)
+    except ValueError:
+        return False
+
+
 def metric_label(metric: str, arrow: bool = True) -> str:
     """'full_ndcg@10' -> 'NDCG@10 (full) ↑', 'hr@10' -> 'HR@10 (sampled) ↑', 'logloss' ->
-    'LogLoss ↓'."""
-    names = {"ndcg": "NDCG", "hr": "HR", "mrr": "MRR", "auc": "AUC", "logloss": "LogLoss"}
-    full = metric.startswith("full_")
-    stem, _, k = metric.removeprefix("full_").partition("@")
-    label = names.get(stem, stem) + (f"@{k}" if k else "")
-    if stem in ("ndcg", "hr", "mrr"):
-        label += " (full)" if full else " (sampled)"
+    'LogLoss ↓' (the ranking is named for metrics of more than one); a column that is no
+    registered metric keeps its name."""
+    try:
+        m, ranking, k = M.parse_key(metric)
+    except ValueError:
+        return metric + (" ↑" if arrow else "")
+    label = m.label + (f"@{k}" if m.cutoff else "")
+    if len(m.rankings) > 1:
+        label += f" ({ranking})"
     if arrow:
-        label += " ↓" if metric in LOWER_IS_BETTER else " ↑"
+        label += " ↑" if m.higher_is_better else " ↓"
     return label
 
 
@@ -450,28 +467,40 @@ def paired_test(
     )
 
 
-_RANK_METRIC = re.compile(r"^(full_)?(?:(ndcg|hr)@(\d+)|(mrr))$")
+def _listing(words: Sequence[str], last: str) -> str:
+    """['a', 'b', 'c'], 'or' -> 'a, b or c'."""
+    return f"{', '.join(words[:-1])} {last} {words[-1]}" if len(words) > 1 else "".join(words)
 
 
-def parse_rank_metric(metric: str) -> tuple[str | None, str | None, str | None, str | None]:
-    """'full_ndcg@10' -> ('full_', 'ndcg', '10', None); 'mrr' -> (None, None, None, 'mrr')."""
-    match = _RANK_METRIC.match(metric)
-    if match is None:
+def per_user_metrics() -> list[str]:
+    """The registry's per-user metrics as the user writes them: ['hr@K', 'ndcg@K', 'mrr']."""
+    return [m.name + ("@K" if m.cutoff else "") for m in M.METRICS.values() if m.per_user]
+
+
+def parse_rank_metric(metric: str) -> tuple[M.Metric, str, int | None]:
+    """A metric with a value per user (so two models can be paired on it) -> (metric, ranking,
+    k): 'full_ndcg@10' -> (NDCG, 'full', 10), 'mrr' -> (MRR, 'sampled', None)."""
+    try:
+        found = M.parse_key(metric)
+    except ValueError:
+        found = None
+    if found is None or not found[0].per_user:
+        per_user = _listing(per_user_metrics(), "or")
+        pooled = _listing([m.label for m in M.METRICS.values() if not m.per_user], "and")
         raise ReportError(
-            f"{metric!r} is not a per-user metric: use ndcg@K, hr@K or mrr, with a full_ prefix "
-            "for full ranking (AUC and LogLoss are pooled over users, so they cannot be paired)"
+            f"{metric!r} is not a per-user metric: use {per_user}, with a {M.RANKINGS[M.FULL]} "
+            f"prefix for full ranking ({pooled} are pooled over users, so they cannot be paired)"
         )
-    return match.groups()
+    return found
 
 
 def per_user_scores(ranks: pd.DataFrame, metric: str = MAIN_METRIC, split: str = "test"):
     """metrics/eval_ranks.parquet -> DataFrame indexed by user_id (sorted) with item_id and
-    score: the per-user value of `metric` (ndcg@K, hr@K or mrr; `full_` = full-ranking ranks,
-    otherwise the sampled-candidate ranks) on `split`."""
-    from deepfm.evaluation.metrics import ndcg_per_user
-
-    full, stem, k, is_mrr = parse_rank_metric(metric)
-    column = "full_rank" if full else "sampled_rank"
+    score: the per-user value of `metric` (a per-user metric of the registry, e.g. ndcg@K,
+    hr@K or mrr; `full_` = full-ranking ranks, otherwise the sampled-candidate ranks) on
+    `split`."""
+    registered, ranking, k = parse_rank_metric(metric)
+    column = f"{ranking}_rank"  # the rank table's sampled_rank / full_rank
     needed = {"split", "user_id", "item_id", column}
     if not needed <= set(ranks.columns):
         raise ReportError(
@@ -483,13 +512,7 @@ def per_user_scores(ranks: pd.DataFrame, metric: str = MAIN_METRIC, split: str =
         raise ReportError(f"rank table has no rows for split {split!r}")
     if part["user_id"].duplicated().any():
         raise ReportError(f"rank table lists a user twice in split {split!r}")
-    r = part[column].to_numpy()
-    if is_mrr:
-        score = 1.0 / r.astype(np.float64)
-    elif stem == "ndcg":
-        score = ndcg_per_user(r, int(k))
-    else:
-        score = (r <= int(k)).astype(np.float64)
+    score = M.per_user_values(registered, part[column].to_numpy(), k)
     out = pd.DataFrame(
         {"item_id": part["item_id"].to_numpy(), "score": score},
         index=pd.Index(part["user_id"].to_numpy(), name="user_id"),
