@@ -48,6 +48,44 @@ def test_training_learns_and_keeps_the_best_epoch(split, tmp_path):
     assert math.isclose(payload["val"]["full_ndcg@10"], max(scores), abs_tol=1e-6)
 
 
+def test_a_lower_is_better_monitor_keeps_the_epoch_with_the_lowest_value(split, tmp_path):
+    live = Recorder()
+    cfg = _cfg(epochs=6, checkpoint="best", monitor="logloss", learning_rate=0.01)
+    out = train(cfg, split, tmp_path / "m.pt", live=live, progress=False)
+    losses = [r["val/logloss"] for r in live.rows]
+    assert out.best_epoch == 1 + min(range(6), key=lambda i: (losses[i], i))
+    assert 1 < out.best_epoch < 6  # neither end of the curve: the direction decides it
+    payload = load_checkpoint(tmp_path / "m.pt")
+    assert payload["epoch"] == out.kept_epoch == out.best_epoch
+    assert math.isclose(payload["val"]["logloss"], min(losses), abs_tol=1e-6)
+
+
+def test_a_lower_is_better_monitor_drives_early_stopping_and_the_plateau_scheduler(split, tmp_path):
+    live = Recorder()
+    cfg = _cfg(epochs=40, patience=3, checkpoint="best", monitor="logloss", learning_rate=0.01,
+               scheduler="plateau", plateau_patience=0)  # fmt: skip
+    out = train(cfg, split, tmp_path / "m.pt", live=live, progress=False)
+    losses = [r["val/logloss"] for r in live.rows]
+    best = min(range(len(losses)), key=lambda i: (losses[i], i))
+    assert out.best_epoch == best + 1 and out.epochs_run == best + 4
+    assert out.stop_reason == "early stop: no better logloss for 3 epochs"
+    # the rate is halved after each validation that did not lower the LogLoss, and only then
+    lrs = [r["train/lr"] for r in live.rows]
+    for i in range(1, len(losses)):
+        lowered = losses[i] < min(losses[:i])
+        assert lrs[i] == (lrs[i - 1] if lowered else lrs[i - 1] / 2), i
+    assert lrs[best] == 0.01 and best >= 2
+
+
+def test_a_monitor_at_another_k_is_validated_and_watched(split, tmp_path):
+    live = Recorder()
+    out = train(_cfg(epochs=4, checkpoint="best", monitor="ndcg@5"), split, tmp_path / "m.pt",
+                live=live, progress=False)  # fmt: skip
+    scores = [r["val/ndcg@5"] for r in live.rows]  # computed beside the curves' k = 10
+    assert "val/full_ndcg@10" in live.rows[0] and "val/hr@5" in live.rows[0]
+    assert out.best_epoch == 1 + max(range(4), key=lambda i: (scores[i], -i))
+
+
 def test_checkpoint_last_keeps_the_final_weights(split, tmp_path):
     live = Recorder()
     out = train(_cfg(epochs=6, checkpoint="last"), split, tmp_path / "m.pt", live=live)

@@ -56,6 +56,9 @@ class TrainConfig:
     # which weights go to models/model.pt: the best validation epoch, or the last epoch run
     # (with a schedule that anneals to 0, the last epoch beat noisy best-epoch picks)
     checkpoint: Literal["best", "last"] = "last"
+    # the validation metric that early stopping, the plateau scheduler and checkpoint `best`
+    # watch, in its direction (deepfm.evaluation.metrics); a @k metric's k must be in eval.ks
+    monitor: str = "full_ndcg@10"
     batch_size: int = field(default=2048, metadata=_range(1, 1 << 20))
     learning_rate: float = field(default=2e-3, metadata=_range(0.0, 10.0, lo_open=True))
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
@@ -342,6 +345,7 @@ def parse_config(raw: dict, *, require_all: bool = False) -> Config:
     default hidden in code can change a result without DVC seeing it).
     """
     from deepfm.data.sources import DATASETS  # late import: sources imports nothing from here
+    from deepfm.evaluation.metrics import keys as metric_keys  # the same; and no torch
 
     if not isinstance(raw, dict):
         raise ConfigError("params.yaml must be a mapping of sections, e.g. 'train: {epochs: 30}'.")
@@ -377,6 +381,12 @@ def parse_config(raw: dict, *, require_all: bool = False) -> Config:
     if cfg.model not in MODEL_SECTIONS:
         raise ConfigError(
             f"params.yaml: 'model' is {cfg.model!r}; allowed: {', '.join(sorted(MODEL_SECTIONS))}."
+        )
+    monitors = metric_keys(cfg.eval.ks)  # every metric validation computes, at eval.ks
+    if cfg.train.monitor not in monitors:
+        raise ConfigError(
+            f"params.yaml: 'train.monitor' is {cfg.train.monitor!r}; allowed: "
+            f"{', '.join(monitors)} (a @k metric's k must be in 'eval.ks': {cfg.eval.ks})."
         )
     return cfg
 

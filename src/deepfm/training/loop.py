@@ -25,6 +25,7 @@ from deepfm.data.batches import feature_tensors
 from deepfm.data.sampling import RatedIndex
 from deepfm.data.schema import Schema
 from deepfm.data.splitting import SplitResult
+from deepfm.evaluation.metrics import parse_key
 from deepfm.evaluation.ranking import evaluate_held_out
 from deepfm.io import load_checkpoint, save_checkpoint
 from deepfm.models import build_model
@@ -32,7 +33,7 @@ from deepfm.models.base import RankingModel
 from deepfm.training.objectives import TrainingError, make_objective
 from deepfm.utils import deferred_interrupts, physical_cores
 
-MONITOR = "full_ndcg@10"  # early stopping watches validation full-ranking NDCG@10
+CURVE_K = 10  # validation computes the @k metrics at this k (the curves) and the monitor's k
 CHECKPOINT_FORMAT = 1
 
 
@@ -171,9 +172,10 @@ def train_steps(
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
-    if cfg.scheduler == "plateau":
+    if cfg.scheduler == "plateau":  # on the validation monitor, in its direction
+        mode = "max" if parse_key(cfg.monitor)[0].higher_is_better else "min"
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience
+            optimizer, mode=mode, factor=cfg.plateau_factor, patience=cfg.plateau_patience
         )
     if cfg.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
@@ -205,7 +207,7 @@ class _LoopState:
     """Everything that decides the rest of a run, saved after every completed epoch."""
 
     epoch: int = 0
-    best_score: float = -math.inf
+    best_score: float = -math.inf  # the monitor's best value, negated if lower is better
     best_epoch: int = 0
     best_val: dict = field(default_factory=dict)
     kept_epoch: int = 0
@@ -261,8 +263,8 @@ def train(
     progress: bool | None = None,
     resume_path: Path | None = None,
 ) -> TrainOutcome:
-    """Train cfg.model on the split; the checkpoint (the best epoch by validation MONITOR, or
-    the last epoch run: train.checkpoint) goes to model_path.
+    """Train cfg.model on the split; the checkpoint (the best epoch by the validation metric
+    train.monitor, or the last epoch run: train.checkpoint) goes to model_path.
 
     With `resume_path`, the full state is saved there after every epoch, and a run started
     with the same params and data continues from the last completed epoch, ending exactly as
@@ -278,9 +280,14 @@ def train(
         split.train_users, split.train_items, split.schema.num_users, split.schema.num_items
     )
 
+    monitor = tc.monitor
+    metric, _, monitor_k = parse_key(monitor)
+    sign = 1.0 if metric.higher_is_better else -1.0  # sign * value: higher is better
+    ks = sorted({CURVE_K, monitor_k or CURVE_K})
+
     def validate() -> dict:
         return evaluate_held_out(
-            model, split.val, rated, ks=[10], batch_users=cfg.eval.batch_users, device=device
+            model, split.val, rated, ks=ks, batch_users=cfg.eval.batch_users, device=device
         ).metrics
 
     if not model.trainable:
@@ -364,7 +371,7 @@ def train(
                 val_seconds = time.perf_counter() - val_start
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 if validated:  # plateau_patience counts validations
-                    scheduler.step(val[MONITOR])
+                    scheduler.step(val[monitor])
             elif scheduler is not None:
                 scheduler.step()
 
@@ -383,7 +390,7 @@ def train(
                 timing_live.next_step()
             if progress:
                 shown = (
-                    f"  val {MONITOR} {val[MONITOR]:.4f}  hr@10 {val['hr@10']:.4f}  "
+                    f"  val {monitor} {val[monitor]:.4f}  hr@{CURVE_K} {val[f'hr@{CURVE_K}']:.4f}  "
                     f"auc {val['auc']:.4f}"
                     if validated
                     else ""
@@ -394,9 +401,10 @@ def train(
             state.history.append(row)
             state.seconds.append(train_seconds)
             if validated:
-                improved = val[MONITOR] > state.best_score
+                score = sign * val[monitor]
+                improved = score > state.best_score
                 if improved:
-                    state.best_score, state.best_epoch, state.best_val = val[MONITOR], epoch, val
+                    state.best_score, state.best_epoch, state.best_val = score, epoch, val
                 if improved or tc.checkpoint == "last":
                     state.kept_epoch, state.kept_val = epoch, val
                     kept_payload = checkpoint_payload(cfg, model, epoch, val)
@@ -420,7 +428,7 @@ def train(
                 and epoch >= tc.min_epochs
                 and since_best >= tc.patience
             ):
-                stop_reason = f"early stop: no better {MONITOR} for {since_best} epochs"
+                stop_reason = f"early stop: no better {monitor} for {since_best} epochs"
                 break
     if resume_path is not None:
         resume_path.unlink(missing_ok=True)
