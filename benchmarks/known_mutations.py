@@ -110,13 +110,13 @@ MUTATIONS = [
     ),
     Mutation(
         "report: duplicate-user guard removed",
-        "src/deepfm/results/comparison.py",
+        "src/deepfm/results/statistics.py",
         '    if part["user_id"].duplicated().any():\n',
         "    if False:\n",
     ),
     Mutation(
         "report: NaN guard removed",
-        "src/deepfm/results/comparison.py",
+        "src/deepfm/results/statistics.py",
         "    if not (np.isfinite(a).all() and np.isfinite(b).all()):\n",
         "    if False:\n",
     ),

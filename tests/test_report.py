@@ -11,20 +11,17 @@ import pandas as pd
 import pytest
 from scipy.stats import wilcoxon
 
-from deepfm.results import cli
-from deepfm.results.comparison import (
+from deepfm.results import ReportError, cli
+from deepfm.results.rendering import metric_label, render_markdown
+from deepfm.results.runs import parse_exp_show, select_runs
+from deepfm.results.statistics import (
     DEFAULT_METRICS,
-    ReportError,
     align_users,
     bootstrap_mean_ci,
     mean_over_runs,
-    metric_label,
     paired_test,
     paired_user_scores,
-    parse_exp_show,
     per_user_scores,
-    render_markdown,
-    select_runs,
     summarize,
     wilcoxon_p,
 )

@@ -24,19 +24,17 @@ from pathlib import Path
 import pandas as pd
 
 from deepfm.io import atomic_path
-from deepfm.results.comparison import (
+from deepfm.results import ReportError
+from deepfm.results.rendering import render_markdown
+from deepfm.results.runs import Selection, parse_exp_show, select_runs
+from deepfm.results.statistics import (
     DEFAULT_METRICS,
     MAIN_METRIC,
     RANKS,
-    ReportError,
-    Selection,
     paired_test,
     paired_user_scores,
-    parse_exp_show,
     parse_rank_metric,
     per_user_metrics,
-    render_markdown,
-    select_runs,
     summarize,
 )
 
