@@ -86,13 +86,13 @@ MUTATIONS = [
     ),
     Mutation(
         "resume file of other params used anyway",
-        "src/deepfm/training/loop.py",
+        "src/deepfm/training/checkpoint.py",
         '        if saved.get("fingerprint") == fingerprint:\n',
         "        if True:\n",
     ),
     Mutation(
         "corrupt resume file silently ignored",
-        "src/deepfm/training/loop.py",
+        "src/deepfm/training/checkpoint.py",
         "    except Exception as e:\n        why = ",
         "    except Exception as e:\n        return None\n        why = ",
     ),

@@ -5,8 +5,9 @@ import torch
 
 from deepfm.config import parse_config
 from deepfm.io import load_checkpoint
-from deepfm.training import loop
-from deepfm.training.loop import TrainingError, load_model, train
+from deepfm.training import checkpoint, loop, optim
+from deepfm.training.checkpoint import load_model
+from deepfm.training.loop import TrainingError, train
 from deepfm.training.objectives import Pointwise
 
 
@@ -250,7 +251,7 @@ def test_itempop_needs_no_training(split, tmp_path):
     cfg = parse_config({"model": "itempop"})
     out = train(cfg, split, tmp_path / "m.pt", progress=False)
     assert out.epochs_run == 0 and out.best_val["users"] == len(split.val.users)
-    assert loop.load_model(tmp_path / "m.pt")[0].item_logits.abs().sum() > 0
+    assert checkpoint.load_model(tmp_path / "m.pt")[0].item_logits.abs().sum() > 0
 
 
 def test_amp_off_cuda_is_a_clear_error(split, tmp_path):
@@ -267,7 +268,7 @@ def test_bfloat16_autocast_steps_train(split):
     cfg = _cfg()
     torch.manual_seed(0)
     model = build_model("deepfm", split.schema, feature_tensors(split), cfg.model_params)
-    optimizer = loop.make_optimizer(model, cfg.train)
+    optimizer = optim.make_optimizer(model, cfg.train)
     users = torch.from_numpy(split.train_users[:256].astype("int64"))
     items = torch.from_numpy(split.train_items[:256].astype("int64"))
     labels = torch.from_numpy(split.train_labels[:256].astype("float32"))
@@ -317,9 +318,9 @@ def test_train_amp_runs_the_forward_pass_in_bfloat16(split, tmp_path, monkeypatc
 def test_run_fingerprint_covers_params_and_every_training_array(split):
     import copy
 
-    base = loop.run_fingerprint(_cfg(), split)
-    assert base == loop.run_fingerprint(_cfg(), copy.deepcopy(split))
-    assert base != loop.run_fingerprint(_cfg(learning_rate=0.01), split)
+    base = checkpoint.run_fingerprint(_cfg(), split)
+    assert base == checkpoint.run_fingerprint(_cfg(), copy.deepcopy(split))
+    assert base != checkpoint.run_fingerprint(_cfg(learning_rate=0.01), split)
     arrays = ["train_users", "train_items", "train_labels", "train_history", "user_features",
               "item_features", "item_genres"]  # fmt: skip
     held = ["users", "items", "history"]
@@ -328,7 +329,7 @@ def test_run_fingerprint_covers_params_and_every_training_array(split):
         owner, attr = (changed.val, name[4:]) if name.startswith("val.") else (changed, name)
         array = getattr(owner, attr)
         array.flat[-1] = array.flat[-1] + 1
-        assert loop.run_fingerprint(_cfg(), changed) != base, name
+        assert checkpoint.run_fingerprint(_cfg(), changed) != base, name
 
 
 class SignalRecorder(Recorder):
