@@ -29,10 +29,10 @@ test: lint  ## lint + unit tests + the real-pipeline integration test
 # The functions whose code produces reported numbers (fnmatch patterns over mutmut's names).
 MUTANTS := 'deepfm.data.splitting.*' 'deepfm.data.sampling.*' 'deepfm.data.batches.*' \
 	'deepfm.evaluation.ranking.*' 'deepfm.evaluation.metrics.*' \
-	'deepfm.training.loop.x_run_fingerprint*' 'deepfm.training.loop.x__*_resume*' \
-	'deepfm.results.comparison.x_summarize*' 'deepfm.results.comparison.x_bootstrap_mean_ci*' \
-	'deepfm.results.comparison.x_wilcoxon_p*' 'deepfm.results.comparison.x_paired_*' 'deepfm.results.comparison.x_*user*' \
-	'deepfm.results.comparison.x_mean_over_runs*' 'deepfm.results.comparison.x_parse_rank_metric*'
+	'deepfm.training.checkpoint.x_run_fingerprint*' 'deepfm.training.checkpoint.x_*_resume*' \
+	'deepfm.results.statistics.x_summarize*' 'deepfm.results.statistics.x_bootstrap_mean_ci*' \
+	'deepfm.results.statistics.x_wilcoxon_p*' 'deepfm.results.statistics.x_paired_*' 'deepfm.results.statistics.x_*user*' \
+	'deepfm.results.statistics.x_mean_over_runs*' 'deepfm.results.statistics.x_parse_rank_metric*'
 
 mutation: install  ## mutation testing by hand (docs/testing.md); one core, one worker
 	$(BIN)/python -m pip install --disable-pip-version-check --quiet -r requirements-mutation.lock

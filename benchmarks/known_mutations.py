@@ -86,13 +86,13 @@ MUTATIONS = [
     ),
     Mutation(
         "resume file of other params used anyway",
-        "src/deepfm/training/loop.py",
+        "src/deepfm/training/checkpoint.py",
         '        if saved.get("fingerprint") == fingerprint:\n',
         "        if True:\n",
     ),
     Mutation(
         "corrupt resume file silently ignored",
-        "src/deepfm/training/loop.py",
+        "src/deepfm/training/checkpoint.py",
         "    except Exception as e:\n        why = ",
         "    except Exception as e:\n        return None\n        why = ",
     ),
@@ -110,13 +110,13 @@ MUTATIONS = [
     ),
     Mutation(
         "report: duplicate-user guard removed",
-        "src/deepfm/results/comparison.py",
+        "src/deepfm/results/statistics.py",
         '    if part["user_id"].duplicated().any():\n',
         "    if False:\n",
     ),
     Mutation(
         "report: NaN guard removed",
-        "src/deepfm/results/comparison.py",
+        "src/deepfm/results/statistics.py",
         "    if not (np.isfinite(a).all() and np.isfinite(b).all()):\n",
         "    if False:\n",
     ),

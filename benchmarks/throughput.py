@@ -34,8 +34,9 @@ from deepfm.data.sampling import RatedIndex  # noqa: E402
 from deepfm.data.splitting import read_split  # noqa: E402
 from deepfm.evaluation.ranking import evaluate_split  # noqa: E402
 from deepfm.models import MODELS, build_model  # noqa: E402
-from deepfm.training.loop import make_optimizer, setup_torch, train_steps  # noqa: E402
+from deepfm.training.loop import setup_torch, train_steps  # noqa: E402
 from deepfm.training.objectives import make_objective  # noqa: E402
+from deepfm.training.optim import make_optimizer  # noqa: E402
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:

@@ -256,13 +256,13 @@ def test_ease_scores_the_union_of_train_items_and_history(split, which):
 
 @pytest.mark.parametrize("name", ["ease", "item_cooccurrence"])
 def test_checkpoint_round_trip_and_training_loop(split, tmp_path, name):
-    from deepfm.training import loop
+    from deepfm.training import checkpoint, loop
 
     cfg = parse_config({"model": name})
     out = loop.train(cfg, split, tmp_path / "m.pt", progress=False)
     assert out.epochs_run == 0 and out.num_parameters == 0
     assert 0 < out.best_val["full_ndcg@10"] <= 1
-    loaded, _ = loop.load_model(tmp_path / "m.pt")
+    loaded, _ = checkpoint.load_model(tmp_path / "m.pt")
     fresh = _fit(name, split, cfg.model_params)
     users = torch.from_numpy(split.test.users.astype(np.int64))
     history = torch.from_numpy(split.test.history)

@@ -59,6 +59,25 @@ def test_repo_params_load_and_are_complete():
             {"fm": {"field_dims": [2]}},
             r"'fm\.field_dims' is \[2\]; it must be a mapping of names to an integer",
         ),
+        (
+            {"train": {"monitor": "full_ndcg"}},
+            r"'train\.monitor' is 'full_ndcg'; allowed: hr@5, ndcg@5, hr@10, ndcg@10, hr@20, "
+            r"ndcg@20, mrr, auc, logloss, full_hr@5, full_ndcg@5, full_hr@10, full_ndcg@10, "
+            r"full_hr@20, full_ndcg@20, full_mrr \(a @k metric's k must be in 'eval\.ks': "
+            r"\[5, 10, 20\]\)\.$",
+        ),
+        ({"train": {"monitor": "full_auc"}}, r"'train\.monitor' is 'full_auc'; allowed: hr@5"),
+        ({"train": {"monitor": "users"}}, r"'train\.monitor' is 'users'; allowed: hr@5"),
+        (
+            {"train": {"monitor": "ndcg@50"}},
+            r"'train\.monitor' is 'ndcg@50'; allowed: .*'eval\.ks': \[5, 10, 20\]",
+        ),
+        (  # the default monitor, full_ndcg@10, needs 10 in eval.ks
+            {"eval": {"ks": [5, 20]}},
+            r"'train\.monitor' is 'full_ndcg@10'; allowed: hr@5, ndcg@5, hr@20, ndcg@20, mrr, "
+            r"auc, logloss, full_hr@5, .* 'eval\.ks': \[5, 20\]",
+        ),
+        ({"train": {"monitor": 10}}, r"'train\.monitor' is 10 \(int\); it must be a string"),
     ],
 )
 def test_bad_values_name_key_value_and_allowed(raw, expected):
@@ -112,3 +131,12 @@ def test_stage_with_a_typo_in_params_exits_nonzero_and_writes_nothing(tmp_path):
     assert "unknown key 'train.epoch'. Did you mean 'epochs'?" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_monitor_accepts_every_validation_metric_at_eval_ks():
+    from deepfm.evaluation.metrics import keys
+
+    for name in keys([7, 30]):
+        cfg = parse_config({"train": {"monitor": name}, "eval": {"ks": [7, 30]}})
+        assert cfg.train.monitor == name
+    assert parse_config({}).train.monitor == "full_ndcg@10"

@@ -237,3 +237,24 @@ def test_no_users_gives_nan_metrics():
         r = evaluate_held_out(FixedScores(), empty, rated(), ks=[1])
     assert r.metrics["users"] == 0
     assert all(math.isnan(v) for k, v in r.metrics.items() if k != "users")
+
+
+def test_metric_dict_is_pinned_exactly_keys_in_order():
+    # written to metrics/eval.json as is (rounded): keys, their order (eval.ks order, sampled
+    # then full ranking) and every digit were produced by the code before the metric registry
+    got = evaluate_split(FixedScores(), TinySplit, rated(), ks=[2, 1], batch_users=2)
+    assert list(got["val"].metrics.items()) == [
+        ("hr@2", 0.6666666666666666), ("ndcg@2", 0.420619835714305), ("hr@1", 0.0),
+        ("ndcg@1", 0.0), ("mrr", 0.4444444444444444), ("auc", 0.7291666666666666),
+        ("logloss", 2.638777309285649), ("full_hr@2", 0.3333333333333333),
+        ("full_ndcg@2", 0.2103099178571525), ("full_hr@1", 0.0), ("full_ndcg@1", 0.0),
+        ("full_mrr", 0.3611111111111111), ("users", 3),
+    ]  # fmt: skip
+    assert list(got["test"].metrics.items()) == [
+        ("hr@2", 1.0), ("ndcg@2", 0.8769765845238192), ("hr@1", 0.6666666666666666),
+        ("ndcg@1", 0.6666666666666666), ("mrr", 0.8333333333333334),
+        ("auc", 0.7619047619047619), ("logloss", 2.5585666382681773),
+        ("full_hr@2", 0.6666666666666666), ("full_ndcg@2", 0.6666666666666666),
+        ("full_hr@1", 0.6666666666666666), ("full_ndcg@1", 0.6666666666666666),
+        ("full_mrr", 0.7777777777777777), ("users", 3),
+    ]  # fmt: skip

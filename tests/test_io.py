@@ -11,7 +11,7 @@ from deepfm.config import DeepFMConfig, parse_config
 from deepfm.data.batches import feature_tensors
 from deepfm.io import atomic_path, load_checkpoint, write_json
 from deepfm.models import build_model
-from deepfm.training.loop import checkpoint_payload, load_model
+from deepfm.training.checkpoint import checkpoint_payload, load_model
 from tests.conftest import REPO
 
 

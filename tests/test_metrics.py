@@ -1,5 +1,6 @@
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,3 +93,106 @@ def test_logloss_is_computed_in_float64_even_from_float32_logits():
     # softplus(20) - 20 = log1p(exp(-20)) ~ 2.06e-9: float32 arithmetic rounds it to 0
     got = M.log_loss(np.array([1], dtype=np.int8), np.array([20.0], dtype=np.float32))
     assert got == pytest.approx(math.log1p(math.exp(-20.0)), rel=1e-9)
+
+
+# --------------------------------------------------------------------------- the registry
+
+# Every value below was computed by the code before the registry (the metric dict that
+# ranking.py built key by key): metrics/eval.json must not change by a digit or in key order.
+# Hand checks: hr@10 = 4 of 5 ranks <= 10; full_hr@2 = full_ndcg@2 = 1 / 5 (one rank 1);
+# AUC: positive 2.5 beats 4 of 5 negatives, 0.5 beats 3 and ties 1, 0.0 beats 2 and ties 1:
+# (4 + 3.5 + 2.5) / 15.
+PINNED = [
+    ("hr@10", 0.8),
+    ("ndcg@10", 0.49285261738095826),
+    ("hr@2", 0.4),
+    ("ndcg@2", 0.3261859507142915),
+    ("mrr", 0.4119047619047619),
+    ("auc", 0.6666666666666666),
+    ("logloss", 0.8002643892384489),
+    ("full_hr@10", 0.6),
+    ("full_ndcg@10", 0.3463413107474749),
+    ("full_hr@2", 0.2),
+    ("full_ndcg@2", 0.2),
+    ("full_mrr", 0.28088888888888885),
+]
+
+
+def test_compute_gives_the_pinned_dict_keys_in_order():
+    got = M.compute(
+        [10, 2],  # eval.ks order, not sorted: the keys follow it
+        ranks={
+            M.SAMPLED: np.array([1, 3, 12, 2, 7], dtype=np.int64),
+            M.FULL: np.array([4, 30, 1, 100, 9], dtype=np.int64),
+        },
+        pairs={
+            M.SAMPLED: (
+                np.array([1, 0, 0, 1, 0, 0, 1, 0], dtype=np.int8),
+                np.array([2.5, -1.0, 0.5, 0.5, 3.0, -2.0, 0.0, 0.0], dtype=np.float32),
+            )
+        },
+    )
+    assert list(got.items()) == PINNED  # exact floats, not approx
+    assert all(type(v) is float for v in got.values())
+
+
+def test_keys_are_eval_json_keys_in_order():
+    assert M.keys([5, 10, 20]) == [
+        "hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr", "auc", "logloss",
+        "full_hr@5", "full_ndcg@5", "full_hr@10", "full_ndcg@10", "full_hr@20",
+        "full_ndcg@20", "full_mrr",
+    ]  # fmt: skip
+
+
+def test_registry_is_consistent():
+    assert list(M.METRICS) == [m.name for m in M.METRICS.values()]
+    for m in M.METRICS.values():
+        assert m.rankings and set(m.rankings) <= set(M.RANKINGS)
+        if not m.per_user:  # pooled metrics read the sampled candidates' pairs
+            assert m.rankings == (M.SAMPLED,) and not m.cutoff
+    keys = M.keys([1, 7])
+    assert len(keys) == len(set(keys))
+    assert [k for k in keys if not M.higher_is_better(k)] == ["logloss"]
+    assert set(M.TABLE) <= set(M.METRICS)
+
+
+def test_parse_key_round_trips_every_key():
+    for name, metric, ranking, k in M._plan([1, 10, 123]):
+        assert M.parse_key(name) == (metric, ranking, k)
+        assert M.key(metric, ranking, k) == name
+    assert M.parse_key("full_ndcg@10") == (M.METRICS["ndcg"], "full", 10)
+    assert M.parse_key("logloss") == (M.METRICS["logloss"], "sampled", None)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["users", "ndcg", "hr@", "hr@0", "hr@x", "hr@1.5", "hr@-1", "mrr@10", "full_auc",
+     "full_logloss", "full_", "full_full_mrr", "NDCG@10", "ndcg@10 ", ""],
+)  # fmt: skip
+def test_parse_key_refuses_what_is_no_metric(name):
+    with pytest.raises(ValueError, match="is not a registered metric key"):
+        M.parse_key(name)
+
+
+def test_per_user_values_average_to_the_metric():
+    ranks = np.random.default_rng(1).integers(1, 50, size=200)
+    got = M.compute([5], {M.SAMPLED: ranks, M.FULL: ranks}, {M.SAMPLED: ([1, 0], [0.3, 0.1])})
+    for name in ("hr@5", "ndcg@5", "mrr", "full_hr@5", "full_ndcg@5", "full_mrr"):
+        metric, _, k = M.parse_key(name)
+        values = M.per_user_values(metric, ranks, k)
+        assert values.shape == ranks.shape and values.dtype == np.float64
+        assert got[name] == float(np.mean(values))
+
+
+def test_the_registry_module_does_not_import_torch():
+    # config.py imports it to check train.monitor; the data stages must not pay for torch
+    import os
+    import subprocess
+    import sys
+
+    code = "import sys, deepfm.config, deepfm.evaluation.metrics; print('torch' in sys.modules)"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")},
+    )  # fmt: skip
+    assert proc.stdout.strip() == "False"

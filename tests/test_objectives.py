@@ -11,7 +11,8 @@ from deepfm.config import parse_config
 from deepfm.data.batches import epoch_examples, feature_tensors
 from deepfm.data.sampling import RatedIndex
 from deepfm.models import build_model
-from deepfm.training.loop import TrainingError, load_model, train
+from deepfm.training.checkpoint import load_model
+from deepfm.training.loop import TrainingError, train
 from deepfm.training.objectives import (
     NextItemSoftmax,
     Pointwise,

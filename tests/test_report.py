@@ -11,18 +11,17 @@ import pandas as pd
 import pytest
 from scipy.stats import wilcoxon
 
-from deepfm.results import cli
-from deepfm.results.comparison import (
-    ReportError,
+from deepfm.results import ReportError, cli
+from deepfm.results.rendering import metric_label, render_markdown
+from deepfm.results.runs import parse_exp_show, select_runs
+from deepfm.results.statistics import (
+    DEFAULT_METRICS,
     align_users,
     bootstrap_mean_ci,
     mean_over_runs,
     paired_test,
     paired_user_scores,
-    parse_exp_show,
     per_user_scores,
-    render_markdown,
-    select_runs,
     summarize,
     wilcoxon_p,
 )
@@ -771,6 +770,22 @@ def test_render_markdown(runs):
     assert "over n = 2 seeds per model" in render_markdown(summarize(same_n))
 
 
+def test_metric_labels_and_default_columns_come_from_the_registry():
+    assert DEFAULT_METRICS == ("full_ndcg@10", "full_hr@10", "ndcg@10", "hr@10", "auc", "logloss")
+    labels = {
+        "full_ndcg@10": "NDCG@10 (full) ↑",
+        "hr@5": "HR@5 (sampled) ↑",
+        "full_mrr": "MRR (full) ↑",
+        "mrr": "MRR (sampled) ↑",
+        "auc": "AUC ↑",
+        "logloss": "LogLoss ↓",
+        "users": "users ↑",  # a column that is no metric keeps its name
+    }
+    assert {m: metric_label(m) for m in labels} == labels
+    assert metric_label("logloss", arrow=False) == "LogLoss"
+    assert metric_label("full_hr@20", arrow=False) == "HR@20 (full)"
+
+
 # --------------------------------------------------------------------------- paired tests
 
 
@@ -930,7 +945,7 @@ def test_per_user_scores_rank_table_errors_in_full():
     with raises_exactly("rank table has no rows for split 'val'"):
         per_user_scores(minimal, "full_ndcg@10", split="val")
     with raises_exactly(
-        "'auc' is not a per-user metric: use ndcg@K, hr@K or mrr, with a full_ prefix for full "
+        "'auc' is not a per-user metric: use hr@K, ndcg@K or mrr, with a full_ prefix for full "
         "ranking (AUC and LogLoss are pooled over users, so they cannot be paired)"
     ):
         per_user_scores(minimal, "auc")

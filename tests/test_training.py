@@ -5,8 +5,9 @@ import torch
 
 from deepfm.config import parse_config
 from deepfm.io import load_checkpoint
-from deepfm.training import loop
-from deepfm.training.loop import TrainingError, load_model, train
+from deepfm.training import checkpoint, loop, optim
+from deepfm.training.checkpoint import load_model
+from deepfm.training.loop import TrainingError, train
 from deepfm.training.objectives import Pointwise
 
 
@@ -46,6 +47,44 @@ def test_training_learns_and_keeps_the_best_epoch(split, tmp_path):
     payload = load_checkpoint(tmp_path / "m.pt")
     assert payload["epoch"] == out.kept_epoch == out.best_epoch
     assert math.isclose(payload["val"]["full_ndcg@10"], max(scores), abs_tol=1e-6)
+
+
+def test_a_lower_is_better_monitor_keeps_the_epoch_with_the_lowest_value(split, tmp_path):
+    live = Recorder()
+    cfg = _cfg(epochs=6, checkpoint="best", monitor="logloss", learning_rate=0.01)
+    out = train(cfg, split, tmp_path / "m.pt", live=live, progress=False)
+    losses = [r["val/logloss"] for r in live.rows]
+    assert out.best_epoch == 1 + min(range(6), key=lambda i: (losses[i], i))
+    assert 1 < out.best_epoch < 6  # neither end of the curve: the direction decides it
+    payload = load_checkpoint(tmp_path / "m.pt")
+    assert payload["epoch"] == out.kept_epoch == out.best_epoch
+    assert math.isclose(payload["val"]["logloss"], min(losses), abs_tol=1e-6)
+
+
+def test_a_lower_is_better_monitor_drives_early_stopping_and_the_plateau_scheduler(split, tmp_path):
+    live = Recorder()
+    cfg = _cfg(epochs=40, patience=3, checkpoint="best", monitor="logloss", learning_rate=0.01,
+               scheduler="plateau", plateau_patience=0)  # fmt: skip
+    out = train(cfg, split, tmp_path / "m.pt", live=live, progress=False)
+    losses = [r["val/logloss"] for r in live.rows]
+    best = min(range(len(losses)), key=lambda i: (losses[i], i))
+    assert out.best_epoch == best + 1 and out.epochs_run == best + 4
+    assert out.stop_reason == "early stop: no better logloss for 3 epochs"
+    # the rate is halved after each validation that did not lower the LogLoss, and only then
+    lrs = [r["train/lr"] for r in live.rows]
+    for i in range(1, len(losses)):
+        lowered = losses[i] < min(losses[:i])
+        assert lrs[i] == (lrs[i - 1] if lowered else lrs[i - 1] / 2), i
+    assert lrs[best] == 0.01 and best >= 2
+
+
+def test_a_monitor_at_another_k_is_validated_and_watched(split, tmp_path):
+    live = Recorder()
+    out = train(_cfg(epochs=4, checkpoint="best", monitor="ndcg@5"), split, tmp_path / "m.pt",
+                live=live, progress=False)  # fmt: skip
+    scores = [r["val/ndcg@5"] for r in live.rows]  # computed beside the curves' k = 10
+    assert "val/full_ndcg@10" in live.rows[0] and "val/hr@5" in live.rows[0]
+    assert out.best_epoch == 1 + max(range(4), key=lambda i: (scores[i], -i))
 
 
 def test_checkpoint_last_keeps_the_final_weights(split, tmp_path):
@@ -212,7 +251,7 @@ def test_itempop_needs_no_training(split, tmp_path):
     cfg = parse_config({"model": "itempop"})
     out = train(cfg, split, tmp_path / "m.pt", progress=False)
     assert out.epochs_run == 0 and out.best_val["users"] == len(split.val.users)
-    assert loop.load_model(tmp_path / "m.pt")[0].item_logits.abs().sum() > 0
+    assert checkpoint.load_model(tmp_path / "m.pt")[0].item_logits.abs().sum() > 0
 
 
 def test_amp_off_cuda_is_a_clear_error(split, tmp_path):
@@ -229,7 +268,7 @@ def test_bfloat16_autocast_steps_train(split):
     cfg = _cfg()
     torch.manual_seed(0)
     model = build_model("deepfm", split.schema, feature_tensors(split), cfg.model_params)
-    optimizer = loop.make_optimizer(model, cfg.train)
+    optimizer = optim.make_optimizer(model, cfg.train)
     users = torch.from_numpy(split.train_users[:256].astype("int64"))
     items = torch.from_numpy(split.train_items[:256].astype("int64"))
     labels = torch.from_numpy(split.train_labels[:256].astype("float32"))
@@ -279,9 +318,9 @@ def test_train_amp_runs_the_forward_pass_in_bfloat16(split, tmp_path, monkeypatc
 def test_run_fingerprint_covers_params_and_every_training_array(split):
     import copy
 
-    base = loop.run_fingerprint(_cfg(), split)
-    assert base == loop.run_fingerprint(_cfg(), copy.deepcopy(split))
-    assert base != loop.run_fingerprint(_cfg(learning_rate=0.01), split)
+    base = checkpoint.run_fingerprint(_cfg(), split)
+    assert base == checkpoint.run_fingerprint(_cfg(), copy.deepcopy(split))
+    assert base != checkpoint.run_fingerprint(_cfg(learning_rate=0.01), split)
     arrays = ["train_users", "train_items", "train_labels", "train_history"]
     held = ["users", "items", "history"]
     features = ["user_features", "item_features", "item_genres"]
@@ -294,7 +333,7 @@ def test_run_fingerprint_covers_params_and_every_training_array(split):
             owner, attr = (changed.val, name[4:]) if name.startswith("val.") else (changed, name)
             array = getattr(owner, attr)
         array.flat[-1] = array.flat[-1] + 1
-        assert loop.run_fingerprint(_cfg(), changed) != base, name
+        assert checkpoint.run_fingerprint(_cfg(), changed) != base, name
 
 
 class SignalRecorder(Recorder):

@@ -51,6 +51,9 @@ class TrainConfig:
     # which weights go to models/model.pt: the best validation epoch, or the last epoch run
     # (with a schedule that anneals to 0, the last epoch beat noisy best-epoch picks)
     checkpoint: Literal["best", "last"] = "last"
+    # the validation metric that early stopping, the plateau scheduler and checkpoint `best`
+    # watch, in its direction (deepfm.evaluation.metrics); a @k metric's k must be in eval.ks
+    monitor: str = "full_ndcg@10"
     batch_size: int = field(default=2048, metadata=_range(1, 1 << 20))
     learning_rate: float = field(default=2e-3, metadata=_range(0.0, 10.0, lo_open=True))
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
@@ -361,9 +364,10 @@ def parse_config(raw: dict, *, require_all: bool = False) -> Config:
     require_all: every key must be present (how the pipeline loads params.yaml, so that no
     default hidden in code can change a result without DVC seeing it).
     """
-    # late imports: neither imports anything from here
+    # late imports (none imports anything from here); no torch
     from deepfm.data.declaration import DeclarationError, parse_dataset
     from deepfm.data.sources import DATASETS
+    from deepfm.evaluation.metrics import keys as metric_keys
 
     if not isinstance(raw, dict):
         raise ConfigError("params.yaml must be a mapping of sections, e.g. 'train: {epochs: 30}'.")
@@ -417,6 +421,12 @@ def parse_config(raw: dict, *, require_all: bool = False) -> Config:
     if cfg.model not in MODEL_SECTIONS:
         raise ConfigError(
             f"params.yaml: 'model' is {cfg.model!r}; allowed: {', '.join(sorted(MODEL_SECTIONS))}."
+        )
+    monitors = metric_keys(cfg.eval.ks)  # every metric validation computes, at eval.ks
+    if cfg.train.monitor not in monitors:
+        raise ConfigError(
+            f"params.yaml: 'train.monitor' is {cfg.train.monitor!r}; allowed: "
+            f"{', '.join(monitors)} (a @k metric's k must be in 'eval.ks': {cfg.eval.ks})."
         )
     return cfg
 

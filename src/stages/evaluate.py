@@ -12,7 +12,7 @@ from deepfm.data.sampling import RatedIndex
 from deepfm.data.splitting import read_split
 from deepfm.evaluation.ranking import evaluate_split
 from deepfm.io import write_json, write_parquet
-from deepfm.training.loop import load_model
+from deepfm.training.checkpoint import load_model
 from deepfm.utils import environment, physical_cores, run_stage
 
 

@@ -1,5 +1,5 @@
-"""Stage train: the split -> the model checkpoint (the last epoch, or the best by validation
-full-ranking NDCG@10: train.checkpoint).
+"""Stage train: the split -> the model checkpoint (the last epoch, or the best by the
+validation metric train.monitor: train.checkpoint).
 
 Per-epoch curves go to --curves through dvclive (deterministic: tracked in dvc.lock);
 wall-clock times go to --timing (a measurement, kept out of dvc.lock on purpose).
@@ -42,8 +42,7 @@ def main(split: Path, model: Path, curves: Path, timing: Path) -> None:
     print(
         f"train: {cfg.model}, kept epoch {outcome.kept_epoch} of {outcome.epochs_run} "
         f"(train.checkpoint: {cfg.train.checkpoint}; best validation epoch {outcome.best_epoch}; "
-        f"{outcome.stop_reason}); val full_ndcg@10 {kept['full_ndcg@10']:.4f}, "
-        f"hr@10 {kept['hr@10']:.4f} -> {model}"
+        f"{outcome.stop_reason}); val {cfg.train.monitor} {kept[cfg.train.monitor]:.4f} -> {model}"
     )
 
 

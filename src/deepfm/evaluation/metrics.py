@@ -1,12 +1,36 @@
-"""Ranking and classification metrics of the protocol, on whole arrays.
+"""The metric registry: every metric of the protocol, declared once, with its functions.
+
+A metric is a `Metric` in `METRICS`: its name, its function, whether it takes a cutoff k, the
+rankings it applies to and its direction. Everything else that lists metrics (the evaluation's
+dict and so metrics/eval.json, the `train.monitor` check, the results report's columns,
+labels, arrows and per-user scores) derives from the registry: adding a metric touches this
+file only.
+
+Two kinds of metric:
+
+- *per-user*: a function of the 1-based rank of each user's held-out item, among the user's
+  sampled candidates or among the full catalogue; the reported value is the mean over users,
+  and the results report can pair two models user by user on it;
+- *pooled*: a function of the labels and logits of every valid (user, candidate) pair of the
+  sampled candidates, pooled over all users (AUC, LogLoss): one value per evaluation.
+
+A metric's key is the ranking's prefix, its name, and `@k` if it takes a cutoff:
+`hr@10` (sampled candidates), `full_ndcg@10` (full ranking), `mrr`, `auc`.
 
 Ranks are 1-based and pessimistic: a negative whose score ties the positive's ranks above it.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # only annotations: config.py imports this module, and the data stages
+    import torch  # never import torch (about 1.3 s)
 
 
 def pessimistic_rank(
@@ -20,24 +44,41 @@ def pessimistic_rank(
     return 1 + beats.sum(dim=1)
 
 
-def hit_rate(ranks: np.ndarray, k: int) -> float:
-    return float(np.mean(ranks <= k)) if len(ranks) else float("nan")
+# --------------------------------------------------------------------------- per-user values
 
 
-def ndcg(ranks: np.ndarray, k: int) -> float:
-    """One relevant item per user: NDCG@k = 1 / log2(rank + 1) if rank <= k else 0."""
-    if not len(ranks):
-        return float("nan")
-    gains = np.where(ranks <= k, 1.0 / np.log2(ranks.astype(np.float64) + 1.0), 0.0)
-    return float(gains.mean())
+def hit_per_user(ranks: np.ndarray, k: int) -> np.ndarray:
+    """1.0 where the held-out item is in the top k, else 0.0."""
+    return (ranks <= k).astype(np.float64)
 
 
 def ndcg_per_user(ranks: np.ndarray, k: int) -> np.ndarray:
+    """One relevant item per user: NDCG@k = 1 / log2(rank + 1) if rank <= k else 0."""
     return np.where(ranks <= k, 1.0 / np.log2(ranks.astype(np.float64) + 1.0), 0.0)
 
 
+def reciprocal_rank(ranks: np.ndarray) -> np.ndarray:
+    return 1.0 / np.asarray(ranks).astype(np.float64)
+
+
+def mean_over_users(values: np.ndarray) -> float:
+    """The mean of per-user values; NaN (without a warning) for no users."""
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
+def hit_rate(ranks: np.ndarray, k: int) -> float:
+    return mean_over_users(hit_per_user(ranks, k))
+
+
+def ndcg(ranks: np.ndarray, k: int) -> float:
+    return mean_over_users(ndcg_per_user(ranks, k))
+
+
 def mrr(ranks: np.ndarray) -> float:
-    return float(np.mean(1.0 / ranks)) if len(ranks) else float("nan")
+    return mean_over_users(reciprocal_rank(ranks))
+
+
+# --------------------------------------------------------------------------- pooled values
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -69,3 +110,114 @@ def log_loss(labels: np.ndarray, logits: np.ndarray) -> float:
     logits = np.asarray(logits, dtype=np.float64)
     # -[y log s(x) + (1-y) log(1-s(x))] = softplus(x) - y*x
     return float(np.mean(np.logaddexp(0.0, logits) - labels * logits))
+
+
+# --------------------------------------------------------------------------- the registry
+
+SAMPLED, FULL = "sampled", "full"
+# ranking -> the prefix of its keys; this order is eval.json's (sampled keys, then full ones)
+RANKINGS = {SAMPLED: "", FULL: "full_"}
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str  # the key without ranking prefix or cutoff: hr, ndcg, mrr, auc, logloss
+    label: str  # how tables name it: HR, NDCG, ...
+    # per-user: fn(ranks, k) or fn(ranks) -> (U,) values; pooled: fn(labels, logits) -> float
+    fn: Callable[..., Any]
+    cutoff: bool = False  # takes k: the key is name@k
+    per_user: bool = True  # else pooled over the (user, candidate) pairs
+    rankings: tuple[str, ...] = (SAMPLED, FULL)  # pooled metrics: SAMPLED (it has the pairs)
+    higher_is_better: bool = True
+
+
+# The order within a ranking is eval.json's: cutoff metrics for each k, then the others.
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("hr", "HR", hit_per_user, cutoff=True),
+        Metric("ndcg", "NDCG", ndcg_per_user, cutoff=True),
+        Metric("mrr", "MRR", reciprocal_rank),
+        Metric("auc", "AUC", auc, per_user=False, rankings=(SAMPLED,)),
+        Metric(
+            "logloss",
+            "LogLoss",
+            log_loss,
+            per_user=False,
+            rankings=(SAMPLED,),
+            higher_is_better=False,
+        ),
+    )
+}
+
+# The results table's default columns (`python -m deepfm.results table`): these metrics at
+# k = 10, the full ranking's before the sampled candidates'.
+TABLE = ("ndcg", "hr", "auc", "logloss")
+TABLE_K = 10
+
+
+def key(metric: Metric, ranking: str, k: int | None = None) -> str:
+    return RANKINGS[ranking] + metric.name + (f"@{k}" if metric.cutoff else "")
+
+
+def _plan(ks: Sequence[int]) -> Iterator[tuple[str, Metric, str, int | None]]:
+    """(key, metric, ranking, k) of every metric at cutoffs ks, in eval.json's order: per
+    ranking, the cutoff metrics for each k in turn, then the metrics without a cutoff."""
+    for ranking in RANKINGS:
+        mine = [m for m in METRICS.values() if ranking in m.rankings]
+        for k in ks:
+            for m in mine:
+                if m.cutoff:
+                    yield key(m, ranking, k), m, ranking, k
+        for m in mine:
+            if not m.cutoff:
+                yield key(m, ranking), m, ranking, None
+
+
+def keys(ks: Sequence[int]) -> list[str]:
+    """Every metric key that an evaluation at cutoffs ks computes, in its order."""
+    return [name for name, *_ in _plan(ks)]
+
+
+def per_user_values(metric: Metric, ranks: np.ndarray, k: int | None = None) -> np.ndarray:
+    return metric.fn(ranks, k) if metric.cutoff else metric.fn(ranks)
+
+
+def compute(
+    ks: Sequence[int],
+    ranks: Mapping[str, np.ndarray],
+    pairs: Mapping[str, tuple[np.ndarray, np.ndarray]],
+) -> dict[str, float]:
+    """Every registered metric at cutoffs ks, keyed and ordered as in eval.json.
+
+    ranks: ranking -> (U,) 1-based ranks of the held-out items; pairs: ranking -> (labels,
+    logits) of its valid (user, candidate) pairs, for the pooled metrics."""
+    out: dict[str, float] = {}
+    for name, metric, ranking, k in _plan(ks):
+        if metric.per_user:
+            out[name] = mean_over_users(per_user_values(metric, ranks[ranking], k))
+        else:
+            out[name] = metric.fn(*pairs[ranking])
+    return out
+
+
+def parse_key(name: str) -> tuple[Metric, str, int | None]:
+    """'full_ndcg@10' -> (METRICS['ndcg'], 'full', 10); 'auc' -> (METRICS['auc'], 'sampled',
+    None). ValueError if the key names no registered metric of that ranking (or has a cutoff
+    it should not have, or lacks one it needs)."""
+    stem, at, k_text = name.partition("@")
+    # the longest prefix first: 'full_mrr' is MRR on the full ranking
+    for ranking, prefix in sorted(RANKINGS.items(), key=lambda item: -len(item[1])):
+        metric = METRICS.get(stem[len(prefix) :]) if stem.startswith(prefix) else None
+        if metric is None or ranking not in metric.rankings:
+            continue
+        if not metric.cutoff and not at:
+            return metric, ranking, None
+        if metric.cutoff and re.fullmatch(r"[0-9]+", k_text) and int(k_text) >= 1:
+            return metric, ranking, int(k_text)
+    raise ValueError(f"{name!r} is not a registered metric key")
+
+
+def higher_is_better(name: str) -> bool:
+    """The direction of a metric key (ValueError if it names no registered metric)."""
+    return parse_key(name)[0].higher_is_better

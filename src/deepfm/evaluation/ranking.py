@@ -2,7 +2,8 @@
 
 Each evaluation user is scored against the whole catalogue once (in blocks of users); the
 sampled metrics read the candidate columns of that matrix and the full-ranking metrics
-rank the held-out item against every item not excluded for that user.
+rank the held-out item against every item not excluded for that user. Which metrics, and
+their keys' order, come from the registry (deepfm.evaluation.metrics).
 """
 
 from __future__ import annotations
@@ -94,17 +95,11 @@ def evaluate_held_out(
 
         labels = np.concatenate(pair_labels) if pair_labels else np.array([])
         logits = np.concatenate(pair_logits) if pair_logits else np.array([])
-        out: dict[str, float] = {}
-        for k in ks:
-            out[f"hr@{k}"] = M.hit_rate(sampled_rank, k)
-            out[f"ndcg@{k}"] = M.ndcg(sampled_rank, k)
-        out["mrr"] = M.mrr(sampled_rank)
-        out["auc"] = M.auc(labels, logits)
-        out["logloss"] = M.log_loss(labels, logits)
-        for k in ks:
-            out[f"full_hr@{k}"] = M.hit_rate(full_rank, k)
-            out[f"full_ndcg@{k}"] = M.ndcg(full_rank, k)
-        out["full_mrr"] = M.mrr(full_rank)
+        out: dict[str, float] = M.compute(
+            ks,
+            ranks={M.SAMPLED: sampled_rank, M.FULL: full_rank},
+            pairs={M.SAMPLED: (labels, logits)},
+        )
         out["users"] = n
         model.train(was_training)
     return EvalResult(out, held.users, held.items, sampled_rank, full_rank, n_cand)

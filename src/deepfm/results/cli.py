@@ -24,18 +24,17 @@ from pathlib import Path
 import pandas as pd
 
 from deepfm.io import atomic_path
-from deepfm.results.comparison import (
+from deepfm.results import ReportError
+from deepfm.results.rendering import render_markdown
+from deepfm.results.runs import Selection, parse_exp_show, select_runs
+from deepfm.results.statistics import (
     DEFAULT_METRICS,
     MAIN_METRIC,
     RANKS,
-    ReportError,
-    Selection,
     paired_test,
     paired_user_scores,
-    parse_exp_show,
     parse_rank_metric,
-    render_markdown,
-    select_runs,
+    per_user_metrics,
     summarize,
 )
 
@@ -227,7 +226,11 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", parents=[source], help="paired per-user test of two models")
     c.add_argument("models", nargs="*", metavar="MODEL", help="MODEL_A MODEL_B")
-    c.add_argument("--metric", default=MAIN_METRIC, help="ndcg@K, hr@K or mrr; full_ = full rank")
+    c.add_argument(
+        "--metric",
+        default=MAIN_METRIC,
+        help=f"{', '.join(per_user_metrics())}; full_ = full rank",
+    )
     c.add_argument("--ranks-a", nargs="+", metavar="FILE", help="rank parquet file(s) of A")
     c.add_argument("--ranks-b", nargs="+", metavar="FILE", help="rank parquet file(s) of B")
     c.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples")

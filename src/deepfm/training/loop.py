@@ -1,13 +1,12 @@
-"""The training loop: epochs of fresh negatives, validation every `val_every`, early stopping.
+"""The training loop: epochs of fresh negatives, validation every `val_every`, early stopping
+on the validation metric `train.monitor`.
 
-Plain PyTorch, no framework: one function a reader can hold in their head.
+Plain PyTorch, no framework: one function a reader can hold in their head. The checkpoint and
+the resume state are in checkpoint.py, the optimizer and its schedule in optim.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
 import sys
 import threading
@@ -15,25 +14,31 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from deepfm.config import MODEL_SECTIONS, Config, TrainConfig
+from deepfm.config import Config, TrainConfig
 from deepfm.data.batches import feature_tensors
 from deepfm.data.sampling import RatedIndex
-from deepfm.data.schema import Schema
-from deepfm.data.splitting import SplitResult, feature_names
+from deepfm.data.splitting import SplitResult
+from deepfm.evaluation.metrics import parse_key
 from deepfm.evaluation.ranking import evaluate_held_out
-from deepfm.io import load_checkpoint, save_checkpoint
+from deepfm.io import save_checkpoint
 from deepfm.models import build_model
-from deepfm.models.base import RankingModel
+from deepfm.training.checkpoint import (
+    LoopState,
+    checkpoint_payload,
+    load_resume,
+    restore_resume,
+    run_fingerprint,
+    save_resume,
+)
 from deepfm.training.objectives import TrainingError, make_objective
+from deepfm.training.optim import make_optimizer, make_scheduler
 from deepfm.utils import deferred_interrupts, physical_cores
 
-MONITOR = "full_ndcg@10"  # early stopping watches validation full-ranking NDCG@10
-CHECKPOINT_FORMAT = 1
+CURVE_K = 10  # validation computes the @k metrics at this k (the curves) and the monitor's k
 
 
 @dataclass
@@ -77,53 +82,6 @@ def setup_torch(cfg: TrainConfig, seed: int) -> tuple[int, torch.device]:
             "machine with a CUDA GPU."
         )
     return threads, torch.device(device)
-
-
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    embedding_params, other_params = [], []
-    for module in model.modules():
-        target = embedding_params if isinstance(module, nn.Embedding) else other_params
-        target.extend(p for p in module.parameters(recurse=False) if p.requires_grad)
-    groups = [
-        {"params": embedding_params, "weight_decay": cfg.embedding_l2},
-        {"params": other_params, "weight_decay": cfg.weight_decay},
-    ]
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.learning_rate)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.learning_rate)
-    return torch.optim.SGD(groups, lr=cfg.learning_rate, momentum=0.9)
-
-
-def checkpoint_payload(cfg: Config, model: RankingModel, epoch: int, val: dict) -> dict:
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "model": cfg.model,
-        "model_params": dataclasses.asdict(cfg.model_params),
-        "schema": model.schema.to_dict(),
-        "epoch": epoch,
-        "val": val,
-        "seed": cfg.seed,
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-    }
-
-
-def load_model(path: Path) -> tuple[RankingModel, dict]:
-    """Rebuild a model from a checkpoint written by `train` (weights_only, no pickle)."""
-    payload = load_checkpoint(path)
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"{path}: checkpoint format {payload.get('format')!r} is not "
-            f"{CHECKPOINT_FORMAT}; retrain with this version (dvc repro train)."
-        )
-    schema = Schema.from_dict(payload["schema"])
-    state = payload["state_dict"]
-    features = {k: state[k] for k in feature_names(schema)}
-    params = MODEL_SECTIONS[payload["model"]](**payload["model_params"])
-    model = build_model(payload["model"], schema, features, params)
-    model.load_state_dict(state)
-    model.eval()
-    return model, payload
 
 
 def _log(live, metrics: dict, prefix: str) -> None:
@@ -170,83 +128,19 @@ def train_steps(
     return float(total) / max(count, 1) if total is not None else float("nan")
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
-    if cfg.scheduler == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience
-        )
-    if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    return None
-
-
-def run_fingerprint(cfg: Config, split: SplitResult) -> str:
-    """What a resumable run must share with the interrupted one: every param the train stage
-    reads and the training data itself."""
-    digest = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode())
-    for array in (
-        split.train_users,
-        split.train_items,
-        split.train_labels,
-        split.train_history,
-        split.val.users,
-        split.val.items,
-        split.val.history,
-        *(split.features[name] for name in sorted(split.features)),
-    ):
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
-
-
-@dataclass
-class _LoopState:
-    """Everything that decides the rest of a run, saved after every completed epoch."""
-
-    epoch: int = 0
-    best_score: float = -math.inf
-    best_epoch: int = 0
-    best_val: dict = field(default_factory=dict)
-    kept_epoch: int = 0
-    kept_val: dict = field(default_factory=dict)
-    history: list[dict] = field(default_factory=list)  # per-epoch rows logged to dvclive
-    seconds: list[float] = field(default_factory=list)
-
-
-def _save_resume(
-    path, fingerprint, state: _LoopState, model, optimizer, scheduler, shuffle, kept_payload
-) -> None:
-    save_checkpoint(
-        path,
-        {
-            "fingerprint": fingerprint,
-            "loop": {**dataclasses.asdict(state), "best_score": float(state.best_score)},
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else {},
-            "torch_rng": torch.get_rng_state(),
-            "shuffle_rng": shuffle.get_state(),
-            "kept": kept_payload,
-        },
+def _outcome(state: LoopState, epochs_run, stop_reason, threads, device, model) -> TrainOutcome:
+    return TrainOutcome(
+        state.best_epoch,
+        state.best_val,
+        epochs_run,
+        stop_reason,
+        state.seconds,
+        threads,
+        str(device),
+        model.num_parameters(),
+        state.kept_epoch,
+        state.kept_val,
     )
-
-
-def _load_resume(path: Path | None, fingerprint: str):
-    """The saved state of an interrupted run with the same fingerprint, else None. A file that
-    cannot be read, or that another run left, is only a lost shortcut: said, never an error."""
-    if path is None or not path.is_file():
-        return None
-    try:
-        saved = load_checkpoint(path)
-        if saved.get("fingerprint") == fingerprint:
-            return saved
-        why = "was left by a run with other params or data"
-    except Exception as e:
-        why = f"cannot be read ({type(e).__name__}: {e})"
-    print(
-        f"warning: the resume file {path} {why}; it is ignored and training starts from epoch 1.",
-        file=sys.stderr,  # line-buffered: no flush needed
-    )
-    return None
 
 
 def train(
@@ -259,8 +153,8 @@ def train(
     progress: bool | None = None,
     resume_path: Path | None = None,
 ) -> TrainOutcome:
-    """Train cfg.model on the split; the checkpoint (the best epoch by validation MONITOR, or
-    the last epoch run: train.checkpoint) goes to model_path.
+    """Train cfg.model on the split; the checkpoint (the best epoch by the validation metric
+    train.monitor, or the last epoch run: train.checkpoint) goes to model_path.
 
     With `resume_path`, the full state is saved there after every epoch, and a run started
     with the same params and data continues from the last completed epoch, ending exactly as
@@ -275,10 +169,14 @@ def train(
     rated = RatedIndex(
         split.train_users, split.train_items, split.schema.num_users, split.schema.num_items
     )
+    monitor = tc.monitor
+    metric, _, monitor_k = parse_key(monitor)
+    sign = 1.0 if metric.higher_is_better else -1.0  # sign * value: higher is better
+    ks = sorted({CURVE_K, monitor_k or CURVE_K})
 
     def validate() -> dict:
         return evaluate_held_out(
-            model, split.val, rated, ks=[10], batch_users=cfg.eval.batch_users, device=device
+            model, split.val, rated, ks=ks, batch_users=cfg.eval.batch_users, device=device
         ).metrics
 
     if not model.trainable:
@@ -288,38 +186,19 @@ def train(
         if live is not None:
             live.next_step()
         save_checkpoint(model_path, checkpoint_payload(cfg, model, 0, val))
-        return TrainOutcome(
-            0,
-            val,
-            0,
-            "no training (fitted in closed form)",
-            [],
-            threads,
-            str(device),
-            model.num_parameters(),
-            0,
-            val,
-        )
+        state = LoopState(best_val=val, kept_val=val)
+        return _outcome(state, 0, "no training (fitted in closed form)", threads, device, model)
 
     optimizer = make_optimizer(model, tc)
     scheduler = make_scheduler(optimizer, tc)
     objective = make_objective(cfg, split, rated, device)
     shuffle = torch.Generator().manual_seed(cfg.seed)
-    state = _LoopState()
-    kept_payload = None
+    state = LoopState()
+    kept = None
     fingerprint = run_fingerprint(cfg, split)
-    saved = _load_resume(resume_path, fingerprint)
+    saved = load_resume(resume_path, fingerprint)
     if saved is not None:
-        state = _LoopState(**saved["loop"])
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["torch_rng"])
-        shuffle.set_state(saved["shuffle_rng"])
-        kept_payload = saved["kept"]
-        if kept_payload is not None:
-            save_checkpoint(model_path, kept_payload)  # DVC removed it before rerunning
+        state, kept = restore_resume(saved, model_path, model, optimizer, scheduler, shuffle)
         for row in state.history:  # DVC removed the curves too: replay them
             _log(live, row, "")
             if live is not None:
@@ -362,7 +241,7 @@ def train(
                 val_seconds = time.perf_counter() - val_start
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 if validated:  # plateau_patience counts validations
-                    scheduler.step(val[MONITOR])
+                    scheduler.step(val[monitor])
             elif scheduler is not None:
                 scheduler.step()
 
@@ -381,7 +260,7 @@ def train(
                 timing_live.next_step()
             if progress:
                 shown = (
-                    f"  val {MONITOR} {val[MONITOR]:.4f}  hr@10 {val['hr@10']:.4f}  "
+                    f"  val {monitor} {val[monitor]:.4f}  hr@{CURVE_K} {val[f'hr@{CURVE_K}']:.4f}  "
                     f"auc {val['auc']:.4f}"
                     if validated
                     else ""
@@ -392,45 +271,23 @@ def train(
             state.history.append(row)
             state.seconds.append(train_seconds)
             if validated:
-                improved = val[MONITOR] > state.best_score
+                score = sign * val[monitor]
+                improved = score > state.best_score
                 if improved:
-                    state.best_score, state.best_epoch, state.best_val = val[MONITOR], epoch, val
+                    state.best_score, state.best_epoch, state.best_val = score, epoch, val
                 if improved or tc.checkpoint == "last":
                     state.kept_epoch, state.kept_val = epoch, val
-                    kept_payload = checkpoint_payload(cfg, model, epoch, val)
-                    save_checkpoint(model_path, kept_payload)
+                    kept = checkpoint_payload(cfg, model, epoch, val)
+                    save_checkpoint(model_path, kept)
             if resume_path is not None:
-                _save_resume(
-                    resume_path,
-                    fingerprint,
-                    state,
-                    model,
-                    optimizer,
-                    scheduler,
-                    shuffle,
-                    kept_payload,
+                save_resume(
+                    resume_path, fingerprint, state, model, optimizer, scheduler, shuffle, kept
                 )
             # stop only right after a validation, so the last epoch run is always a validated one
             since_best = epoch - state.best_epoch
-            if (
-                validated
-                and epoch < tc.epochs
-                and epoch >= tc.min_epochs
-                and since_best >= tc.patience
-            ):
-                stop_reason = f"early stop: no better {MONITOR} for {since_best} epochs"
+            if validated and tc.min_epochs <= epoch < tc.epochs and since_best >= tc.patience:
+                stop_reason = f"early stop: no better {monitor} for {since_best} epochs"
                 break
     if resume_path is not None:
         resume_path.unlink(missing_ok=True)
-    return TrainOutcome(
-        state.best_epoch,
-        state.best_val,
-        epoch,
-        stop_reason,
-        state.seconds,
-        threads,
-        str(device),
-        model.num_parameters(),
-        state.kept_epoch,
-        state.kept_val,
-    )
+    return _outcome(state, epoch, stop_reason, threads, device, model)

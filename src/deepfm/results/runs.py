@@ -1,0 +1,228 @@
+"""Runs of DVC experiments: `dvc exp show --json` parsed to one row per entry, the runs that
+count selected, and the params that differ between the runs of one model.
+
+Pure functions on already-loaded data; the CLI (deepfm.results.cli) runs `dvc exp show --json`.
+Which experiments count (see `select_runs`):
+
+- by default only *experiments* (rows under a baseline commit in `dvc exp show`) that finished:
+  queued, running and failed ones are skipped (a failed queued run still shows the metrics of the
+  workspace it was queued from, so its numbers would be wrong), and so are the baseline commits and
+  the workspace row, which are not part of a seed sweep;
+- several finished experiments with the same (model, seed) count once: the newest is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from deepfm.results import ReportError
+
+EVAL_JSON = "metrics/eval.json"
+TIMING_JSON = "metrics/timing/summary.json"
+TRAIN_JSON = "metrics/train/metrics.json"
+PARAMS_YAML = "params.yaml"
+
+# Differ on purpose between the runs of one model, so never reported as a config mismatch.
+_EXPECTED_TO_VARY = frozenset({"seed", "train.num_threads", "train.device"})
+
+
+def _flatten(obj: Any, prefix: str) -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'prefix.a.b': 1}; lists and scalars are leaves."""
+    if not isinstance(obj, Mapping):
+        return {prefix: obj}
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _file_data(files: Mapping[str, Any] | None, path: str) -> dict:
+    """`{"<path>": {"data": {...}}}` -> the data; {} when absent or unreadable (then DVC puts
+    an "error" key where "data" would be)."""
+    entry = (files or {}).get(path) or {}
+    data = entry.get("data")
+    return data if isinstance(data, dict) else {}
+
+
+def _status(entry: Mapping[str, Any], executor: Mapping[str, Any] | None) -> str:
+    if entry.get("error"):
+        return "failed"
+    state = (executor or {}).get("state")
+    # state None: run in the workspace (`dvc exp run`), or a finished queued run cleaned up.
+    return "success" if state in (None, "success") else str(state)
+
+
+def _row(
+    entry: Mapping[str, Any],
+    *,
+    kind: str,
+    baseline: str | None,
+    order: int,
+    executor: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    rev = entry.get("rev")
+    data = entry.get("data") or {}
+    params = _file_data(data.get("params"), PARAMS_YAML)
+    metrics = data.get("metrics") or {}
+    evaluation = _file_data(metrics, EVAL_JSON)
+    timing = _file_data(metrics, TIMING_JSON)
+    train = _file_data(metrics, TRAIN_JSON)
+    status = _status(entry, executor)
+    if status == "success" and not evaluation:
+        status = "no-metrics"
+    model = params.get("model", evaluation.get("model"))
+    row: dict[str, Any] = {
+        "name": "workspace" if kind == "workspace" else entry.get("name") or str(rev)[:7],
+        "rev": rev,
+        "baseline": baseline,
+        "kind": kind,
+        "status": status,
+        "timestamp": data.get("timestamp"),
+        "order": order,
+        "model": model if isinstance(model, str) else None,
+        "seed": params.get("seed"),
+        "parameters": evaluation.get("parameters", timing.get("parameters")),
+        # the checkpoint's epoch ("best_epoch" before train.checkpoint existed)
+        "best_epoch": evaluation.get("checkpoint_epoch", evaluation.get("best_epoch")),
+        "epochs_run": timing.get("epochs_run"),
+        "seconds_per_epoch": timing.get("seconds_per_epoch"),
+        "threads": timing.get("threads"),
+        "device": timing.get("device"),
+    }
+    for split in ("test", "val"):
+        row.update(_flatten(evaluation.get(split) or {}, split))
+    row.update(_flatten(train, "train"))
+    row.update(_flatten(params, "param"))
+    return row
+
+
+def parse_exp_show(exp_show: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """The parsed JSON of `dvc exp show --json` (DVC 3.x) -> one row per entry, every status.
+
+    The JSON is a list: first the workspace (`rev` "workspace"), then one entry per baseline
+    commit, each with `experiments`: a list of {"name", "executor", "revs": [entry]} (the tip is
+    revs[0]). An entry is {"rev", "name", "error", "data": {"timestamp", "params": {"params.yaml":
+    {"data": {...}}}, "metrics": {"<path>": {"data": {...}}}, ...}}.
+
+    Columns: name, rev, baseline, kind (workspace | baseline | experiment), status (success |
+    queued | running | failed | no-metrics | ...), timestamp, order (position in the listing),
+    model, seed, parameters, best_epoch, epochs_run, seconds_per_epoch, threads, device, then
+    `test.<metric>`, `val.<metric>`, `train.<key>` (dvclive summary) and `param.<key>`.
+    """
+    rows: list[dict[str, Any]] = []
+    for entry in exp_show:
+        rev = entry.get("rev")
+        if rev == "workspace":
+            rows.append(_row(entry, kind="workspace", baseline=None, order=len(rows)))
+            continue
+        rows.append(_row(entry, kind="baseline", baseline=rev, order=len(rows)))
+        for group in entry.get("experiments") or []:
+            revs = group.get("revs") or []
+            if revs:
+                rows.append(
+                    _row(
+                        revs[0],
+                        kind="experiment",
+                        baseline=rev,
+                        order=len(rows),
+                        executor=group.get("executor"),
+                    )
+                )
+    return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class Selection:
+    runs: pd.DataFrame  # one row per (model, seed), sorted by model then seed
+    notes: list[str]  # what was skipped or dropped, and config mismatches, for the user
+
+
+def select_runs(
+    rows: pd.DataFrame,
+    *,
+    include_baselines: bool = False,
+    include_workspace: bool = False,
+    where: Mapping[str, str] | None = None,
+) -> Selection:
+    """The runs that count: finished experiments (plus the baseline commits and the workspace
+    if asked) with a `model` param and, with `where` ({param: value}, e.g.
+    {"split.tie_break": "random"}), those params; of several runs with one (model, seed), the
+    newest."""
+    notes: list[str] = []
+    if rows.empty:
+        return Selection(rows, notes)
+    for key, value in (where or {}).items():
+        column = f"param.{key}"
+        if column not in rows:
+            raise ReportError(f"--where {key}={value}: no run has a param {key!r}")
+        text = rows[column].map(lambda v: str(v).lower())
+        rows = rows[text == str(value).lower()]
+    kinds = {"experiment"}
+    if include_baselines:
+        kinds.add("baseline")
+    if include_workspace:
+        kinds.add("workspace")
+    rows = rows[rows["kind"].isin(kinds)]
+    for status, group in rows[rows["status"] != "success"].groupby("status", sort=True):
+        notes.append(f"skipped {len(group)} {status} run(s): {', '.join(group['name'])}")
+    rows = rows[rows["status"] == "success"]
+    if rows["model"].isna().any():
+        unnamed = rows[rows["model"].isna()]["name"]
+        notes.append(f"skipped {len(unnamed)} run(s) without a `model` param: {', '.join(unnamed)}")
+    rows = rows[rows["model"].notna()]
+    # Newest first: ISO timestamps sort as text; the workspace (no timestamp) is the newest;
+    # ties keep DVC's order (newest first within a baseline).
+    rows = (
+        rows.assign(_stamp=rows["timestamp"].fillna("~"))
+        .sort_values(["_stamp", "order"], ascending=[False, True], kind="stable")
+        .drop(columns="_stamp")
+        .reset_index(drop=True)
+    )
+    kept: dict[tuple[str, str], str] = {}
+    dropped: dict[tuple[str, str], list[str]] = {}
+    keep = []
+    for model, seed, name in zip(rows["model"], rows["seed"], rows["name"], strict=True):
+        key = (model, "?" if seed is None or seed != seed else str(seed))
+        keep.append(key not in kept)
+        if key in kept:
+            dropped.setdefault(key, []).append(name)
+        else:
+            kept[key] = name
+    for (model, seed), names in dropped.items():
+        notes.append(
+            f"{model} seed {seed}: {len(names) + 1} runs, kept the newest ({kept[model, seed]}), "
+            f"dropped {', '.join(names)}"
+        )
+    runs = rows[np.array(keep, dtype=bool)]
+    runs = (
+        runs.assign(_seed=pd.to_numeric(runs["seed"], errors="coerce"))
+        .sort_values(["model", "_seed"], kind="stable", na_position="last")
+        .drop(columns="_seed")
+        .reset_index(drop=True)
+    )
+    notes.extend(config_mismatches(runs))
+    return Selection(runs, notes)
+
+
+def config_mismatches(runs: pd.DataFrame) -> list[str]:
+    """Params (other than seed / threads / device) that differ between the runs of one model:
+    averaging over them would mix configurations."""
+    param_cols = [c for c in runs.columns if c.startswith("param.")]
+    notes = []
+    for model, group in runs.groupby("model", sort=True):
+        varying = []
+        for col in param_cols:
+            name = col.removeprefix("param.")
+            if name in _EXPECTED_TO_VARY or name == "model":
+                continue
+            values = {repr(v) for v in group[col]}
+            if len(values) > 1:
+                varying.append(f"{name} {{{', '.join(sorted(values))}}}")
+        if varying:
+            notes.append(f"warning: runs of {model} differ in {'; '.join(varying)}")
+    return notes

@@ -1,0 +1,147 @@
+"""Checkpoints and resume state.
+
+The checkpoint (models/model.pt) holds the kept epoch's weights with what rebuilds the model
+(`load_model`). The resume state, saved after every epoch, holds everything that decides the
+rest of a run; a run with the same fingerprint (params and training data) continues from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deepfm.config import MODEL_SECTIONS, Config
+from deepfm.data.schema import Schema
+from deepfm.data.splitting import SplitResult, feature_names
+from deepfm.io import load_checkpoint, save_checkpoint
+from deepfm.models import build_model
+from deepfm.models.base import RankingModel
+
+CHECKPOINT_FORMAT = 1
+
+
+def checkpoint_payload(cfg: Config, model: RankingModel, epoch: int, val: dict) -> dict:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": cfg.model,
+        "model_params": dataclasses.asdict(cfg.model_params),
+        "schema": model.schema.to_dict(),
+        "epoch": epoch,
+        "val": val,
+        "seed": cfg.seed,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+    }
+
+
+def load_model(path: Path) -> tuple[RankingModel, dict]:
+    """Rebuild a model from a checkpoint written by `train` (weights_only, no pickle)."""
+    payload = load_checkpoint(path)
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path}: checkpoint format {payload.get('format')!r} is not "
+            f"{CHECKPOINT_FORMAT}; retrain with this version (dvc repro train)."
+        )
+    schema = Schema.from_dict(payload["schema"])
+    state = payload["state_dict"]
+    features = {k: state[k] for k in feature_names(schema)}
+    params = MODEL_SECTIONS[payload["model"]](**payload["model_params"])
+    model = build_model(payload["model"], schema, features, params)
+    model.load_state_dict(state)
+    model.eval()
+    return model, payload
+
+
+def run_fingerprint(cfg: Config, split: SplitResult) -> str:
+    """What a resumable run must share with the interrupted one: every param the train stage
+    reads and the training data itself."""
+    digest = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode())
+    for array in (
+        split.train_users,
+        split.train_items,
+        split.train_labels,
+        split.train_history,
+        split.val.users,
+        split.val.items,
+        split.val.history,
+        *(split.features[name] for name in sorted(split.features)),
+    ):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class LoopState:
+    """Everything that decides the rest of a run, saved after every completed epoch."""
+
+    epoch: int = 0
+    best_score: float = -math.inf  # the monitor's best value, negated if lower is better
+    best_epoch: int = 0
+    best_val: dict = field(default_factory=dict)
+    kept_epoch: int = 0
+    kept_val: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)  # per-epoch rows logged to dvclive
+    seconds: list[float] = field(default_factory=list)
+
+
+def save_resume(
+    path, fingerprint, state: LoopState, model, optimizer, scheduler, shuffle, kept_payload
+) -> None:
+    save_checkpoint(
+        path,
+        {
+            "fingerprint": fingerprint,
+            "loop": {**dataclasses.asdict(state), "best_score": float(state.best_score)},
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else {},
+            "torch_rng": torch.get_rng_state(),
+            "shuffle_rng": shuffle.get_state(),
+            "kept": kept_payload,
+        },
+    )
+
+
+def load_resume(path: Path | None, fingerprint: str):
+    """The saved state of an interrupted run with the same fingerprint, else None. A file that
+    cannot be read, or that another run left, is only a lost shortcut: said, never an error."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        saved = load_checkpoint(path)
+        if saved.get("fingerprint") == fingerprint:
+            return saved
+        why = "was left by a run with other params or data"
+    except Exception as e:
+        why = f"cannot be read ({type(e).__name__}: {e})"
+    print(
+        f"warning: the resume file {path} {why}; it is ignored and training starts from epoch 1.",
+        file=sys.stderr,  # line-buffered: no flush needed
+    )
+    return None
+
+
+def restore_resume(
+    saved: dict, model_path: Path, model, optimizer, scheduler, shuffle
+) -> tuple[LoopState, dict | None]:
+    """Put a run back where the resume state `saved` (from load_resume) left it: weights,
+    optimizer, scheduler, both random generators and the kept checkpoint at model_path.
+    Returns (the loop state, the kept checkpoint's payload or None)."""
+    state = LoopState(**saved["loop"])
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["torch_rng"])
+    shuffle.set_state(saved["shuffle_rng"])
+    kept_payload = saved["kept"]
+    if kept_payload is not None:
+        save_checkpoint(model_path, kept_payload)  # DVC removed it before rerunning
+    return state, kept_payload
