@@ -34,7 +34,8 @@ from deepfm.data.sampling import RatedIndex  # noqa: E402
 from deepfm.data.splitting import read_split  # noqa: E402
 from deepfm.evaluation.ranking import evaluate_split  # noqa: E402
 from deepfm.models import MODELS, build_model  # noqa: E402
-from deepfm.training.loop import setup_torch, train_steps  # noqa: E402
+from deepfm.training.device import setup_torch  # noqa: E402
+from deepfm.training.loop import train_steps  # noqa: E402
 from deepfm.training.objectives import make_objective  # noqa: E402
 from deepfm.training.optim import make_optimizer  # noqa: E402
 

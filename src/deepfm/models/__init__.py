@@ -1,34 +1,36 @@
-"""The model registry: `model:` in params.yaml -> class. Each model has a params section of
-the same name in params.yaml (its dataclass is registered in deepfm.config.MODEL_SECTIONS)."""
+"""The model registry, derived from one declaration: `MODEL_SECTIONS` in deepfm.config maps a
+model's name (`model:` in params.yaml) to its params dataclass, and the model is the one
+`RankingModel` subclass defined in `deepfm/models/<name>.py`. Adding a model is that file,
+its params dataclass and its params.yaml section (README, "Add a model")."""
 
 from __future__ import annotations
+
+import importlib
+import inspect
 
 import torch
 
 from deepfm.config import MODEL_SECTIONS
 from deepfm.data.schema import Schema
-from deepfm.models.attention_deepfm import AttentionDeepFM
 from deepfm.models.base import RankingModel
-from deepfm.models.deepfm import DeepFM
-from deepfm.models.ease import EASE
-from deepfm.models.fm import FM
-from deepfm.models.item_cooccurrence import ItemCooccurrence
-from deepfm.models.itempop import ItemPop
-from deepfm.models.lr import LR
-from deepfm.models.sasrec import SASRec
-from deepfm.models.xdeepfm import XDeepFM
 
-MODELS: dict[str, type[RankingModel]] = {
-    "attention_deepfm": AttentionDeepFM,
-    "deepfm": DeepFM,
-    "ease": EASE,
-    "fm": FM,
-    "item_cooccurrence": ItemCooccurrence,
-    "itempop": ItemPop,
-    "lr": LR,
-    "sasrec": SASRec,
-    "xdeepfm": XDeepFM,
-}
+
+def _model_class(name: str) -> type[RankingModel]:
+    module = importlib.import_module(f"deepfm.models.{name}")
+    found = [
+        cls
+        for _, cls in inspect.getmembers(module, inspect.isclass)
+        if issubclass(cls, RankingModel) and cls.__module__ == module.__name__
+    ]
+    if len(found) != 1:
+        raise TypeError(
+            f"deepfm/models/{name}.py must define exactly one RankingModel subclass (the model "
+            f"'{name}' of MODEL_SECTIONS); it defines {[c.__name__ for c in found] or 'none'}."
+        )
+    return found[0]
+
+
+MODELS: dict[str, type[RankingModel]] = {name: _model_class(name) for name in MODEL_SECTIONS}
 
 
 def build_model(

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from deepfm.config import Config, TrainConfig
+from deepfm.config import Config
 from deepfm.data.batches import feature_tensors
 from deepfm.data.sampling import RatedIndex
 from deepfm.data.splitting import SplitResult
@@ -34,9 +34,11 @@ from deepfm.training.checkpoint import (
     run_fingerprint,
     save_resume,
 )
+from deepfm.training.device import setup_torch
 from deepfm.training.objectives import TrainingError, make_objective
 from deepfm.training.optim import make_optimizer, make_scheduler
-from deepfm.utils import deferred_interrupts, physical_cores
+from deepfm.training.progress import log_row, log_timing, print_epoch
+from deepfm.utils import deferred_interrupts
 
 CURVE_K = 10  # validation computes the @k metrics at this k (the curves) and the monitor's k
 
@@ -53,43 +55,6 @@ class TrainOutcome:
     num_parameters: int = 0
     kept_epoch: int = 0  # the epoch whose weights are in the checkpoint (train.checkpoint)
     kept_val: dict = field(default_factory=dict)
-
-
-def setup_torch(cfg: TrainConfig, seed: int) -> tuple[int, torch.device]:
-    """Threads, determinism and device. Returns (threads, device)."""
-    threads = cfg.num_threads or physical_cores()
-    torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    if cfg.device == "auto":
-        if torch.cuda.is_available():
-            device = "cuda"
-        elif torch.backends.mps.is_available():
-            device = "mps"
-        else:
-            device = "cpu"
-    elif cfg.device == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(
-            "params.yaml: 'train.device' is 'cuda' but no CUDA device is visible; "
-            "set train.device to 'cpu' or 'auto'."
-        )
-    else:
-        device = cfg.device
-    if cfg.amp and device != "cuda":
-        raise TrainingError(
-            f"params.yaml: 'train.amp' is true but training runs on {device}; mixed precision "
-            "is for CUDA only. Set train.amp to false, or train.device to 'cuda' / 'auto' on a "
-            "machine with a CUDA GPU."
-        )
-    return threads, torch.device(device)
-
-
-def _log(live, metrics: dict, prefix: str) -> None:
-    if live is None:
-        return
-    for key, value in metrics.items():
-        if isinstance(value, float) and math.isfinite(value):
-            live.log_metric(f"{prefix}/{key}" if prefix else key, round(value, 6))
 
 
 def train_steps(
@@ -182,9 +147,7 @@ def train(
     if not model.trainable:
         model.fit(split)
         val = validate()
-        _log(live, {k: v for k, v in val.items() if k != "users"}, "val")
-        if live is not None:
-            live.next_step()
+        log_row(live, {f"val/{k}": v for k, v in val.items() if k != "users"})
         save_checkpoint(model_path, checkpoint_payload(cfg, model, 0, val))
         state = LoopState(best_val=val, kept_val=val)
         return _outcome(state, 0, "no training (fitted in closed form)", threads, device, model)
@@ -200,9 +163,7 @@ def train(
     if saved is not None:
         state, kept = restore_resume(saved, model_path, model, optimizer, scheduler, shuffle)
         for row in state.history:  # DVC removed the curves too: replay them
-            _log(live, row, "")
-            if live is not None:
-                live.next_step()
+            log_row(live, row)
         print(
             f"resuming after epoch {state.epoch} (best so far: epoch {state.best_epoch})",
             flush=True,
@@ -250,22 +211,10 @@ def train(
                 **{f"val/{k}": v for k, v in val.items() if k != "users"},
                 "train/lr": optimizer.param_groups[0]["lr"],
             }
-            _log(live, row, "")
-            if live is not None:
-                live.next_step()
-            if timing_live is not None:
-                timing_live.log_metric("train/seconds_per_epoch", round(train_seconds, 3))
-                if validated:
-                    timing_live.log_metric("val/seconds", round(val_seconds, 3))
-                timing_live.next_step()
+            log_row(live, row)
+            log_timing(timing_live, train_seconds, val_seconds if validated else None)
             if progress:
-                shown = (
-                    f"  val {monitor} {val[monitor]:.4f}  hr@{CURVE_K} {val[f'hr@{CURVE_K}']:.4f}  "
-                    f"auc {val['auc']:.4f}"
-                    if validated
-                    else ""
-                )
-                tqdm.write(f"epoch {epoch}: loss {train_loss:.4f}{shown}  ({train_seconds:.1f}s)")
+                print_epoch(epoch, train_loss, train_seconds, val, monitor, CURVE_K)
 
             state.epoch = epoch
             state.history.append(row)
