@@ -146,9 +146,10 @@ def tiny_frames():
 
 
 def make_synthetic_ratings(path: Path, n_users=300, n_items=200, per_user=40, seed=0) -> Path:
-    """A dataset no MovieLens code knows, as one CSV: `user,item,stars,when,age,category,tags`
-    with ratings 0-10, text item ids, ages missing for about 15% of users, a categorical and a
-    multi-valued item column.
+    """A dataset no MovieLens code knows, as one CSV:
+    `user,item,stars,when,age,category,tags,device` with ratings 0-10, text item ids, ages
+    missing for about 15% of users, a categorical and a multi-valued item column, and the
+    device of each rating (a context column, drawn apart: it carries no signal).
 
     The signal, by construction: each user loves one of 5 categories (chosen from the age
     when it is known) and rates its items 7-10, everything else 0-6. Items are drawn evenly
@@ -164,6 +165,9 @@ def make_synthetic_ratings(path: Path, n_users=300, n_items=200, per_user=40, se
     favourite = np.minimum((ages - 18) // 11, 4).astype(int)
     ages[rng.random(n_users) < 0.15] = np.nan
     rows = []
+    devices = iter(
+        np.random.default_rng(seed + 1).choice(["phone", "tv", "web"], n_users * per_user)
+    )
     for u in range(n_users):
         liked = np.flatnonzero(item_cat == favourite[u])
         other = np.flatnonzero(item_cat != favourite[u])
@@ -177,9 +181,9 @@ def make_synthetic_ratings(path: Path, n_users=300, n_items=200, per_user=40, se
             age = "" if np.isnan(ages[u]) else f"{ages[u]:g}"
             rows.append(
                 f"u{u},m{item:03d},{stars},{when},{age},{categories[item_cat[item]]},"
-                f"{item_tags[item]}\n"
+                f"{item_tags[item]},{next(devices)}\n"
             )
-    path.write_text("user,item,stars,when,age,category,tags\n" + "".join(rows))
+    path.write_text("user,item,stars,when,age,category,tags,device\n" + "".join(rows))
     return path
 
 
@@ -193,6 +197,7 @@ SYNTHETIC_DECLARATION = {
         "item_id": {"source": "item", "kind": "sparse"},
         "category": {"source": "item", "kind": "sparse"},
         "tags": {"source": "item", "kind": "sequence", "separator": "|"},
+        "device": {"source": "context", "kind": "sparse"},
     },
 }
 

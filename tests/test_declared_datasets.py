@@ -46,7 +46,7 @@ def _write(tmp_path, text: str, decl_changes: dict | None = None):
     return spec, fetch_dataset(spec, tmp_path / "raw")
 
 
-HEADER = "user,item,stars,when,age,category,tags\n"
+HEADER = "user,item,stars,when,age,category,tags,device\n"
 IDS = {
     "user_id": {"source": "user", "kind": "sparse"},
     "item_id": {"source": "item", "kind": "sparse"},
@@ -67,6 +67,10 @@ IDS = {
         (
             {"fields": {**IDS, "age": {"source": "user", "kind": "dense", "min_count": 2}}},
             r"'datasets\.synth\.fields\.age\.min_count' does not apply to a dense field",
+        ),
+        (
+            {"fields": {**IDS, "hour": {"source": "context", "kind": "dense"}}},
+            r"'datasets\.synth\.fields\.hour\.kind' is 'dense'; a context field is sparse",
         ),
         (
             {"fields": {**IDS, "age": {"source": "user", "kind": "number"}}},
@@ -127,7 +131,7 @@ def test_local_csv_becomes_the_canonical_tables(synthetic, tmp_path):
     interactions, users, items = canonical_tables(spec, raw)
     source = pd.read_csv(tmp_path / "ratings.csv", dtype=str, keep_default_na=False)
     assert len(interactions) == len(source)
-    assert list(interactions.columns) == ["user_id", "item_id", "rating", "timestamp", "label"]
+    assert list(interactions.columns)[:5] == ["user_id", "item_id", "rating", "timestamp", "label"]
     row = source.iloc[0]
     got = interactions[
         (interactions.user_id == row["user"]) & (interactions.item_id == row["item"])
@@ -136,6 +140,11 @@ def test_local_csv_becomes_the_canonical_tables(synthetic, tmp_path):
     np.testing.assert_array_equal(interactions.label, (interactions.rating >= 7).astype(np.int8))
     # a 0-10 scale, threshold 7
     assert interactions.rating.min() == 0 and interactions.rating.max() == 10
+    assert list(interactions.columns)[5:] == ["device"]
+    assert interactions.device.tolist() == [
+        dict(zip(zip(source.user, source.item, strict=True), source.device, strict=True))[(u, i)]
+        for u, i in zip(interactions.user_id, interactions.item_id, strict=True)
+    ]
     assert list(users.columns) == ["user_id", "age"] and list(items.columns) == [
         "item_id", "category", "tags"
     ]  # fmt: skip
@@ -151,18 +160,24 @@ def test_local_csv_becomes_the_canonical_tables(synthetic, tmp_path):
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ("u1,m1,seven,1600000000,30,drama,a\n", r"bad\.csv, line 2: stars is 'seven'; expected a"),
-        ("u1,m1,7,yesterday,30,drama,a\n", r"line 2: when is 'yesterday'; expected unix seconds"),
-        (",m1,7,1600000000,30,drama,a\n", r"line 2: user is empty; every row needs one"),
         (
-            "u1,m1,7,1600000000,30,drama,a\nu1,m2,7,1600000001,31,drama,a\n",
+            "u1,m1,seven,1600000000,30,drama,a,tv\n",
+            r"bad\.csv, line 2: stars is 'seven'; expected a",
+        ),
+        (
+            "u1,m1,7,yesterday,30,drama,a,tv\n",
+            r"line 2: when is 'yesterday'; expected unix seconds",
+        ),
+        (",m1,7,1600000000,30,drama,a,tv\n", r"line 2: user is empty; every row needs one"),
+        (
+            "u1,m1,7,1600000000,30,drama,a,tv\nu1,m2,7,1600000001,31,drama,a,tv\n",
             r"bad\.csv, line 3: age is 31 but an earlier row of user_id u1 has 30; a user field",
         ),
         (
-            "u1,m1,7,1600000000,30,drama,a\nu1,m1,8,1600000001,30,drama,a\n",
+            "u1,m1,7,1600000000,30,drama,a,tv\nu1,m1,8,1600000001,30,drama,a,tv\n",
             r"line 3: user u1 and item m1 appear a second time; keep one row",
         ),
-        ("u1,m1,7,1600000000,thirty,drama,a\n", r"line 2: age is 'thirty'; expected a number"),
+        ("u1,m1,7,1600000000,thirty,drama,a,tv\n", r"line 2: age is 'thirty'; expected a number"),
     ],
 )
 def test_bad_rows_are_named_by_file_line_and_column(tmp_path, body, message):
@@ -172,7 +187,7 @@ def test_bad_rows_are_named_by_file_line_and_column(tmp_path, body, message):
 
 
 def test_a_missing_column_says_how_to_map_it(tmp_path):
-    spec, raw = _write(tmp_path, "who,item,stars,when,age,category,tags\n")
+    spec, raw = _write(tmp_path, "who,item,stars,when,age,category,tags,device\n")
     with pytest.raises(ParseError, match=r"no column 'user' .*datasets\.synth\.columns\.user_id"):
         canonical_tables(spec, raw)
 
@@ -232,7 +247,7 @@ def test_dense_fields_are_scaled_on_train_users_only(synthetic):
     assert (dense[~known] == 0).all()  # missing -> the train mean -> 0 after scaling
     assert split.summary["dense_scalers"]["age"]["shift"] == pytest.approx(mean)
     names = [f.name for f in split.schema.fields]
-    assert names == ["user_id", "age", "item_id", "category", "tags"]
+    assert names == ["user_id", "age", "device", "item_id", "category", "tags"]
     assert split.schema.field("age").kind == "dense"
 
     minmax = [
@@ -294,3 +309,65 @@ def test_every_model_trains_a_step_and_scores_on_a_declared_dataset(synthetic, t
         matrix = model.score_matrix(users, items, history)
         pairs = model(users, items[:6], history)
         torch.testing.assert_close(matrix.diagonal(), pairs, rtol=1e-4, atol=1e-5, msg=name)
+        if name in ("deepfm", "xdeepfm", "attention_deepfm", "fm", "lr"):
+            if name == "lr":  # its weights start at 0: give the context some
+                with torch.no_grad():
+                    model.linear.tables["user"].weight.normal_()
+            other = history.clone()
+            other[:, -1] = other[:, -1] % (split.schema.field("device").vocab_size - 1) + 1
+            assert not torch.equal(model(users, items[:6], other), model(users, items[:6], history))
+
+
+def test_context_fields_travel_with_each_example_after_its_history(synthetic):
+    spec, raw = synthetic
+    interactions, users, items = canonical_tables(spec, raw)
+    split = split_dataset(
+        interactions, users, items, fields=spec.fields, seed=1, min_positives=3,
+        num_negatives=50, history_length=4,
+    )  # fmt: skip
+    device = split.schema.field("device")
+    assert device.source == "context" and device.column == 0
+    assert split.train_history.shape[1] == 4 + 1 and split.test.history.shape[1] == 4 + 1
+    # the split's row order is (user, timestamp, item); interactions is already in it
+    vocab = sorted(set(interactions.device))
+    code = {d: i + 1 for i, d in enumerate(vocab)}
+    held = {
+        (u, i)
+        for h in (split.val, split.test)
+        for u, i in zip(h.users.tolist(), h.items.tolist(), strict=True)
+    }
+    user_idx = np.searchsorted(users.user_id.to_numpy(), interactions.user_id.to_numpy())
+    item_idx = np.searchsorted(items.item_id.to_numpy(), interactions.item_id.to_numpy())
+    train = [
+        k for k, (u, i) in enumerate(zip(user_idx, item_idx, strict=True)) if (u, i) not in held
+    ]
+    want = [code[d] for d in interactions.device.to_numpy()[train]]
+    assert split.train_history[:, 4].tolist() == want
+    for h in (split.val, split.test):
+        rows = {(u, i): k for k, (u, i) in enumerate(zip(user_idx, item_idx, strict=True))}
+        got = [
+            code[interactions.device.iloc[rows[(u, i)]]]
+            for u, i in zip(h.users, h.items, strict=True)
+        ]
+        assert h.history[:, 4].tolist() == got
+
+
+def test_a_context_value_seen_only_in_held_out_rows_is_unknown(synthetic):
+    spec, raw = synthetic
+    interactions, users, items = canonical_tables(spec, raw)
+    split = split_dataset(
+        interactions, users, items, fields=spec.fields, seed=1, min_positives=3, num_negatives=5
+    )
+    first = split.test.users[0]
+    row = interactions.index[
+        (interactions.user_id == users.user_id.iloc[first])
+        & (interactions.item_id == items.item_id.iloc[split.test.items[0]])
+    ]
+    changed = interactions.copy()
+    changed.loc[row, "device"] = "fridge"
+    again = split_dataset(
+        changed, users, items, fields=spec.fields, seed=1, min_positives=3, num_negatives=5
+    )
+    assert again.schema.field("device").vocab_size == split.schema.field("device").vocab_size
+    assert split.test.history[0, 0] > 0
+    assert again.test.history[0, 0] == 0  # "fridge" was never seen in train

@@ -38,10 +38,11 @@ def test_the_declared_dataset_runs_through_every_stage(synthetic_repo):
         assert f"Running stage '{stage}'" in log, stage
     assert "preprocess: 12,000 interactions" in log
     schema = json.loads((work / "data/split/schema.json").read_text())
-    kinds = {f["name"]: f["kind"] for f in schema["fields"]}
+    kinds = {f["name"]: (f["source"], f["kind"]) for f in schema["fields"]}
     assert kinds == {
-        "user_id": "sparse", "age": "dense", "history": "sequence", "item_id": "sparse",
-        "category": "sparse", "tags": "sequence",
+        "user_id": ("user", "sparse"), "age": ("user", "dense"), "device": ("context", "sparse"),
+        "history": ("user", "sequence"), "item_id": ("item", "sparse"),
+        "category": ("item", "sparse"), "tags": ("item", "sequence"),
     }  # fmt: skip
     assert metrics["test"]["users"] == 300 and metrics["model"] == "deepfm"
     _, pop_log = runs["itempop"]

@@ -156,7 +156,7 @@ def test_forward_shapes_gradients_and_score_matrix(canonical, case, history_leng
         fast = model.score_matrix(u, i, h)
         other = torch.from_numpy(split.train_history[rows[::-1].copy()])
         assert not torch.allclose(model.score_matrix(u, i, other), fast)
-        with pytest.raises(ValueError, match="schema has a history field: pass history"):
+        with pytest.raises(ValueError, match="schema has a history or context field: pass history"):
             model.score_matrix(u, i)
 
 

@@ -170,7 +170,7 @@ def test_needs_the_history_field(canonical):
 
 def test_missing_history_argument_is_a_clear_error(split):
     model = make_model(split)
-    with pytest.raises(ValueError, match="schema has a history field: pass history"):
+    with pytest.raises(ValueError, match="schema has a history or context field: pass history"):
         model.catalogue_logits(torch.tensor([0, 1]))
 
 

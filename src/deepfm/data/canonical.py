@@ -73,11 +73,12 @@ def canonical_tables(spec: DatasetSpec, raw: Path) -> tuple[pd.DataFrame, ...]:
         interactions, users, items = load_canonical(
             spec.source, raw, spec.label_threshold, options["single_years_from"]
         )
-    for side, table in (("user", users), ("item", items)):
+    for side, table in (("user", users), ("item", items), ("context", interactions)):
         missing = [f.name for f in spec.fields if f.source == side and f.name not in table]
         if missing:
             raise ParseError(
                 f"params.yaml: 'datasets.{spec.name}.fields.{missing[0]}' is a {side} field, "
-                f"but the {side}s table has no such column; it has: {', '.join(table.columns)}."
+                f"but the {'interaction' if side == 'context' else side}s table has no such "
+                f"column; it has: {', '.join(table.columns)}."
             )
     return interactions, users, items

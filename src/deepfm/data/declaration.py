@@ -15,6 +15,7 @@ label is made, and which fields the models see. A new dataset is a block of para
           item_id: {source: item, kind: sparse}
           category: {source: item, kind: sparse, min_count: 2}
           tags: {source: item, kind: sequence, separator: "|", max_length: 5}
+          device: {source: context, kind: sparse}   # a column of each interaction
 
 Every key is checked here, with an error that names it, the value and what is allowed.
 """
@@ -25,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-FIELD_SOURCES = ("user", "item")
+FIELD_SOURCES = ("user", "item", "context")
 FIELD_KINDS = ("sparse", "sequence", "dense")
 SCALERS = ("standard", "minmax", "none")
 FILE_ROLES = ("interactions", "users", "items")
@@ -40,7 +41,9 @@ class DeclarationError(ValueError):
 @dataclass(frozen=True)
 class FieldSpec:
     name: str
-    source: str  # user | item: looked up by the user or the item of an example
+    # user | item: looked up by the example's user or item; context: a column of the
+    # interaction itself (e.g. the device), known for the held-out interaction too
+    source: str
     kind: str  # sparse (one code) | sequence (a bag of codes) | dense (a number)
     # sparse / sequence: values seen on fewer train users / items than this -> code 0 (unknown)
     min_count: int = 1
@@ -143,6 +146,11 @@ def parse_field(name: str, raw, key: str) -> FieldSpec:
     missing = raw.get("missing", "mean")
     if missing != "mean" and not _number(missing):
         raise _fail(f"{key}.missing", f"is {missing!r}; it must be 'mean' or a number.")
+    if source == "context" and kind != "sparse":
+        raise _fail(
+            f"{key}.kind",
+            f"is {kind!r}; a context field is sparse (bucket a number with bins: [...]).",
+        )
     if name in ("user_id", "item_id") and (kind != "sparse" or source != name[:4]):
         raise _fail(key, f"must be {{source: {name[:4]}, kind: sparse}}: it is the {name[:4]} id.")
     return FieldSpec(

@@ -2,7 +2,8 @@
 
 The canonical contract, shared with the MovieLens parsers:
 - interactions: user_id, item_id, rating, timestamp, label (one row per user and item);
-- users: user_id and the declared user fields; items: item_id and the declared item fields.
+- users: user_id and the declared user fields; items: item_id and the declared item fields;
+- the declared context fields are further columns of the interactions.
 
 A user (item) field comes from the users (items) file when one is declared and has the
 column, else from the interactions file, where it must then hold one value per user (item).
@@ -283,5 +284,13 @@ def _load_local(spec: DatasetSpec, raw: Path) -> tuple[pd.DataFrame, pd.DataFram
             side_path,
             side_spec,
         )
+    for f in (f for f in spec.fields if f.source == "context"):
+        values = _column(
+            frame,
+            f.name,
+            inter_path,
+            f"the declared context field {f.name!r} must be a column of the interactions file.",
+        )
+        interactions[f.name] = field_values(values, f, inter_path, inter_spec).to_numpy()
     interactions = interactions.sort_values(["user_id", "timestamp", "item_id"], kind="stable")
     return interactions.reset_index(drop=True), tables["user"], tables["item"]

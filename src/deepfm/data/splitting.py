@@ -9,7 +9,8 @@
 - the history field: for every example, the user's `history_length` most recent train
   positives (or train ratings: `sequence`) strictly before it in the protocol's order; the
   test item's history also has the validation item (it came first), no other example ever
-  sees a held-out item.
+  sees a held-out item;
+- context fields (columns of each interaction) travel with the example, after its history.
 
 Users and items are addressed by their row in the canonical users / items tables
 ("index"); the feature matrices map an index to the embedding codes of its fields.
@@ -45,7 +46,9 @@ class HeldOut:
     users: np.ndarray  # (n,) user index
     items: np.ndarray  # (n,) held-out positive item index
     candidates: np.ndarray  # (n, num_negatives) item index, -1 where the user has fewer
-    history: np.ndarray  # (n, history_length) item_id codes of the preceding positives, int32
+    # (n, history_length + n_context) int32: item_id codes of the preceding items (0-padded),
+    # then the codes of the held-out interaction's context fields
+    history: np.ndarray
 
 
 @dataclass
@@ -53,7 +56,7 @@ class SplitResult:
     train_users: np.ndarray
     train_items: np.ndarray
     train_labels: np.ndarray
-    train_history: np.ndarray  # (n_train, history_length) item_id codes, 0-padded
+    train_history: np.ndarray  # (n_train, history_length + n_context): as HeldOut.history
     val: HeldOut
     test: HeldOut
     # the model's lookup tables, by buffer name: "user_features" / "item_features" (one code
@@ -231,6 +234,24 @@ def encode_fields(
     return flat, bags, arrays, scalers
 
 
+def encode_context(
+    fields: Sequence[FieldSpec], interactions: pd.DataFrame, order: np.ndarray, in_train
+) -> tuple[list[Field], np.ndarray]:
+    """The context fields (columns of each interaction): codes per row in the split's order,
+    (n_rows, n_context) int32, with vocabularies fitted on the train rows only."""
+    context = [f for f in fields if f.source == "context"]
+    codes = np.zeros((len(order), len(context)), dtype=np.int32)
+    out = []
+    for column, f in enumerate(context):
+        values = interactions[f.name].iloc[order].reset_index(drop=True)
+        if f.bins:
+            values = bucket_values(values, f.bins)
+        vocab = fit_vocab(_frequent(values[in_train], f.min_count))
+        codes[:, column] = encode(values, vocab)
+        out.append(Field(f.name, "context", "sparse", len(vocab) + 1, column))
+    return out, codes
+
+
 def _as_list(value) -> list:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return []
@@ -301,6 +322,7 @@ def split_dataset(
         {"user": users, "item": items},
         {"user": np.unique(train_u), "item": np.unique(train_i)},
     )
+    context_fields, context_codes = encode_context(fields, interactions, order, in_train)
     # History is made of train rows only (positives, or every rating: `sequence`), so no
     # train example (e.g. an observed negative dated after the held-out items) and no
     # validation user sees a held-out item. The test item's history alone may also hold the
@@ -315,6 +337,9 @@ def split_dataset(
         history[test_rows] = recent_items(
             user_idx, item_codes, with_val, history_length, rows=test_rows
         )
+    # what changes from one example to the next travels with the example: its history codes,
+    # then its context codes (one (n, history_length + n_context) matrix)
+    example = np.concatenate([history, context_codes], axis=1)
     # schema order: user sparse, user dense, the history, other user bags, then the item's
     history_field = (
         [Field("history", "user", "sequence", item_id.vocab_size, 0, history_length)]
@@ -326,6 +351,7 @@ def split_dataset(
     ]
     schema_fields = [
         *[f for f in flat if f.source == "user"],
+        *context_fields,
         *user_bags,
         *[f for f in flat if f.source == "item"],
         *bags["item"],
@@ -341,7 +367,7 @@ def split_dataset(
             num_negatives,
             rng_for(seed, "candidates", stream),
         )
-        held[name] = HeldOut(user_idx[rows], item_idx[rows], cand, history[rows])
+        held[name] = HeldOut(user_idx[rows], item_idx[rows], cand, example[rows])
 
     n_unrated = num_items - np.bincount(user_idx, minlength=num_users)
     short = {
@@ -381,7 +407,7 @@ def split_dataset(
         train_users=train_u.astype(np.int32),
         train_items=train_i.astype(np.int32),
         train_labels=label[in_train],
-        train_history=history[in_train],
+        train_history=example[in_train],
         val=held["val"],
         test=held["test"],
         features=features,

@@ -78,8 +78,11 @@ class AttentionDeepFM(RankingModel):
         emb = self.embed(self.embedding, users, items, history)  # (B, F, k)
         if self.target_attention is not None:
             h = self.history_field
+            items_before = self.history_of(history)
             pooled = self.target_attention(
-                self.embedding.history_items(history), emb[:, self.item_id_field], history > 0
+                self.embedding.history_items(items_before),
+                emb[:, self.item_id_field],
+                items_before > 0,
             )
             emb = torch.cat([emb[:, :h], pooled.unsqueeze(1), emb[:, h + 1 :]], dim=1)
         deep = self.dnn(self.attention(emb).flatten(1))

@@ -2,9 +2,11 @@
 
 A model scores (user index, item index) pairs. The feature matrices from the split stage
 are buffers of the model, so a checkpoint is self-contained and batching moves only integer
-vectors. What changes from one example to the next on the user side, the history field (the
-user's most recent positives before the example), comes with the call as `history`, an
-(N, L) matrix of item_id codes, 0-padded; a schema without a history field takes None.
+vectors. What changes from one example to the next on the user side comes with the call as
+`history`, an (N, L + C) int matrix: the history field (the user's L most recent items before
+the example, item_id codes, 0-padded), then the codes of the C context fields (columns of the
+interaction itself, which join the user side's sparse fields). A schema with neither takes
+None; a model that reads the history alone takes `history_of(history)`.
 
 - forward(users, items, history) -> (B,) logits for aligned pairs (training);
 - score_matrix(users, items, history) -> (U, I) logits for every pair (evaluation), one
@@ -37,7 +39,15 @@ class RankingModel(nn.Module):
         for name in feature_names(schema):
             dense = name.endswith("_dense")
             self.register_buffer(name, features[name].float() if dense else features[name].long())
-        self.uses_history = schema.field("history") is not None
+        history = schema.field("history")
+        self.history_length = history.length if history is not None else 0
+        self.num_context = len(schema.by_source("context", "sparse"))
+        # the per-example matrix (`history`): the history codes, then the context codes
+        self.uses_history = bool(self.history_length or self.num_context)
+
+    def history_of(self, history: torch.Tensor | None) -> torch.Tensor | None:
+        """The history codes of a per-example matrix, without its context columns."""
+        return None if history is None else history[:, : self.history_length]
 
     def item_id_codes(self) -> torch.Tensor:
         """(num_items,) the item_id code of every item index (0: unseen in train), the
@@ -61,14 +71,21 @@ class RankingModel(nn.Module):
         ]
         if side == "item" or not self.uses_history:
             return codes, bags, dense
-        if history is None or history.shape[0] != len(idx):
+        width = self.history_length + self.num_context
+        if history is None or history.shape[0] != len(idx) or history.shape[1] != width:
             raise ValueError(
-                "this model's schema has a history field: pass history, one row of item_id "
-                f"codes per user ({len(idx)} rows; got "
+                "this model's schema has a history or context field: pass history, one row "
+                f"per user of {self.history_length} item_id codes and {self.num_context} context "
+                f"codes ({len(idx)} x {width}; got "
                 f"{'none' if history is None else tuple(history.shape)}), e.g. "
                 "SplitResult.train_history or HeldOut.history."
             )
-        return codes, [history.long(), *bags], dense
+        history = history.long()
+        if self.num_context:  # context fields are sparse fields of the user side
+            codes = torch.cat([codes, history[:, self.history_length :]], dim=1)
+        if self.history_length:
+            bags = [history[:, : self.history_length], *bags]
+        return codes, bags, dense
 
     def embed_side(
         self,

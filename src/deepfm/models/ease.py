@@ -93,6 +93,7 @@ class EASE(RankingModel):
         first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
         offset = torch.arange(len(row), device=device) - first
         x[row, self.user_items[starts[row] + offset]] = 1.0
+        history = self.history_of(history)  # its items; context columns are not items
         if history is not None and history.numel():
             idx = self.code_to_item[history.long()]
             r, c = torch.nonzero(idx >= 0, as_tuple=True)

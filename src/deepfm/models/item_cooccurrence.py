@@ -99,10 +99,11 @@ class ItemCooccurrence(RankingModel):
         self.item_prior.copy_(torch.from_numpy(prior).float())
 
     def _weights(self, history: torch.Tensor | None) -> torch.Tensor | None:
-        if history is None or history.shape[1] == 0:
+        """Recency weights over the history's positions (context columns are not items)."""
+        if history is None or self.history_length == 0:
             return None
         p = self.params
-        return recency_weights(history.shape[1], p.recent, p.recency_power).to(self.cooc.device)
+        return recency_weights(self.history_length, p.recent, p.recency_power).to(self.cooc.device)
 
     def forward(
         self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None

@@ -97,7 +97,7 @@ class SampledSoftmax:
 
 class NextItemSoftmax:
     def __init__(self, split, rated, *, device):
-        if not hasattr(split, "train_history") or split.train_history.shape[1] == 0:
+        if split.schema.field("history") is None:
             raise TrainingError(
                 "a next-item softmax needs the history field: set split.history_length > 0."
             )

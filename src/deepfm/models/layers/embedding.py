@@ -24,6 +24,8 @@ models that factorise a score matrix into user and item parts keep doing so.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -78,7 +80,7 @@ class FeatureEmbedding(nn.Module):
         self.own_tables = nn.ModuleDict()
         self.projections = nn.ModuleDict()
         for side in ("user", "item"):
-            sparse = schema.by_source(side, "sparse")
+            sparse = side_sparse(schema, side)
             shared = [f for f in sparse if f.name not in own]
             separate = [f for f in sparse if f.name in own]
             sequence = schema.by_source(side, "sequence")
@@ -141,12 +143,14 @@ class FeatureEmbedding(nn.Module):
     @staticmethod
     def side_width(schema: Schema, side: str) -> int:
         """How many field vectors one side yields (before recent_items)."""
-        return sum(len(schema.by_source(side, k)) for k in ("sparse", "dense", "sequence"))
+        return len(side_sparse(schema, side)) + sum(
+            len(schema.by_source(side, k)) for k in ("dense", "sequence")
+        )
 
     def field_position(self, schema: Schema, side: str, name: str) -> int:
         """Where field `name` sits among one side's output vectors (sparse by column, then
         dense, then sequence fields)."""
-        sparse = sorted(schema.by_source(side, "sparse"), key=lambda f: f.column)
+        sparse = sorted(side_sparse(schema, side), key=lambda f: f.column)
         names = [f.name for f in sparse]
         names += [f.name for f in schema.by_source(side, "dense")]
         names += [f.name for f in schema.by_source(side, "sequence")]
@@ -199,6 +203,19 @@ class FeatureEmbedding(nn.Module):
         """(N, L) history codes -> (N, L, dim) embeddings from the history table (padding: 0),
         for models that pool the history themselves (target attention)."""
         return _lookup(self.bags["history"].weight, history)
+
+
+def side_sparse(schema: Schema, side: str) -> list:
+    """One side's sparse fields, columns as in the codes the model passes: on the user side
+    the context fields follow the user's own, their columns shifted past them."""
+    fields = list(schema.by_source(side, "sparse"))
+    if side == "user":
+        shift = len(fields)
+        fields += [
+            dataclasses.replace(f, column=shift + f.column)
+            for f in schema.by_source("context", "sparse")
+        ]
+    return fields
 
 
 def _lookup(weight: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
