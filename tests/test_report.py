@@ -671,12 +671,12 @@ def test_summarize_error_messages_in_full(runs):
         summarize(runs, [])
     # every missing metric is named, and every metric the split does have is offered (sorted)
     with raises_exactly(
-        "metric(s) ndcg@99, mrr not in the 'test' split of metrics/eval.json; available: auc, "
+        "metric(s) ndcg@99, mrr not in the 'test' split of the eval metrics; available: auc, "
         "full_hr@10, full_ndcg@10, hr@10, logloss, ndcg@10, users"
     ):
         summarize(runs, ["ndcg@99", "auc", "mrr"])
     with raises_exactly(
-        "metric(s) auc not in the 'valid' split of metrics/eval.json; available: none"
+        "metric(s) auc not in the 'valid' split of the eval metrics; available: none"
     ):
         summarize(runs, ["auc"], split="valid")  # no `valid.*` column at all
 
@@ -938,8 +938,8 @@ def test_per_user_scores_rank_table_errors_in_full():
     assert scores.index.name == "user_id"
     assert list(scores.index) == [1, 2] and list(scores["score"]) == [0.0, 1.0]
     with raises_exactly(
-        "rank table lacks column(s) ['sampled_rank']; expected the columns of "
-        "metrics/eval_ranks.parquet"
+        "rank table lacks column(s) ['sampled_rank']; expected the columns of the eval stage's "
+        "per-user ranks"
     ):
         per_user_scores(minimal, "ndcg@10")  # sampled: needs sampled_rank
     with raises_exactly("rank table has no rows for split 'val'"):
@@ -1113,3 +1113,17 @@ def test_cli_compare_rank_files(tmp_path, capsys):
     assert "Wilcoxon signed-rank (two-sided): p = " in out
     assert cli.main(["compare", "--ranks-a", str(files["a"]), "--ranks-b", str(files["c"])]) == 2
     assert "evaluated on different users" in capsys.readouterr().err
+
+
+def test_the_report_reads_the_artefact_paths_dvc_yaml_names(tmp_path, monkeypatch):
+    """dvc.yaml is the one place that names the metric files; the report follows it."""
+    from deepfm.results.runs import metric_files
+
+    assert metric_files() == (
+        "metrics/eval.json", "metrics/timing/summary.json", "metrics/train/metrics.json"
+    )  # fmt: skip
+    (tmp_path / "dvc.yaml").write_text(
+        "vars:\n  - paths: {metrics: out/m.json, timing: out/t, curves: out/c, ranks: r.pq}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert metric_files() == ("out/m.json", "out/t/summary.json", "out/c/metrics.json")

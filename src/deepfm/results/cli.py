@@ -26,11 +26,10 @@ import pandas as pd
 from deepfm.io import atomic_path
 from deepfm.results import ReportError
 from deepfm.results.rendering import render_markdown
-from deepfm.results.runs import Selection, parse_exp_show, select_runs
+from deepfm.results.runs import Selection, parse_exp_show, pipeline_paths, select_runs
 from deepfm.results.statistics import (
     DEFAULT_METRICS,
     MAIN_METRIC,
-    RANKS,
     paired_test,
     paired_user_scores,
     parse_rank_metric,
@@ -108,14 +107,15 @@ def cmd_table(args: argparse.Namespace) -> None:
 def read_ranks_at(rev: str, name: str) -> pd.DataFrame:
     import dvc.api
 
+    ranks = pipeline_paths()["ranks"]
     try:
         if rev == "workspace":
-            return pd.read_parquet(RANKS)
-        with dvc.api.open(RANKS, rev=rev, mode="rb") as f:
+            return pd.read_parquet(ranks)
+        with dvc.api.open(ranks, rev=rev, mode="rb") as f:
             return pd.read_parquet(io.BytesIO(f.read()))
     except Exception as e:  # dvc raises many types here (missing cache, unknown rev, ...)
         raise ReportError(
-            f"cannot read {RANKS} of experiment {name} ({rev[:7]}): {type(e).__name__}: {e}; "
+            f"cannot read {ranks} of experiment {name} ({rev[:7]}): {type(e).__name__}: {e}; "
             f"it is a DVC-cached output: fetch it with `dvc exp pull <remote> {name}`, or rerun "
             "the experiment"
         ) from e

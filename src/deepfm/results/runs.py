@@ -22,10 +22,33 @@ import pandas as pd
 
 from deepfm.results import ReportError
 
-EVAL_JSON = "metrics/eval.json"
-TIMING_JSON = "metrics/timing/summary.json"
-TRAIN_JSON = "metrics/train/metrics.json"
 PARAMS_YAML = "params.yaml"
+
+
+def pipeline_paths(dvc_yaml: str = "dvc.yaml") -> dict[str, str]:
+    """The artefact paths that dvc.yaml names in `vars: paths`, the one place they are named
+    (the stages get theirs on the command line; the results code reads them here)."""
+    import yaml
+
+    try:
+        with open(dvc_yaml, encoding="utf-8") as f:
+            spec = yaml.safe_load(f)
+    except OSError as e:
+        raise FileNotFoundError(
+            f"{dvc_yaml}: {e.strerror}; run this from the repository root."
+        ) from None
+    for entry in spec.get("vars") or []:
+        if isinstance(entry, dict) and "paths" in entry:
+            return {str(k): str(v) for k, v in entry["paths"].items()}
+    raise ValueError(f"{dvc_yaml} has no `vars: - paths:` block naming the pipeline's artefacts.")
+
+
+def metric_files() -> tuple[str, str, str]:
+    """(eval metrics, timing summary, training curves summary): the keys under which
+    `dvc exp show --json` lists them, from the paths dvc.yaml names."""
+    paths = pipeline_paths()
+    return paths["metrics"], f"{paths['timing']}/summary.json", f"{paths['curves']}/metrics.json"
+
 
 # Differ on purpose between the runs of one model, so never reported as a config mismatch.
 _EXPECTED_TO_VARY = frozenset({"seed", "train.num_threads", "train.device"})
@@ -69,9 +92,10 @@ def _row(
     data = entry.get("data") or {}
     params = _file_data(data.get("params"), PARAMS_YAML)
     metrics = data.get("metrics") or {}
-    evaluation = _file_data(metrics, EVAL_JSON)
-    timing = _file_data(metrics, TIMING_JSON)
-    train = _file_data(metrics, TRAIN_JSON)
+    eval_json, timing_json, train_json = metric_files()
+    evaluation = _file_data(metrics, eval_json)
+    timing = _file_data(metrics, timing_json)
+    train = _file_data(metrics, train_json)
     status = _status(entry, executor)
     if status == "success" and not evaluation:
         status = "no-metrics"

@@ -18,9 +18,6 @@ import pandas as pd
 
 from deepfm.evaluation import metrics as M
 from deepfm.results import ReportError
-from deepfm.results.runs import EVAL_JSON
-
-RANKS = "metrics/eval_ranks.parquet"
 
 MAIN_METRIC = "full_ndcg@10"
 # the registry's table columns: full_ndcg@10 full_hr@10 ndcg@10 hr@10 auc logloss
@@ -63,7 +60,7 @@ def summarize(
     missing = [m for m in metrics if m not in available]
     if missing:
         raise ReportError(
-            f"metric(s) {', '.join(missing)} not in the {split!r} split of {EVAL_JSON}; "
+            f"metric(s) {', '.join(missing)} not in the {split!r} split of the eval metrics; "
             f"available: {', '.join(available) or 'none'}"
         )
     sort_by = sort_by if sort_by in available else metrics[0]
@@ -227,7 +224,7 @@ def per_user_scores(ranks: pd.DataFrame, metric: str = MAIN_METRIC, split: str =
     if not needed <= set(ranks.columns):
         raise ReportError(
             f"rank table lacks column(s) {sorted(needed - set(ranks.columns))}; "
-            f"expected the columns of {RANKS}"
+            "expected the columns of the eval stage's per-user ranks"
         )
     part = ranks[ranks["split"] == split]
     if part.empty:
