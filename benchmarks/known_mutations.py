@@ -123,9 +123,10 @@ MUTATIONS = [
     Mutation(
         "a stage's dvc.yaml deps miss config.py",
         "dvc.yaml",
-        "      - src/deepfm/config.py\n      - src/deepfm/data/sources.py\n"
-        "      - src/deepfm/io.py\n",
-        "      - src/deepfm/data/sources.py\n      - src/deepfm/io.py\n",
+        "      - src/stages/fetch.py\n      - src/deepfm/__init__.py\n"
+        "      - src/deepfm/data/__init__.py\n      - src/deepfm/config.py\n",
+        "      - src/stages/fetch.py\n      - src/deepfm/__init__.py\n"
+        "      - src/deepfm/data/__init__.py\n",
     ),
 ]
 
