@@ -206,3 +206,50 @@ def synthetic_declaration(csv: Path) -> dict:
     """SYNTHETIC_DECLARATION with the file's path and sha256 filled in."""
     sha = hashlib.sha256(csv.read_bytes()).hexdigest()
     return {**SYNTHETIC_DECLARATION, "files": {"interactions": {"path": str(csv), "sha256": sha}}}
+
+
+def make_criteo_file(path: Path, n_rows=20_000, seed=0) -> Path:
+    """Rows in the Criteo Kaggle `train.txt` format (tab-separated: label, I1..I13, C1..C26,
+    empty fields allowed), with a planted signal that a linear model cannot see: the click
+    odds depend on the *product* of a +-1 sign of C1's value and one of C2's (an XOR), plus
+    a small main effect of I1. Factorised interactions (FM, DeepFM) can learn the product;
+    LR only the main effect."""
+    rng = np.random.default_rng(seed)
+    c1 = rng.integers(0, 30, n_rows)
+    c2 = rng.integers(0, 30, n_rows)
+    sign1 = rng.choice([-1.0, 1.0], 30)
+    sign2 = rng.choice([-1.0, 1.0], 30)
+    i1 = rng.poisson(6, n_rows)
+    logit = 2.0 * sign1[c1] * sign2[c2] + 0.4 * (i1 > 6) - 0.3
+    label = (rng.random(n_rows) < 1 / (1 + np.exp(-logit))).astype(int)
+    lines = []
+    for r in range(n_rows):
+        ints = [str(i1[r])] + [
+            "" if rng.random() < 0.1 else str(int(rng.integers(-2, 500))) for _ in range(12)
+        ]
+        cats = [f"{c1[r] * 2654435761 % 2**32:08x}", f"{c2[r] * 40503 % 2**32:08x}"] + [
+            "" if rng.random() < 0.05 else f"{int(rng.integers(0, 50)):08x}" for _ in range(24)
+        ]
+        lines.append("\t".join([str(label[r]), *ints, *cats]) + "\n")
+    path.write_text("".join(lines))
+    return path
+
+
+def criteo_declaration(path: Path, min_count: int = 2) -> dict:
+    """A criteo dataset block as params.yaml declares it, for the file at `path`."""
+    ints = {f"I{i}": {"source": "context", "kind": "sparse", "log_buckets": True}
+            for i in range(1, 14)}  # fmt: skip
+    cats = {f"C{i}": {"source": "context", "kind": "sparse", "min_count": min_count}
+            for i in range(1, 27)}  # fmt: skip
+    return {
+        "source": "criteo",
+        "protocol": {"name": "ctr", "split": "order", "fractions": [0.8, 0.1, 0.1]},
+        "files": {
+            "interactions": {
+                "path": str(path),
+                "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            }
+        },
+        "label": {"column": "label"},
+        "fields": {**ints, **cats},
+    }

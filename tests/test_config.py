@@ -47,7 +47,7 @@ def test_repo_params_load_and_are_complete():
         (
             {"datasets": {"mine": {**ML100K, "source": "ml-latest"}}},
             r"'datasets\.mine\.source' is 'ml-latest'; use 'local' \(your own files\) or a "
-            r"registered release: ml-100k, ml-10m, ml-1m, ml-20m, ml-25m, ml-32m\.",
+            r"registered release: avazu, criteo, ml-100k, ml-10m, ml-1m, ml-20m, ml-25m, ml-32m\.",
         ),
         (
             {"datasets": {"mine": {**ML100K, "label": {"threshold": True}}}},

@@ -365,7 +365,7 @@ def parse_config(raw: dict, *, require_all: bool = False) -> Config:
     default hidden in code can change a result without DVC seeing it).
     """
     # late imports (none imports anything from here); no torch
-    from deepfm.data.declaration import DeclarationError, parse_dataset
+    from deepfm.data.declaration import FILE_SOURCES, DeclarationError, parse_dataset
     from deepfm.data.sources import DATASETS
     from deepfm.evaluation.metrics import keys as metric_keys
 
@@ -404,9 +404,10 @@ def parse_config(raw: dict, *, require_all: bool = False) -> Config:
         raise ConfigError(
             f"params.yaml: 'datasets' must map names to declarations, got {declared!r}."
         )
+    registered = tuple(sorted({*DATASETS, *FILE_SOURCES} - {"local"}))
     try:
         values["datasets"] = {
-            str(name): parse_dataset(str(name), block, tuple(sorted(DATASETS)))
+            str(name): parse_dataset(str(name), block, registered)
             for name, block in (declared or {}).items()
         }
     except DeclarationError as e:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from deepfm.data.declaration import DatasetSpec
+from deepfm.data.clicklogs import PARSERS as CLICK_LOGS
+from deepfm.data.declaration import FILE_SOURCES, DatasetSpec
 from deepfm.data.local import load_local, raw_name
 from deepfm.data.movielens import ParseError, load_canonical
 from deepfm.data.sources import FetchError, fetch, sha256_of
@@ -26,7 +27,7 @@ RELEASE_OPTIONS = {"single_years_from": 1980}  # what the MovieLens parsers take
 def fetch_dataset(spec: DatasetSpec, dest: Path, *, root: Path = Path(".")) -> Path:
     """The dataset's files into the folder `dest` (replaced whole), each checked against its
     sha256. Local paths are read relative to `root` (the repository) unless absolute."""
-    if spec.source != "local":
+    if spec.source not in FILE_SOURCES:
         return fetch(spec.source, dest)
     with atomic_dir(dest) as tmp:
         for role, file in spec.files.items():
@@ -48,6 +49,26 @@ def fetch_dataset(spec: DatasetSpec, dest: Path, *, root: Path = Path(".")) -> P
     return dest
 
 
+def _click_log(spec: DatasetSpec, raw: Path) -> tuple[pd.DataFrame, ...]:
+    file = spec.files["interactions"]
+    path = raw / raw_name("interactions", file)
+    if not path.is_file():
+        raise ParseError(f"{path} not found: run the fetch stage first (dvc repro fetch).")
+    try:
+        interactions = CLICK_LOGS[spec.source](path)
+    except ParseError as e:  # name the declared file, not its verified copy
+        raise ParseError(str(e).replace(str(path), file.path)) from None
+    if spec.label_column not in interactions:
+        raise ParseError(
+            f"params.yaml: 'datasets.{spec.name}.label.column' is {spec.label_column!r}; "
+            f"{spec.source}'s label column is {'click' if spec.source == 'avazu' else 'label'}."
+        )
+    interactions["label"] = interactions[spec.label_column].astype("int8")
+    users = pd.DataFrame({"user_id": [0]})
+    items = pd.DataFrame({"item_id": [0]})
+    return interactions, users, items
+
+
 def canonical_tables(spec: DatasetSpec, raw: Path) -> tuple[pd.DataFrame, ...]:
     """Parse the raw folder into the canonical tables, with the declared label rule."""
     if spec.source == "local":
@@ -57,6 +78,8 @@ def canonical_tables(spec: DatasetSpec, raw: Path) -> tuple[pd.DataFrame, ...]:
                 "a local dataset takes none: remove it."
             )
         interactions, users, items = load_local(spec, raw)
+    elif spec.source in CLICK_LOGS:
+        interactions, users, items = _click_log(spec, raw)
     else:
         unknown = sorted(set(spec.options) - set(RELEASE_OPTIONS))
         if unknown:

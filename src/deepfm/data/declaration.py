@@ -31,6 +31,8 @@ FIELD_KINDS = ("sparse", "sequence", "dense")
 SCALERS = ("standard", "minmax", "none")
 FILE_ROLES = ("interactions", "users", "items")
 CANONICAL_COLUMNS = ("user_id", "item_id", "rating", "timestamp", "label")
+# sources read from a declared file (path + sha256) rather than a downloaded archive
+FILE_SOURCES = ("local", "criteo", "avazu")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -50,6 +52,8 @@ class FieldSpec:
     max_length: int = 0  # sequence: keep the first n values of each bag; 0 = all
     separator: str = "|"  # sequence held as text in a local file: the values' separator
     bins: tuple[float, ...] = ()  # sparse from a number: one code per interval of these edges
+    # sparse from a count: x > 2 -> floor(ln(x) ** 2), else x (the Criteo winners' bucketing)
+    log_buckets: bool = False
     scaler: str = "standard"  # dense: fitted on the train split's users / items only
     missing: str | float = "mean"  # dense: a missing value becomes the train mean, or a number
 
@@ -72,6 +76,11 @@ class DatasetSpec:
     files: dict[str, FileSpec] = field(default_factory=dict)  # local: role -> file
     columns: dict[str, str] = field(default_factory=dict)  # canonical name -> file column
     options: dict[str, Any] = field(default_factory=dict)  # release parser options
+    # topk: leave-one-out ranking (docs/protocol.md); ctr: a given label per row, rows split
+    # by order (or seeded random) into train / validation / test, scored by AUC and LogLoss
+    protocol: str = "topk"
+    ctr_split: str = "order"  # ctr: order (the file's row order, i.e. time) | random (seeded)
+    ctr_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
 
     def field(self, name: str) -> FieldSpec | None:
         return next((f for f in self.fields if f.name == name), None)
@@ -119,7 +128,17 @@ def parse_field(name: str, raw, key: str) -> FieldSpec:
     raw = _mapping(raw, key)
     _only(
         raw,
-        ("source", "kind", "min_count", "max_length", "separator", "bins", "scaler", "missing"),
+        (
+            "source",
+            "kind",
+            "min_count",
+            "max_length",
+            "separator",
+            "bins",
+            "log_buckets",
+            "scaler",
+            "missing",
+        ),
         key,
     )
     for required in ("source", "kind"):
@@ -128,7 +147,7 @@ def parse_field(name: str, raw, key: str) -> FieldSpec:
     source = _choice(raw, "source", key, "", FIELD_SOURCES)
     kind = _choice(raw, "kind", key, "", FIELD_KINDS)
     per_kind = {
-        "sparse": {"min_count", "bins"},
+        "sparse": {"min_count", "bins", "log_buckets"},
         "sequence": {"min_count", "max_length", "separator"},
         "dense": {"scaler", "missing"},
     }
@@ -143,6 +162,12 @@ def parse_field(name: str, raw, key: str) -> FieldSpec:
     separator = raw.get("separator", "|")
     if not isinstance(separator, str) or not separator:
         raise _fail(f"{key}.separator", f"is {separator!r}; it must be a non-empty string.")
+    log_buckets = raw.get("log_buckets", False)
+    if not isinstance(log_buckets, bool) or (log_buckets and bins):
+        raise _fail(
+            f"{key}.log_buckets",
+            f"is {log_buckets!r}; it must be true or false, and not set together with bins.",
+        )
     missing = raw.get("missing", "mean")
     if missing != "mean" and not _number(missing):
         raise _fail(f"{key}.missing", f"is {missing!r}; it must be 'mean' or a number.")
@@ -161,14 +186,16 @@ def parse_field(name: str, raw, key: str) -> FieldSpec:
         max_length=_int(raw, "max_length", key, 0, 0),
         separator=separator,
         bins=tuple(float(b) for b in bins),
+        log_buckets=log_buckets,
         scaler=_choice(raw, "scaler", key, "standard", SCALERS),
         missing=float(missing) if _number(missing) else missing,
     )
 
 
-def _parse_file(role: str, raw, key: str) -> FileSpec:
+def _parse_file(role: str, raw, key: str, fmt: str | None = None) -> FileSpec:
+    """fmt: the file's format when the source fixes it (a click log's own layout)."""
     raw = _mapping(raw, key)
-    _only(raw, ("path", "sha256", "format", "separator"), key)
+    _only(raw, ("path", "sha256") if fmt else ("path", "sha256", "format", "separator"), key)
     path = raw.get("path")
     if not isinstance(path, str) or not path:
         raise _fail(
@@ -180,6 +207,8 @@ def _parse_file(role: str, raw, key: str) -> FileSpec:
             f"{key}.sha256",
             f"is {sha!r}; give the file's sha256 (64 hex digits, e.g. from `sha256sum {path}`).",
         )
+    if fmt:
+        return FileSpec(path=path, sha256=sha, format=fmt)
     suffix = path.rsplit(".", 1)[-1].lower() if "." in path else ""
     fmt = raw.get("format", {"csv": "csv", "tsv": "csv", "parquet": "parquet"}.get(suffix))
     if fmt not in ("csv", "parquet"):
@@ -194,8 +223,9 @@ def parse_dataset(name: str, raw, registered: tuple[str, ...]) -> DatasetSpec:
     """One `datasets.<name>` block -> DatasetSpec. `registered`: the known release names."""
     key = f"datasets.{name}"
     raw = _mapping(raw, key)
-    _only(raw, ("source", "files", "columns", "label", "fields", "options"), key)
+    _only(raw, ("source", "protocol", "files", "columns", "label", "fields", "options"), key)
     source = raw.get("source")
+    protocol, ctr_split, ctr_fractions = _parse_protocol(raw.get("protocol", "topk"), key)
     if source != "local" and source not in registered:
         raise _fail(
             f"{key}.source",
@@ -220,7 +250,21 @@ def parse_dataset(name: str, raw, registered: tuple[str, ...]) -> DatasetSpec:
 
     fields_raw = _mapping(raw.get("fields"), f"{key}.fields")
     fields = tuple(parse_field(n, r, f"{key}.fields.{n}") for n, r in fields_raw.items())
-    for required in ("user_id", "item_id"):
+    if protocol == "ctr":
+        other = [f.name for f in fields if f.source != "context"]
+        if other or not fields:
+            raise _fail(
+                f"{key}.fields",
+                f"{'has ' + ', '.join(other) if other else 'is empty'}: under the ctr protocol "
+                "every field is a column of the row, {source: context, kind: sparse}.",
+            )
+        if label_column is None:
+            raise _fail(
+                f"{key}.label",
+                "must be {column: <its 0/1 click column>} under the ctr protocol: the label "
+                "is given per row.",
+            )
+    for required in ("user_id", "item_id") if protocol == "topk" else ():
         if not any(f.name == required for f in fields):
             raise _fail(
                 f"{key}.fields",
@@ -234,7 +278,21 @@ def parse_dataset(name: str, raw, registered: tuple[str, ...]) -> DatasetSpec:
 
     files: dict[str, FileSpec] = {}
     columns: dict[str, str] = {}
-    if source == "local":
+    if source in FILE_SOURCES and source != "local":  # a click log: one declared file
+        files_raw = _mapping(raw.get("files"), f"{key}.files")
+        _only(files_raw, ("interactions",), f"{key}.files")
+        if "interactions" not in files_raw:
+            raise _fail(
+                f"{key}.files",
+                f"lacks 'interactions': {source} is not downloaded (its terms need a login); "
+                "give the path of your copy and its sha256.",
+            )
+        files = {
+            "interactions": _parse_file(
+                "interactions", files_raw["interactions"], f"{key}.files.interactions", source
+            )
+        }
+    elif source == "local":
         files_raw = _mapping(raw.get("files"), f"{key}.files")
         _only(files_raw, FILE_ROLES, f"{key}.files")
         if "interactions" not in files_raw:
@@ -251,7 +309,9 @@ def parse_dataset(name: str, raw, registered: tuple[str, ...]) -> DatasetSpec:
         columns = {c: columns_raw.get(c, c) for c in CANONICAL_COLUMNS}
         if label_column is not None:
             columns["label"] = label_column
-    elif raw.get("files") or raw.get("columns"):
+    if source != "local" and raw.get("columns"):
+        raise _fail(f"{key}.columns", f"applies to source: local only; {source} has a parser.")
+    if source not in FILE_SOURCES and raw.get("files"):
         raise _fail(
             f"{key}.files",
             f"applies to source: local only; {source} is fetched from its registered archive.",
@@ -266,4 +326,33 @@ def parse_dataset(name: str, raw, registered: tuple[str, ...]) -> DatasetSpec:
         files=files,
         columns=columns,
         options=options,
+        protocol=protocol,
+        ctr_split=ctr_split,
+        ctr_fractions=ctr_fractions,
     )
+
+
+def _parse_protocol(raw, key: str) -> tuple[str, str, tuple[float, float, float]]:
+    """`topk`, `ctr`, or {name: ctr, split: order|random, fractions: [train, val, test]}."""
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    raw = _mapping(raw, f"{key}.protocol")
+    _only(raw, ("name", "split", "fractions"), f"{key}.protocol")
+    name = _choice(raw, "name", f"{key}.protocol", "topk", ("topk", "ctr"))
+    split = _choice(raw, "split", f"{key}.protocol", "order", ("order", "random"))
+    fractions = raw.get("fractions", [0.8, 0.1, 0.1])
+    ok = (
+        isinstance(fractions, list)
+        and len(fractions) == 3
+        and all(_number(f) and f > 0 for f in fractions)
+        and abs(sum(fractions) - 1.0) < 1e-9
+    )
+    if not ok:
+        raise _fail(
+            f"{key}.protocol.fractions",
+            f"is {fractions!r}; give three positive fractions (train, validation, test) that "
+            "sum to 1, e.g. [0.8, 0.1, 0.1].",
+        )
+    if name == "topk" and set(raw) - {"name"}:
+        raise _fail(f"{key}.protocol", "split and fractions apply to the ctr protocol only.")
+    return name, split, tuple(float(f) for f in fractions)

@@ -24,7 +24,7 @@ from deepfm.data.movielens import ParseError
 
 def raw_name(role: str, spec: FileSpec) -> str:
     """The file's name inside the raw folder (the fetch stage copies it there)."""
-    return f"{role}.{'parquet' if spec.format == 'parquet' else 'csv'}"
+    return f"{role}.{spec.format}"
 
 
 def _line(i: int, spec: FileSpec) -> str:

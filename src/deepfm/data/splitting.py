@@ -200,8 +200,8 @@ def encode_fields(
         sparse = [f for f in fields if f.source == side and f.kind == "sparse"]
         codes = []
         for column, f in enumerate(sparse):
-            if f.bins:  # a number bucketed by the declared edges
-                values = bucket_values(table[f.name], f.bins)
+            if f.bins or f.log_buckets:  # a number, bucketed
+                values = _bucketed(table[f.name], f)
                 train_values = values.iloc[seen[side]]
             else:
                 values, train_values = table[f.name], train_rows[f.name]
@@ -244,8 +244,7 @@ def encode_context(
     out = []
     for column, f in enumerate(context):
         values = interactions[f.name].iloc[order].reset_index(drop=True)
-        if f.bins:
-            values = bucket_values(values, f.bins)
+        values = _bucketed(values, f)
         vocab = fit_vocab(_frequent(values[in_train], f.min_count))
         codes[:, column] = encode(values, vocab)
         out.append(Field(f.name, "context", "sparse", len(vocab) + 1, column))
@@ -264,6 +263,25 @@ def _frequent(values: pd.Series, min_count: int) -> pd.Series:
         return values
     counts = values.value_counts()
     return pd.Series(counts.index[counts.to_numpy() >= min_count], dtype=object)
+
+
+def _bucketed(values: pd.Series, f: FieldSpec) -> pd.Series:
+    if f.bins:
+        return bucket_values(values, f.bins)
+    if f.log_buckets:
+        return log_bucket_values(values)
+    return values
+
+
+def log_bucket_values(values: pd.Series) -> pd.Series:
+    """Counts -> buckets: x > 2 -> floor(ln(x) ** 2), else x itself (negative counts too), as
+    the Criteo competition's winners and the BARS benchmark bucket Criteo's integer features;
+    missing stays missing."""
+    x = pd.to_numeric(values, errors="coerce").to_numpy(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        bucket = np.where(x > 2, np.floor(np.log(np.where(x > 2, x, 1.0)) ** 2), np.floor(x))
+    out = pd.Series(bucket, dtype=object).map(lambda v: f"{v:g}")
+    return out.where(~np.isnan(x), None)
 
 
 def bucket_values(values: pd.Series, edges: tuple[float, ...]) -> pd.Series:
@@ -418,6 +436,74 @@ def split_dataset(
     )
 
 
+@dataclass
+class Rows:
+    """Rows of the ctr protocol: each row's context codes and its given 0/1 label."""
+
+    codes: np.ndarray  # (n, n_fields) int32
+    labels: np.ndarray  # (n,) float32
+
+
+@dataclass
+class CTRSplit:
+    """The ctr protocol's split: rows by order (or seeded random) into train / val / test,
+    every field a context field encoded on the train rows only. Users and items are one
+    placeholder each (index 0), so every model scores rows through the same interface."""
+
+    train: Rows
+    val: Rows
+    test: Rows
+    features: dict[str, np.ndarray]
+    schema: Schema
+    summary: dict
+
+
+def split_ctr(
+    interactions: pd.DataFrame,
+    fields: Sequence[FieldSpec],
+    *,
+    seed: int,
+    method: str = "order",
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+) -> CTRSplit:
+    """order: the first fraction of rows by timestamp (file order within one) to train, the
+    next to validation, the rest to test; random: the same sizes over a seeded permutation."""
+    n = len(interactions)
+    if method == "order":
+        order = np.argsort(interactions["timestamp"].to_numpy(), kind="stable")
+    else:
+        order = rng_for(seed, "ctr-split").permutation(n)
+    n_train = round(fractions[0] * n)
+    n_val = round(fractions[1] * n)
+    if n_train == 0 or n_val == 0 or n - n_train - n_val <= 0:
+        raise ValueError(
+            f"{n} rows cannot be split {list(fractions)} with every part non-empty; declare "
+            "more rows or other fractions."
+        )
+    in_train = np.zeros(n, dtype=bool)
+    in_train[:n_train] = True  # positions in `order`
+    context, codes = encode_context(fields, interactions, order, in_train)
+    labels = interactions["label"].to_numpy()[order].astype(np.float32)
+    parts = {
+        "train": slice(0, n_train),
+        "val": slice(n_train, n_train + n_val),
+        "test": slice(n_train + n_val, n),
+    }
+    rows = {name: Rows(codes[sl], labels[sl]) for name, sl in parts.items()}
+    summary = {
+        "protocol": "ctr",
+        "split": method,
+        "rows": {name: len(r.labels) for name, r in rows.items()},
+        "positive_rate": {name: round(float(r.labels.mean()), 6) for name, r in rows.items()},
+        "vocab_sizes": {f.name: f.vocab_size for f in context},
+    }
+    features = {
+        "user_features": np.zeros((1, 0), dtype=np.int64),
+        "item_features": np.zeros((1, 0), dtype=np.int64),
+    }
+    return CTRSplit(**rows, features=features, schema=Schema(tuple(context), 1, 1), summary=summary)
+
+
 def _id_array(ids: pd.Series) -> np.ndarray:
     """Raw ids as int64, or as fixed-width text when they are not integers (np.save keeps
     both without pickling)."""
@@ -426,12 +512,21 @@ def _id_array(ids: pd.Series) -> np.ndarray:
     return ids.astype(str).to_numpy(dtype=str)
 
 
-def split_processed(cfg, processed_dir: Path) -> SplitResult:
+def split_processed(cfg, processed_dir: Path) -> SplitResult | CTRSplit:
     """The split stage's result for a Config, from the canonical tables in processed_dir."""
     tables = {
         n: pd.read_parquet(Path(processed_dir) / f"{n}.parquet")
         for n in ("interactions", "users", "items")
     }
+    spec = cfg.dataset_spec
+    if spec.protocol == "ctr":
+        return split_ctr(
+            tables["interactions"],
+            spec.fields,
+            seed=cfg.seed,
+            method=spec.ctr_split,
+            fractions=spec.ctr_fractions,
+        )
     return split_dataset(
         tables["interactions"],
         tables["users"],
@@ -459,8 +554,17 @@ def feature_names(schema: Schema) -> list[str]:
     return [n for n in names if n != "user_history"]  # the history travels with each example
 
 
-def write_split(result: SplitResult, out_dir: Path) -> None:
+def write_split(result: SplitResult | CTRSplit, out_dir: Path) -> None:
     """All split outputs into `out_dir`, replaced as a whole (never half-written)."""
+    if isinstance(result, CTRSplit):
+        with atomic_dir(out_dir) as tmp:
+            for name in ("train", "val", "test"):
+                rows: Rows = getattr(result, name)
+                write_npy(tmp / f"{name}_codes.npy", rows.codes)
+                write_npy(tmp / f"{name}_labels.npy", rows.labels)
+            write_json(tmp / "schema.json", result.schema.to_dict())
+            write_json(tmp / "summary.json", result.summary)
+        return
     with atomic_dir(out_dir) as tmp:
         for name in _ARRAYS:
             write_npy(tmp / f"{name}.npy", getattr(result, name))
@@ -476,14 +580,28 @@ def write_split(result: SplitResult, out_dir: Path) -> None:
         write_json(tmp / "summary.json", result.summary)
 
 
-def read_split(split_dir: Path) -> SplitResult:
+def read_split(split_dir: Path) -> SplitResult | CTRSplit:
     split_dir = Path(split_dir)
     if not (split_dir / "schema.json").is_file():
         raise FileNotFoundError(
             f"{split_dir}/schema.json not found: run the split stage first (dvc repro split)."
         )
-    arrays = {name: read_npy(split_dir / f"{name}.npy") for name in _ARRAYS}
     schema = Schema.from_dict(read_json(split_dir / "schema.json"))
+    summary = read_json(split_dir / "summary.json")
+    if summary.get("protocol") == "ctr":
+        rows = {
+            name: Rows(
+                read_npy(split_dir / f"{name}_codes.npy"),
+                read_npy(split_dir / f"{name}_labels.npy"),
+            )
+            for name in ("train", "val", "test")
+        }
+        features = {
+            "user_features": np.zeros((1, 0), dtype=np.int64),
+            "item_features": np.zeros((1, 0), dtype=np.int64),
+        }
+        return CTRSplit(**rows, features=features, schema=schema, summary=summary)
+    arrays = {name: read_npy(split_dir / f"{name}.npy") for name in _ARRAYS}
     features = {name: read_npy(split_dir / f"{name}.npy") for name in feature_names(schema)}
     held = {
         s: HeldOut(
@@ -500,5 +618,5 @@ def read_split(split_dir: Path) -> SplitResult:
         test=held["test"],
         features=features,
         schema=schema,
-        summary=read_json(split_dir / "summary.json"),
+        summary=summary,
     )

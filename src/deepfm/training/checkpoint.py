@@ -20,7 +20,7 @@ import torch
 
 from deepfm.config import MODEL_SECTIONS, Config
 from deepfm.data.schema import Schema
-from deepfm.data.splitting import SplitResult, feature_names
+from deepfm.data.splitting import CTRSplit, SplitResult, feature_names
 from deepfm.io import load_checkpoint, save_checkpoint
 from deepfm.models import build_model
 from deepfm.models.base import RankingModel
@@ -59,20 +59,24 @@ def load_model(path: Path) -> tuple[RankingModel, dict]:
     return model, payload
 
 
-def run_fingerprint(cfg: Config, split: SplitResult) -> str:
+def run_fingerprint(cfg: Config, split: SplitResult | CTRSplit) -> str:
     """What a resumable run must share with the interrupted one: every param the train stage
     reads and the training data itself."""
     digest = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode())
-    for array in (
-        split.train_users,
-        split.train_items,
-        split.train_labels,
-        split.train_history,
-        split.val.users,
-        split.val.items,
-        split.val.history,
-        *(split.features[name] for name in sorted(split.features)),
-    ):
+    if isinstance(split, CTRSplit):
+        arrays = (split.train.codes, split.train.labels, split.val.codes, split.val.labels)
+    else:
+        arrays = (
+            split.train_users,
+            split.train_items,
+            split.train_labels,
+            split.train_history,
+            split.val.users,
+            split.val.items,
+            split.val.history,
+            *(split.features[name] for name in sorted(split.features)),
+        )
+    for array in arrays:
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
 

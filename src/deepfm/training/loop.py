@@ -21,9 +21,10 @@ from tqdm import tqdm
 from deepfm.config import Config
 from deepfm.data.batches import feature_tensors
 from deepfm.data.sampling import RatedIndex
-from deepfm.data.splitting import SplitResult
+from deepfm.data.splitting import CTRSplit, SplitResult
 from deepfm.evaluation.metrics import parse_key
 from deepfm.evaluation.ranking import evaluate_held_out
+from deepfm.evaluation.rows import evaluate_rows
 from deepfm.io import save_checkpoint
 from deepfm.models import build_model
 from deepfm.training.checkpoint import (
@@ -55,6 +56,23 @@ class TrainOutcome:
     num_parameters: int = 0
     kept_epoch: int = 0  # the epoch whose weights are in the checkpoint (train.checkpoint)
     kept_val: dict = field(default_factory=dict)
+
+
+def _check_ctr(cfg: Config, model) -> None:
+    """The ctr protocol scores rows by their given labels: only models that learn from the
+    rows' fields apply, and the monitor is a row metric."""
+    if not model.trainable:
+        raise TrainingError(
+            f"model {cfg.model!r} ranks items from users' histories (top-K protocol); dataset "
+            f"{cfg.dataset!r} uses the ctr protocol: choose deepfm, xdeepfm, "
+            "attention_deepfm, fm or lr."
+        )
+    if cfg.train.monitor not in ("auc", "logloss"):
+        raise TrainingError(
+            f"params.yaml: 'train.monitor' is {cfg.train.monitor!r}, a ranking metric; dataset "
+            f"{cfg.dataset!r} uses the ctr protocol, scored by AUC and LogLoss: set "
+            "train.monitor to auc or logloss (e.g. -S train.monitor=auc)."
+        )
 
 
 def train_steps(
@@ -131,18 +149,26 @@ def train(
     model = build_model(cfg.model, split.schema, feature_tensors(split), cfg.model_params).to(
         device
     )
-    rated = RatedIndex(
-        split.train_users, split.train_items, split.schema.num_users, split.schema.num_items
-    )
     monitor = tc.monitor
     metric, _, monitor_k = parse_key(monitor)
     sign = 1.0 if metric.higher_is_better else -1.0  # sign * value: higher is better
     ks = sorted({CURVE_K, monitor_k or CURVE_K})
+    if isinstance(split, CTRSplit):
+        _check_ctr(cfg, model)
+        rated = None
 
-    def validate() -> dict:
-        return evaluate_held_out(
-            model, split.val, rated, ks=ks, batch_users=cfg.eval.batch_users, device=device
-        ).metrics
+        def validate() -> dict:
+            return evaluate_rows(model, split.val, device=device).metrics
+
+    else:
+        rated = RatedIndex(
+            split.train_users, split.train_items, split.schema.num_users, split.schema.num_items
+        )
+
+        def validate() -> dict:
+            return evaluate_held_out(
+                model, split.val, rated, ks=ks, batch_users=cfg.eval.batch_users, device=device
+            ).metrics
 
     if not model.trainable:
         model.fit(split)

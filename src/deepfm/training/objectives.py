@@ -9,6 +9,8 @@ hold for every model.
   negatives each (label 0) and optionally the observed negatives (label 0).
 - `SampledSoftmax`: a softmax over each positive and its own sampled negatives (the shared
   negatives of a positive's group): the loss ranks the positive first among them.
+- `GivenLabels`: BCE over the rows of the ctr protocol, each with its given 0/1 label (no
+  sampling; users and items are the placeholder 0, the row's fields its context codes).
 - `NextItemSoftmax`: a full softmax over the catalogue for each train positive, given its
   history: the next-item objective of sequence models (SASRec); the model needs
   `catalogue_logits(users, history)`.
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 
 from deepfm.data.batches import epoch_examples, iterate_batches, with_history
 from deepfm.data.sampling import RatedIndex, sample_negatives
-from deepfm.data.splitting import SplitResult
+from deepfm.data.splitting import CTRSplit, SplitResult
 from deepfm.utils import rng_for
 
 
@@ -122,10 +124,31 @@ def _history(split: SplitResult, device) -> torch.Tensor | None:
     return torch.from_numpy(h).to(device) if h.shape[1] else None
 
 
-def make_objective(cfg, split: SplitResult, rated: RatedIndex, device):
+class GivenLabels:
+    def __init__(self, split: CTRSplit, device):
+        self.codes = torch.from_numpy(split.train.codes).to(device)
+        self.labels = torch.from_numpy(split.train.labels).to(device)
+
+    def batches(self, epoch: int, batch_size: int, shuffle: torch.Generator) -> Iterator:
+        rows = torch.arange(len(self.labels), device=self.labels.device)
+        for (r,) in iterate_batches((rows,), batch_size, shuffle):
+            placeholder = torch.zeros(len(r), dtype=torch.long, device=r.device)
+            yield placeholder, placeholder, self.labels[r], self.codes[r]
+
+    loss = Pointwise.loss
+
+
+def make_objective(cfg, split: SplitResult | CTRSplit, rated: RatedIndex | None, device):
     """The objective of cfg.model: its section's `loss` (bce when it has none)."""
     tc = cfg.train
     loss = getattr(cfg.model_params, "loss", "bce")
+    if isinstance(split, CTRSplit):
+        if loss != "bce":
+            raise TrainingError(
+                f"{cfg.model}.loss is {loss!r}, which ranks items; the ctr protocol trains on "
+                f"each row's given label: set {cfg.model}.loss to bce."
+            )
+        return GivenLabels(split, device)
     if loss != "bce" and tc.observed_negatives:
         raise TrainingError(
             f"{cfg.model}.loss is {loss!r}, which ranks each positive against sampled items; "

@@ -30,10 +30,8 @@ def log_timing(timing_live, train_seconds: float, val_seconds: float | None) -> 
 def print_epoch(
     epoch: int, loss: float, seconds: float, val: dict, monitor: str, curve_k: int
 ) -> None:
-    shown = (
-        f"  val {monitor} {val[monitor]:.4f}  hr@{curve_k} {val[f'hr@{curve_k}']:.4f}  "
-        f"auc {val['auc']:.4f}"
-        if val
-        else ""
-    )
+    shown = f"  val {monitor} {val[monitor]:.4f}" if val else ""
+    for key in (f"hr@{curve_k}", "auc"):
+        if key in val and key != monitor:
+            shown += f"  {key} {val[key]:.4f}"
     tqdm.write(f"epoch {epoch}: loss {loss:.4f}{shown}  ({seconds:.1f}s)")

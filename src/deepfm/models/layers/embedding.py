@@ -193,6 +193,9 @@ class FeatureEmbedding(nn.Module):
             if name in self.projections:
                 pooled = self.projections[name](pooled)
             parts.append(pooled.unsqueeze(1))
+        if not parts:  # a side without fields (the ctr protocol's placeholder item)
+            weight = next(iter(self.parameters()))
+            return weight.new_zeros(len(codes), 0, self.dim)
         out = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         if side == "user" and len(self.recent):
             recent = [_lookup(t.weight, history[:, p]) for p, t in enumerate(self.recent)]

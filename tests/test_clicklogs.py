@@ -1,0 +1,207 @@
+"""The ctr protocol: click logs in the Criteo and Avazu formats, the row split, the given-label
+training and the row evaluation (AUC equal to scikit-learn's)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from sklearn.metrics import log_loss, roc_auc_score
+
+from deepfm.config import ConfigError, parse_config
+from deepfm.data.canonical import canonical_tables, fetch_dataset
+from deepfm.data.clicklogs import AVAZU_COLUMNS, parse_avazu, parse_criteo
+from deepfm.data.declaration import parse_dataset
+from deepfm.data.movielens import ParseError
+from deepfm.data.splitting import log_bucket_values, read_split, split_ctr, write_split
+from deepfm.evaluation.rows import evaluate_rows
+from deepfm.training.checkpoint import load_model
+from deepfm.training.loop import TrainingError, train
+from tests.conftest import REPO, criteo_declaration, make_criteo_file
+
+REGISTERED = ("avazu", "criteo", "ml-100k")
+
+
+def _row(label="1", ints=None, cats=None) -> str:
+    ints = ints if ints is not None else ["1"] * 13
+    cats = cats if cats is not None else ["68fd1e64"] * 26
+    return "\t".join([label, *ints, *cats]) + "\n"
+
+
+def test_criteo_rows_parse_with_missing_values(tmp_path):
+    path = tmp_path / "train.txt"
+    path.write_text(_row("0", ["", "-1", *["3"] * 11], ["", *["05db9164"] * 25]) + _row())
+    table = parse_criteo(path)
+    assert table["label"].tolist() == [0, 1] and table["timestamp"].tolist() == [0, 1]
+    assert np.isnan(table["I1"].iloc[0]) and table["I2"].iloc[0] == -1
+    assert pd.isna(table["C1"].iloc[0]) and table["C2"].iloc[0] == "05db9164"
+    assert (table["user_id"] == 0).all() and (table["item_id"] == 0).all()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (_row() + "1\t2\t3\n", r"train\.txt, line 2: 3 fields, expected 40"),
+        (_row() + _row(ints=["x", *["1"] * 12]), r"line 2: I1 is 'x'; expected an integer"),
+        (_row() + _row(ints=["1.5", *["1"] * 12]), r"line 2: I1 is '1\.5'; expected an integer"),
+        (_row() + _row(label="2"), r"line 2: label is '2'; a click label is 0 or 1"),
+        ("", r"train\.txt is empty"),
+    ],
+)
+def test_bad_criteo_rows_name_the_file_and_line(tmp_path, text, message):
+    path = tmp_path / "train.txt"
+    path.write_text(text)
+    with pytest.raises(ParseError, match=message):
+        parse_criteo(path)
+
+
+AVAZU_HEADER = ",".join(AVAZU_COLUMNS) + "\n"
+
+
+def _avazu_row(click="0", hour="14102100") -> str:
+    values = ["1000009418151094273", click, hour, "1005", "0", "1fbe01fe", "f3845767",
+              "28905ebd", "ecad2386", "7801e8d9", "07d7df22", "a99f214a", "ddd2926e",
+              "44956a24", "1", "2", "15706", "320", "50", "1722", "0", "35", "-1",
+              "79"]  # fmt: skip
+    return ",".join(values) + "\n"
+
+
+def test_avazu_hour_becomes_hour_of_day_and_weekday(tmp_path):
+    path = tmp_path / "train"
+    path.write_text(AVAZU_HEADER + _avazu_row("1", "14102100") + _avazu_row("0", "14102623"))
+    table = parse_avazu(path)
+    assert table["click"].tolist() == [1, 0] and table["label"].tolist() == [1, 0]
+    assert table["hour_of_day"].tolist() == ["00", "23"]
+    assert table["weekday"].tolist() == ["1", "6"]  # 2014-10-21 was a Tuesday, the 26th a Sunday
+    assert table["timestamp"].tolist() == [1413849600, 1414364400]
+    assert "id" not in table and table["site_id"].iloc[0] == "1fbe01fe"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("id,click\n" + _avazu_row(), r"train, line 1: the header is 'id,click'"),
+        (AVAZU_HEADER + _avazu_row() + "1,2\n", r"train, line 3: 2 fields, expected 24"),
+        (AVAZU_HEADER + _avazu_row(hour="2014-10-21"), r"line 2: hour is '2014-10-21'"),
+        (AVAZU_HEADER + _avazu_row(click="yes"), r"line 2: click is 'yes'; expected an integer"),
+    ],
+)
+def test_bad_avazu_rows_name_the_file_and_line(tmp_path, text, message):
+    path = tmp_path / "train"
+    path.write_text(text)
+    with pytest.raises(ParseError, match=message):
+        parse_avazu(path)
+
+
+def test_log_buckets_follow_the_criteo_winners_rule():
+    values = pd.Series([None, -1, 0, 1, 2, 3, 10, 100, 1e6])
+    got = log_bucket_values(values).tolist()
+    # x > 2: floor(ln(x) ** 2): ln 3 = 1.0986 -> 1; ln 10 = 2.30 -> 5; ln 100 = 4.61 -> 21
+    assert got[1:] == ["-1", "0", "1", "2", "1", "5", "21", "190"]
+    assert pd.isna(got[0])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"fields": {"user_id": {"source": "user", "kind": "sparse"}}}, r"has user_id: under"),
+        ({"label": {"threshold": 1}}, r"must be \{column: <its 0/1 click column>\}"),
+        ({"protocol": {"name": "ctr", "fractions": [0.8, 0.3]}}, r"three positive fractions"),
+        ({"protocol": {"name": "ranking"}}, r"'datasets\.c\.protocol\.name' is 'ranking'"),
+        ({"files": {}}, r"lacks 'interactions': criteo is not downloaded"),
+    ],
+)
+def test_ctr_declaration_errors(tmp_path, change, message):
+    decl = criteo_declaration(make_criteo_file(tmp_path / "t.txt", n_rows=10))
+    with pytest.raises(ValueError, match=message):
+        parse_dataset("c", {**decl, **change}, REGISTERED)
+
+
+@pytest.fixture(scope="module")
+def criteo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("criteo")
+    spec = parse_dataset("c", criteo_declaration(make_criteo_file(root / "t.txt")), REGISTERED)
+    interactions, _, _ = canonical_tables(spec, fetch_dataset(spec, root / "raw"))
+    return spec, interactions
+
+
+def test_the_row_split_by_order_and_by_seeded_random(criteo):
+    spec, interactions = criteo
+    ordered = split_ctr(interactions, spec.fields, seed=1)
+    assert ordered.summary["rows"] == {"train": 16000, "val": 2000, "test": 2000}
+    np.testing.assert_array_equal(ordered.test.labels, interactions["label"].to_numpy()[-2000:])
+    shuffled = split_ctr(interactions, spec.fields, seed=1, method="random")
+    again = split_ctr(interactions, spec.fields, seed=1, method="random")
+    other = split_ctr(interactions, spec.fields, seed=2, method="random")
+    np.testing.assert_array_equal(shuffled.test.codes, again.test.codes)
+    assert not np.array_equal(shuffled.test.labels, ordered.test.labels)
+    assert not np.array_equal(shuffled.test.codes, other.test.codes)
+    assert [f.name for f in ordered.schema.fields][:2] == ["I1", "I2"]
+    assert all(f.source == "context" for f in ordered.schema.fields)
+
+
+def test_vocabularies_see_train_rows_only_and_rare_values_are_unknown(criteo):
+    spec, interactions = criteo
+    changed = interactions.copy()
+    changed.loc[changed.index[-1], "C3"] = "deadbeef"  # only in the last (test) row
+    changed.loc[changed.index[:3], "C4"] = "cafef00d"  # 3 train rows: above min_count 2
+    changed.loc[changed.index[3], "C5"] = "0badf00d"  # 1 train row: below min_count 2
+    split = split_ctr(changed, spec.fields, seed=1)
+    names = [f.name for f in split.schema.fields]
+    c3, c4, c5 = names.index("C3"), names.index("C4"), names.index("C5")
+    assert split.test.codes[-1, c3] == 0
+    assert split.train.codes[0, c4] > 0 and split.train.codes[0, c4] == split.train.codes[2, c4]
+    assert split.train.codes[3, c5] == 0
+
+
+def test_written_ctr_split_reads_back(criteo, tmp_path):
+    spec, interactions = criteo
+    split = split_ctr(interactions, spec.fields, seed=1)
+    write_split(split, tmp_path / "s")
+    back = read_split(tmp_path / "s")
+    for name in ("train", "val", "test"):
+        np.testing.assert_array_equal(getattr(back, name).codes, getattr(split, name).codes)
+        np.testing.assert_array_equal(getattr(back, name).labels, getattr(split, name).labels)
+    assert back.schema == split.schema and back.summary == split.summary
+
+
+def _cfg(model: str, **train):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["model"] = model
+    raw["train"].update({"epochs": 6, "min_epochs": 6, "batch_size": 256, "monitor": "auc",
+                         "val_every": 2, **train})  # fmt: skip
+    for section in ("deepfm", "xdeepfm", "attention_deepfm"):
+        raw[section].update(recent_items=0, history_pooling="mean")
+    raw["attention_deepfm"]["target_attention"] = False
+    return parse_config(raw, require_all=True)
+
+
+def test_deepfm_learns_the_planted_interaction_that_lr_cannot(criteo, tmp_path):
+    spec, interactions = criteo
+    split = split_ctr(interactions, spec.fields, seed=1)
+    auc = {}
+    for model in ("lr", "deepfm"):
+        train(_cfg(model), split, tmp_path / f"{model}.pt")
+        scorer, _ = load_model(tmp_path / f"{model}.pt")
+        result = evaluate_rows(scorer, split.test)
+        assert result.metrics["auc"] == pytest.approx(
+            roc_auc_score(result.labels, result.logits), abs=1e-12
+        )
+        probabilities = 1 / (1 + np.exp(-result.logits))
+        assert result.metrics["logloss"] == pytest.approx(
+            log_loss(result.labels, probabilities), abs=1e-9
+        )
+        auc[model] = result.metrics["auc"]
+    assert auc["lr"] < 0.6 < 0.8 < auc["deepfm"], auc
+
+
+def test_ctr_refuses_ranking_models_and_ranking_monitors(criteo, tmp_path):
+    spec, interactions = criteo
+    split = split_ctr(interactions, spec.fields, seed=1)
+    with pytest.raises(TrainingError, match=r"'train\.monitor' is 'full_ndcg@10', a ranking"):
+        train(_cfg("deepfm", monitor="full_ndcg@10"), split, tmp_path / "m.pt")
+    with pytest.raises(TrainingError, match=r"model 'itempop' ranks items"):
+        train(_cfg("itempop"), split, tmp_path / "m.pt")
+    with pytest.raises(ConfigError):
+        _cfg("deepfm", monitor="gauc")
