@@ -5,6 +5,7 @@ popularity on it (the synthetic signal is built so that popularity cannot find i
 from __future__ import annotations
 
 import json
+import sys
 
 import pandas as pd
 import pytest
@@ -89,11 +90,12 @@ def criteo_repo(tmp_path_factory):
         metrics = json.loads((work / "metrics/eval.json").read_text())
         rows = pd.read_parquet(work / "metrics/eval_ranks.parquet")
         runs[model] = (metrics, rows)
-    return runs
+    return runs, work, env
 
 
 def test_the_ctr_protocol_runs_through_dvc_and_deepfm_beats_lr(criteo_repo):
-    deepfm, lr = criteo_repo["deepfm"][0], criteo_repo["lr"][0]
+    runs, *_ = criteo_repo
+    deepfm, lr = runs["deepfm"][0], runs["lr"][0]
     assert deepfm["test"]["rows"] == 2000 and deepfm["val"]["rows"] == 2000
     assert deepfm["test"]["auc"] > lr["test"]["auc"] + 0.2, (deepfm["test"], lr["test"])
     assert deepfm["test"]["logloss"] < lr["test"]["logloss"]
@@ -101,8 +103,23 @@ def test_the_ctr_protocol_runs_through_dvc_and_deepfm_beats_lr(criteo_repo):
 
 @pytest.mark.parametrize("model", ["deepfm", "lr"])
 def test_ctr_auc_equals_scikit_learns_on_the_same_scores(criteo_repo, model):
-    metrics, rows = criteo_repo[model]
+    metrics, rows = criteo_repo[0][model]
     test = rows[rows["split"] == "test"]
     assert len(test) == 2000
     assert metrics["test"]["auc"] == pytest.approx(roc_auc_score(test["label"], test["logit"]),
                                                    abs=5e-7)  # fmt: skip
+
+
+def test_the_report_tables_and_compares_ctr_runs(criteo_repo):
+    _, work, env = criteo_repo
+    table = _run([sys.executable, "-m", "deepfm.results", "table", "--out", ""], work, env)
+    assert "AUC" in table and "LogLoss" in table
+    rows = [line for line in table.splitlines() if line.startswith(("| deepfm", "| lr"))]
+    assert len(rows) == 2, table
+    compare = _run(
+        [sys.executable, "-m", "deepfm.results", "compare", "deepfm", "lr", "--resamples", "300"],
+        work,
+        env,
+    )
+    assert "auc on test, 2,000 rows (ctr protocol)" in compare
+    assert "-> significant: the CI excludes 0" in compare

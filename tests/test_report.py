@@ -1127,3 +1127,56 @@ def test_the_report_reads_the_artefact_paths_dvc_yaml_names(tmp_path, monkeypatc
     )
     monkeypatch.chdir(tmp_path)
     assert metric_files() == ("out/m.json", "out/t/summary.json", "out/c/metrics.json")
+
+
+def _ctr_rows(labels, logits, split="test") -> pd.DataFrame:
+    return pd.DataFrame(
+        {"split": split, "row": range(len(labels)), "label": labels, "logit": logits}
+    )
+
+
+def test_paired_row_test_over_impressions():
+    from sklearn.metrics import roc_auc_score
+
+    from deepfm.results.statistics import paired_row_test
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    good = labels + rng.normal(0, 0.8, 400)  # informative
+    noise = rng.normal(0, 1, 400)
+    same = paired_row_test(labels, [good], [good], n_resamples=200)
+    assert same.value_a == same.value_b == pytest.approx(roc_auc_score(labels, good))
+    assert same.ci_low == same.ci_high == 0 and not same.significant
+    better = paired_row_test(labels, [good], [noise], n_resamples=300)
+    assert better.ci_low > 0.1 and better.significant
+    # two runs of a model: the metric is averaged over runs, not over pooled logits
+    two = paired_row_test(labels, [good, noise], [noise], n_resamples=50)
+    want = (roc_auc_score(labels, good) + roc_auc_score(labels, noise)) / 2
+    assert two.value_a == pytest.approx(want)
+    lower = paired_row_test(labels, [good], [noise], metric="logloss", n_resamples=50)
+    assert lower.value_a != lower.value_b
+    with pytest.raises(ReportError, match="takes auc or logloss"):
+        paired_row_test(labels, [good], [noise], metric="ndcg@10")
+
+
+def test_cli_compare_and_table_on_ctr_runs(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 300)
+    files = {}
+    for name, logits in {
+        "a": labels + rng.normal(0, 0.7, 300),
+        "b": rng.normal(0, 1, 300),
+    }.items():
+        files[name] = tmp_path / f"{name}.parquet"
+        pd.concat([_ctr_rows(labels, logits), _ctr_rows(labels[:5], logits[:5], "val")]).to_parquet(
+            files[name]
+        )
+    args = ["compare", "--ranks-a", str(files["a"]), "--ranks-b", str(files["b"])]
+    assert cli.main([*args, "--resamples", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "auc on test, 300 rows (ctr protocol)" in out
+    assert "(200 resamples of rows)" in out and "-> significant: the CI excludes 0" in out
+    files["c"] = tmp_path / "c.parquet"
+    _ctr_rows(1 - labels, labels * 1.0).to_parquet(files["c"])
+    assert cli.main(["compare", "--ranks-a", str(files["a"]), "--ranks-b", str(files["c"])]) == 2
+    assert "were scored on other rows" in capsys.readouterr().err

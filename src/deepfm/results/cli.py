@@ -21,6 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from deepfm.io import atomic_path
@@ -28,12 +29,15 @@ from deepfm.results import ReportError
 from deepfm.results.rendering import render_markdown
 from deepfm.results.runs import Selection, parse_exp_show, pipeline_paths, select_runs
 from deepfm.results.statistics import (
+    _SAME_DATA_HINT,
     DEFAULT_METRICS,
     MAIN_METRIC,
+    paired_row_test,
     paired_test,
     paired_user_scores,
     parse_rank_metric,
     per_user_metrics,
+    row_tables,
     summarize,
 )
 
@@ -96,7 +100,10 @@ def load_runs(args: argparse.Namespace) -> Selection:
 
 def cmd_table(args: argparse.Namespace) -> None:
     runs = load_runs(args).runs
-    text = render_markdown(summarize(runs, args.metrics, split=args.split))
+    metrics = args.metrics
+    if list(metrics) == list(DEFAULT_METRICS) and f"{args.split}.{MAIN_METRIC}" not in runs:
+        metrics = ["auc", "logloss"]  # runs of the ctr protocol: no ranking metrics
+    text = render_markdown(summarize(runs, metrics, split=args.split))
     print(text, end="")
     if args.out:
         with atomic_path(args.out) as tmp:
@@ -128,8 +135,35 @@ def read_ranks_file(path: str) -> pd.DataFrame:
         raise ReportError(f"cannot read rank file {path}: {e}") from e
 
 
+def is_ctr(tables) -> bool:
+    return all("logit" in t.columns for t in tables)
+
+
+def compare_rows(args, tables_a, tables_b, label_a, label_b, sources) -> None:
+    """The ctr protocol's comparison: a paired bootstrap over impressions of AUC / LogLoss."""
+    metric = "auc" if args.metric == MAIN_METRIC else args.metric
+    labels, a = row_tables(tables_a, args.split, label_a)
+    labels_b, b = row_tables(tables_b, args.split, label_b)
+    if not np.array_equal(labels, labels_b):
+        raise ReportError(f"{label_a} and {label_b} were scored on other rows: {_SAME_DATA_HINT}")
+    resamples = min(args.resamples, 1000)
+    r = paired_row_test(labels, a, b, metric=metric, n_resamples=resamples, seed=args.seed)
+    pct = round(100 * r.confidence)
+    verdict = "significant: the CI excludes 0" if r.significant else "not significant"
+    print(
+        f"{metric} on {args.split}, {r.n_rows:,} rows (ctr protocol), mean over each model's runs\n"
+        f"  {label_a}: {r.value_a:.4f}  ({sources[label_a]})\n"
+        f"  {label_b}: {r.value_b:.4f}  ({sources[label_b]})\n"
+        f"  difference {label_a} - {label_b}: {r.value_a - r.value_b:+.4f}, {pct}% paired "
+        f"bootstrap CI [{r.ci_low:+.4f}, {r.ci_high:+.4f}] ({r.n_resamples:,} resamples of "
+        f"rows)\n"
+        f"  -> {verdict}"
+    )
+
+
 def cmd_compare(args: argparse.Namespace) -> None:
-    parse_rank_metric(args.metric)  # fail before reading anything
+    if args.metric not in ("auc", "logloss"):
+        parse_rank_metric(args.metric)  # fail before reading anything
     if bool(args.ranks_a) != bool(args.ranks_b):
         raise ReportError("give both --ranks-a and --ranks-b, or neither (then two models)")
     if args.ranks_a:
@@ -164,6 +198,10 @@ def cmd_compare(args: argparse.Namespace) -> None:
             seeds = ",".join(str(s) for s in mine["seed"])
             sources[model] = f"{len(mine)} run(s), seeds {seeds}"
         tables_a, tables_b = tables[label_a], tables[label_b]
+    if is_ctr([*tables_a, *tables_b]):
+        compare_rows(args, tables_a, tables_b, label_a, label_b, sources)
+        return
+    parse_rank_metric(args.metric)
     _, a, b = paired_user_scores(
         tables_a,
         tables_b,

@@ -315,3 +315,83 @@ def paired_user_scores(
         return mean_over_runs(per_run, label)
 
     return align_users(scores(ranks_a, label_a), scores(ranks_b, label_b), label_a, label_b)
+
+
+# --------------------------------------------------------------- the ctr protocol: rows
+
+
+@dataclass(frozen=True)
+class RowPairedResult:
+    """A paired bootstrap over impressions (rows) of a pooled metric such as AUC, which has no
+    per-row value to test with Wilcoxon: the CI alone decides."""
+
+    metric: str
+    n_rows: int
+    value_a: float  # the metric on all rows, averaged over model A's runs
+    value_b: float
+    ci_low: float  # percentile CI of value_a - value_b over row resamples
+    ci_high: float
+    confidence: float
+    n_resamples: int
+
+    @property
+    def significant(self) -> bool:
+        return self.ci_low > 0 or self.ci_high < 0
+
+
+def row_tables(tables: Sequence[pd.DataFrame], split: str, label: str) -> tuple:
+    """One model's per-row tables (eval_ranks.parquet of the ctr protocol, one per run) ->
+    (labels, [logits per run]) of `split`, the rows in the same order in every run."""
+    needed = {"split", "row", "label", "logit"}
+    parts = []
+    for i, t in enumerate(tables, start=1):
+        if not needed <= set(t.columns):
+            raise ReportError(
+                f"{label} run {i}: not a ctr row table (columns {sorted(t.columns)}; expected "
+                f"{sorted(needed)})"
+            )
+        parts.append(t[t["split"] == split].sort_values("row"))
+    first = parts[0]
+    for i, p in enumerate(parts[1:], start=2):
+        if not np.array_equal(p["label"].to_numpy(), first["label"].to_numpy()):
+            raise ReportError(f"{label} runs 1 and {i} hold other rows: {_SAME_DATA_HINT}")
+    return first["label"].to_numpy(), [p["logit"].to_numpy(np.float64) for p in parts]
+
+
+def paired_row_test(
+    labels: np.ndarray,
+    logits_a: Sequence[np.ndarray],
+    logits_b: Sequence[np.ndarray],
+    *,
+    metric: str = "auc",
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> RowPairedResult:
+    """Resample rows with replacement; in each resample the metric of every run on those
+    rows, averaged over each model's runs, then A - B."""
+    from deepfm.evaluation.metrics import METRICS
+
+    if metric not in ("auc", "logloss"):
+        raise ReportError(f"a ctr comparison takes auc or logloss, got {metric!r}")
+    fn = METRICS[metric].fn
+    labels = np.asarray(labels)
+    n = len(labels)
+    if n == 0 or any(len(x) != n for x in (*logits_a, *logits_b)):
+        raise ReportError("paired rows need the same non-empty rows for every run")
+
+    def value(idx, runs) -> float:
+        return float(np.mean([fn(labels[idx], x[idx]) for x in runs]))
+
+    everything = np.arange(n)
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_resamples)
+    for r in range(n_resamples):
+        idx = rng.integers(0, n, n)
+        diffs[r] = value(idx, logits_a) - value(idx, logits_b)
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(diffs, [tail, 1.0 - tail])
+    return RowPairedResult(
+        metric, n, value(everything, logits_a), value(everything, logits_b), float(low),
+        float(high), confidence, n_resamples,
+    )  # fmt: skip
