@@ -205,3 +205,63 @@ def test_ctr_refuses_ranking_models_and_ranking_monitors(criteo, tmp_path):
         train(_cfg("itempop"), split, tmp_path / "m.pt")
     with pytest.raises(ConfigError):
         _cfg("deepfm", monitor="gauc")
+
+
+@pytest.mark.parametrize("source", ["criteo", "avazu"])
+def test_the_streamed_parquet_holds_the_whole_file_parse(tmp_path, source):
+    from deepfm.data.clicklogs import PARSERS, stream_click_log
+
+    path = tmp_path / "log"
+    if source == "criteo":
+        make_criteo_file(path, n_rows=95)
+    else:
+        rows = [_avazu_row(str(i % 2), f"141021{i % 24:02d}") for i in range(95)]
+        path.write_text(AVAZU_HEADER + "".join(rows))
+    n = stream_click_log(source, path, tmp_path / "out.parquet", chunk_lines=10)
+    whole = PARSERS[source](path)
+    streamed = pd.read_parquet(tmp_path / "out.parquet")
+    assert n == len(whole) == 95
+    pd.testing.assert_frame_equal(
+        streamed.astype(object).where(streamed.notna(), None),
+        whole.astype(object).where(whole.notna(), None),
+        check_dtype=False,
+    )
+
+
+def test_a_bad_line_in_a_later_chunk_is_named_by_its_own_number(tmp_path):
+    from deepfm.data.clicklogs import stream_click_log
+
+    path = tmp_path / "train.txt"
+    make_criteo_file(path, n_rows=40)
+    lines = path.read_text().splitlines(keepends=True)
+    lines[22] = "1\t2\t3\n"
+    path.write_text("".join(lines))
+    with pytest.raises(ParseError, match=r"^mine\.txt, line 23: 3 fields, expected 40"):
+        stream_click_log("criteo", path, tmp_path / "o.parquet", shown_as="mine.txt",
+                         chunk_lines=10)  # fmt: skip
+    assert not (tmp_path / "o.parquet").exists()  # nothing half-written
+    lines[22] = _row(ints=["x", *["1"] * 12])
+    path.write_text("".join(lines))
+    with pytest.raises(ParseError, match=r"line 23: I1 is 'x'"):
+        stream_click_log("criteo", path, tmp_path / "o.parquet", chunk_lines=10)
+
+
+@pytest.mark.parametrize("method", ["order", "random"])
+def test_the_streamed_split_writes_the_same_bytes_as_the_in_memory_one(tmp_path, method):
+    from deepfm.data.clicklogs import stream_click_log
+    from deepfm.data.splitting import split_ctr_stream
+
+    spec = parse_dataset(
+        "c", criteo_declaration(make_criteo_file(tmp_path / "t.txt", n_rows=3000)), REGISTERED
+    )
+    stream_click_log("criteo", tmp_path / "t.txt", tmp_path / "rows.parquet", chunk_lines=700)
+    table = pd.read_parquet(tmp_path / "rows.parquet")
+    write_split(split_ctr(table, spec.fields, seed=3, method=method), tmp_path / "memory")
+    split_ctr_stream(tmp_path / "rows.parquet", spec.fields, tmp_path / "stream", seed=3,
+                     method=method, batch_rows=250)  # fmt: skip
+    files = sorted(p.name for p in (tmp_path / "memory").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "stream").iterdir())
+    for name in files:
+        assert (tmp_path / "stream" / name).read_bytes() == (
+            tmp_path / "memory" / name
+        ).read_bytes(), name

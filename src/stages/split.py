@@ -5,12 +5,25 @@ import json
 from pathlib import Path
 
 from deepfm.config import load_config
-from deepfm.data.splitting import split_processed, write_split
+from deepfm.data.splitting import split_ctr_stream, split_processed, write_split
 from deepfm.utils import run_stage
 
 
 def main(processed: Path, split: Path) -> None:
-    result = split_processed(load_config(), processed)
+    cfg = load_config()
+    spec = cfg.dataset_spec
+    if spec.protocol == "ctr":  # streamed: bounded memory whatever the number of rows
+        summary = split_ctr_stream(
+            processed / "interactions.parquet",
+            spec.fields,
+            split,
+            seed=cfg.seed,
+            method=spec.ctr_split,
+            fractions=spec.ctr_fractions,
+        )
+        print("split:", json.dumps(summary))
+        return
+    result = split_processed(cfg, processed)
     write_split(result, split)
     print("split:", json.dumps(result.summary))
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from deepfm.data.clicklogs import PARSERS as CLICK_LOGS
+from deepfm.data.clicklogs import stream_click_log
 from deepfm.data.declaration import FILE_SOURCES, DatasetSpec
 from deepfm.data.local import load_local, raw_name
 from deepfm.data.movielens import ParseError, load_canonical
@@ -67,6 +68,25 @@ def _click_log(spec: DatasetSpec, raw: Path) -> tuple[pd.DataFrame, ...]:
     users = pd.DataFrame({"user_id": [0]})
     items = pd.DataFrame({"item_id": [0]})
     return interactions, users, items
+
+
+def stream_click_log_tables(spec: DatasetSpec, raw: Path, out: Path) -> int:
+    """A click log's canonical tables written into the folder `out`, the interactions
+    streamed (deepfm.data.clicklogs.stream_click_log). Returns the number of rows."""
+    expected = {"criteo": "label", "avazu": "click"}[spec.source]
+    if spec.label_column != expected:
+        raise ParseError(
+            f"params.yaml: 'datasets.{spec.name}.label.column' is {spec.label_column!r}; "
+            f"{spec.source}'s label column is {expected}."
+        )
+    file = spec.files["interactions"]
+    path = raw / raw_name("interactions", file)
+    if not path.is_file():
+        raise ParseError(f"{path} not found: run the fetch stage first (dvc repro fetch).")
+    rows = stream_click_log(spec.source, path, out / "interactions.parquet", shown_as=file.path)
+    pd.DataFrame({"user_id": [0]}).to_parquet(out / "users.parquet", index=False)
+    pd.DataFrame({"item_id": [0]}).to_parquet(out / "items.parquet", index=False)
+    return rows
 
 
 def canonical_tables(spec: DatasetSpec, raw: Path) -> tuple[pd.DataFrame, ...]:

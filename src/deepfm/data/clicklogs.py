@@ -13,6 +13,7 @@ the canonical user_id and item_id are 0 for every row.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +31,15 @@ AVAZU_COLUMNS = [
 ]  # fmt: skip
 
 
-def _read(path: Path, sep: str, names: list[str], header: bool) -> pd.DataFrame:
-    data = path.read_bytes().replace(b"\r\n", b"\n")
-    if not data.strip():
+def _read(
+    path: Path, sep: str, names: list[str], header: bool, data: bytes | None = None, offset=0
+) -> pd.DataFrame:
+    """The file (or `data`, a chunk of its lines starting after line `offset`) as text."""
+    chunk = data is not None
+    data = (data if chunk else path.read_bytes()).replace(b"\r\n", b"\n")
+    if not chunk and not data.strip():
         raise ParseError(f"{path} is empty: give the click log's file (dvc repro fetch).")
+    header = header and not chunk
     body = data.split(b"\n", 1)[1] if header else data
     if header:
         first = data.split(b"\n", 1)[0].decode("utf-8", "replace").strip().split(sep)
@@ -45,11 +51,11 @@ def _read(path: Path, sep: str, names: list[str], header: bool) -> pd.DataFrame:
     try:
         _check_field_counts(body, sep.encode(), len(names), path)
     except ParseError as e:
-        if not header:
+        shift = offset + (1 if header else 0)  # count lines from the file's first line
+        if not shift:
             raise
-        # count lines from the file's first line, the header
         line = int(str(e).split(", line ")[1].split(":")[0])
-        raise ParseError(str(e).replace(f"line {line}:", f"line {line + 1}:", 1)) from None
+        raise ParseError(str(e).replace(f"line {line}:", f"line {line + shift}:", 1)) from None
     import io
 
     return pd.read_csv(
@@ -98,29 +104,32 @@ def _canonical(label: np.ndarray, timestamp: np.ndarray, columns: dict) -> pd.Da
     )
 
 
-def parse_criteo(path: Path) -> pd.DataFrame:
-    frame = _read(path, "\t", CRITEO_COLUMNS, header=False)
-    columns = {c: _integers(frame, c, path, 1) for c in CRITEO_INTS}
+def parse_criteo(path: Path, data: bytes | None = None, offset: int = 0) -> pd.DataFrame:
+    """The whole file, or `data`: its lines offset + 1, offset + 2, ..."""
+    frame = _read(path, "\t", CRITEO_COLUMNS, header=False, data=data, offset=offset)
+    columns = {c: _integers(frame, c, path, 1 + offset) for c in CRITEO_INTS}
     columns |= {c: frame[c].where(frame[c] != "", None).to_numpy(object) for c in CRITEO_CATS}
-    label = _labels(frame, "label", path, 1)
-    return _canonical(label, np.arange(len(frame), dtype=np.int64), columns)
+    label = _labels(frame, "label", path, 1 + offset)
+    return _canonical(label, np.arange(offset, offset + len(frame), dtype=np.int64), columns)
 
 
-def parse_avazu(path: Path) -> pd.DataFrame:
-    frame = _read(path, ",", AVAZU_COLUMNS, header=True)
+def parse_avazu(path: Path, data: bytes | None = None, offset: int = 0) -> pd.DataFrame:
+    """The whole file, or `data`: its lines offset + 1, ... (line 1 is the header)."""
+    frame = _read(path, ",", AVAZU_COLUMNS, header=True, data=data, offset=offset)
     hour = frame["hour"]
     when = pd.to_datetime(hour, format="%y%m%d%H", errors="coerce")
     bad = when.isna().to_numpy()
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise ParseError(
-            f"{path}, line {i + 2}: hour is {hour.iloc[i]!r}; expected YYMMDDHH, e.g. 14102100."
+            f"{path}, line {i + 1 + max(offset, 1)}: hour is {hour.iloc[i]!r}; expected "
+            "YYMMDDHH, e.g. 14102100."
         )
     categorical = [c for c in AVAZU_COLUMNS if c not in ("id", "click", "hour")]
     columns = {c: frame[c].where(frame[c] != "", None).to_numpy(object) for c in categorical}
     columns["hour_of_day"] = when.dt.strftime("%H").to_numpy(object)
     columns["weekday"] = when.dt.day_of_week.astype(str).to_numpy(object)
-    label = _labels(frame, "click", path, 2)
+    label = _labels(frame, "click", path, 1 + max(offset, 1))
     seconds = ((when - pd.Timestamp(0)) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
     out = _canonical(label, seconds, columns)
     out["click"] = label
@@ -128,3 +137,60 @@ def parse_avazu(path: Path) -> pd.DataFrame:
 
 
 PARSERS = {"criteo": parse_criteo, "avazu": parse_avazu}
+
+
+def stream_click_log(
+    source: str, path: Path, out: Path, *, shown_as: str | None = None, chunk_lines=250_000
+) -> int:
+    """Parse the click log at `path` chunk by chunk into the canonical parquet `out` (one row
+    group per chunk), so memory holds one chunk whatever the file's size. The same checks and
+    messages as the whole-file parser, with the file's own line numbers (`shown_as`: the path
+    the messages name). Returns the number of rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from deepfm.io import atomic_path
+
+    parse = PARSERS[source]
+    header = source == "avazu"
+    rows = 0
+    with open(path, "rb") as f, atomic_path(out) as tmp:
+        if header:
+            first = f.readline()
+            _check_header(first, path, shown_as)
+        writer = None
+        offset = 1 if header else 0
+        try:
+            while True:
+                lines = list(itertools.islice(f, chunk_lines))
+                if not lines:
+                    break
+                try:
+                    frame = parse(path, data=b"".join(lines), offset=offset)
+                except ParseError as e:
+                    raise ParseError(str(e).replace(str(path), shown_as or str(path))) from None
+                if writer is None:  # text columns stay text even in a chunk of only nulls
+                    schema = pa.Schema.from_pandas(frame, preserve_index=False)
+                    for i, name in enumerate(schema.names):
+                        if frame[name].dtype == object:
+                            schema = schema.set(i, pa.field(name, pa.string()))
+                    writer = pq.ParquetWriter(tmp, schema, compression="zstd")
+                table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+                writer.write_table(table)
+                offset += len(lines)
+                rows += len(frame)
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            raise ParseError(f"{shown_as or path} has no rows: give the click log's file.")
+    return rows
+
+
+def _check_header(first: bytes, path: Path, shown_as: str | None) -> None:
+    got = first.decode("utf-8", "replace").strip().split(",")
+    if got != AVAZU_COLUMNS:
+        raise ParseError(
+            f"{shown_as or path}, line 1: the header is {','.join(got)!r}; expected "
+            f"{','.join(AVAZU_COLUMNS)!r} (the published file's header)."
+        )

@@ -27,7 +27,8 @@ def evaluate_rows(
     parts = []
     with torch.inference_mode():
         for start in range(0, len(rows.labels), batch_size):
-            codes = torch.from_numpy(rows.codes[start : start + batch_size]).to(device)
+            block = np.array(rows.codes[start : start + batch_size])  # a copy off the map
+            codes = torch.from_numpy(block).to(device)
             placeholder = torch.zeros(len(codes), dtype=torch.long, device=device)
             parts.append(model(placeholder, placeholder, codes).double().cpu())
     model.train(was_training)

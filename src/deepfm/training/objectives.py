@@ -126,14 +126,21 @@ def _history(split: SplitResult, device) -> torch.Tensor | None:
 
 class GivenLabels:
     def __init__(self, split: CTRSplit, device):
-        self.codes = torch.from_numpy(split.train.codes).to(device)
+        self.codes = split.train.codes  # numpy, possibly memory-mapped: gathered per batch
         self.labels = torch.from_numpy(split.train.labels).to(device)
+        self.device = device
 
     def batches(self, epoch: int, batch_size: int, shuffle: torch.Generator) -> Iterator:
-        rows = torch.arange(len(self.labels), device=self.labels.device)
+        rows = torch.arange(len(self.labels))
         for (r,) in iterate_batches((rows,), batch_size, shuffle):
-            placeholder = torch.zeros(len(r), dtype=torch.long, device=r.device)
-            yield placeholder, placeholder, self.labels[r], self.codes[r]
+            # read the mapped file in ascending row order, keep the batch's own order
+            index = r.numpy()
+            ahead = np.argsort(index, kind="stable")
+            codes = np.empty((len(index), self.codes.shape[1]), dtype=self.codes.dtype)
+            codes[ahead] = self.codes[index[ahead]]
+            codes = torch.from_numpy(codes).to(self.device)
+            placeholder = torch.zeros(len(r), dtype=torch.long, device=self.device)
+            yield placeholder, placeholder, self.labels[r.to(self.device)], codes
 
     loss = Pointwise.loss
 
