@@ -7,7 +7,8 @@ a fresh process so peak RSS (VmHWM) is the step's own:
 - split: the streamed 80/10/10 split by row order, vocabularies on train rows (min_count
   10), codes written to memory-mapped .npy files (deepfm.data.splitting.split_ctr_stream);
 - epoch: DeepFM (the params.yaml section, order-aware options off) trained on the mapped
-  train codes for `--train-seconds`, reporting samples/s.
+  train codes for `--train-seconds`, reporting samples/s, and the batching alone (gathering
+  shuffled rows from the mapped file) for a quarter of that.
 
     python benchmarks/ctr_scale.py --rows 2000000 [--keep DIR] [--train-seconds 60]
 
@@ -111,6 +112,13 @@ def step(name: str, args: tuple, queue) -> None:
 
         train_steps(model, optimizer, batches(), objective)
         out = {"samples": seen, "samples_per_s": round(seen / (time.perf_counter() - t))}
+        # the batching alone (gathers from the mapped codes), to show it is not the limit
+        start, gathered = time.perf_counter(), 0
+        for batch in objective.batches(2, cfg.train.batch_size, shuffle):
+            gathered += len(batch[2])
+            if time.perf_counter() - start > limit / 4:
+                break
+        out["batching_samples_per_s"] = round(gathered / (time.perf_counter() - start))
     out.update(seconds=round(time.perf_counter() - t, 1), peak_rss_mb=round(peak_rss_mb()))
     queue.put(out)
 

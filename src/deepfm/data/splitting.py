@@ -280,8 +280,10 @@ def log_bucket_values(values: pd.Series) -> pd.Series:
     x = pd.to_numeric(values, errors="coerce").to_numpy(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         bucket = np.where(x > 2, np.floor(np.log(np.where(x > 2, x, 1.0)) ** 2), np.floor(x))
-    out = pd.Series(bucket, dtype=object).map(lambda v: f"{v:g}")
-    return out.where(~np.isnan(x), None)
+    known = ~np.isnan(x)
+    out = np.full(len(x), None, dtype=object)
+    out[known] = bucket[known].astype(np.int64).astype(str)  # small integers: "5", "-1"
+    return pd.Series(out, dtype=object)
 
 
 def bucket_values(values: pd.Series, edges: tuple[float, ...]) -> pd.Series:
@@ -600,7 +602,7 @@ def split_ctr_stream(
             pos = positions(start, len(frame))
             codes = np.zeros((len(frame), len(context)), dtype=np.int32)
             for column, f in enumerate(context):
-                codes[:, column] = encode(_bucketed(frame[f.name], f), vocabs[f.name])
+                codes[:, column] = _encode_arrow(_bucketed(frame[f.name], f), vocabs[f.name])
             labels = frame["label"].to_numpy().astype(np.float32)
             for name, (lo, hi) in bounds.items():
                 mine = (pos >= lo) & (pos < hi)
@@ -627,6 +629,20 @@ def split_ctr_stream(
         write_json(tmp / "schema.json", schema.to_dict())
         write_json(tmp / "summary.json", summary)
     return summary
+
+
+def _encode_arrow(values: pd.Series, vocab: np.ndarray) -> np.ndarray:
+    """encoders.encode, by Arrow's hash lookup (no Python object per value): the same codes."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not len(vocab):
+        return np.zeros(len(values), dtype=np.int64)
+    try:
+        index = pc.index_in(pa.array(values, from_pandas=True), value_set=pa.array(vocab))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return encode(values, vocab)  # mixed types: the general path
+    return pc.fill_null(pc.add(index, 1), 0).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def _id_array(ids: pd.Series) -> np.ndarray:
