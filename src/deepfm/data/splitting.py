@@ -514,7 +514,7 @@ def split_ctr_stream(
     seed: int,
     method: str = "order",
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
-    batch_rows: int = 1 << 20,
+    batch_rows: int = 1 << 18,
 ) -> dict:
     """split_ctr, streamed: the canonical parquet read in batches, twice (count the train
     rows' values, then encode), the codes written to .npy files row block by row block, so
