@@ -265,3 +265,30 @@ def test_the_streamed_split_writes_the_same_bytes_as_the_in_memory_one(tmp_path,
         assert (tmp_path / "stream" / name).read_bytes() == (
             tmp_path / "memory" / name
         ).read_bytes(), name
+
+
+def test_a_local_csv_click_log_under_the_ctr_protocol(tmp_path):
+    import hashlib
+
+    path = tmp_path / "clicks.csv"
+    path.write_text("clicked,site,device\n1,a,phone\n0,b,tv\n1,a,tv\n0,c,phone\n1,a,web\n")
+    decl = {
+        "source": "local",
+        "protocol": {"name": "ctr", "fractions": [0.6, 0.2, 0.2]},
+        "files": {"interactions": {"path": str(path),
+                                   "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}},
+        "label": {"column": "clicked"},
+        "fields": {"site": {"source": "context", "kind": "sparse"},
+                   "device": {"source": "context", "kind": "sparse"}},
+    }  # fmt: skip
+    spec = parse_dataset("mine", decl, REGISTERED)
+    interactions, users, _ = canonical_tables(spec, fetch_dataset(spec, tmp_path / "raw"))
+    assert users["user_id"].tolist() == [0]  # one placeholder user
+    assert interactions["label"].tolist() == [1, 0, 1, 0, 1]
+    assert interactions["timestamp"].tolist() == [0, 1, 2, 3, 4]  # file order
+    split = split_ctr(interactions, spec.fields, seed=0, fractions=(0.6, 0.2, 0.2))
+    # train rows 0-2: site {a, b} -> 1, 2; device {phone, tv} -> 1, 2
+    assert split.train.codes.tolist() == [[1, 1], [2, 2], [1, 2]]
+    assert split.val.codes.tolist() == [[0, 1]]  # site c never seen in train
+    assert split.test.codes.tolist() == [[1, 0]]  # device web never seen in train
+    assert split.test.labels.tolist() == [1.0]

@@ -227,9 +227,17 @@ def _load_local(spec: DatasetSpec, raw: Path) -> tuple[pd.DataFrame, pd.DataFram
     def column(name: str) -> pd.Series:
         return _column(frame, cols[name], inter_path, f"{hint}.{name}: <its column name>.")
 
-    user_ids = _ids(column("user_id"), cols["user_id"], inter_path, inter_spec)
-    item_ids = _ids(column("item_id"), cols["item_id"], inter_path, inter_spec)
-    timestamps = _timestamps(column("timestamp"), cols["timestamp"], inter_path, inter_spec)
+    if spec.protocol == "ctr":  # rows, not users and items: placeholders, file order as time
+        user_ids = item_ids = np.zeros(len(frame), dtype=np.int64)
+        timestamps = (
+            _timestamps(column("timestamp"), cols["timestamp"], inter_path, inter_spec)
+            if cols["timestamp"] in frame.columns
+            else np.arange(len(frame), dtype=np.int64)
+        )
+    else:
+        user_ids = _ids(column("user_id"), cols["user_id"], inter_path, inter_spec)
+        item_ids = _ids(column("item_id"), cols["item_id"], inter_path, inter_spec)
+        timestamps = _timestamps(column("timestamp"), cols["timestamp"], inter_path, inter_spec)
     if spec.label_column is not None:
         label = _numbers(column("label"), cols["label"], inter_path, inter_spec, False)
         bad = (label != 0) & (label != 1)
@@ -257,7 +265,7 @@ def _load_local(spec: DatasetSpec, raw: Path) -> tuple[pd.DataFrame, pd.DataFram
         }
     )
     dup = interactions.duplicated(["user_id", "item_id"]).to_numpy()
-    if dup.any():
+    if spec.protocol == "topk" and dup.any():
         i = int(np.flatnonzero(dup)[0])
         raise ParseError(
             f"{inter_path}, {_line(i, inter_spec)}: user {user_ids[i]} and item {item_ids[i]} "
