@@ -27,7 +27,7 @@ test: lint  ## lint + unit tests + the real-pipeline integration test
 	$(BIN)/python -m pytest
 
 # The functions whose code produces reported numbers (fnmatch patterns over mutmut's names).
-MUTANTS := 'deepfm.data.splitting.*' 'deepfm.data.sampling.*' 'deepfm.data.batches.*' \
+MUTANTS := 'deepfm.data.splitting.*' 'deepfm.data.fields.*' 'deepfm.data.sampling.*' 'deepfm.data.batches.*' \
 	'deepfm.evaluation.ranking.*' 'deepfm.evaluation.metrics.*' \
 	'deepfm.training.checkpoint.x_run_fingerprint*' 'deepfm.training.checkpoint.x_*_resume*' \
 	'deepfm.results.statistics.x_summarize*' 'deepfm.results.statistics.x_bootstrap_mean_ci*' \

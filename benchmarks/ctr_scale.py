@@ -85,7 +85,7 @@ def step(name: str, args: tuple, queue) -> None:
         rows = stream_click_log("criteo", folder / "train.txt", folder / "rows.parquet")
         out = {"rows": rows}
     elif name == "split":
-        from deepfm.data.splitting import split_ctr_stream
+        from deepfm.data.rowsplit import split_ctr_stream
 
         out = split_ctr_stream(folder / "rows.parquet", spec.fields, folder / "split", seed=42)
         out = {"rows": out["rows"], "vocab_total": sum(out["vocab_sizes"].values())}

@@ -13,8 +13,10 @@ from deepfm.config import ConfigError, parse_config
 from deepfm.data.canonical import canonical_tables, fetch_dataset
 from deepfm.data.clicklogs import AVAZU_COLUMNS, parse_avazu, parse_criteo
 from deepfm.data.declaration import parse_dataset
+from deepfm.data.fields import log_bucket_values
 from deepfm.data.movielens import ParseError
-from deepfm.data.splitting import log_bucket_values, read_split, split_ctr, write_split
+from deepfm.data.rowsplit import split_ctr
+from deepfm.data.splitting import read_split, write_split
 from deepfm.evaluation.rows import evaluate_rows
 from deepfm.training.checkpoint import load_model
 from deepfm.training.loop import TrainingError, train
@@ -249,7 +251,7 @@ def test_a_bad_line_in_a_later_chunk_is_named_by_its_own_number(tmp_path):
 @pytest.mark.parametrize("method", ["order", "random"])
 def test_the_streamed_split_writes_the_same_bytes_as_the_in_memory_one(tmp_path, method):
     from deepfm.data.clicklogs import stream_click_log
-    from deepfm.data.splitting import split_ctr_stream
+    from deepfm.data.rowsplit import split_ctr_stream
 
     spec = parse_dataset(
         "c", criteo_declaration(make_criteo_file(tmp_path / "t.txt", n_rows=3000)), REGISTERED

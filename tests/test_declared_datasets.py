@@ -16,9 +16,10 @@ from deepfm.config import ConfigError, load_config, parse_config
 from deepfm.data.batches import feature_tensors
 from deepfm.data.canonical import canonical_tables, fetch_dataset
 from deepfm.data.declaration import parse_dataset
+from deepfm.data.fields import bucket_values
 from deepfm.data.movielens import ParseError
 from deepfm.data.sources import FetchError
-from deepfm.data.splitting import bucket_values, read_split, split_dataset, write_split
+from deepfm.data.splitting import read_split, split_dataset, write_split
 from deepfm.models import MODELS, build_model
 from tests.conftest import REPO, make_synthetic_ratings, synthetic_declaration
 

@@ -5,7 +5,8 @@ import json
 from pathlib import Path
 
 from deepfm.config import load_config
-from deepfm.data.splitting import split_ctr_stream, split_processed, write_split
+from deepfm.data.rowsplit import split_ctr_stream
+from deepfm.data.splitting import split_processed, write_split
 from deepfm.utils import run_stage
 
 

@@ -19,7 +19,6 @@ Users and items are addressed by their row in the canonical users / items tables
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from deepfm.data.declaration import FieldSpec
-from deepfm.data.encoders import encode, encode_lists, fit_vocab
+from deepfm.data.fields import encode_context, encode_fields
+from deepfm.data.rowsplit import CTRSplit, read_ctr_split, split_ctr, write_ctr_split
 from deepfm.data.sampling import concat_ranges
 from deepfm.data.schema import Field, Schema
 from deepfm.io import atomic_dir, read_json, read_npy, write_json, write_npy
@@ -163,139 +163,6 @@ def sample_candidates(
         chosen[chosen == num_items] = -1
         out[start : start + len(u), :take] = chosen
     return out
-
-
-def _fit_scaler(values: np.ndarray, f: FieldSpec) -> dict:
-    """A dense field's fill value and scaling, from the train split's users / items only."""
-    seen = values[~np.isnan(values)]
-    mean = float(seen.mean()) if len(seen) else 0.0
-    fill = mean if f.missing == "mean" else float(f.missing)
-    if f.scaler == "standard":
-        shift, scale = mean, float(seen.std()) if len(seen) else 1.0
-    elif f.scaler == "minmax":
-        shift = float(seen.min()) if len(seen) else 0.0
-        scale = float(seen.max()) - shift if len(seen) else 1.0
-    else:
-        shift, scale = 0.0, 1.0
-    return {"fill": fill, "shift": shift, "scale": scale if scale > 0 else 1.0}
-
-
-def encode_fields(
-    fields: Sequence[FieldSpec], tables: dict[str, pd.DataFrame], seen: dict[str, np.ndarray]
-) -> tuple[list[Field], dict[str, list[Field]], dict[str, np.ndarray], dict]:
-    """Encode every declared field of the users and items tables, fitted on the rows in
-    `seen` (the users / items of the train split) only.
-
-    Returns (sparse and dense fields, sequence fields by side, the feature arrays by buffer
-    name, the dense fields' fitted scalers). Sparse and sequence values seen on fewer than
-    `min_count` train users / items get code 0, like values never seen.
-    """
-    flat: list[Field] = []
-    bags: dict[str, list[Field]] = {"user": [], "item": []}
-    arrays: dict[str, np.ndarray] = {}
-    scalers: dict[str, dict] = {}
-    for side in ("user", "item"):
-        table = tables[side]
-        train_rows = table.iloc[seen[side]]
-        sparse = [f for f in fields if f.source == side and f.kind == "sparse"]
-        codes = []
-        for column, f in enumerate(sparse):
-            if f.bins or f.log_buckets:  # a number, bucketed
-                values = _bucketed(table[f.name], f)
-                train_values = values.iloc[seen[side]]
-            else:
-                values, train_values = table[f.name], train_rows[f.name]
-            vocab = fit_vocab(_frequent(train_values, f.min_count))
-            codes.append(encode(values, vocab))
-            flat.append(Field(f.name, side, "sparse", len(vocab) + 1, column))
-        arrays[f"{side}_features"] = (
-            np.stack(codes, axis=1) if codes else np.zeros((len(table), 0), dtype=np.int64)
-        )
-        dense = [f for f in fields if f.source == side and f.kind == "dense"]
-        if dense:
-            columns = []
-            for column, f in enumerate(dense):
-                values = pd.to_numeric(table[f.name], errors="coerce").to_numpy(np.float64)
-                scaler = _fit_scaler(values[seen[side]], f)
-                values = np.where(np.isnan(values), scaler["fill"], values)
-                columns.append((values - scaler["shift"]) / scaler["scale"])
-                scalers[f.name] = {"scaler": f.scaler, **scaler}
-                flat.append(Field(f.name, side, "dense", 0, column))
-            arrays[f"{side}_dense"] = np.stack(columns, axis=1).astype(np.float32)
-        sequence = [f for f in fields if f.source == side and f.kind == "sequence"]
-        for column, f in enumerate(sequence):
-            lists = [_as_list(v) for v in table[f.name]]
-            if f.max_length:
-                lists = [v[: f.max_length] for v in lists]
-            train_flat = [v for i in seen[side] for v in lists[i]]
-            vocab = fit_vocab(_frequent(pd.Series(train_flat, dtype=object), f.min_count))
-            arrays[f"{side}_{f.name}"] = encode_lists(lists, vocab)
-            bags[side].append(Field(f.name, side, "sequence", len(vocab) + 1, column))
-    return flat, bags, arrays, scalers
-
-
-def encode_context(
-    fields: Sequence[FieldSpec], interactions: pd.DataFrame, order: np.ndarray, in_train
-) -> tuple[list[Field], np.ndarray]:
-    """The context fields (columns of each interaction): codes per row in the split's order,
-    (n_rows, n_context) int32, with vocabularies fitted on the train rows only."""
-    context = [f for f in fields if f.source == "context"]
-    codes = np.zeros((len(order), len(context)), dtype=np.int32)
-    out = []
-    for column, f in enumerate(context):
-        values = interactions[f.name].iloc[order].reset_index(drop=True)
-        values = _bucketed(values, f)
-        vocab = fit_vocab(_frequent(values[in_train], f.min_count))
-        codes[:, column] = encode(values, vocab)
-        out.append(Field(f.name, "context", "sparse", len(vocab) + 1, column))
-    return out, codes
-
-
-def _as_list(value) -> list:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return []
-    return list(value)
-
-
-def _frequent(values: pd.Series, min_count: int) -> pd.Series:
-    """The values that occur at least `min_count` times (all of them for 1)."""
-    if min_count <= 1:
-        return values
-    counts = values.value_counts()
-    return pd.Series(counts.index[counts.to_numpy() >= min_count], dtype=object)
-
-
-def _bucketed(values: pd.Series, f: FieldSpec) -> pd.Series:
-    if f.bins:
-        return bucket_values(values, f.bins)
-    if f.log_buckets:
-        return log_bucket_values(values)
-    return values
-
-
-def log_bucket_values(values: pd.Series) -> pd.Series:
-    """Counts -> buckets: x > 2 -> floor(ln(x) ** 2), else x itself (negative counts too), as
-    the Criteo competition's winners and the BARS benchmark bucket Criteo's integer features;
-    missing stays missing."""
-    x = pd.to_numeric(values, errors="coerce").to_numpy(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        bucket = np.where(x > 2, np.floor(np.log(np.where(x > 2, x, 1.0)) ** 2), np.floor(x))
-    known = ~np.isnan(x)
-    out = np.full(len(x), None, dtype=object)
-    out[known] = bucket[known].astype(np.int64).astype(str)  # small integers: "5", "-1"
-    return pd.Series(out, dtype=object)
-
-
-def bucket_values(values: pd.Series, edges: tuple[float, ...]) -> pd.Series:
-    """Numbers -> the label of their interval of `edges` ('<e0', '[e0,e1)', ..., '>=en');
-    missing stays missing."""
-    numbers = pd.to_numeric(values, errors="coerce").to_numpy(np.float64)
-    labels = [f"<{edges[0]:g}"]
-    labels += [f"[{a:g},{b:g})" for a, b in itertools.pairwise(edges)]
-    labels += [f">={edges[-1]:g}"]
-    which = np.searchsorted(np.asarray(edges), numbers, side="right")
-    out = pd.Series(np.asarray(labels, dtype=object)[which], dtype=object)
-    return out.where(~np.isnan(numbers), None)
 
 
 def split_dataset(
@@ -438,213 +305,6 @@ def split_dataset(
     )
 
 
-@dataclass
-class Rows:
-    """Rows of the ctr protocol: each row's context codes and its given 0/1 label."""
-
-    codes: np.ndarray  # (n, n_fields) int32
-    labels: np.ndarray  # (n,) float32
-
-
-@dataclass
-class CTRSplit:
-    """The ctr protocol's split: rows by order (or seeded random) into train / val / test,
-    every field a context field encoded on the train rows only. Users and items are one
-    placeholder each (index 0), so every model scores rows through the same interface."""
-
-    train: Rows
-    val: Rows
-    test: Rows
-    features: dict[str, np.ndarray]
-    schema: Schema
-    summary: dict
-
-
-def split_ctr(
-    interactions: pd.DataFrame,
-    fields: Sequence[FieldSpec],
-    *,
-    seed: int,
-    method: str = "order",
-    fractions: Sequence[float] = (0.8, 0.1, 0.1),
-) -> CTRSplit:
-    """order: the first fraction of rows by timestamp (file order within one) to train, the
-    next to validation, the rest to test; random: the same sizes over a seeded permutation."""
-    n = len(interactions)
-    if method == "order":
-        order = np.argsort(interactions["timestamp"].to_numpy(), kind="stable")
-    else:
-        order = rng_for(seed, "ctr-split").permutation(n)
-    n_train = round(fractions[0] * n)
-    n_val = round(fractions[1] * n)
-    if n_train == 0 or n_val == 0 or n - n_train - n_val <= 0:
-        raise ValueError(
-            f"{n} rows cannot be split {list(fractions)} with every part non-empty; declare "
-            "more rows or other fractions."
-        )
-    in_train = np.zeros(n, dtype=bool)
-    in_train[:n_train] = True  # positions in `order`
-    context, codes = encode_context(fields, interactions, order, in_train)
-    labels = interactions["label"].to_numpy()[order].astype(np.float32)
-    parts = {
-        "train": slice(0, n_train),
-        "val": slice(n_train, n_train + n_val),
-        "test": slice(n_train + n_val, n),
-    }
-    rows = {name: Rows(codes[sl], labels[sl]) for name, sl in parts.items()}
-    summary = {
-        "protocol": "ctr",
-        "split": method,
-        "rows": {name: len(r.labels) for name, r in rows.items()},
-        "positive_rate": {name: round(float(r.labels.mean()), 6) for name, r in rows.items()},
-        "vocab_sizes": {f.name: f.vocab_size for f in context},
-    }
-    features = {
-        "user_features": np.zeros((1, 0), dtype=np.int64),
-        "item_features": np.zeros((1, 0), dtype=np.int64),
-    }
-    return CTRSplit(**rows, features=features, schema=Schema(tuple(context), 1, 1), summary=summary)
-
-
-def split_ctr_stream(
-    table_path: Path,
-    fields: Sequence[FieldSpec],
-    out_dir: Path,
-    *,
-    seed: int,
-    method: str = "order",
-    fractions: Sequence[float] = (0.8, 0.1, 0.1),
-    batch_rows: int = 1 << 18,
-) -> dict:
-    """split_ctr, streamed: the canonical parquet read in batches, twice (count the train
-    rows' values, then encode), the codes written to .npy files row block by row block, so
-    memory holds one batch whatever the number of rows. The files are byte for byte those of
-    write_split(split_ctr(...)). Returns the summary.
-
-    method "order" needs the rows in timestamp order already (both click-log parsers write
-    them so); otherwise the whole table is split in memory."""
-    import pyarrow.parquet as pq
-
-    names = [f.name for f in fields if f.source == "context"]
-    context = [f for f in fields if f.source == "context"]
-    source = pq.ParquetFile(table_path)
-    n = source.metadata.num_rows
-    n_train, n_val = round(fractions[0] * n), round(fractions[1] * n)
-    if n_train == 0 or n_val == 0 or n - n_train - n_val <= 0:
-        raise ValueError(
-            f"{n} rows cannot be split {list(fractions)} with every part non-empty; declare "
-            "more rows or other fractions."
-        )
-
-    def batches():
-        start = 0
-        for batch in source.iter_batches(batch_size=batch_rows, columns=[*names, "label",
-                                                                         "timestamp"]):  # fmt: skip
-            frame = batch.to_pandas()
-            yield start, frame
-            start += len(frame)
-
-    if method == "order":
-        last = None
-        for _, frame in batches():
-            t = frame["timestamp"].to_numpy()
-            if (last is not None and len(t) and t[0] < last) or (np.diff(t) < 0).any():
-                table = pd.read_parquet(table_path)
-                result = split_ctr(table, fields, seed=seed, method=method, fractions=fractions)
-                write_split(result, out_dir)
-                return result.summary
-            last = t[-1] if len(t) else last
-        position = None  # row j sits at position j
-    else:
-        order = rng_for(seed, "ctr-split").permutation(n)
-        position = np.empty(n, dtype=np.int64)
-        position[order] = np.arange(n)
-
-    def positions(start: int, count: int) -> np.ndarray:
-        rows = np.arange(start, start + count)
-        return rows if position is None else position[rows]
-
-    # pass 1: the values of every field on the train rows
-    counts: dict[str, list[pd.Series]] = {name: [] for name in names}
-    for start, frame in batches():
-        train = positions(start, len(frame)) < n_train
-        for f in context:
-            values = _bucketed(frame[f.name], f)[train]
-            counts[f.name].append(values.value_counts(dropna=True))
-            if len(counts[f.name]) >= 16:  # bound memory: merge what has piled up
-                counts[f.name] = [pd.concat(counts[f.name]).groupby(level=0).sum()]
-    vocabs = {}
-    for f in context:
-        total = pd.concat(counts[f.name]).groupby(level=0).sum() if counts[f.name] else None
-        kept = [] if total is None else total.index[total.to_numpy() >= f.min_count]
-        vocabs[f.name] = fit_vocab(pd.Series(kept, dtype=object))
-    schema = Schema(
-        tuple(
-            Field(f.name, "context", "sparse", len(vocabs[f.name]) + 1, column)
-            for column, f in enumerate(context)
-        ),
-        1,
-        1,
-    )
-
-    # pass 2: encode and write each batch's rows at their positions
-    bounds = {
-        "train": (0, n_train),
-        "val": (n_train, n_train + n_val),
-        "test": (n_train + n_val, n),
-    }
-    with atomic_dir(out_dir) as tmp:
-        for name, (lo, hi) in bounds.items():
-            for kind, shape, dtype in (("codes", (hi - lo, len(context)), np.int32),
-                                       ("labels", (hi - lo,), np.float32)):  # fmt: skip
-                np.lib.format.open_memmap(tmp / f"{name}_{kind}.npy", "w+", dtype, shape).flush()
-        for start, frame in batches():
-            pos = positions(start, len(frame))
-            codes = np.zeros((len(frame), len(context)), dtype=np.int32)
-            for column, f in enumerate(context):
-                codes[:, column] = _encode_arrow(_bucketed(frame[f.name], f), vocabs[f.name])
-            labels = frame["label"].to_numpy().astype(np.float32)
-            for name, (lo, hi) in bounds.items():
-                mine = (pos >= lo) & (pos < hi)
-                if mine.any():
-                    for kind, values in (("codes", codes[mine]), ("labels", labels[mine])):
-                        target = np.load(tmp / f"{name}_{kind}.npy", mmap_mode="r+")
-                        target[pos[mine] - lo] = values
-                        target.flush()
-                        del target  # unmap: the written pages leave this process
-        rows = {}
-        rates = {}
-        for name in bounds:
-            labels = np.load(tmp / f"{name}_labels.npy", mmap_mode="r")
-            rows[name] = len(labels)
-            rates[name] = round(float(labels.mean()), 6)
-            del labels
-        summary = {
-            "protocol": "ctr",
-            "split": method,
-            "rows": rows,
-            "positive_rate": rates,
-            "vocab_sizes": {f.name: f.vocab_size for f in schema.fields},
-        }
-        write_json(tmp / "schema.json", schema.to_dict())
-        write_json(tmp / "summary.json", summary)
-    return summary
-
-
-def _encode_arrow(values: pd.Series, vocab: np.ndarray) -> np.ndarray:
-    """encoders.encode, by Arrow's hash lookup (no Python object per value): the same codes."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if not len(vocab):
-        return np.zeros(len(values), dtype=np.int64)
-    try:
-        index = pc.index_in(pa.array(values, from_pandas=True), value_set=pa.array(vocab))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-        return encode(values, vocab)  # mixed types: the general path
-    return pc.fill_null(pc.add(index, 1), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-
-
 def _id_array(ids: pd.Series) -> np.ndarray:
     """Raw ids as int64, or as fixed-width text when they are not integers (np.save keeps
     both without pickling)."""
@@ -698,13 +358,7 @@ def feature_names(schema: Schema) -> list[str]:
 def write_split(result: SplitResult | CTRSplit, out_dir: Path) -> None:
     """All split outputs into `out_dir`, replaced as a whole (never half-written)."""
     if isinstance(result, CTRSplit):
-        with atomic_dir(out_dir) as tmp:
-            for name in ("train", "val", "test"):
-                rows: Rows = getattr(result, name)
-                write_npy(tmp / f"{name}_codes.npy", rows.codes)
-                write_npy(tmp / f"{name}_labels.npy", rows.labels)
-            write_json(tmp / "schema.json", result.schema.to_dict())
-            write_json(tmp / "summary.json", result.summary)
+        write_ctr_split(result, out_dir)
         return
     with atomic_dir(out_dir) as tmp:
         for name in _ARRAYS:
@@ -730,18 +384,7 @@ def read_split(split_dir: Path) -> SplitResult | CTRSplit:
     schema = Schema.from_dict(read_json(split_dir / "schema.json"))
     summary = read_json(split_dir / "summary.json")
     if summary.get("protocol") == "ctr":
-        rows = {  # the codes memory-mapped: a click log's can be many GB
-            name: Rows(
-                np.load(split_dir / f"{name}_codes.npy", mmap_mode="r", allow_pickle=False),
-                read_npy(split_dir / f"{name}_labels.npy"),
-            )
-            for name in ("train", "val", "test")
-        }
-        features = {
-            "user_features": np.zeros((1, 0), dtype=np.int64),
-            "item_features": np.zeros((1, 0), dtype=np.int64),
-        }
-        return CTRSplit(**rows, features=features, schema=schema, summary=summary)
+        return read_ctr_split(split_dir, schema, summary)
     arrays = {name: read_npy(split_dir / f"{name}.npy") for name in _ARRAYS}
     features = {name: read_npy(split_dir / f"{name}.npy") for name in feature_names(schema)}
     held = {

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from deepfm.data.splitting import Rows
+from deepfm.data.rowsplit import Rows
 from deepfm.evaluation.metrics import METRICS
 
 

@@ -1,0 +1,239 @@
+"""The ctr protocol's split: rows by order (or seeded random) into train / validation / test,
+every field a context field encoded on the train rows only; in memory (split_ctr) or
+streamed from the canonical parquet with bounded memory (split_ctr_stream), byte for byte the
+same files."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from deepfm.data.declaration import FieldSpec
+from deepfm.data.encoders import fit_vocab
+from deepfm.data.fields import _bucketed, encode_arrow, encode_context
+from deepfm.data.schema import Field, Schema
+from deepfm.io import atomic_dir, read_npy, write_json, write_npy
+from deepfm.utils import rng_for
+
+
+@dataclass
+class Rows:
+    """Rows of the ctr protocol: each row's context codes and its given 0/1 label."""
+
+    codes: np.ndarray  # (n, n_fields) int32
+    labels: np.ndarray  # (n,) float32
+
+
+@dataclass
+class CTRSplit:
+    """The ctr protocol's split: rows by order (or seeded random) into train / val / test,
+    every field a context field encoded on the train rows only. Users and items are one
+    placeholder each (index 0), so every model scores rows through the same interface."""
+
+    train: Rows
+    val: Rows
+    test: Rows
+    features: dict[str, np.ndarray]
+    schema: Schema
+    summary: dict
+
+
+def split_ctr(
+    interactions: pd.DataFrame,
+    fields: Sequence[FieldSpec],
+    *,
+    seed: int,
+    method: str = "order",
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+) -> CTRSplit:
+    """order: the first fraction of rows by timestamp (file order within one) to train, the
+    next to validation, the rest to test; random: the same sizes over a seeded permutation."""
+    n = len(interactions)
+    if method == "order":
+        order = np.argsort(interactions["timestamp"].to_numpy(), kind="stable")
+    else:
+        order = rng_for(seed, "ctr-split").permutation(n)
+    n_train = round(fractions[0] * n)
+    n_val = round(fractions[1] * n)
+    if n_train == 0 or n_val == 0 or n - n_train - n_val <= 0:
+        raise ValueError(
+            f"{n} rows cannot be split {list(fractions)} with every part non-empty; declare "
+            "more rows or other fractions."
+        )
+    in_train = np.zeros(n, dtype=bool)
+    in_train[:n_train] = True  # positions in `order`
+    context, codes = encode_context(fields, interactions, order, in_train)
+    labels = interactions["label"].to_numpy()[order].astype(np.float32)
+    parts = {
+        "train": slice(0, n_train),
+        "val": slice(n_train, n_train + n_val),
+        "test": slice(n_train + n_val, n),
+    }
+    rows = {name: Rows(codes[sl], labels[sl]) for name, sl in parts.items()}
+    summary = {
+        "protocol": "ctr",
+        "split": method,
+        "rows": {name: len(r.labels) for name, r in rows.items()},
+        "positive_rate": {name: round(float(r.labels.mean()), 6) for name, r in rows.items()},
+        "vocab_sizes": {f.name: f.vocab_size for f in context},
+    }
+    features = {
+        "user_features": np.zeros((1, 0), dtype=np.int64),
+        "item_features": np.zeros((1, 0), dtype=np.int64),
+    }
+    return CTRSplit(**rows, features=features, schema=Schema(tuple(context), 1, 1), summary=summary)
+
+
+def split_ctr_stream(
+    table_path: Path,
+    fields: Sequence[FieldSpec],
+    out_dir: Path,
+    *,
+    seed: int,
+    method: str = "order",
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    batch_rows: int = 1 << 18,
+) -> dict:
+    """split_ctr, streamed: the canonical parquet read in batches, twice (count the train
+    rows' values, then encode), the codes written to .npy files row block by row block, so
+    memory holds one batch whatever the number of rows. The files are byte for byte those of
+    write_split(split_ctr(...)). Returns the summary.
+
+    method "order" needs the rows in timestamp order already (both click-log parsers write
+    them so); otherwise the whole table is split in memory."""
+    import pyarrow.parquet as pq
+
+    names = [f.name for f in fields if f.source == "context"]
+    context = [f for f in fields if f.source == "context"]
+    source = pq.ParquetFile(table_path)
+    n = source.metadata.num_rows
+    n_train, n_val = round(fractions[0] * n), round(fractions[1] * n)
+    if n_train == 0 or n_val == 0 or n - n_train - n_val <= 0:
+        raise ValueError(
+            f"{n} rows cannot be split {list(fractions)} with every part non-empty; declare "
+            "more rows or other fractions."
+        )
+
+    def batches():
+        start = 0
+        for batch in source.iter_batches(batch_size=batch_rows, columns=[*names, "label",
+                                                                         "timestamp"]):  # fmt: skip
+            frame = batch.to_pandas()
+            yield start, frame
+            start += len(frame)
+
+    if method == "order":
+        last = None
+        for _, frame in batches():
+            t = frame["timestamp"].to_numpy()
+            if (last is not None and len(t) and t[0] < last) or (np.diff(t) < 0).any():
+                table = pd.read_parquet(table_path)
+                result = split_ctr(table, fields, seed=seed, method=method, fractions=fractions)
+                write_ctr_split(result, out_dir)
+                return result.summary
+            last = t[-1] if len(t) else last
+        position = None  # row j sits at position j
+    else:
+        order = rng_for(seed, "ctr-split").permutation(n)
+        position = np.empty(n, dtype=np.int64)
+        position[order] = np.arange(n)
+
+    def positions(start: int, count: int) -> np.ndarray:
+        rows = np.arange(start, start + count)
+        return rows if position is None else position[rows]
+
+    # pass 1: the values of every field on the train rows
+    counts: dict[str, list[pd.Series]] = {name: [] for name in names}
+    for start, frame in batches():
+        train = positions(start, len(frame)) < n_train
+        for f in context:
+            values = _bucketed(frame[f.name], f)[train]
+            counts[f.name].append(values.value_counts(dropna=True))
+            if len(counts[f.name]) >= 16:  # bound memory: merge what has piled up
+                counts[f.name] = [pd.concat(counts[f.name]).groupby(level=0).sum()]
+    vocabs = {}
+    for f in context:
+        total = pd.concat(counts[f.name]).groupby(level=0).sum() if counts[f.name] else None
+        kept = [] if total is None else total.index[total.to_numpy() >= f.min_count]
+        vocabs[f.name] = fit_vocab(pd.Series(kept, dtype=object))
+    schema = Schema(
+        tuple(
+            Field(f.name, "context", "sparse", len(vocabs[f.name]) + 1, column)
+            for column, f in enumerate(context)
+        ),
+        1,
+        1,
+    )
+
+    # pass 2: encode and write each batch's rows at their positions
+    bounds = {
+        "train": (0, n_train),
+        "val": (n_train, n_train + n_val),
+        "test": (n_train + n_val, n),
+    }
+    with atomic_dir(out_dir) as tmp:
+        for name, (lo, hi) in bounds.items():
+            for kind, shape, dtype in (("codes", (hi - lo, len(context)), np.int32),
+                                       ("labels", (hi - lo,), np.float32)):  # fmt: skip
+                np.lib.format.open_memmap(tmp / f"{name}_{kind}.npy", "w+", dtype, shape).flush()
+        for start, frame in batches():
+            pos = positions(start, len(frame))
+            codes = np.zeros((len(frame), len(context)), dtype=np.int32)
+            for column, f in enumerate(context):
+                codes[:, column] = encode_arrow(_bucketed(frame[f.name], f), vocabs[f.name])
+            labels = frame["label"].to_numpy().astype(np.float32)
+            for name, (lo, hi) in bounds.items():
+                mine = (pos >= lo) & (pos < hi)
+                if mine.any():
+                    for kind, values in (("codes", codes[mine]), ("labels", labels[mine])):
+                        target = np.load(tmp / f"{name}_{kind}.npy", mmap_mode="r+")
+                        target[pos[mine] - lo] = values
+                        target.flush()
+                        del target  # unmap: the written pages leave this process
+        rows = {}
+        rates = {}
+        for name in bounds:
+            labels = np.load(tmp / f"{name}_labels.npy", mmap_mode="r")
+            rows[name] = len(labels)
+            rates[name] = round(float(labels.mean()), 6)
+            del labels
+        summary = {
+            "protocol": "ctr",
+            "split": method,
+            "rows": rows,
+            "positive_rate": rates,
+            "vocab_sizes": {f.name: f.vocab_size for f in schema.fields},
+        }
+        write_json(tmp / "schema.json", schema.to_dict())
+        write_json(tmp / "summary.json", summary)
+    return summary
+
+
+def write_ctr_split(result: CTRSplit, out_dir: Path) -> None:
+    """The split's files into `out_dir`, replaced as a whole (never half-written)."""
+    with atomic_dir(out_dir) as tmp:
+        for name in ("train", "val", "test"):
+            rows: Rows = getattr(result, name)
+            write_npy(tmp / f"{name}_codes.npy", rows.codes)
+            write_npy(tmp / f"{name}_labels.npy", rows.labels)
+        write_json(tmp / "schema.json", result.schema.to_dict())
+        write_json(tmp / "summary.json", result.summary)
+
+
+def read_ctr_split(split_dir: Path, schema: Schema, summary: dict) -> CTRSplit:
+    rows = {  # the codes memory-mapped: a click log's can be many GB
+        name: Rows(
+            np.load(split_dir / f"{name}_codes.npy", mmap_mode="r", allow_pickle=False),
+            read_npy(split_dir / f"{name}_labels.npy"),
+        )
+        for name in ("train", "val", "test")
+    }
+    features = {
+        "user_features": np.zeros((1, 0), dtype=np.int64),
+        "item_features": np.zeros((1, 0), dtype=np.int64),
+    }
+    return CTRSplit(**rows, features=features, schema=schema, summary=summary)
