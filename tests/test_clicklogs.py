@@ -294,3 +294,12 @@ def test_a_local_csv_click_log_under_the_ctr_protocol(tmp_path):
     assert split.val.codes.tolist() == [[0, 1]]  # site c never seen in train
     assert split.test.codes.tolist() == [[1, 0]]  # device web never seen in train
     assert split.test.labels.tolist() == [1.0]
+
+
+def test_checkpoint_best_with_a_monitor_that_is_never_finite_is_an_error(criteo, tmp_path):
+    spec, interactions = criteo
+    split = split_ctr(interactions, spec.fields, seed=1)
+    split.val.labels[:] = 0.0  # one class only: validation AUC is NaN at every epoch
+    with pytest.raises(TrainingError, match=r"no validation gave a finite auc .* no checkpoint"):
+        train(_cfg("lr", checkpoint="best", epochs=2, min_epochs=2), split, tmp_path / "m.pt")
+    assert not (tmp_path / "m.pt").exists()

@@ -265,4 +265,10 @@ def train(
                 break
     if resume_path is not None:
         resume_path.unlink(missing_ok=True)
+    if kept is None:  # checkpoint best, and no validation gave a comparable (finite) monitor
+        raise TrainingError(
+            f"no validation gave a finite {monitor} (e.g. AUC of a validation split with one "
+            "class only), so train.checkpoint: best kept no epoch and no checkpoint was "
+            "written. Choose another train.monitor, or train.checkpoint: last."
+        )
     return _outcome(state, epoch, stop_reason, threads, device, model)
