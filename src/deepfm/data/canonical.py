@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from deepfm.data.clicklogs import LABELS as CLICK_LABELS
 from deepfm.data.clicklogs import PARSERS as CLICK_LOGS
 from deepfm.data.clicklogs import stream_click_log
 from deepfm.data.declaration import FILE_SOURCES, DatasetSpec
@@ -50,6 +51,15 @@ def fetch_dataset(spec: DatasetSpec, dest: Path, *, root: Path = Path(".")) -> P
     return dest
 
 
+def _check_click_label(spec: DatasetSpec) -> None:
+    expected = CLICK_LABELS[spec.source]
+    if spec.label_column != expected:
+        raise ParseError(
+            f"params.yaml: 'datasets.{spec.name}.label.column' is {spec.label_column!r}; "
+            f"{spec.source}'s label column is {expected}."
+        )
+
+
 def _click_log(spec: DatasetSpec, raw: Path) -> tuple[pd.DataFrame, ...]:
     file = spec.files["interactions"]
     path = raw / raw_name("interactions", file)
@@ -59,11 +69,7 @@ def _click_log(spec: DatasetSpec, raw: Path) -> tuple[pd.DataFrame, ...]:
         interactions = CLICK_LOGS[spec.source](path)
     except ParseError as e:  # name the declared file, not its verified copy
         raise ParseError(str(e).replace(str(path), file.path)) from None
-    if spec.label_column not in interactions:
-        raise ParseError(
-            f"params.yaml: 'datasets.{spec.name}.label.column' is {spec.label_column!r}; "
-            f"{spec.source}'s label column is {'click' if spec.source == 'avazu' else 'label'}."
-        )
+    _check_click_label(spec)
     interactions["label"] = interactions[spec.label_column].astype("int8")
     users = pd.DataFrame({"user_id": [0]})
     items = pd.DataFrame({"item_id": [0]})
@@ -73,12 +79,7 @@ def _click_log(spec: DatasetSpec, raw: Path) -> tuple[pd.DataFrame, ...]:
 def stream_click_log_tables(spec: DatasetSpec, raw: Path, out: Path) -> int:
     """A click log's canonical tables written into the folder `out`, the interactions
     streamed (deepfm.data.clicklogs.stream_click_log). Returns the number of rows."""
-    expected = {"criteo": "label", "avazu": "click"}[spec.source]
-    if spec.label_column != expected:
-        raise ParseError(
-            f"params.yaml: 'datasets.{spec.name}.label.column' is {spec.label_column!r}; "
-            f"{spec.source}'s label column is {expected}."
-        )
+    _check_click_label(spec)
     file = spec.files["interactions"]
     path = raw / raw_name("interactions", file)
     if not path.is_file():

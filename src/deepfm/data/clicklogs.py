@@ -43,12 +43,7 @@ def _read(
     header = header and not chunk
     body = data.split(b"\n", 1)[1] if header else data
     if header:
-        first = data.split(b"\n", 1)[0].decode("utf-8", "replace").strip().split(sep)
-        if first != names:
-            raise ParseError(
-                f"{path}, line 1: the header is {','.join(first)!r}; expected "
-                f"{','.join(names)!r} (the published file's header)."
-            )
+        _check_header(data.split(b"\n", 1)[0], path, None, sep, names)
     try:
         _check_field_counts(body, sep.encode(), len(names), path)
     except ParseError as e:
@@ -171,6 +166,7 @@ def parse_avazu(path: Path, data: bytes | None = None, offset: int = 0) -> pd.Da
 
 
 PARSERS = {"criteo": parse_criteo, "avazu": parse_avazu}
+LABELS = {"criteo": "label", "avazu": "click"}  # each format's own label column
 
 
 def stream_click_log(
@@ -191,7 +187,7 @@ def stream_click_log(
     with open(path, "rb") as f, atomic_path(out) as tmp:
         if header:
             first = f.readline()
-            _check_header(first, path, shown_as)
+            _check_header(first, path, shown_as, ",", AVAZU_COLUMNS)
         writer = None
         offset = 1 if header else 0
         try:
@@ -221,10 +217,10 @@ def stream_click_log(
     return rows
 
 
-def _check_header(first: bytes, path: Path, shown_as: str | None) -> None:
-    got = first.decode("utf-8", "replace").strip().split(",")
-    if got != AVAZU_COLUMNS:
+def _check_header(first: bytes, path: Path, shown_as: str | None, sep: str, names) -> None:
+    got = first.decode("utf-8", "replace").strip().split(sep)
+    if got != list(names):
         raise ParseError(
-            f"{shown_as or path}, line 1: the header is {','.join(got)!r}; expected "
-            f"{','.join(AVAZU_COLUMNS)!r} (the published file's header)."
+            f"{shown_as or path}, line 1: the header is {sep.join(got)!r}; expected "
+            f"{sep.join(names)!r} (the published file's header)."
         )

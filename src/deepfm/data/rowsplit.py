@@ -42,6 +42,36 @@ class CTRSplit:
     summary: dict
 
 
+def _parts(n: int, fractions: Sequence[float]) -> dict[str, tuple[int, int]]:
+    """Positions [lo, hi) of train / val / test among n ordered rows."""
+    n_train, n_val = round(fractions[0] * n), round(fractions[1] * n)
+    if n_train == 0 or n_val == 0 or n - n_train - n_val <= 0:
+        raise ValueError(
+            f"{n} rows cannot be split {list(fractions)} with every part non-empty; declare "
+            "more rows or other fractions."
+        )
+    return {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
+
+
+def _summary(method: str, labels: dict[str, np.ndarray], schema: Schema) -> dict:
+    return {
+        "protocol": "ctr",
+        "split": method,
+        "rows": {name: len(v) for name, v in labels.items()},
+        "positive_rate": {name: round(float(v.mean()), 6) for name, v in labels.items()},
+        "vocab_sizes": {f.name: f.vocab_size for f in schema.fields},
+    }
+
+
+def _placeholders() -> dict[str, np.ndarray]:
+    """One user and one item without fields: every model scores rows through its usual
+    interface."""
+    return {
+        "user_features": np.zeros((1, 0), dtype=np.int64),
+        "item_features": np.zeros((1, 0), dtype=np.int64),
+    }
+
+
 def split_ctr(
     interactions: pd.DataFrame,
     fields: Sequence[FieldSpec],
@@ -57,35 +87,15 @@ def split_ctr(
         order = np.argsort(interactions["timestamp"].to_numpy(), kind="stable")
     else:
         order = rng_for(seed, "ctr-split").permutation(n)
-    n_train = round(fractions[0] * n)
-    n_val = round(fractions[1] * n)
-    if n_train == 0 or n_val == 0 or n - n_train - n_val <= 0:
-        raise ValueError(
-            f"{n} rows cannot be split {list(fractions)} with every part non-empty; declare "
-            "more rows or other fractions."
-        )
+    parts = _parts(n, fractions)
     in_train = np.zeros(n, dtype=bool)
-    in_train[:n_train] = True  # positions in `order`
+    in_train[: parts["train"][1]] = True  # positions in `order`
     context, codes = encode_context(fields, interactions, order, in_train)
     labels = interactions["label"].to_numpy()[order].astype(np.float32)
-    parts = {
-        "train": slice(0, n_train),
-        "val": slice(n_train, n_train + n_val),
-        "test": slice(n_train + n_val, n),
-    }
-    rows = {name: Rows(codes[sl], labels[sl]) for name, sl in parts.items()}
-    summary = {
-        "protocol": "ctr",
-        "split": method,
-        "rows": {name: len(r.labels) for name, r in rows.items()},
-        "positive_rate": {name: round(float(r.labels.mean()), 6) for name, r in rows.items()},
-        "vocab_sizes": {f.name: f.vocab_size for f in context},
-    }
-    features = {
-        "user_features": np.zeros((1, 0), dtype=np.int64),
-        "item_features": np.zeros((1, 0), dtype=np.int64),
-    }
-    return CTRSplit(**rows, features=features, schema=Schema(tuple(context), 1, 1), summary=summary)
+    rows = {name: Rows(codes[lo:hi], labels[lo:hi]) for name, (lo, hi) in parts.items()}
+    schema = Schema(tuple(context), 1, 1)
+    summary = _summary(method, {name: r.labels for name, r in rows.items()}, schema)
+    return CTRSplit(**rows, features=_placeholders(), schema=schema, summary=summary)
 
 
 def split_ctr_stream(
@@ -111,12 +121,8 @@ def split_ctr_stream(
     context = [f for f in fields if f.source == "context"]
     source = pq.ParquetFile(table_path)
     n = source.metadata.num_rows
-    n_train, n_val = round(fractions[0] * n), round(fractions[1] * n)
-    if n_train == 0 or n_val == 0 or n - n_train - n_val <= 0:
-        raise ValueError(
-            f"{n} rows cannot be split {list(fractions)} with every part non-empty; declare "
-            "more rows or other fractions."
-        )
+    bounds = _parts(n, fractions)
+    n_train = bounds["train"][1]
 
     def batches():
         start = 0
@@ -170,11 +176,6 @@ def split_ctr_stream(
     )
 
     # pass 2: encode and write each batch's rows at their positions
-    bounds = {
-        "train": (0, n_train),
-        "val": (n_train, n_train + n_val),
-        "test": (n_train + n_val, n),
-    }
     with atomic_dir(out_dir) as tmp:
         for name, (lo, hi) in bounds.items():
             for kind, shape, dtype in (("codes", (hi - lo, len(context)), np.int32),
@@ -194,20 +195,9 @@ def split_ctr_stream(
                         target[pos[mine] - lo] = values
                         target.flush()
                         del target  # unmap: the written pages leave this process
-        rows = {}
-        rates = {}
-        for name in bounds:
-            labels = np.load(tmp / f"{name}_labels.npy", mmap_mode="r")
-            rows[name] = len(labels)
-            rates[name] = round(float(labels.mean()), 6)
-            del labels
-        summary = {
-            "protocol": "ctr",
-            "split": method,
-            "rows": rows,
-            "positive_rate": rates,
-            "vocab_sizes": {f.name: f.vocab_size for f in schema.fields},
-        }
+        labels = {name: np.load(tmp / f"{name}_labels.npy", mmap_mode="r") for name in bounds}
+        summary = _summary(method, labels, schema)
+        del labels  # unmap before the folder moves into place
         write_json(tmp / "schema.json", schema.to_dict())
         write_json(tmp / "summary.json", summary)
     return summary
@@ -232,8 +222,4 @@ def read_ctr_split(split_dir: Path, schema: Schema, summary: dict) -> CTRSplit:
         )
         for name in ("train", "val", "test")
     }
-    features = {
-        "user_features": np.zeros((1, 0), dtype=np.int64),
-        "item_features": np.zeros((1, 0), dtype=np.int64),
-    }
-    return CTRSplit(**rows, features=features, schema=schema, summary=summary)
+    return CTRSplit(**rows, features=_placeholders(), schema=schema, summary=summary)
