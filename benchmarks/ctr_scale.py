@@ -7,10 +7,12 @@ a fresh process so peak RSS (VmHWM) is the step's own:
 - split: the streamed 80/10/10 split by row order, vocabularies on train rows (min_count
   10), codes written to memory-mapped .npy files (deepfm.data.splitting.split_ctr_stream);
 - epoch: DeepFM (the params.yaml section, order-aware options off) trained on the mapped
-  train codes for `--train-seconds`, reporting samples/s, and the batching alone (gathering
-  shuffled rows from the mapped file) for a quarter of that.
+  train codes for `--train-seconds` per `--train` setting (embedding updates dense or sparse,
+  i.e. train.sparse_embeddings, and the embedding size), reporting samples/s, then the
+  batching alone (gathering shuffled rows from the mapped file) for a quarter of that.
 
     python benchmarks/ctr_scale.py --rows 2000000 [--keep DIR] [--train-seconds 60]
+        [--train dense:64 sparse:64 sparse:16] [--reuse]   # --reuse: DIR's files, epoch only
 
 The issue's target is 45,840,617 rows (Criteo's train.txt): preprocess + split in < 10 min
 with peak RSS < 4 GB on 2 cores, and an epoch at no fewer samples/s than ML-100K's.
@@ -97,12 +99,18 @@ def step(name: str, args: tuple, queue) -> None:
         from deepfm.models import build_model
         from deepfm.training.loop import train_steps
         from deepfm.training.objectives import GivenLabels
-        from deepfm.training.optim import make_optimizer
+        from deepfm.training.optim import make_optimizer, use_sparse_gradients
 
         split = read_split(folder / "split")
-        params = dataclasses.replace(cfg.models["deepfm"], recent_items=0, history_pooling="mean")
+        updates, dim = args[2].split(":")
+        params = dataclasses.replace(
+            cfg.models["deepfm"], recent_items=0, history_pooling="mean", embed_dim=int(dim)
+        )
+        tc = dataclasses.replace(cfg.train, sparse_embeddings=updates == "sparse")
         model = build_model("deepfm", split.schema, feature_tensors(split), params)
-        optimizer = make_optimizer(model, cfg.train)
+        if tc.sparse_embeddings:
+            use_sparse_gradients(model)
+        optimizer = make_optimizer(model, tc)
         objective = GivenLabels(split, "cpu")
         shuffle = torch.Generator().manual_seed(0)
         seen, limit = 0, float(args[1])
@@ -116,7 +124,12 @@ def step(name: str, args: tuple, queue) -> None:
                 yield batch
 
         train_steps(model, optimizer, batches(), objective)
-        out = {"samples": seen, "samples_per_s": round(seen / (time.perf_counter() - t))}
+        out = {
+            "train": args[2],
+            "parameters": model.num_parameters(),
+            "samples": seen,
+            "samples_per_s": round(seen / (time.perf_counter() - t)),
+        }
         # the batching alone (gathers from the mapped codes), to show it is not the limit
         start, gathered = time.perf_counter(), 0
         for batch in objective.batches(2, cfg.train.batch_size, shuffle):
@@ -143,19 +156,30 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=2_000_000)
     p.add_argument("--train-seconds", type=float, default=60.0)
     p.add_argument("--keep", type=Path, help="folder to keep the files in (default: temporary)")
+    p.add_argument(
+        "--train",
+        nargs="*",
+        default=["dense:64", "sparse:64", "sparse:16"],
+        help="UPDATES:DIM settings to train: dense or sparse embedding updates, embed_dim",
+    )
+    p.add_argument("--reuse", action="store_true", help="train on --keep's split only")
     args = p.parse_args()
     folder = args.keep or Path(tempfile.mkdtemp(prefix="ctr-scale-"))
     folder.mkdir(parents=True, exist_ok=True)
-    t = time.perf_counter()
-    write_criteo(folder / "train.txt", args.rows)
-    size = (folder / "train.txt").stat().st_size
-    print(f"wrote {args.rows:,} rows, {size / 1e9:.2f} GB in {time.perf_counter() - t:.0f} s")
-    results = {"rows": args.rows, "file_gb": round(size / 1e9, 2)}
-    for name in ("preprocess", "split", "epoch"):
-        results[name] = run(name, str(folder), args.train_seconds)
-        print(name, json.dumps(results[name]), flush=True)
-    total = results["preprocess"]["seconds"] + results["split"]["seconds"]
-    print(f"preprocess + split: {total:.0f} s for {args.rows:,} rows")
+    if not args.reuse:
+        t = time.perf_counter()
+        write_criteo(folder / "train.txt", args.rows)
+        size = (folder / "train.txt").stat().st_size
+        print(f"wrote {args.rows:,} rows, {size / 1e9:.2f} GB in {time.perf_counter() - t:.0f} s")
+        results = {}
+        for name in ("preprocess", "split"):
+            results[name] = run(name, str(folder))
+            print(name, json.dumps(results[name]), flush=True)
+        total = results["preprocess"]["seconds"] + results["split"]["seconds"]
+        print(f"preprocess + split: {total:.0f} s for {args.rows:,} rows", flush=True)
+    for setting in args.train:
+        result = run("epoch", str(folder), args.train_seconds, setting)
+        print("epoch", json.dumps(result), flush=True)
     if not args.keep:
         shutil.rmtree(folder)
 

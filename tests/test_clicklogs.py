@@ -112,6 +112,14 @@ def test_log_buckets_follow_the_criteo_winners_rule():
         ({"protocol": {"name": "ctr", "fractions": [0.8, 0.3]}}, r"three positive fractions"),
         ({"protocol": {"name": "ranking"}}, r"'datasets\.c\.protocol\.name' is 'ranking'"),
         ({"files": {}}, r"lacks 'interactions': criteo is not downloaded"),
+        (
+            {"protocol": {"name": "ctr", "group": "user"}},
+            r"'datasets\.c\.protocol\.group' is 'user', not a declared field; name the field",
+        ),
+        (
+            {"protocol": {"name": "topk", "group": "C1"}},
+            r"split, fractions and group apply to the ctr protocol only",
+        ),
     ],
 )
 def test_ctr_declaration_errors(tmp_path, change, message):
@@ -198,15 +206,30 @@ def test_deepfm_learns_the_planted_interaction_that_lr_cannot(criteo, tmp_path):
     assert auc["lr"] < 0.6 < 0.8 < auc["deepfm"], auc
 
 
+def test_sparse_embedding_updates_learn_the_planted_interaction(criteo, tmp_path):
+    spec, interactions = criteo
+    split = split_ctr(interactions, spec.fields, seed=1)
+    train(_cfg("deepfm", sparse_embeddings=True), split, tmp_path / "m.pt")
+    scorer, _ = load_model(tmp_path / "m.pt")
+    assert evaluate_rows(scorer, split.test).metrics["auc"] > 0.8
+
+
 def test_ctr_refuses_ranking_models_and_ranking_monitors(criteo, tmp_path):
     spec, interactions = criteo
     split = split_ctr(interactions, spec.fields, seed=1)
-    with pytest.raises(TrainingError, match=r"'train\.monitor' is 'full_ndcg@10', a ranking"):
+    with pytest.raises(TrainingError) as caught:
         train(_cfg("deepfm", monitor="full_ndcg@10"), split, tmp_path / "m.pt")
+    assert str(caught.value) == (
+        "params.yaml: 'train.monitor' is 'full_ndcg@10'; dataset 'ml-100k' uses the ctr "
+        "protocol, scored by auc, logloss: set train.monitor to one of them (e.g. -S "
+        "train.monitor=auc)."
+    )
+    with pytest.raises(TrainingError, match=r"gauc needs the rows' groups: declare protocol"):
+        train(_cfg("deepfm", monitor="gauc"), split, tmp_path / "m.pt")
     with pytest.raises(TrainingError, match=r"model 'itempop' ranks items"):
         train(_cfg("itempop"), split, tmp_path / "m.pt")
-    with pytest.raises(ConfigError):
-        _cfg("deepfm", monitor="gauc")
+    with pytest.raises(ConfigError, match=r"'train\.monitor' is 'gauc@10'"):
+        _cfg("deepfm", monitor="gauc@10")
 
 
 @pytest.mark.parametrize("source", ["criteo", "avazu"])
@@ -248,8 +271,8 @@ def test_a_bad_line_in_a_later_chunk_is_named_by_its_own_number(tmp_path):
         stream_click_log("criteo", path, tmp_path / "o.parquet", chunk_lines=10)
 
 
-@pytest.mark.parametrize("method", ["order", "random"])
-def test_the_streamed_split_writes_the_same_bytes_as_the_in_memory_one(tmp_path, method):
+@pytest.mark.parametrize(("method", "group"), [("order", None), ("random", None), ("order", "C3")])
+def test_the_streamed_split_writes_the_same_bytes_as_the_in_memory_one(tmp_path, method, group):
     from deepfm.data.clicklogs import stream_click_log
     from deepfm.data.rowsplit import split_ctr_stream
 
@@ -258,10 +281,13 @@ def test_the_streamed_split_writes_the_same_bytes_as_the_in_memory_one(tmp_path,
     )
     stream_click_log("criteo", tmp_path / "t.txt", tmp_path / "rows.parquet", chunk_lines=700)
     table = pd.read_parquet(tmp_path / "rows.parquet")
-    write_split(split_ctr(table, spec.fields, seed=3, method=method), tmp_path / "memory")
+    memory = split_ctr(table, spec.fields, seed=3, method=method, group=group)
+    write_split(memory, tmp_path / "memory")
     split_ctr_stream(tmp_path / "rows.parquet", spec.fields, tmp_path / "stream", seed=3,
-                     method=method, batch_rows=250)  # fmt: skip
+                     method=method, group=group, batch_rows=250)  # fmt: skip
     files = sorted(p.name for p in (tmp_path / "memory").iterdir())
+    assert ("test_groups.npy" in files) == (group is not None)
+    assert "train_groups.npy" not in files  # only validation and test are grouped
     assert files == sorted(p.name for p in (tmp_path / "stream").iterdir())
     for name in files:
         assert (tmp_path / "stream" / name).read_bytes() == (
@@ -303,3 +329,55 @@ def test_checkpoint_best_with_a_monitor_that_is_never_finite_is_an_error(criteo,
     with pytest.raises(TrainingError, match=r"no validation gave a finite auc .* no checkpoint"):
         train(_cfg("lr", checkpoint="best", epochs=2, min_epochs=2), split, tmp_path / "m.pt")
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_group_auc_over_the_declared_group_field(criteo, tmp_path):
+    spec, interactions = criteo
+    split = split_ctr(interactions, spec.fields, seed=1, group="C2")
+    n_train = len(split.train.labels)
+    raw = interactions["C2"].to_numpy(dtype=object)[n_train + len(split.val.labels) :]
+    groups = split.test.groups
+    assert split.train.groups is None and len(groups) == len(split.test.labels)
+    # one id per raw value (not per code: values too rare for a code keep their own group)
+    missing = pd.isna(raw)
+    assert (groups[missing] == 0).all() and (groups[~missing] != 0).all()
+    present = pd.Series(raw[~missing]).astype(str)
+    assert present.groupby(groups[~missing]).nunique().max() == 1
+    assert len(np.unique(groups[~missing])) == present.nunique()
+
+    train(_cfg("deepfm", monitor="gauc"), split, tmp_path / "m.pt")
+    scorer, payload = load_model(tmp_path / "m.pt")
+    assert "gauc" in payload["val"]
+    result = evaluate_rows(scorer, split.test)
+    total = weight = 0.0
+    for g in np.unique(groups[~missing]):
+        mine = groups == g
+        if 0 < result.labels[mine].sum() < mine.sum():
+            total += mine.sum() * roc_auc_score(result.labels[mine], result.logits[mine])
+            weight += mine.sum()
+    assert weight > 0 and result.metrics["gauc"] == pytest.approx(total / weight, abs=1e-12)
+    assert list(result.metrics) == ["auc", "logloss", "gauc", "rows"]
+
+
+def test_a_gzipped_criteo_1tb_day_file_is_read_as_it_is(tmp_path):
+    """The Criteo 1TB release ships day_0.gz ... day_23.gz in the Kaggle layout."""
+    import gzip
+
+    from deepfm.data.clicklogs import stream_click_log
+
+    plain = make_criteo_file(tmp_path / "train.txt", n_rows=60)
+    packed = tmp_path / "day_0.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    n = stream_click_log("criteo", packed, tmp_path / "gz.parquet", chunk_lines=25)
+    stream_click_log("criteo", plain, tmp_path / "plain.parquet", chunk_lines=25)
+    assert n == 60
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "gz.parquet"), pd.read_parquet(tmp_path / "plain.parquet")
+    )
+    pd.testing.assert_frame_equal(parse_criteo(packed), parse_criteo(plain))
+    lines = plain.read_text().splitlines(keepends=True)
+    lines[41] = "1\t2\n"
+    packed.write_bytes(gzip.compress("".join(lines).encode()))
+    with pytest.raises(ParseError, match=r"day_0\.gz, line 42: 2 fields, expected 40"):
+        stream_click_log("criteo", packed, tmp_path / "bad.parquet", chunk_lines=25)
+    assert not (tmp_path / "bad.parquet").exists()

@@ -63,7 +63,7 @@ def test_repo_params_load_and_are_complete():
             {"train": {"monitor": "full_ndcg"}},
             r"'train\.monitor' is 'full_ndcg'; allowed: hr@5, ndcg@5, hr@10, ndcg@10, hr@20, "
             r"ndcg@20, mrr, auc, logloss, full_hr@5, full_ndcg@5, full_hr@10, full_ndcg@10, "
-            r"full_hr@20, full_ndcg@20, full_mrr \(a @k metric's k must be in 'eval\.ks': "
+            r"full_hr@20, full_ndcg@20, full_mrr, gauc \(a @k metric's k must be in 'eval\.ks': "
             r"\[5, 10, 20\]\)\.$",
         ),
         ({"train": {"monitor": "full_auc"}}, r"'train\.monitor' is 'full_auc'; allowed: hr@5"),

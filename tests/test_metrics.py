@@ -144,12 +144,43 @@ def test_keys_are_eval_json_keys_in_order():
     ]  # fmt: skip
 
 
+def test_group_auc_hand_worked():
+    # group a: scores 0.1 (0), 0.4 (1), 0.4 (0), 0.9 (1): positive pairs beaten 3.5 of 4
+    # group b: all clicks, no AUC, left out; group c: 0.2 (1) below 0.8 (0): AUC 0
+    labels = np.array([0, 1, 0, 1, 1, 1, 1, 0])
+    scores = np.array([0.1, 0.4, 0.4, 0.9, 0.5, 0.6, 0.2, 0.8])
+    groups = np.array([7, 7, 7, 7, 3, 3, 9, 9], dtype=np.uint64)
+    # weights by rows: a 4, c 2 -> (4 * 3.5 / 4 + 2 * 0) / 6
+    assert M.group_auc(labels, scores, groups) == pytest.approx((4 * 0.875 + 2 * 0.0) / 6)
+    assert np.isnan(M.group_auc(labels[4:6], scores[4:6], groups[4:6]))  # one class only
+    assert np.isnan(M.group_auc(labels[:0], scores[:0], groups[:0]))
+
+
+def test_group_auc_matches_a_loop_over_groups_with_sklearn():
+    rng = np.random.default_rng(5)
+    n = 3000
+    groups = rng.integers(0, 200, n).astype(np.uint64) * 2654435761
+    labels = (rng.random(n) < 0.3).astype(int)
+    scores = np.round(rng.normal(labels * 0.5, 1.0), 1)  # rounded: many ties
+    total = weight = 0.0
+    for g in np.unique(groups):
+        mine = groups == g
+        if 0 < labels[mine].sum() < mine.sum():
+            total += mine.sum() * roc_auc_score(labels[mine], scores[mine])
+            weight += mine.sum()
+    assert M.group_auc(labels, scores, groups) == pytest.approx(total / weight, abs=1e-12)
+
+
 def test_registry_is_consistent():
     assert list(M.METRICS) == [m.name for m in M.METRICS.values()]
     for m in M.METRICS.values():
-        assert m.rankings and set(m.rankings) <= set(M.RANKINGS)
-        if not m.per_user:  # pooled metrics read the sampled candidates' pairs
-            assert m.rankings == (M.SAMPLED,) and not m.cutoff
+        assert m.rankings and set(m.rankings) <= {*M.RANKINGS, M.ROWS}
+        if not m.per_user:  # pooled: the sampled candidates' pairs and / or the ctr rows
+            assert set(m.rankings) <= {M.SAMPLED, M.ROWS} and not m.cutoff
+        assert not m.grouped or m.rankings == (M.ROWS,)  # only the ctr rows have groups
+    assert M.row_keys() == ["auc", "logloss", "gauc"]
+    assert M.row_keys(grouped=False) == ["auc", "logloss"]
+    assert M.parse_key("gauc") == (M.METRICS["gauc"], M.ROWS, None)
     keys = M.keys([1, 7])
     assert len(keys) == len(set(keys))
     assert [k for k in keys if not M.higher_is_better(k)] == ["logloss"]
@@ -167,7 +198,8 @@ def test_parse_key_round_trips_every_key():
 @pytest.mark.parametrize(
     "name",
     ["users", "ndcg", "hr@", "hr@0", "hr@x", "hr@1.5", "hr@-1", "mrr@10", "full_auc",
-     "full_logloss", "full_", "full_full_mrr", "NDCG@10", "ndcg@10 ", ""],
+     "full_logloss", "full_", "full_full_mrr", "NDCG@10", "ndcg@10 ", "", "full_gauc",
+     "gauc@10"],
 )  # fmt: skip
 def test_parse_key_refuses_what_is_no_metric(name):
     with pytest.raises(ValueError, match="is not a registered metric key"):

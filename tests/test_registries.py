@@ -80,7 +80,12 @@ def test_every_metric_has_a_working_function_label_and_direction(name):
         values = M.per_user_values(metric, ranks, 10 if metric.cutoff else None)
         assert values.shape == ranks.shape and values.dtype == np.float64, name
     else:
-        value = metric.fn(np.array([1, 0, 0, 1]), np.array([2.0, -1.0, 0.5, 0.1]))
-        assert isinstance(value, float), name
+        rows = (np.array([1, 0, 0, 1]), np.array([2.0, -1.0, 0.5, 0.1]))
+        groups = (np.array([3, 3, 5, 5], dtype=np.uint64),) if metric.grouped else ()
+        value = metric.fn(*rows, *groups)
+        assert isinstance(value, float) and np.isfinite(value), name
     for ranking in metric.rankings:
-        assert M.key(metric, ranking, 5 if metric.cutoff else None) in M.keys([5])
+        if ranking == M.ROWS:  # the ctr protocol's metrics: keys without prefix or cutoff
+            assert name in M.row_keys() and M.parse_key(name)[0] is metric
+        else:
+            assert M.key(metric, ranking, 5 if metric.cutoff else None) in M.keys([5])

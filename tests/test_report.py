@@ -1155,8 +1155,36 @@ def test_paired_row_test_over_impressions():
     assert two.value_a == pytest.approx(want)
     lower = paired_row_test(labels, [good], [noise], metric="logloss", n_resamples=50)
     assert lower.value_a != lower.value_b
-    with pytest.raises(ReportError, match="takes auc or logloss"):
+    with pytest.raises(ReportError, match="takes auc, logloss, gauc, got 'ndcg@10'"):
         paired_row_test(labels, [good], [noise], metric="ndcg@10")
+    with pytest.raises(ReportError, match="gauc needs the rows' groups"):
+        paired_row_test(labels, [good], [noise], metric="gauc")
+
+
+def test_paired_group_auc_test_resamples_groups():
+    from deepfm.evaluation.metrics import group_auc
+    from deepfm.results.statistics import paired_row_test
+
+    rng = np.random.default_rng(4)
+    groups = rng.integers(1, 60, 2000).astype(np.uint64)
+    groups[:30] = 0  # rows of no group take no part
+    labels = rng.integers(0, 2, 2000)
+    good = labels + rng.normal(0, 0.8, 2000)
+    noise = rng.normal(0, 1, 2000)
+    kept = groups != 0
+    r = paired_row_test(labels, [good], [noise], metric="gauc", groups=groups, n_resamples=300)
+    assert r.unit == "groups" and r.n_rows == 59
+    assert r.value_a == pytest.approx(group_auc(labels[kept], good[kept], groups[kept]))
+    assert r.value_b == pytest.approx(group_auc(labels[kept], noise[kept], groups[kept]))
+    assert r.ci_low > 0.1 and r.significant
+    same = paired_row_test(labels, [good], [good], metric="gauc", groups=groups, n_resamples=50)
+    assert same.ci_low == same.ci_high == 0 and not same.significant
+    # two runs: the per-group AUCs are averaged over the runs
+    two = paired_row_test(
+        labels, [good, noise], [noise], metric="gauc", groups=groups, n_resamples=20
+    )
+    want = (r.value_a + r.value_b) / 2
+    assert two.value_a == pytest.approx(want)
 
 
 def test_cli_compare_and_table_on_ctr_runs(tmp_path, capsys):

@@ -137,10 +137,22 @@ def test_early_stopping_counts_epochs_and_stops_after_a_validation(split, tmp_pa
 
 
 @pytest.mark.parametrize(
-    ("scheduler", "val_every"), [("none", 1), ("plateau", 1), ("cosine", 1), ("plateau", 3)]
+    ("scheduler", "val_every", "optimizer"),
+    [
+        ("none", 1, "adamw"),
+        ("plateau", 1, "adamw"),
+        ("cosine", 1, "adamw"),
+        ("plateau", 3, "adamw"),
+        ("cosine", 1, "sparse"),  # LazyAdam's row-wise state, sparse gradient clipping
+    ],
 )
-def test_interrupted_run_resumes_to_identical_result(split, tmp_path, scheduler, val_every):
-    cfg = _cfg(scheduler=scheduler, optimizer="adamw", grad_clip=1.0, val_every=val_every)
+def test_interrupted_run_resumes_to_identical_result(
+    split, tmp_path, scheduler, val_every, optimizer
+):
+    chosen = {"optimizer": optimizer}
+    if optimizer == "sparse":
+        chosen = {"optimizer": "adam", "sparse_embeddings": True}
+    cfg = _cfg(scheduler=scheduler, grad_clip=1.0, val_every=val_every, **chosen)
     clean = Recorder()
     train(cfg, split, tmp_path / "clean.pt", live=clean, progress=False)
 

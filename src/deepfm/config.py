@@ -59,6 +59,10 @@ class TrainConfig:
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     weight_decay: float = field(default=0.0, metadata=_range(0.0, 1.0))
     embedding_l2: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    # row-sparse embedding gradients and a lazy Adam that updates only the rows a batch used
+    # (training.optim.LazyAdam): a step's cost stops growing with the vocabulary (click
+    # logs). Untouched rows keep their moments, so the numbers differ from dense Adam's.
+    sparse_embeddings: bool = False
     grad_clip: float = field(default=0.0, metadata=_range(0.0))
     # learning-rate schedule: plateau halves-by-factor on a stalled validation monitor,
     # cosine anneals to 0 over `epochs`
@@ -368,6 +372,7 @@ def parse_config(raw: dict, *, require_all: bool = False) -> Config:
     from deepfm.data.declaration import FILE_SOURCES, DeclarationError, parse_dataset
     from deepfm.data.sources import DATASETS
     from deepfm.evaluation.metrics import keys as metric_keys
+    from deepfm.evaluation.metrics import row_keys
 
     if not isinstance(raw, dict):
         raise ConfigError("params.yaml must be a mapping of sections, e.g. 'train: {epochs: 30}'.")
@@ -423,7 +428,14 @@ def parse_config(raw: dict, *, require_all: bool = False) -> Config:
         raise ConfigError(
             f"params.yaml: 'model' is {cfg.model!r}; allowed: {', '.join(sorted(MODEL_SECTIONS))}."
         )
-    monitors = metric_keys(cfg.eval.ks)  # every metric validation computes, at eval.ks
+    if cfg.train.sparse_embeddings and cfg.train.optimizer != "adam":
+        raise ConfigError(
+            f"params.yaml: 'train.sparse_embeddings' is true with 'train.optimizer' "
+            f"{cfg.train.optimizer!r}; sparse embedding updates use a lazy Adam: set "
+            "train.optimizer to adam, or train.sparse_embeddings to false."
+        )
+    # every metric validation computes: at eval.ks (top-K), or of the ctr protocol's rows
+    monitors = [*metric_keys(cfg.eval.ks), *(k for k in row_keys() if k not in metric_keys([]))]
     if cfg.train.monitor not in monitors:
         raise ConfigError(
             f"params.yaml: 'train.monitor' is {cfg.train.monitor!r}; allowed: "

@@ -30,12 +30,14 @@ def main(split: Path, model: Path, metrics: Path, ranks: Path) -> None:
         frames = [
             pd.DataFrame(
                 {"split": name, "row": range(len(r.labels)), "label": r.labels, "logit": r.logits}
+                | ({} if r.groups is None else {"group": r.groups})
             )
             for name, r in results.items()
         ]
         _write(metrics, ranks, out, frames, payload, scorer, threads)
         t = out["test"]
-        print(f"eval: {payload['model']} test auc {t['auc']:.4f}  logloss {t['logloss']:.4f}")
+        gauc = f"  gauc {t['gauc']:.4f}" if "gauc" in t else ""
+        print(f"eval: {payload['model']} test auc {t['auc']:.4f}  logloss {t['logloss']:.4f}{gauc}")
         return
     rated = RatedIndex(
         data.train_users, data.train_items, data.schema.num_users, data.schema.num_items

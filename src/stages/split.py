@@ -21,6 +21,7 @@ def main(processed: Path, split: Path) -> None:
             seed=cfg.seed,
             method=spec.ctr_split,
             fractions=spec.ctr_fractions,
+            group=spec.ctr_group,
         )
         print("split:", json.dumps(summary))
         return

@@ -3,6 +3,7 @@
 - criteo: the Kaggle Display Advertising Challenge `train.txt` (and the Criteo 1TB day files,
   same layout): tab-separated, no header, 40 fields: the 0/1 label, 13 integer features
   I1..I13 and 26 hashed categorical features C1..C26 (8 hex digits); any feature may be empty.
+  A gzip-compressed file (the 1TB release's `day_N.gz`) is read as it is, without unpacking.
 - avazu: the Kaggle CTR Prediction `train` CSV: a header, then id, click, hour (YYMMDDHH) and
   21 categorical columns. `hour` becomes `hour_of_day` (00..23) and `weekday` (0 = Monday).
 
@@ -32,12 +33,25 @@ AVAZU_COLUMNS = [
 ]  # fmt: skip
 
 
+def open_log(path: Path):
+    """The click log as a binary file, decompressed on the fly if it is gzip (by its first
+    bytes, whatever its name)."""
+    import gzip
+
+    with open(path, "rb") as f:
+        compressed = f.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rb") if compressed else open(path, "rb")
+
+
 def _read(
     path: Path, sep: str, names: list[str], header: bool, data: bytes | None = None, offset=0
 ) -> pd.DataFrame:
     """The file (or `data`, a chunk of its lines starting after line `offset`) as text."""
     chunk = data is not None
-    data = (data if chunk else path.read_bytes()).replace(b"\r\n", b"\n")
+    if not chunk:
+        with open_log(path) as f:
+            data = f.read()
+    data = data.replace(b"\r\n", b"\n")
     if not chunk and not data.strip():
         raise ParseError(f"{path} is empty: give the click log's file (dvc repro fetch).")
     header = header and not chunk
@@ -184,7 +198,7 @@ def stream_click_log(
     parse = PARSERS[source]
     header = source == "avazu"
     rows = 0
-    with open(path, "rb") as f, atomic_path(out) as tmp:
+    with open_log(path) as f, atomic_path(out) as tmp:
         if header:
             first = f.readline()
             _check_header(first, path, shown_as, ",", AVAZU_COLUMNS)

@@ -81,6 +81,8 @@ class DatasetSpec:
     protocol: str = "topk"
     ctr_split: str = "order"  # ctr: order (the file's row order, i.e. time) | random (seeded)
     ctr_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    # ctr: the field whose raw values group the rows for group AUC (a user, a device), or None
+    ctr_group: str | None = None
 
     def field(self, name: str) -> FieldSpec | None:
         return next((f for f in self.fields if f.name == name), None)
@@ -225,7 +227,9 @@ def parse_dataset(name: str, raw, registered: tuple[str, ...]) -> DatasetSpec:
     raw = _mapping(raw, key)
     _only(raw, ("source", "protocol", "files", "columns", "label", "fields", "options"), key)
     source = raw.get("source")
-    protocol, ctr_split, ctr_fractions = _parse_protocol(raw.get("protocol", "topk"), key)
+    protocol, ctr_split, ctr_fractions, ctr_group = _parse_protocol(
+        raw.get("protocol", "topk"), key
+    )
     if source != "local" and source not in registered:
         raise _fail(
             f"{key}.source",
@@ -263,6 +267,12 @@ def parse_dataset(name: str, raw, registered: tuple[str, ...]) -> DatasetSpec:
                 f"{key}.label",
                 "must be {column: <its 0/1 click column>} under the ctr protocol: the label "
                 "is given per row.",
+            )
+        if ctr_group is not None and ctr_group not in {f.name for f in fields}:
+            raise _fail(
+                f"{key}.protocol.group",
+                f"is {ctr_group!r}, not a declared field; name the field whose values are "
+                f"the users (fields: {', '.join(f.name for f in fields)}).",
             )
     for required in ("user_id", "item_id") if protocol == "topk" else ():
         if not any(f.name == required for f in fields):
@@ -329,15 +339,17 @@ def parse_dataset(name: str, raw, registered: tuple[str, ...]) -> DatasetSpec:
         protocol=protocol,
         ctr_split=ctr_split,
         ctr_fractions=ctr_fractions,
+        ctr_group=ctr_group,
     )
 
 
-def _parse_protocol(raw, key: str) -> tuple[str, str, tuple[float, float, float]]:
-    """`topk`, `ctr`, or {name: ctr, split: order|random, fractions: [train, val, test]}."""
+def _parse_protocol(raw, key: str) -> tuple[str, str, tuple[float, float, float], str | None]:
+    """`topk`, `ctr`, or {name: ctr, split: order|random, fractions: [train, val, test],
+    group: <field>}."""
     if isinstance(raw, str):
         raw = {"name": raw}
     raw = _mapping(raw, f"{key}.protocol")
-    _only(raw, ("name", "split", "fractions"), f"{key}.protocol")
+    _only(raw, ("name", "split", "fractions", "group"), f"{key}.protocol")
     name = _choice(raw, "name", f"{key}.protocol", "topk", ("topk", "ctr"))
     split = _choice(raw, "split", f"{key}.protocol", "order", ("order", "random"))
     fractions = raw.get("fractions", [0.8, 0.1, 0.1])
@@ -353,6 +365,9 @@ def _parse_protocol(raw, key: str) -> tuple[str, str, tuple[float, float, float]
             f"is {fractions!r}; give three positive fractions (train, validation, test) that "
             "sum to 1, e.g. [0.8, 0.1, 0.1].",
         )
+    group = raw.get("group")
+    if group is not None and (not isinstance(group, str) or not group):
+        raise _fail(f"{key}.protocol.group", f"is {group!r}; name a declared field.")
     if name == "topk" and set(raw) - {"name"}:
-        raise _fail(f"{key}.protocol", "split and fractions apply to the ctr protocol only.")
-    return name, split, tuple(float(f) for f in fractions)
+        raise _fail(f"{key}.protocol", "split, fractions and group apply to the ctr protocol only.")
+    return name, split, tuple(float(f) for f in fractions), group

@@ -26,6 +26,18 @@ class Rows:
 
     codes: np.ndarray  # (n, n_fields) int32
     labels: np.ndarray  # (n,) float32
+    # (n,) uint64 group (user) id per row, 0 = none, for group AUC; validation and test
+    # rows of a dataset that declares protocol.group, else None
+    groups: np.ndarray | None = None
+
+
+def group_ids(values: pd.Series) -> np.ndarray:
+    """A group column's raw values -> (n,) uint64 ids: a hash of each value (no vocabulary
+    to hold, whatever the number of users), 0 for a missing value (a row of no group)."""
+    ids = pd.util.hash_pandas_object(values, index=False).to_numpy(np.uint64).copy()
+    ids[ids == 0] = 1
+    ids[values.isna().to_numpy()] = 0
+    return ids
 
 
 @dataclass
@@ -79,9 +91,11 @@ def split_ctr(
     seed: int,
     method: str = "order",
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    group: str | None = None,
 ) -> CTRSplit:
     """order: the first fraction of rows by timestamp (file order within one) to train, the
-    next to validation, the rest to test; random: the same sizes over a seeded permutation."""
+    next to validation, the rest to test; random: the same sizes over a seeded permutation.
+    group: the column whose values group validation and test rows for group AUC."""
     n = len(interactions)
     if method == "order":
         order = np.argsort(interactions["timestamp"].to_numpy(), kind="stable")
@@ -92,7 +106,15 @@ def split_ctr(
     in_train[: parts["train"][1]] = True  # positions in `order`
     context, codes = encode_context(fields, interactions, order, in_train)
     labels = interactions["label"].to_numpy()[order].astype(np.float32)
-    rows = {name: Rows(codes[lo:hi], labels[lo:hi]) for name, (lo, hi) in parts.items()}
+    groups = None if group is None else group_ids(interactions[group].iloc[order])
+    rows = {
+        name: Rows(
+            codes[lo:hi],
+            labels[lo:hi],
+            None if groups is None or name == "train" else groups[lo:hi],
+        )
+        for name, (lo, hi) in parts.items()
+    }
     schema = Schema(tuple(context), 1, 1)
     summary = _summary(method, {name: r.labels for name, r in rows.items()}, schema)
     return CTRSplit(**rows, features=_placeholders(), schema=schema, summary=summary)
@@ -106,6 +128,7 @@ def split_ctr_stream(
     seed: int,
     method: str = "order",
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    group: str | None = None,
     batch_rows: int = 1 << 18,
 ) -> dict:
     """split_ctr, streamed: the canonical parquet read in batches, twice (count the train
@@ -138,7 +161,9 @@ def split_ctr_stream(
             t = frame["timestamp"].to_numpy()
             if (last is not None and len(t) and t[0] < last) or (np.diff(t) < 0).any():
                 table = pd.read_parquet(table_path)
-                result = split_ctr(table, fields, seed=seed, method=method, fractions=fractions)
+                result = split_ctr(
+                    table, fields, seed=seed, method=method, fractions=fractions, group=group
+                )
                 write_ctr_split(result, out_dir)
                 return result.summary
             last = t[-1] if len(t) else last
@@ -181,16 +206,25 @@ def split_ctr_stream(
             for kind, shape, dtype in (("codes", (hi - lo, len(context)), np.int32),
                                        ("labels", (hi - lo,), np.float32)):  # fmt: skip
                 np.lib.format.open_memmap(tmp / f"{name}_{kind}.npy", "w+", dtype, shape).flush()
+            if group is not None and name != "train":
+                shape = (hi - lo,)
+                np.lib.format.open_memmap(
+                    tmp / f"{name}_groups.npy", "w+", np.uint64, shape
+                ).flush()
         for start, frame in batches():
             pos = positions(start, len(frame))
             codes = np.zeros((len(frame), len(context)), dtype=np.int32)
             for column, f in enumerate(context):
                 codes[:, column] = encode_arrow(_bucketed(frame[f.name], f), vocabs[f.name])
             labels = frame["label"].to_numpy().astype(np.float32)
+            groups = None if group is None else group_ids(frame[group])
             for name, (lo, hi) in bounds.items():
                 mine = (pos >= lo) & (pos < hi)
                 if mine.any():
-                    for kind, values in (("codes", codes[mine]), ("labels", labels[mine])):
+                    parts = [("codes", codes[mine]), ("labels", labels[mine])]
+                    if groups is not None and name != "train":
+                        parts.append(("groups", groups[mine]))
+                    for kind, values in parts:
                         target = np.load(tmp / f"{name}_{kind}.npy", mmap_mode="r+")
                         target[pos[mine] - lo] = values
                         target.flush()
@@ -210,6 +244,8 @@ def write_ctr_split(result: CTRSplit, out_dir: Path) -> None:
             rows: Rows = getattr(result, name)
             write_npy(tmp / f"{name}_codes.npy", rows.codes)
             write_npy(tmp / f"{name}_labels.npy", rows.labels)
+            if rows.groups is not None:
+                write_npy(tmp / f"{name}_groups.npy", rows.groups)
         write_json(tmp / "schema.json", result.schema.to_dict())
         write_json(tmp / "summary.json", result.summary)
 
@@ -219,6 +255,7 @@ def read_ctr_split(split_dir: Path, schema: Schema, summary: dict) -> CTRSplit:
         name: Rows(
             np.load(split_dir / f"{name}_codes.npy", mmap_mode="r", allow_pickle=False),
             read_npy(split_dir / f"{name}_labels.npy"),
+            read_npy(groups) if (groups := split_dir / f"{name}_groups.npy").exists() else None,
         )
         for name in ("train", "val", "test")
     }

@@ -327,6 +327,7 @@ def split_processed(cfg, processed_dir: Path) -> SplitResult | CTRSplit:
             seed=cfg.seed,
             method=spec.ctr_split,
             fractions=spec.ctr_fractions,
+            group=spec.ctr_group,
         )
     return split_dataset(
         tables["interactions"],

@@ -102,6 +102,44 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(u / (n_pos * n_neg))
 
 
+def group_auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
+    """Group AUC (Zhou et al., DIN, KDD 2018): the AUC of each group's rows (a user's
+    impressions), averaged with each group's number of rows as its weight, over the groups
+    that hold both a click and a non-click (the others have no AUC). Ties count one half, as
+    in `auc`. NaN when no group has both."""
+    _, rows, aucs = group_aucs(labels, scores, groups)
+    return float(np.sum(rows * aucs) / np.sum(rows)) if len(rows) else float("nan")
+
+
+def group_aucs(
+    labels: np.ndarray, scores: np.ndarray, groups: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(group ids ascending, their numbers of rows, their AUCs) of the groups that hold both
+    classes; vectorised: one sort for all groups."""
+    labels = np.asarray(labels).astype(bool)
+    scores, groups = np.asarray(scores), np.asarray(groups)
+    if not len(labels):
+        return groups[:0], np.zeros(0), np.zeros(0)
+    order = np.lexsort((scores, groups))  # by group, then score
+    g, s, y = groups[order], scores[order], labels[order]
+    new_group = np.r_[True, g[1:] != g[:-1]]
+    group_id = np.cumsum(new_group) - 1
+    group_start = np.flatnonzero(new_group)
+    # a run of equal scores within a group shares the mean of its 1-based ranks in the group
+    new_run = new_group | np.r_[True, s[1:] != s[:-1]]
+    run_start = np.flatnonzero(new_run)
+    run_length = np.diff(np.r_[run_start, len(s)])
+    run_rank = run_start - group_start[group_id[run_start]] + (run_length + 1) / 2.0
+    ranks = run_rank[np.cumsum(new_run) - 1]
+    rows = np.bincount(group_id).astype(np.float64)
+    pos = np.bincount(group_id, weights=y.astype(np.float64))
+    neg = rows - pos
+    both = (pos > 0) & (neg > 0)
+    pos_rank_sum = np.bincount(group_id, weights=np.where(y, ranks, 0.0))[both]
+    aucs = (pos_rank_sum - pos[both] * (pos[both] + 1) / 2.0) / (pos[both] * neg[both])
+    return g[group_start][both], rows[both], aucs
+
+
 def log_loss(labels: np.ndarray, logits: np.ndarray) -> float:
     """Mean binary cross-entropy computed from logits (numerically stable)."""
     if not len(labels):
@@ -117,6 +155,8 @@ def log_loss(labels: np.ndarray, logits: np.ndarray) -> float:
 SAMPLED, FULL = "sampled", "full"
 # ranking -> the prefix of its keys; this order is eval.json's (sampled keys, then full ones)
 RANKINGS = {SAMPLED: "", FULL: "full_"}
+# the ctr protocol's scored rows (deepfm.evaluation.rows): no ranking, keys without prefix
+ROWS = "rows"
 
 
 @dataclass(frozen=True)
@@ -127,8 +167,10 @@ class Metric:
     fn: Callable[..., Any]
     cutoff: bool = False  # takes k: the key is name@k
     per_user: bool = True  # else pooled over the (user, candidate) pairs
-    rankings: tuple[str, ...] = (SAMPLED, FULL)  # pooled metrics: SAMPLED (it has the pairs)
+    # pooled metrics: SAMPLED (it has the pairs) and / or ROWS (the ctr protocol)
+    rankings: tuple[str, ...] = (SAMPLED, FULL)
     higher_is_better: bool = True
+    grouped: bool = False  # fn(labels, logits, groups): needs the rows' group (user) ids
 
 
 # The order within a ranking is eval.json's: cutoff metrics for each k, then the others.
@@ -138,15 +180,16 @@ METRICS: dict[str, Metric] = {
         Metric("hr", "HR", hit_per_user, cutoff=True),
         Metric("ndcg", "NDCG", ndcg_per_user, cutoff=True),
         Metric("mrr", "MRR", reciprocal_rank),
-        Metric("auc", "AUC", auc, per_user=False, rankings=(SAMPLED,)),
+        Metric("auc", "AUC", auc, per_user=False, rankings=(SAMPLED, ROWS)),
         Metric(
             "logloss",
             "LogLoss",
             log_loss,
             per_user=False,
-            rankings=(SAMPLED,),
+            rankings=(SAMPLED, ROWS),
             higher_is_better=False,
         ),
+        Metric("gauc", "GAUC", group_auc, per_user=False, rankings=(ROWS,), grouped=True),
     )
 }
 
@@ -177,6 +220,12 @@ def _plan(ks: Sequence[int]) -> Iterator[tuple[str, Metric, str, int | None]]:
 def keys(ks: Sequence[int]) -> list[str]:
     """Every metric key that an evaluation at cutoffs ks computes, in its order."""
     return [name for name, *_ in _plan(ks)]
+
+
+def row_keys(grouped: bool = True) -> list[str]:
+    """The ctr protocol's metric keys, in eval.json's order; grouped: with the metrics that
+    need the rows' groups (a dataset that declares protocol.group)."""
+    return [m.name for m in METRICS.values() if ROWS in m.rankings and (grouped or not m.grouped)]
 
 
 def per_user_values(metric: Metric, ranks: np.ndarray, k: int | None = None) -> np.ndarray:
@@ -215,6 +264,9 @@ def parse_key(name: str) -> tuple[Metric, str, int | None]:
             return metric, ranking, None
         if metric.cutoff and re.fullmatch(r"[0-9]+", k_text) and int(k_text) >= 1:
             return metric, ranking, int(k_text)
+    metric = METRICS.get(name)
+    if metric is not None and ROWS in metric.rankings:
+        return metric, ROWS, None
     raise ValueError(f"{name!r} is not a registered metric key")
 
 

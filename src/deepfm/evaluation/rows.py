@@ -1,5 +1,6 @@
 """The ctr protocol's evaluation: every row of a split scored once, AUC and LogLoss over all
-rows (the metrics of the DeepFM and xDeepFM papers), from the metric registry's functions."""
+rows (the metrics of the DeepFM and xDeepFM papers) and, where the dataset declares the rows'
+groups (protocol.group: a user or device field), group AUC, from the metric registry."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import torch
 
 from deepfm.data.rowsplit import Rows
-from deepfm.evaluation.metrics import METRICS
+from deepfm.evaluation.metrics import METRICS, row_keys
 
 
 @dataclass
@@ -17,6 +18,7 @@ class RowsResult:
     metrics: dict
     logits: np.ndarray  # (n,) float64, one per row, in the split's row order
     labels: np.ndarray  # (n,) 0/1
+    groups: np.ndarray | None = None  # (n,) uint64 group ids (0: none), if declared
 
 
 def evaluate_rows(
@@ -34,9 +36,13 @@ def evaluate_rows(
     model.train(was_training)
     logits = torch.cat(parts).numpy() if parts else np.zeros(0)
     labels = rows.labels.astype(np.int64)
-    metrics = {
-        "auc": METRICS["auc"].fn(labels, logits),
-        "logloss": METRICS["logloss"].fn(labels, logits),
-        "rows": len(labels),
-    }
-    return RowsResult(metrics, logits, labels)
+    metrics = {}
+    for name in row_keys(grouped=rows.groups is not None):
+        metric = METRICS[name]
+        if metric.grouped:  # rows of no group (a missing user) take no part
+            kept = rows.groups != 0
+            metrics[name] = metric.fn(labels[kept], logits[kept], rows.groups[kept])
+        else:
+            metrics[name] = metric.fn(labels, logits)
+    metrics["rows"] = len(labels)
+    return RowsResult(metrics, logits, labels, rows.groups)

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from deepfm.evaluation.metrics import row_keys
 from deepfm.io import atomic_path
 from deepfm.results import ReportError
 from deepfm.results.rendering import render_markdown
@@ -102,7 +103,8 @@ def cmd_table(args: argparse.Namespace) -> None:
     runs = load_runs(args).runs
     metrics = args.metrics
     if list(metrics) == list(DEFAULT_METRICS) and f"{args.split}.{MAIN_METRIC}" not in runs:
-        metrics = ["auc", "logloss"]  # runs of the ctr protocol: no ranking metrics
+        # runs of the ctr protocol: no ranking metrics; group AUC where the data has groups
+        metrics = [k for k in row_keys() if f"{args.split}.{k}" in runs]
     text = render_markdown(summarize(runs, metrics, split=args.split))
     print(text, end="")
     if args.out:
@@ -142,27 +144,30 @@ def is_ctr(tables) -> bool:
 def compare_rows(args, tables_a, tables_b, label_a, label_b, sources) -> None:
     """The ctr protocol's comparison: a paired bootstrap over impressions of AUC / LogLoss."""
     metric = "auc" if args.metric == MAIN_METRIC else args.metric
-    labels, a = row_tables(tables_a, args.split, label_a)
-    labels_b, b = row_tables(tables_b, args.split, label_b)
+    labels, a, groups = row_tables(tables_a, args.split, label_a)
+    labels_b, b, _ = row_tables(tables_b, args.split, label_b)
     if not np.array_equal(labels, labels_b):
         raise ReportError(f"{label_a} and {label_b} were scored on other rows: {_SAME_DATA_HINT}")
     resamples = min(args.resamples, 1000)
-    r = paired_row_test(labels, a, b, metric=metric, n_resamples=resamples, seed=args.seed)
+    r = paired_row_test(
+        labels, a, b, metric=metric, groups=groups, n_resamples=resamples, seed=args.seed
+    )
     pct = round(100 * r.confidence)
     verdict = "significant: the CI excludes 0" if r.significant else "not significant"
     print(
-        f"{metric} on {args.split}, {r.n_rows:,} rows (ctr protocol), mean over each model's runs\n"
+        f"{metric} on {args.split}, {r.n_rows:,} {r.unit} (ctr protocol), mean over each "
+        "model's runs\n"
         f"  {label_a}: {r.value_a:.4f}  ({sources[label_a]})\n"
         f"  {label_b}: {r.value_b:.4f}  ({sources[label_b]})\n"
         f"  difference {label_a} - {label_b}: {r.value_a - r.value_b:+.4f}, {pct}% paired "
         f"bootstrap CI [{r.ci_low:+.4f}, {r.ci_high:+.4f}] ({r.n_resamples:,} resamples of "
-        f"rows)\n"
+        f"{r.unit})\n"
         f"  -> {verdict}"
     )
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    if args.metric not in ("auc", "logloss"):
+    if args.metric not in row_keys():
         parse_rank_metric(args.metric)  # fail before reading anything
     if bool(args.ranks_a) != bool(args.ranks_b):
         raise ReportError("give both --ranks-a and --ranks-b, or neither (then two models)")

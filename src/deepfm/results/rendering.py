@@ -21,7 +21,7 @@ def metric_label(metric: str, arrow: bool = True) -> str:
     except ValueError:
         return metric + (" ↑" if arrow else "")
     label = m.label + (f"@{k}" if m.cutoff else "")
-    if len(m.rankings) > 1:
+    if len([r for r in m.rankings if r in M.RANKINGS]) > 1:
         label += f" ({ranking})"
     if arrow:
         label += " ↑" if m.higher_is_better else " ↓"

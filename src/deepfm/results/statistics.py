@@ -109,6 +109,7 @@ class PairedResult:
     p_value: float  # Wilcoxon signed-rank, two-sided
     confidence: float
     n_resamples: int
+    unit: str = "rows"
 
     @property
     def significant(self) -> bool:
@@ -205,7 +206,10 @@ def parse_rank_metric(metric: str) -> tuple[M.Metric, str, int | None]:
         found = None
     if found is None or not found[0].per_user:
         per_user = _listing(per_user_metrics(), "or")
-        pooled = _listing([m.label for m in M.METRICS.values() if not m.per_user], "and")
+        pooled = _listing(
+            [m.label for m in M.METRICS.values() if not m.per_user and M.SAMPLED in m.rankings],
+            "and",
+        )
         raise ReportError(
             f"{metric!r} is not a per-user metric: use {per_user}, with a {M.RANKINGS[M.FULL]} "
             f"prefix for full ranking ({pooled} are pooled over users, so they cannot be paired)"
@@ -322,17 +326,19 @@ def paired_user_scores(
 
 @dataclass(frozen=True)
 class RowPairedResult:
-    """A paired bootstrap over impressions (rows) of a pooled metric such as AUC, which has no
-    per-row value to test with Wilcoxon: the CI alone decides."""
+    """A paired bootstrap over impressions (rows) of a pooled metric such as AUC, or over
+    groups (users) for group AUC; these have no per-row value to test with Wilcoxon: the CI
+    alone decides."""
 
     metric: str
-    n_rows: int
+    n_rows: int  # what was resampled: rows, or groups (unit)
     value_a: float  # the metric on all rows, averaged over model A's runs
     value_b: float
     ci_low: float  # percentile CI of value_a - value_b over row resamples
     ci_high: float
     confidence: float
     n_resamples: int
+    unit: str = "rows"
 
     @property
     def significant(self) -> bool:
@@ -355,7 +361,8 @@ def row_tables(tables: Sequence[pd.DataFrame], split: str, label: str) -> tuple:
     for i, p in enumerate(parts[1:], start=2):
         if not np.array_equal(p["label"].to_numpy(), first["label"].to_numpy()):
             raise ReportError(f"{label} runs 1 and {i} hold other rows: {_SAME_DATA_HINT}")
-    return first["label"].to_numpy(), [p["logit"].to_numpy(np.float64) for p in parts]
+    groups = first["group"].to_numpy(np.uint64) if "group" in first.columns else None
+    return first["label"].to_numpy(), [p["logit"].to_numpy(np.float64) for p in parts], groups
 
 
 def paired_row_test(
@@ -364,32 +371,62 @@ def paired_row_test(
     logits_b: Sequence[np.ndarray],
     *,
     metric: str = "auc",
+    groups: np.ndarray | None = None,
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
 ) -> RowPairedResult:
     """Resample rows with replacement; in each resample the metric of every run on those
-    rows, averaged over each model's runs, then A - B."""
-    from deepfm.evaluation.metrics import METRICS
+    rows, averaged over each model's runs, then A - B. Group AUC resamples groups instead
+    (a user's rows go together), weighing each drawn group's AUC, averaged over the runs, by
+    its rows."""
+    from deepfm.evaluation.metrics import METRICS, group_aucs, row_keys
 
-    if metric not in ("auc", "logloss"):
-        raise ReportError(f"a ctr comparison takes auc or logloss, got {metric!r}")
-    fn = METRICS[metric].fn
+    if metric not in row_keys():
+        raise ReportError(f"a ctr comparison takes {', '.join(row_keys())}, got {metric!r}")
     labels = np.asarray(labels)
     n = len(labels)
     if n == 0 or any(len(x) != n for x in (*logits_a, *logits_b)):
         raise ReportError("paired rows need the same non-empty rows for every run")
+    rng = np.random.default_rng(seed)
+    tail = (1.0 - confidence) / 2.0
+    if METRICS[metric].grouped:
+        if groups is None:
+            raise ReportError(
+                f"{metric} needs the rows' groups: these runs' eval_ranks.parquet has no group "
+                "column (declare protocol.group for the dataset and rerun)"
+            )
+        kept = groups != 0
+
+        def mean_aucs(runs) -> tuple[np.ndarray, np.ndarray]:
+            parts = [group_aucs(labels[kept], x[kept], groups[kept]) for x in runs]
+            return parts[0][1], np.mean([p[2] for p in parts], axis=0)
+
+        rows, auc_a = mean_aucs(logits_a)
+        _, auc_b = mean_aucs(logits_b)
+        if not len(rows):
+            raise ReportError("no group holds both a click and a non-click: no group AUC")
+        diffs = np.empty(n_resamples)
+        for r in range(n_resamples):
+            weight = rows * np.bincount(rng.integers(0, len(rows), len(rows)), minlength=len(rows))
+            diffs[r] = np.sum(weight * (auc_a - auc_b)) / np.sum(weight)
+        low, high = np.quantile(diffs, [tail, 1.0 - tail])
+        value_a, value_b = (float(np.sum(rows * a) / np.sum(rows)) for a in (auc_a, auc_b))
+        return RowPairedResult(
+            metric, len(rows), value_a, value_b, float(low), float(high), confidence,
+            n_resamples, unit="groups",
+        )  # fmt: skip
+
+    fn = METRICS[metric].fn
 
     def value(idx, runs) -> float:
         return float(np.mean([fn(labels[idx], x[idx]) for x in runs]))
 
     everything = np.arange(n)
-    rng = np.random.default_rng(seed)
     diffs = np.empty(n_resamples)
     for r in range(n_resamples):
         idx = rng.integers(0, n, n)
         diffs[r] = value(idx, logits_a) - value(idx, logits_b)
-    tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(diffs, [tail, 1.0 - tail])
     return RowPairedResult(
         metric, n, value(everything, logits_a), value(everything, logits_b), float(low),

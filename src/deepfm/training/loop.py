@@ -15,14 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from deepfm.config import Config
 from deepfm.data.batches import feature_tensors
 from deepfm.data.sampling import RatedIndex
 from deepfm.data.splitting import CTRSplit, SplitResult
-from deepfm.evaluation.metrics import parse_key
+from deepfm.evaluation.metrics import ROWS, SAMPLED, parse_key, row_keys
 from deepfm.evaluation.ranking import evaluate_held_out
 from deepfm.evaluation.rows import evaluate_rows
 from deepfm.io import save_checkpoint
@@ -37,7 +36,12 @@ from deepfm.training.checkpoint import (
 )
 from deepfm.training.device import setup_torch
 from deepfm.training.objectives import TrainingError, make_objective
-from deepfm.training.optim import make_optimizer, make_scheduler
+from deepfm.training.optim import (
+    clip_gradients,
+    make_optimizer,
+    make_scheduler,
+    use_sparse_gradients,
+)
 from deepfm.training.progress import log_row, log_timing, print_epoch
 from deepfm.utils import deferred_interrupts
 
@@ -58,7 +62,7 @@ class TrainOutcome:
     kept_val: dict = field(default_factory=dict)
 
 
-def _check_ctr(cfg: Config, model) -> None:
+def _check_ctr(cfg: Config, model, split: CTRSplit) -> None:
     """The ctr protocol scores rows by their given labels: only models that learn from the
     rows' fields apply, and the monitor is a row metric."""
     if not model.trainable:
@@ -67,11 +71,17 @@ def _check_ctr(cfg: Config, model) -> None:
             f"{cfg.dataset!r} uses the ctr protocol: choose deepfm, xdeepfm, "
             "attention_deepfm, fm or lr."
         )
-    if cfg.train.monitor not in ("auc", "logloss"):
+    allowed = row_keys(grouped=split.val.groups is not None)
+    if cfg.train.monitor not in allowed:
         raise TrainingError(
-            f"params.yaml: 'train.monitor' is {cfg.train.monitor!r}, a ranking metric; dataset "
-            f"{cfg.dataset!r} uses the ctr protocol, scored by AUC and LogLoss: set "
-            "train.monitor to auc or logloss (e.g. -S train.monitor=auc)."
+            f"params.yaml: 'train.monitor' is {cfg.train.monitor!r}; dataset {cfg.dataset!r} "
+            f"uses the ctr protocol, scored by {', '.join(allowed)}: set train.monitor to one "
+            "of them (e.g. -S train.monitor=auc)"
+            + (
+                "; gauc needs the rows' groups: declare protocol.group (a user field)."
+                if cfg.train.monitor == "gauc"
+                else "."
+            )
         )
 
 
@@ -102,7 +112,7 @@ def train_steps(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            clip_gradients(model.parameters(), grad_clip)
         optimizer.step()
         # summed on the device: a .item() per step would synchronise a GPU every batch
         weighted = loss.detach() * n
@@ -154,13 +164,19 @@ def train(
     sign = 1.0 if metric.higher_is_better else -1.0  # sign * value: higher is better
     ks = sorted({CURVE_K, monitor_k or CURVE_K})
     if isinstance(split, CTRSplit):
-        _check_ctr(cfg, model)
+        _check_ctr(cfg, model, split)
         rated = None
 
         def validate() -> dict:
             return evaluate_rows(model, split.val, device=device).metrics
 
     else:
+        if ROWS in metric.rankings and SAMPLED not in metric.rankings:
+            raise TrainingError(
+                f"params.yaml: 'train.monitor' is {monitor!r}, a metric of the ctr protocol; "
+                f"dataset {cfg.dataset!r} uses the top-K protocol: choose a ranking metric "
+                "(e.g. full_ndcg@10)."
+            )
         rated = RatedIndex(
             split.train_users, split.train_items, split.schema.num_users, split.schema.num_items
         )
@@ -178,6 +194,8 @@ def train(
         state = LoopState(best_val=val, kept_val=val)
         return _outcome(state, 0, "no training (fitted in closed form)", threads, device, model)
 
+    if tc.sparse_embeddings:
+        use_sparse_gradients(model)
     optimizer = make_optimizer(model, tc)
     scheduler = make_scheduler(optimizer, tc)
     objective = make_objective(cfg, split, rated, device)

@@ -20,6 +20,10 @@ filled positions; all-zero logits at the start make it the plain mean), and
 own table: an FM interaction between the last item and the candidate is then a factorised
 item-to-item transition (FPMC, Rendle et al., WWW 2010). Both stay on the user side, so
 models that factorise a score matrix into user and item parts keep doing so.
+
+`sparse_gradients` (set by training under train.sparse_embeddings) makes every lookup's
+backward a row-sparse gradient: with a click log's vocabulary of millions of codes, a dense
+gradient and optimizer step over every row cost more than the batch itself.
 """
 
 from __future__ import annotations
@@ -112,6 +116,7 @@ class FeatureEmbedding(nn.Module):
             nn.Embedding(history.vocab_size, dim, padding_idx=0) for _ in range(recent_items)
         )
         self.history_pooling = history_pooling
+        self.sparse_gradients = False
         if history_pooling == "position":
             self.history_position = nn.Parameter(torch.zeros(history.length))
         self.num_user_fields = self.side_width(schema, "user") + recent_items
@@ -171,9 +176,9 @@ class FeatureEmbedding(nn.Module):
         if spec["shared_columns"]:
             shared = codes if not spec["separate"] else codes[:, spec["shared_columns"]]
             offsets = getattr(self, f"{side}_offsets")
-            sparse.append(_lookup(self.tables[side].weight, shared + offsets))
+            sparse.append(self._lookup(self.tables[side].weight, shared + offsets))
         for name, column in spec["separate"]:
-            own = _lookup(self.own_tables[name].weight, codes[:, column])
+            own = self._lookup(self.own_tables[name].weight, codes[:, column])
             sparse.append(self.projections[name](own)[:, None])
         parts = []
         if sparse:
@@ -187,9 +192,11 @@ class FeatureEmbedding(nn.Module):
             if name == "history":
                 history = bag
             if name == "history" and self.history_pooling == "position":
-                pooled = _weighted_bag(self.bags[name].weight, bag, self.history_position)
+                pooled = _weighted_bag(
+                    self._lookup(self.bags[name].weight, bag), bag, self.history_position
+                )
             else:
-                pooled = _mean_bag(self.bags[name].weight, bag)
+                pooled = _mean_bag(self._lookup(self.bags[name].weight, bag), bag)
             if name in self.projections:
                 pooled = self.projections[name](pooled)
             parts.append(pooled.unsqueeze(1))
@@ -198,14 +205,20 @@ class FeatureEmbedding(nn.Module):
             return weight.new_zeros(len(codes), 0, self.dim)
         out = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         if side == "user" and len(self.recent):
-            recent = [_lookup(t.weight, history[:, p]) for p, t in enumerate(self.recent)]
+            recent = [self._lookup(t.weight, history[:, p]) for p, t in enumerate(self.recent)]
             out = torch.cat([out, torch.stack(recent, dim=1)], dim=1)
         return out
 
     def history_items(self, history: torch.Tensor) -> torch.Tensor:
         """(N, L) history codes -> (N, L, dim) embeddings from the history table (padding: 0),
         for models that pool the history themselves (target attention)."""
-        return _lookup(self.bags["history"].weight, history)
+        return self._lookup(self.bags["history"].weight, history)
+
+    def _lookup(self, weight: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """weight[codes] for any shape of codes: (..., ) -> (..., dim)."""
+        if self.sparse_gradients:
+            return nn.functional.embedding(codes, weight, sparse=True)
+        return weight.index_select(0, codes.reshape(-1)).view(*codes.shape, weight.shape[1])
 
 
 def side_sparse(schema: Schema, side: str) -> list:
@@ -221,21 +234,18 @@ def side_sparse(schema: Schema, side: str) -> list:
     return fields
 
 
-def _lookup(weight: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """weight[codes] for any shape of codes: (..., ) -> (..., dim)."""
-    return weight.index_select(0, codes.reshape(-1)).view(*codes.shape, weight.shape[1])
-
-
-def _weighted_bag(weight: torch.Tensor, codes: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """(N, L) 0-padded codes -> (N, dim): softmax(logits) over each row's filled positions."""
+def _weighted_bag(rows: torch.Tensor, codes: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """(N, L, dim) looked-up rows of (N, L) 0-padded codes -> (N, dim): softmax(logits) over
+    each row's filled positions."""
     present = codes > 0
     scores = logits[: codes.shape[1]].expand(codes.shape).masked_fill(~present, -torch.inf)
     share = torch.softmax(scores, dim=1).nan_to_num(0.0)  # an empty bag pools to zeros
-    return (_lookup(weight, codes) * share.unsqueeze(-1)).sum(1)
+    return (rows * share.unsqueeze(-1)).sum(1)
 
 
-def _mean_bag(weight: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """(N, L) 0-padded codes -> (N, dim) mean of the non-padding rows (zeros for an empty bag)."""
-    present = (codes > 0).to(weight.dtype)
+def _mean_bag(rows: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """(N, L, dim) looked-up rows of (N, L) 0-padded codes -> (N, dim) mean of the
+    non-padding rows (zeros for an empty bag)."""
+    present = (codes > 0).to(rows.dtype)
     share = present / present.sum(1, keepdim=True).clamp(min=1)
-    return (_lookup(weight, codes) * share.unsqueeze(-1)).sum(1)
+    return (rows * share.unsqueeze(-1)).sum(1)
