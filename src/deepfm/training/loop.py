@@ -28,6 +28,7 @@ from deepfm.models import build_model
 from deepfm.training.checkpoint import (
     LoopState,
     checkpoint_payload,
+    data_fingerprint,
     load_resume,
     restore_resume,
     run_fingerprint,
@@ -148,6 +149,7 @@ def train(
     threads, device = setup_torch(tc, cfg.seed)
     mode = {None: "auto", True: "bar", False: "off"}.get(progress, progress)
     report = EpochProgress(mode, tc.epochs)
+    data = data_fingerprint(split)
     model = build_model(cfg.model, split.schema, feature_tensors(split), cfg.model_params).to(
         device
     )
@@ -176,7 +178,7 @@ def train(
         model.fit(split)
         val = validate()
         log_row(live, {f"val/{k}": v for k, v in val.items() if k != "users"})
-        save_checkpoint(model_path, checkpoint_payload(cfg, model, 0, val))
+        save_checkpoint(model_path, checkpoint_payload(cfg, model, 0, val, data))
         state = LoopState(best_val=val, kept_val=val)
         return _outcome(state, 0, "no training (fitted in closed form)", threads, device, model)
 
@@ -248,7 +250,7 @@ def train(
                     state.best_score, state.best_epoch, state.best_val = score, epoch, val
                 if improved or tc.checkpoint == "last":
                     state.kept_epoch, state.kept_val = epoch, val
-                    kept = checkpoint_payload(cfg, model, epoch, val)
+                    kept = checkpoint_payload(cfg, model, epoch, val, data)
                     save_checkpoint(model_path, kept)
             if resume_path is not None:
                 save_resume(
