@@ -6,6 +6,7 @@ wait ends when the process it waits on ends.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -120,6 +121,25 @@ def test_train_curves_and_plots(pipeline):
     assert (work / "metrics/train/plots/metrics/val/full_ndcg@10.tsv").is_file()
     shown = _run(["dvc", "metrics", "show", "--json"], work, env)
     assert "full_ndcg@10" in shown
+
+
+def test_the_deepfm_command_on_the_pipelines_outputs(pipeline, tmp_path):
+    """From a fresh clone after `dvc repro`: `deepfm evaluate` gives metrics/eval.json's bytes,
+    `deepfm recommend` ten items user 42 has not rated, with their titles."""
+    work, env, *_ = pipeline
+    deepfm = [sys.executable, "-m", "deepfm"]
+    _run([*deepfm, "evaluate", "--out", str(tmp_path / "e.json")], work, env)
+    assert (tmp_path / "e.json").read_bytes() == (work / "metrics/eval.json").read_bytes()
+    out = _run([*deepfm, "recommend", "--user", "42", "-k", "10", "--format", "csv"], work, env)
+    top = pd.read_csv(io.StringIO(out))
+    interactions = pd.read_parquet(work / "data/processed/interactions.parquet")
+    rated = set(interactions.item_id[interactions.user_id == 42])
+    assert len(top) == 10 and len(rated) > 100 and not set(top.item_id) & rated
+    titles = pd.read_parquet(work / "data/processed/items.parquet").set_index("item_id").title
+    assert top.title.tolist() == titles[top.item_id].tolist()
+    assert top.score.is_monotonic_decreasing
+    info = json.loads(_run([*deepfm, "info", "--json"], work, env))
+    assert info["data"]["split"]["matches"] and info["metrics"]["of_this_checkpoint"]
 
 
 def _set_epochs(work: Path, epochs: int) -> None:

@@ -9,6 +9,7 @@ import inspect
 import re
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,3 +90,11 @@ def test_every_metric_has_a_working_function_label_and_direction(name):
             assert name in M.row_keys() and M.parse_key(name)[0] is metric
         else:
             assert M.key(metric, ranking, 5 if metric.cutoff else None) in M.keys([5])
+
+
+def test_no_two_source_files_share_a_name():
+    """`python src/stages/evaluate.py` and deepfm/evaluation/... must not be confusable: every
+    module under src/ has its own file name (package markers aside)."""
+    root = Path(__file__).resolve().parents[1] / "src"
+    names = [p.name for p in root.rglob("*.py") if p.name not in ("__init__.py", "__main__.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []

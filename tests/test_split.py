@@ -389,6 +389,26 @@ def test_recent_items_with_nothing_counted_is_all_padding():
     assert got.tolist() == [[0, 0], [5, 0], [0, 0]]
 
 
+def test_latest_items_equals_recent_items_at_a_row_after_the_last():
+    from deepfm.data.splitting import latest_items, recent_items
+
+    rng = np.random.default_rng(0)
+    users = np.sort(rng.integers(0, 6, 80))
+    users[users == 4] = 3  # user 4 has no rows
+    codes = rng.integers(1, 30, 80)
+    counted = rng.random(80) < 0.6
+    got = latest_items(users, codes, counted, 5, num_users=6)
+    for u in range(6):
+        # one extra row of user u after all of theirs, seen through recent_items
+        ext_users = np.r_[users[users <= u], u, users[users > u]]
+        at = int((users <= u).sum())
+        ext_codes = np.r_[codes[users <= u], 0, codes[users > u]]
+        ext_counted = np.r_[counted[users <= u], False, counted[users > u]]
+        want = recent_items(ext_users, ext_codes, ext_counted, 5, rows=np.array([at]))[0]
+        assert got[u].tolist() == want.tolist(), u
+    assert got[4].tolist() == [0] * 5
+
+
 def _digest(folder) -> dict:
     import hashlib
 
@@ -419,6 +439,7 @@ PINNED = {
         "train_users.npy": "bda30b9bd6dd",
         "user_features.npy": "34c17c107de5",
         "user_ids.npy": "3b0ad95a63e3",
+        "user_latest.npy": "532f9d144e2a",
         "val_candidates.npy": "50cd1a93f86d",
         "val_history.npy": "a1c77115ff22",
         "val_items.npy": "f230ec0115b7",
@@ -440,6 +461,7 @@ PINNED = {
         "train_users.npy": "bda30b9bd6dd",
         "user_features.npy": "34c17c107de5",
         "user_ids.npy": "3b0ad95a63e3",
+        "user_latest.npy": "590c95d28c08",
         "val_candidates.npy": "50cd1a93f86d",
         "val_history.npy": "6ca3f43eb99d",
         "val_items.npy": "13db30711826",

@@ -385,3 +385,25 @@ def test_ctrl_c_stops_after_the_epoch_is_saved_and_resumes_exactly(split, tmp_pa
     import signal
 
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_the_data_fingerprint_ignores_the_candidates_only(canonical):
+    """Splits that differ only in their sampled candidates (another seed) share it; other rows
+    (a seeded random tie-break among same-second ratings) or a flipped label do not."""
+    from deepfm.data.splitting import split_dataset
+    from deepfm.training.checkpoint import data_fingerprint
+    from tests.conftest import ML_FIELDS
+
+    interactions, users, items = canonical
+    coarse = interactions.assign(timestamp=interactions["timestamp"] // 10**7)
+
+    def fingerprint(seed, tie_break="item_id", frame=coarse):
+        return data_fingerprint(split_dataset(
+            frame, users, items, fields=ML_FIELDS, seed=seed, min_positives=3,
+            num_negatives=30, history_length=4, tie_break=tie_break,
+        ))  # fmt: skip
+
+    assert fingerprint(7) == fingerprint(8)
+    assert fingerprint(7, "random") != fingerprint(8, "random")
+    flipped = coarse.assign(label=coarse.label.where(coarse.index != 0, 1 - coarse.label[0]))
+    assert fingerprint(7, frame=flipped) != fingerprint(7)

@@ -85,6 +85,7 @@ EXPECTED_ERRORS = {
     "deepfm.data.sources": "FetchError",
     "deepfm.data.movielens": "ParseError",
     "deepfm.training.loop": "TrainingError",
+    "deepfm.training.checkpoint": "CheckpointError",
 }
 
 

@@ -85,19 +85,52 @@ def encode_fields(
 
 def encode_context(
     fields: Sequence[FieldSpec], interactions: pd.DataFrame, order: np.ndarray, in_train
-) -> tuple[list[Field], np.ndarray]:
+) -> tuple[list[Field], np.ndarray, dict]:
     """The context fields (columns of each interaction): codes per row in the split's order,
-    (n_rows, n_context) int32, with vocabularies fitted on the train rows only."""
+    (n_rows, n_context) int32, with vocabularies fitted on the train rows only. Also returns
+    the vocabularies, as `context_vocabularies` keeps them (a new row's values -> codes)."""
     context = [f for f in fields if f.source == "context"]
     codes = np.zeros((len(order), len(context)), dtype=np.int32)
-    out = []
+    out, vocabs = [], {}
     for column, f in enumerate(context):
         values = interactions[f.name].iloc[order].reset_index(drop=True)
         values = _bucketed(values, f)
         vocab = fit_vocab(_frequent(values[in_train], f.min_count))
         codes[:, column] = encode(values, vocab)
         out.append(Field(f.name, "context", "sparse", len(vocab) + 1, column))
-    return out, codes
+        vocabs[f.name] = vocab
+    return out, codes, context_vocabularies(context, vocabs)
+
+
+def context_vocabularies(context: Sequence[FieldSpec], vocabs: dict) -> dict:
+    """What encodes a context field's raw values as the split did, as JSON: per field its
+    bucketing and its vocabulary (value j has code j + 1; anything else 0). Written with the
+    split (context_vocab.json) so that new rows can be scored (`deepfm score`)."""
+    return {
+        f.name: {
+            "bins": list(f.bins),
+            "log_buckets": bool(f.log_buckets),
+            "values": [v.item() if isinstance(v, np.generic) else v for v in vocabs[f.name]],
+        }
+        for f in context
+    }
+
+
+def encode_new_context(values: pd.Series, entry: dict) -> np.ndarray:
+    """Raw values of one context field (e.g. a column of a file to score) -> its codes, with
+    an entry of `context_vocabularies`. Text that the vocabulary holds as numbers is read as
+    numbers; a value the train rows never showed gets 0, as in the split."""
+    spec = FieldSpec("", "context", "sparse", bins=tuple(entry["bins"]),
+                     log_buckets=entry["log_buckets"])  # fmt: skip
+    values = _bucketed(pd.Series(values, dtype=object).reset_index(drop=True), spec)
+    vocab = np.asarray(entry["values"], dtype=object)
+    if len(vocab) and not any(isinstance(v, str) for v in vocab):  # a numeric vocabulary
+        numbers = pd.to_numeric(values, errors="coerce")
+        values = pd.Series(
+            [None if np.isnan(x) else int(x) if float(x).is_integer() else x for x in numbers],
+            dtype=object,
+        )
+    return encode(values, vocab)
 
 
 def _as_list(value) -> list:

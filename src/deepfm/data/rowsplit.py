@@ -6,7 +6,7 @@ same files."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +14,9 @@ import pandas as pd
 
 from deepfm.data.declaration import FieldSpec
 from deepfm.data.encoders import fit_vocab
-from deepfm.data.fields import _bucketed, encode_arrow, encode_context
+from deepfm.data.fields import _bucketed, context_vocabularies, encode_arrow, encode_context
 from deepfm.data.schema import Field, Schema
-from deepfm.io import atomic_dir, read_npy, write_json, write_npy
+from deepfm.io import atomic_dir, read_json, read_npy, write_json, write_npy
 from deepfm.utils import rng_for
 
 
@@ -52,6 +52,9 @@ class CTRSplit:
     features: dict[str, np.ndarray]
     schema: Schema
     summary: dict
+    # every field's vocabulary (fields.context_vocabularies): scoring new rows; {} in a split
+    # written before it existed
+    vocabs: dict = field(default_factory=dict)
 
 
 def _parts(n: int, fractions: Sequence[float]) -> dict[str, tuple[int, int]]:
@@ -104,7 +107,7 @@ def split_ctr(
     parts = _parts(n, fractions)
     in_train = np.zeros(n, dtype=bool)
     in_train[: parts["train"][1]] = True  # positions in `order`
-    context, codes = encode_context(fields, interactions, order, in_train)
+    context, codes, vocabs = encode_context(fields, interactions, order, in_train)
     labels = interactions["label"].to_numpy()[order].astype(np.float32)
     groups = None if group is None else group_ids(interactions[group].iloc[order])
     rows = {
@@ -117,7 +120,7 @@ def split_ctr(
     }
     schema = Schema(tuple(context), 1, 1)
     summary = _summary(method, {name: r.labels for name, r in rows.items()}, schema)
-    return CTRSplit(**rows, features=_placeholders(), schema=schema, summary=summary)
+    return CTRSplit(**rows, features=_placeholders(), schema=schema, summary=summary, vocabs=vocabs)
 
 
 def split_ctr_stream(
@@ -232,6 +235,7 @@ def split_ctr_stream(
         labels = {name: np.load(tmp / f"{name}_labels.npy", mmap_mode="r") for name in bounds}
         summary = _summary(method, labels, schema)
         del labels  # unmap before the folder moves into place
+        write_json(tmp / "context_vocab.json", context_vocabularies(context, vocabs))
         write_json(tmp / "schema.json", schema.to_dict())
         write_json(tmp / "summary.json", summary)
     return summary
@@ -246,6 +250,7 @@ def write_ctr_split(result: CTRSplit, out_dir: Path) -> None:
             write_npy(tmp / f"{name}_labels.npy", rows.labels)
             if rows.groups is not None:
                 write_npy(tmp / f"{name}_groups.npy", rows.groups)
+        write_json(tmp / "context_vocab.json", result.vocabs)
         write_json(tmp / "schema.json", result.schema.to_dict())
         write_json(tmp / "summary.json", result.summary)
 
@@ -259,4 +264,11 @@ def read_ctr_split(split_dir: Path, schema: Schema, summary: dict) -> CTRSplit:
         )
         for name in ("train", "val", "test")
     }
-    return CTRSplit(**rows, features=_placeholders(), schema=schema, summary=summary)
+    vocabs = split_dir / "context_vocab.json"
+    return CTRSplit(
+        **rows,
+        features=_placeholders(),
+        schema=schema,
+        summary=summary,
+        vocabs=read_json(vocabs) if vocabs.is_file() else {},
+    )

@@ -10,7 +10,10 @@
   positives (or train ratings: `sequence`) strictly before it in the protocol's order; the
   test item's history also has the validation item (it came first), no other example ever
   sees a held-out item;
-- context fields (columns of each interaction) travel with the example, after its history.
+- context fields (columns of each interaction) travel with the example, after its history;
+- for serving only (`deepfm recommend` / `score`, never training or evaluation): each user's
+  history and context as of the end of their data (`latest`), and the context fields'
+  vocabularies.
 
 Users and items are addressed by their row in the canonical users / items tables
 ("index"); the feature matrices map an index to the embedding codes of its fields.
@@ -67,6 +70,13 @@ class SplitResult:
     item_ids: np.ndarray  # (num_items,) raw dataset id of each item index
     schema: Schema
     summary: dict
+    # Serving only, never read by training or evaluation: (num_users, history_length +
+    # n_context) per user, the history as of the end of their data (every split's counted
+    # rows, held-out ones too) and the context codes of their last interaction; None in a
+    # split written before it existed
+    latest: np.ndarray | None = None
+    # the context fields' vocabularies (fields.context_vocabularies); {} without such fields
+    vocabs: dict = dataclasses.field(default_factory=dict)
 
     @property
     def user_features(self) -> np.ndarray:
@@ -123,6 +133,24 @@ def recent_items(
     for back in range(1, length + 1):
         source = counted_rows[np.maximum(before - back, 0)] if len(counted_rows) else before
         same_user = (before - back >= 0) & (user_idx[source] == user_idx[rows])
+        out[:, back - 1] = np.where(same_user, item_codes[source], 0)
+    return out
+
+
+def latest_items(
+    user_idx: np.ndarray, item_codes: np.ndarray, counted: np.ndarray, length: int, num_users: int
+) -> np.ndarray:
+    """(num_users, length): for every user, the codes of their `length` most recent counted
+    rows of all, most recent first, 0-padded: what `recent_items` gives a row placed after
+    the user's last one. Rows must be ordered by (user, timestamp, tie-break)."""
+    counted_rows = np.flatnonzero(counted)
+    users = np.arange(num_users)
+    # counted rows up to each user's last one: one past its position in counted_rows
+    end = np.searchsorted(user_idx[counted_rows], users, side="right")
+    out = np.zeros((num_users, length), dtype=np.int32)
+    for back in range(1, length + 1):
+        source = counted_rows[np.maximum(end - back, 0)] if len(counted_rows) else end
+        same_user = (end - back >= 0) & (user_idx[source] == users)
         out[:, back - 1] = np.where(same_user, item_codes[source], 0)
     return out
 
@@ -209,7 +237,7 @@ def split_dataset(
         {"user": users, "item": items},
         {"user": np.unique(train_u), "item": np.unique(train_i)},
     )
-    context_fields, context_codes = encode_context(fields, interactions, order, in_train)
+    context_fields, context_codes, vocabs = encode_context(fields, interactions, order, in_train)
     # History is made of train rows only (positives, or every rating: `sequence`), so no
     # train example (e.g. an observed negative dated after the held-out items) and no
     # validation user sees a held-out item. The test item's history alone may also hold the
@@ -227,6 +255,18 @@ def split_dataset(
     # what changes from one example to the next travels with the example: its history codes,
     # then its context codes (one (n, history_length + n_context) matrix)
     example = np.concatenate([history, context_codes], axis=1)
+    # serving only: the same as of the end of each user's data (every split's rows counted,
+    # the held-out ones too: they are known by then) and the context of the last interaction
+    every = np.ones(len(label), dtype=bool) if sequence == "rated" else label == 1
+    last_row = np.searchsorted(user_idx, np.arange(num_users), side="right") - 1
+    has_rows = (last_row >= 0) & (user_idx[np.maximum(last_row, 0)] == np.arange(num_users))
+    latest = np.concatenate(
+        [
+            latest_items(user_idx, item_codes, every, history_length, num_users),
+            np.where(has_rows[:, None], context_codes[np.maximum(last_row, 0)], 0),
+        ],
+        axis=1,
+    ).astype(np.int32)
     # schema order: user sparse, user dense, the history, other user bags, then the item's
     history_field = (
         [Field("history", "user", "sequence", item_id.vocab_size, 0, history_length)]
@@ -302,6 +342,8 @@ def split_dataset(
         item_ids=_id_array(items["item_id"]),
         schema=Schema(tuple(schema_fields), num_users, num_items),
         summary=summary,
+        latest=latest,
+        vocabs=vocabs,
     )
 
 
@@ -372,6 +414,10 @@ def write_split(result: SplitResult | CTRSplit, out_dir: Path) -> None:
             write_npy(tmp / f"{split_name}_items.npy", held.items.astype(np.int32))
             write_npy(tmp / f"{split_name}_candidates.npy", held.candidates.astype(np.int32))
             write_npy(tmp / f"{split_name}_history.npy", held.history)
+        if result.latest is not None:
+            write_npy(tmp / "user_latest.npy", result.latest)
+        if result.vocabs:
+            write_json(tmp / "context_vocab.json", result.vocabs)
         write_json(tmp / "schema.json", result.schema.to_dict())
         write_json(tmp / "summary.json", result.summary)
 
@@ -397,6 +443,8 @@ def read_split(split_dir: Path) -> SplitResult | CTRSplit:
         )
         for s in ("val", "test")
     }
+    latest = split_dir / "user_latest.npy"
+    vocabs = split_dir / "context_vocab.json"
     return SplitResult(
         **arrays,
         val=held["val"],
@@ -404,4 +452,6 @@ def read_split(split_dir: Path) -> SplitResult | CTRSplit:
         features=features,
         schema=schema,
         summary=summary,
+        latest=read_npy(latest) if latest.is_file() else None,
+        vocabs=read_json(vocabs) if vocabs.is_file() else {},
     )

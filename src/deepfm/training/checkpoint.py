@@ -28,8 +28,15 @@ from deepfm.models.base import RankingModel
 CHECKPOINT_FORMAT = 1
 
 
-def checkpoint_payload(cfg: Config, model: RankingModel, epoch: int, val: dict) -> dict:
-    return {
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used with the split at hand; the message names both."""
+
+
+def checkpoint_payload(
+    cfg: Config, model: RankingModel, epoch: int, val: dict, data: str | None = None
+) -> dict:
+    """data: the data_fingerprint of the split the model was trained on."""
+    payload = {
         "format": CHECKPOINT_FORMAT,
         "model": cfg.model,
         "model_params": dataclasses.asdict(cfg.model_params),
@@ -39,6 +46,10 @@ def checkpoint_payload(cfg: Config, model: RankingModel, epoch: int, val: dict) 
         "seed": cfg.seed,
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
     }
+    if data is not None:  # absent in checkpoints written before it existed
+        payload["dataset"] = cfg.dataset
+        payload["data"] = data
+    return payload
 
 
 def load_model(path: Path) -> tuple[RankingModel, dict]:
@@ -57,6 +68,54 @@ def load_model(path: Path) -> tuple[RankingModel, dict]:
     model.load_state_dict(state)
     model.eval()
     return model, payload
+
+
+def data_fingerprint(split: SplitResult | CTRSplit) -> str:
+    """What a model learns from and is evaluated on, as one sha256: the schema, the raw ids,
+    the train rows and the held-out items (top-K), or the labels of every part (ctr). Two
+    splits that differ only in their sampled candidates share it (the same seed-independent
+    data); another dataset, version, tie-break or protocol setting does not."""
+    digest = hashlib.sha256(json.dumps(split.schema.to_dict(), sort_keys=True).encode())
+    if isinstance(split, CTRSplit):
+        arrays = [getattr(split, p).labels for p in ("train", "val", "test")]
+    else:
+        arrays = [
+            *(split.user_ids, split.item_ids),
+            *(split.train_users, split.train_items, split.train_labels),
+            *(split.val.users, split.val.items, split.test.items),
+        ]
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.reshape(-1).view(np.uint8))
+    return digest.hexdigest()
+
+
+def check_checkpoint_data(payload: dict, split: SplitResult | CTRSplit, checkpoint, split_dir):
+    """Refuse a checkpoint trained on other data than `split` (read from split_dir): another
+    dataset (its schema differs) or other rows of the same shape (its data fingerprint)."""
+    fix = (
+        "pass the split it was trained on with --split, or train on this one (dvc repro; "
+        "dvc exp apply for an experiment's checkpoint)"
+    )
+    theirs = Schema.from_dict(payload["schema"])
+    if theirs != split.schema:
+        where = f" ({payload['dataset']})" if "dataset" in payload else ""
+        raise CheckpointError(
+            f"{checkpoint} was trained on another dataset{where} than the split in {split_dir} "
+            f"(checkpoint: {_shape(theirs)}; split: {_shape(split.schema)}): {fix}."
+        )
+    if "data" in payload and payload["data"] != (ours := data_fingerprint(split)):
+        raise CheckpointError(
+            f"{checkpoint} was trained on other rows than the split in {split_dir} (the same "
+            f"fields and sizes, data fingerprint {payload['data'][:12]} vs {ours[:12]}: another "
+            f"dataset version, split setting or seed): {fix}."
+        )
+
+
+def _shape(schema: Schema) -> str:
+    fields = ", ".join(f"{f.name} {f.vocab_size}" for f in schema.fields if f.vocab_size)
+    return f"{schema.num_users} users x {schema.num_items} items, vocabularies {fields}"
 
 
 def run_fingerprint(cfg: Config, split: SplitResult | CTRSplit) -> str:

@@ -8,14 +8,12 @@ the resume state are in checkpoint.py, the optimizer and its schedule in optim.p
 from __future__ import annotations
 
 import math
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from deepfm.config import Config
 from deepfm.data.batches import feature_tensors
@@ -29,6 +27,7 @@ from deepfm.models import build_model
 from deepfm.training.checkpoint import (
     LoopState,
     checkpoint_payload,
+    data_fingerprint,
     load_resume,
     restore_resume,
     run_fingerprint,
@@ -42,7 +41,7 @@ from deepfm.training.optim import (
     make_scheduler,
     use_sparse_gradients,
 )
-from deepfm.training.progress import log_row, log_timing, print_epoch
+from deepfm.training.progress import EpochProgress, log_row, log_timing
 from deepfm.utils import deferred_interrupts
 
 CURVE_K = 10  # validation computes the @k metrics at this k (the curves) and the monitor's k
@@ -143,7 +142,7 @@ def train(
     *,
     live=None,
     timing_live=None,
-    progress: bool | None = None,
+    progress: bool | str | None = None,
     resume_path: Path | None = None,
 ) -> TrainOutcome:
     """Train cfg.model on the split; the checkpoint (the best epoch by the validation metric
@@ -152,10 +151,15 @@ def train(
     With `resume_path`, the full state is saved there after every epoch, and a run started
     with the same params and data continues from the last completed epoch, ending exactly as
     an uninterrupted run would. The file is removed when training finishes.
+
+    progress: None ("auto": a bar on a terminal, a line per epoch otherwise), "bar", "lines",
+    or False / "off" (EpochProgress); True is "bar".
     """
     tc = cfg.train
     threads, device = setup_torch(tc, cfg.seed)
-    progress = sys.stderr.isatty() if progress is None else progress
+    mode = {None: "auto", True: "bar", False: "off"}.get(progress, progress)
+    report = EpochProgress(mode, tc.epochs)
+    data = data_fingerprint(split)
     model = build_model(cfg.model, split.schema, feature_tensors(split), cfg.model_params).to(
         device
     )
@@ -190,7 +194,7 @@ def train(
         model.fit(split)
         val = validate()
         log_row(live, {f"val/{k}": v for k, v in val.items() if k != "users"})
-        save_checkpoint(model_path, checkpoint_payload(cfg, model, 0, val))
+        save_checkpoint(model_path, checkpoint_payload(cfg, model, 0, val, data))
         state = LoopState(best_val=val, kept_val=val)
         return _outcome(state, 0, "no training (fitted in closed form)", threads, device, model)
 
@@ -222,12 +226,7 @@ def train(
             epoch = state.epoch + 1
             start = time.perf_counter()
             model.train()
-            batches = tqdm(
-                objective.batches(epoch, tc.batch_size, shuffle),
-                desc=f"epoch {epoch}",
-                disable=not progress,
-                leave=False,
-            )
+            batches = report.batches(objective.batches(epoch, tc.batch_size, shuffle), epoch)
             train_loss = train_steps(
                 model, optimizer, batches, objective, tc.grad_clip, tc.amp, interrupted
             )
@@ -257,8 +256,7 @@ def train(
             }
             log_row(live, row)
             log_timing(timing_live, train_seconds, val_seconds if validated else None)
-            if progress:
-                print_epoch(epoch, train_loss, train_seconds, val, monitor, CURVE_K)
+            report.epoch_done(epoch, train_loss, time.perf_counter() - start, val, monitor, CURVE_K)
 
             state.epoch = epoch
             state.history.append(row)
@@ -270,7 +268,7 @@ def train(
                     state.best_score, state.best_epoch, state.best_val = score, epoch, val
                 if improved or tc.checkpoint == "last":
                     state.kept_epoch, state.kept_val = epoch, val
-                    kept = checkpoint_payload(cfg, model, epoch, val)
+                    kept = checkpoint_payload(cfg, model, epoch, val, data)
                     save_checkpoint(model_path, kept)
             if resume_path is not None:
                 save_resume(
