@@ -228,6 +228,18 @@ def test_at_k_table_by_hand(runs):
     assert sorted(sampled["k"].unique()) == list(KS)
 
 
+def test_metrics_at_k_with_equal_seeds_draws(runs):
+    """Three equal values have a float mean a hair above them (0.1 * 3 / 3 > 0.1): the bars
+    must still be drawn (matplotlib refuses a negative error), of length zero."""
+    three = pd.concat([runs[runs["model"] == "itempop"].iloc[:1]] * 3, ignore_index=True)
+    three["test.full_hr@10"] = 0.1
+    assert three["test.full_hr@10"].mean() > 0.1  # the float effect this guards against
+    fig = figures.plot_metrics_at_k(three)
+    hr = fig.axes[0]
+    line = hr.lines[0]  # the data line (then the bars' caps)
+    assert line.get_ydata()[list(line.get_xdata()).index(10)] == pytest.approx(0.1)
+
+
 def test_user_ci_table_by_hand(runs, files):
     table = user_ci_table(runs, files, n_resamples=500, seed=3)
     assert set(table["metric"]) == {"full_ndcg@10", "full_hr@10", "hr@10"}
@@ -332,8 +344,8 @@ def test_cli_figures_from_experiments(tmp_path, monkeypatch, capsys, saved):
     for name in NAMES:
         assert f"wrote {out / name}.png" in printed.out
         assert_valid_png(out / f"{name}.png", name)
-    footer = saved["models_ci"].texts[-1].get_text()
-    assert footer == "toy, 4 run(s) (experiment) of c0ffeec, 2026-12-01"
+    footer = saved["models_ci"].get_supxlabel()
+    assert footer == "toy, 4 DVC experiments of c0ffeec, 2026-12-01"
     ci = saved["models_ci"].axes[0]
     assert [t.get_text() for t in ci.get_yticklabels()] == ["itempop (n=2)", "deepfm (n=2)"]
     at_k = saved["metrics_at_k"].axes[0]
@@ -395,7 +407,7 @@ def test_cli_figures_from_the_workspace_run_alone(tmp_path, monkeypatch, capsys,
     assert [line.get_label() for line in ndcg.lines] == ["deepfm (seed 42)"]
     assert ndcg.lines[0].get_ydata() == pytest.approx(0.05 + 0.01 * np.arange(5) + 0.42)
     assert not [c for c in ndcg.collections if isinstance(c, PolyCollection)]  # one seed
-    assert curves.texts[-1].get_text() == "toy, the workspace run"
+    assert curves.legends[0].get_title().get_text() == "toy, the workspace run"
     ci = saved["models_ci"].axes[0]
     assert [t.get_text() for t in ci.get_yticklabels()] == ["deepfm (n=1)"]
 

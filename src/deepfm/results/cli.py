@@ -286,7 +286,8 @@ def figure_runs(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
         stamps = sorted(str(s)[:10] for s in runs["timestamp"].dropna())
         when = f", {stamps[0]}" + (f" to {stamps[-1]}" if stamps[-1] != stamps[0] else "")
         bases = sorted({str(b)[:7] for b in runs["baseline"].dropna()})
-        source = f"{len(runs)} run(s) ({', '.join(kinds)}) of {', '.join(bases) or 'workspace'}"
+        what = "DVC experiments" if kinds == ["experiment"] else f"runs ({', '.join(kinds)})"
+        source = f"{len(runs)} {what} of {', '.join(bases) or 'the workspace'}"
         return runs, source + (when if stamps else "")
     workspace = rows[rows["kind"] == "workspace"] if not rows.empty else rows
     alone = select_runs(workspace, include_workspace=True, where=where).runs

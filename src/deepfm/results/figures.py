@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from deepfm.evaluation import metrics as M
 from deepfm.io import atomic_path
@@ -158,14 +159,14 @@ def plot_val_curves(
             "training loss (per example)" if key == LOSS else f"validation {metric_label(metric)}"
         )
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if not per_model:
             ax.text(0.5, 0.5, "no run logged it", ha="center", va="center", transform=ax.transAxes)
     for ax in axes[len(tables) :]:
         ax.set_visible(False)
     fig.suptitle(f"Learning curves ({BAND})")
-    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=3)
-    _footer(fig, footer)
+    _legend(fig, list(handles.values()), list(handles.keys()), footer, ncol=3)
     return fig
 
 
@@ -223,7 +224,8 @@ def plot_metrics_at_k(
             part = table[(table["ranking"] == ranking) & (table["metric"] == name)]
             for model, t in part.groupby("model", sort=True):
                 t = t.sort_values("k")
-                err = np.vstack([t["mean"] - t["low"], t["high"] - t["mean"]])
+                # clipped: the float mean of equal values can land a hair above them
+                err = np.clip(np.vstack([t["mean"] - t["low"], t["high"] - t["mean"]]), 0, None)
                 ax.errorbar(
                     t["k"], t["mean"], yerr=err, color=colors[model], marker="o", capsize=3,
                     label=names[model],
@@ -237,8 +239,7 @@ def plot_metrics_at_k(
             ax.grid(alpha=0.3)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.suptitle(f"HR@K and NDCG@K on the {split} split (mean over seeds; bars: min–max)")
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 5) or 1)
-    _footer(fig, footer)
+    _legend(fig, handles, labels, footer)
     return fig
 
 
@@ -294,7 +295,7 @@ def plot_models_ci(
         part = table[table["metric"] == metric].set_index("model").reindex(order)
         y = np.arange(len(order))
         for i, (model, row) in enumerate(part.iterrows()):
-            err = [[row["mean"] - row["ci_low"]], [row["ci_high"] - row["mean"]]]
+            err = np.clip([[row["mean"] - row["ci_low"]], [row["ci_high"] - row["mean"]]], 0, None)
             ax.errorbar(
                 row["mean"], y[i], xerr=err, color=colors[model], marker="o", ms=7, capsize=4,
                 lw=2,
@@ -382,19 +383,27 @@ def plot_rank_distribution(
     for ax in (hist, ecdf):
         ax.grid(alpha=0.3)
     handles, labels = hist.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 5))
     fig.suptitle("Distribution of the held-out items' ranks (each model's seeds pooled)")
-    _footer(fig, footer)
+    _legend(fig, handles, labels, footer)
     return fig
 
 
 # ------------------------------------------------------------------------------ rendering
 
 
+def _legend(fig: Figure, handles: list, labels: list[str], footer: str, ncol: int = 0) -> None:
+    """The models' legend below the axes, titled with where the runs come from."""
+    fig.legend(
+        handles, labels, loc="outside lower center", ncol=ncol or min(len(labels), 5),
+        title=footer or None, title_fontsize="small",
+    )  # fmt: skip
+
+
 def _footer(fig: Figure, text: str) -> None:
+    """Where the runs come from, in small grey type at the bottom left (a supxlabel: the
+    constrained layout keeps it clear of the axes and the legend)."""
     if text:
-        fig.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))
-        fig.text(0.005, 0.005, text, fontsize="small", color="0.35", ha="left", va="bottom")
+        fig.supxlabel(text, x=0.005, ha="left", fontsize="small", color="0.35")
 
 
 def save_png(fig: Figure, path: Path, dpi: int) -> None:
