@@ -4,7 +4,9 @@ the PNGs themselves: they open, have the expected size and are not blank."""
 from __future__ import annotations
 
 import copy
+import html
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -448,26 +450,87 @@ def test_a_rank_table_of_other_users_is_refused(runs, files):
 # --------------------------------------------------------------- the docs page, in a browser
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--allow-file-access-from-files", "--hide-scrollbars",
+]  # fmt: skip
+IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)]+)\)")
+
+
+def page_html(markdown: str, base: str) -> str:
+    """A docs page as plain HTML, laid out as a reader sees it: headings, paragraphs, code
+    blocks and images (each image records its natural width once loaded, 0 if it fails)."""
+    body, para, code = [], [], None
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            if code is None:
+                code = []
+            else:
+                body.append(f"<pre>{html.escape(chr(10).join(code))}</pre>")
+                code = None
+            continue
+        if code is not None:
+            code.append(line)
+            continue
+        ends_paragraph = not line.strip() or line.startswith("#") or IMAGE.fullmatch(line.strip())
+        if ends_paragraph and para:
+            body.append(f"<p>{html.escape(' '.join(para))}</p>")
+            para = []
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
+        elif image := IMAGE.fullmatch(line.strip()):
+            alt, src = (html.escape(s, quote=True) for s in image.groups())
+            body.append(
+                f'<p><img src="{src}" alt="{alt}" style="max-width:100%" '
+                'onload="this.dataset.w=this.naturalWidth" onerror="this.dataset.w=0"></p>'
+            )
+        elif line.strip():
+            para.append(line.strip())
+    if para:
+        body.append(f"<p>{html.escape(' '.join(para))}</p>")
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><base href="{base}">'
+        "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}</style></head>"
+        f"<body>{''.join(body)}</body></html>"
+    )
+
+
+def test_page_html_keeps_headings_images_and_code():
+    out = page_html("# T\n\ntext\nmore\n\n![a b](x/y.png)\n```\n<k>\n```\n", "file:///d/")
+    assert '<base href="file:///d/">' in out
+    assert '<h1>T</h1><p>text more</p><p><img src="x/y.png" alt="a b"' in out
+    assert "<pre>&lt;k&gt;</pre>" in out
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="no headless Chromium (/usr/bin/chromium)")
 def test_the_docs_page_shows_every_figure_in_headless_chromium(tmp_path):
-    """docs/figures.md as HTML in headless Chromium: every <img> it names has loaded (a
-    natural width > 0). The DOM is dumped after the images' onload handlers ran."""
-    page = (REPO / "docs" / "figures.md").read_text(encoding="utf-8")
-    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page)
-    assert len(images) >= 4
-    html = tmp_path / "page.html"
-    base = (REPO / "docs").as_uri() + "/"
-    tags = "".join(f'<img src="{src}" onload="this.dataset.w=this.naturalWidth">' for src in images)
-    html.write_text(f'<html><head><base href="{base}"></head><body>{tags}</body></html>')
-    dom = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--allow-file-access-from-files",
-         "--virtual-time-budget=5000", "--dump-dom", html.as_uri()],
-        capture_output=True, text=True, timeout=120, check=True,
-    ).stdout  # fmt: skip
-    loaded = re.findall(r'data-w="(\d+)"', dom)
-    assert len(loaded) == len(images), dom[:2000]
-    assert all(int(w) > 0 for w in loaded)
+    """docs/figures.md, as HTML, in headless Chromium: every figure of reports/figures/ is on
+    the page and has loaded (natural width > 0 after the page settled), and the screenshot is
+    not blank. FIGURES_SCREENSHOT=<file.png> keeps the screenshot to look at."""
+    docs = REPO / "docs"
+    markdown = (docs / "figures.md").read_text(encoding="utf-8")
+    sources = [src for _, src in IMAGE.findall(markdown)]
+    assert sorted(Path(s).name for s in sources) == sorted(f"{n}.png" for n in NAMES)
+    page = tmp_path / "figures.html"
+    page.write_text(page_html(markdown, docs.as_uri() + "/"), encoding="utf-8")
+
+    def chromium(*args: str) -> str:
+        profile = tmp_path / f"profile-{len(list(tmp_path.iterdir()))}"
+        return subprocess.run(
+            [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, page.as_uri()],
+            capture_output=True, text=True, timeout=120, check=True,
+        ).stdout  # fmt: skip
+
+    dom = chromium("--virtual-time-budget=10000", "--dump-dom")
+    widths = [int(w) for w in re.findall(r'data-w="(\d+)"', dom)]
+    assert len(widths) == len(sources), dom[-3000:]
+    assert all(w == SIZES[Path(s).stem][0] * 100 for w, s in zip(widths, sources, strict=True))
+    shot = tmp_path / "figures.png"
+    chromium(f"--screenshot={shot}", "--window-size=1200,4200", "--virtual-time-budget=10000")
+    image = imread(shot)
+    assert image.shape[:2] == (4200, 1200)
+    assert len(np.unique((image[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 50
+    if os.environ.get("FIGURES_SCREENSHOT"):
+        shutil.copy(shot, os.environ["FIGURES_SCREENSHOT"])
