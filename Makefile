@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-12)
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test lint lock clean mutation
+.PHONY: install repro test lint lock clean mutation figures
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (set PYTHON=...)")'
@@ -18,6 +18,10 @@ install: $(STAMP)
 
 repro: install  ## fetch -> preprocess -> split -> train -> eval (set MOVIELENS_MIRROR=<dir> offline)
 	$(BIN)/dvc repro
+
+# FIGURES_ARGS: e.g. --rev <commit> or --all-commits (the experiments of another baseline)
+figures: install  ## PNGs of the experiments present (else the workspace run) -> reports/figures/
+	$(BIN)/python -m deepfm.results figures $(FIGURES_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

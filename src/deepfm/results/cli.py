@@ -3,6 +3,7 @@
     python -m deepfm.results table [--out reports/results.md] [--metrics M ...] [--from-json FILE]
     python -m deepfm.results compare MODEL_A MODEL_B [--metric full_ndcg@10]
     python -m deepfm.results compare --ranks-a A.parquet [...] --ranks-b B.parquet [...]
+    python -m deepfm.results figures [--out reports/figures] [--from-json FILE]
 
 `table` reads `dvc exp show --json` (the experiments of HEAD; --rev for another baseline commit,
 --all-commits for every commit),
@@ -10,6 +11,8 @@ keeps the finished experiments, one per (model, seed) (the newest), and prints m
 seeds per model. `compare` pairs two models user by user on the test split: each model's
 metrics/eval_ranks.parquet is read at every one of its experiments (dvc.api.open), averaged per
 user over its seeds, then the mean difference, a bootstrap CI and a Wilcoxon p-value are printed.
+`figures` draws PNGs (deepfm.results.figures) from the same runs, with each run's curves and
+ranks read the same way; with no finished experiment, from the workspace run alone.
 """
 
 from __future__ import annotations
@@ -71,16 +74,23 @@ def exp_show_json(from_json: str | None, all_commits: bool, rev: str | None = No
         raise ReportError(f"`dvc exp show --json` printed something that is not JSON: {e}") from e
 
 
-def load_runs(args: argparse.Namespace) -> Selection:
-    if args.rev and args.all_commits:
-        raise ReportError("--rev and --all-commits exclude each other: choose one baseline or all")
-    rows = parse_exp_show(exp_show_json(args.from_json, args.all_commits, args.rev))
+def parse_where(items: list[str]) -> dict[str, str]:
     where = {}
-    for item in args.where:
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ReportError(f"--where {item!r}: write PARAM=VALUE, e.g. split.tie_break=random")
         where[key] = value
+    return where
+
+
+def _select(args: argparse.Namespace) -> tuple[pd.DataFrame, Selection, dict[str, str]]:
+    """(every row of `dvc exp show`, the runs that count, the --where filter); prints the
+    selection's notes."""
+    if args.rev and args.all_commits:
+        raise ReportError("--rev and --all-commits exclude each other: choose one baseline or all")
+    rows = parse_exp_show(exp_show_json(args.from_json, args.all_commits, args.rev))
+    where = parse_where(args.where)
     selection = select_runs(
         rows,
         include_baselines=args.include_baselines,
@@ -89,6 +99,11 @@ def load_runs(args: argparse.Namespace) -> Selection:
     )
     for note in selection.notes:
         print(note, file=sys.stderr)
+    return rows, selection, where
+
+
+def load_runs(args: argparse.Namespace) -> Selection:
+    _, selection, _ = _select(args)
     if selection.runs.empty:
         where = (
             "in the repository"
@@ -128,6 +143,37 @@ def read_ranks_at(rev: str, name: str) -> pd.DataFrame:
             f"it is a DVC-cached output: fetch it with `dvc exp pull <remote> {name}`, or rerun "
             "the experiment"
         ) from e
+
+
+def read_curves_at(rev: str) -> dict[str, pd.Series]:
+    """The dvclive curves of a run ("val/<metric>" and "train/loss" -> values by step) for
+    the metrics the figures draw; a curve the run did not log is absent."""
+    from deepfm.results.figures import CURVE_METRICS, LOSS
+
+    curves_dir = f"{pipeline_paths()['curves']}/plots/metrics"
+    keys = [f"val/{m}" for m in CURVE_METRICS] + [LOSS]
+    fs = None
+    if rev != "workspace":
+        from dvc.api import DVCFileSystem
+
+        fs = DVCFileSystem(".", rev=rev)
+    out = {}
+    for key in keys:
+        path = f"{curves_dir}/{key}.tsv"
+        try:
+            if fs is None:
+                text = Path(path).read_text(encoding="utf-8")
+            else:
+                with fs.open(path, "r", encoding="utf-8") as f:
+                    text = f.read()
+        except FileNotFoundError:
+            continue
+        table = pd.read_csv(io.StringIO(text), sep="\t")
+        column = key.rsplit("/", 1)[1]
+        if {"step", column} - set(table.columns):
+            raise ReportError(f"{path} at {rev[:7]}: expected columns step and {column}")
+        out[key] = table.set_index("step")[column]
+    return out
 
 
 def read_ranks_file(path: str) -> pd.DataFrame:
@@ -235,6 +281,58 @@ def cmd_compare(args: argparse.Namespace) -> None:
     )
 
 
+def figure_runs(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
+    """The runs to draw and how to name them in a footer: the runs `table` would take, or,
+    with none, the workspace run alone (one model, one seed)."""
+    rows, selection, where = _select(args)
+    runs = selection.runs
+    if not runs.empty:
+        kinds = sorted(set(runs["kind"]))
+        stamps = sorted(str(s)[:10] for s in runs["timestamp"].dropna())
+        when = f", {stamps[0]}" + (f" to {stamps[-1]}" if stamps[-1] != stamps[0] else "")
+        bases = sorted({str(b)[:7] for b in runs["baseline"].dropna()})
+        what = "DVC experiments" if kinds == ["experiment"] else f"runs ({', '.join(kinds)})"
+        source = f"{len(runs)} {what} of {', '.join(bases) or 'the workspace'}"
+        return runs, source + (when if stamps else "")
+    workspace = rows[rows["kind"] == "workspace"] if not rows.empty else rows
+    alone = select_runs(workspace, include_workspace=True, where=where).runs
+    if alone.empty:
+        raise ReportError(
+            "no finished experiments and no evaluated workspace run: run `dvc repro` (one "
+            f"model, one seed) or {QUEUE_HINT}"
+        )
+    print(
+        "no finished experiments: drawing the workspace run alone (one model, one seed, no "
+        f"band); for bands over seeds, {QUEUE_HINT}",
+        file=sys.stderr,
+    )
+    return alone, "the workspace run"
+
+
+def cmd_figures(args: argparse.Namespace) -> None:
+    from deepfm.results.figures import RunFiles, render  # matplotlib: only for figures
+
+    runs, source = figure_runs(args)
+    files = {}
+    for rev, name in zip(runs["rev"], runs["name"], strict=True):
+        try:
+            ranks = read_ranks_at(rev, name)
+        except ReportError as e:  # the curves and eval.json can still be drawn
+            print(f"warning: {e}", file=sys.stderr)
+            ranks = None
+        files[name] = RunFiles(curves=read_curves_at(rev), ranks=ranks)
+    dataset = sorted({str(d) for d in runs.get("param.dataset", pd.Series()).dropna()})
+    footer = f"{'/'.join(dataset) or 'dataset ?'}, {source}"
+    written, notes = render(
+        runs, files, args.out, split=args.split, dpi=args.dpi, n_resamples=args.resamples,
+        seed=args.seed, footer=footer,
+    )  # fmt: skip
+    for note in notes:
+        print(f"not drawn: {note}", file=sys.stderr)
+    for path in written:
+        print(f"wrote {path}")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -279,6 +377,13 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples")
     c.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     c.set_defaults(func=cmd_compare)
+
+    f = sub.add_parser("figures", parents=[source], help="PNG figures of the runs")
+    f.add_argument("--out", default="reports/figures", help="folder for the PNGs")
+    f.add_argument("--dpi", type=int, default=100, help="pixels per inch of the PNGs")
+    f.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (CIs)")
+    f.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    f.set_defaults(func=cmd_figures)
     return p
 
 

@@ -160,6 +160,16 @@ def parse_exp_show(exp_show: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _sorted(frame: pd.DataFrame, keys: Mapping[str, pd.Series], ascending: list[bool]):
+    """frame's rows in the stable order of the key columns (NaN last), renumbered 0..n-1. The
+    keys are not inserted into frame: exp show's hundreds of string params are one block
+    each, and an insert into such a frame warns (pandas' PerformanceWarning)."""
+    order = pd.DataFrame({name: key.to_numpy() for name, key in keys.items()}).sort_values(
+        list(keys), ascending=ascending, kind="stable", na_position="last"
+    )
+    return frame.iloc[order.index.to_numpy()].reset_index(drop=True)
+
+
 @dataclass(frozen=True)
 class Selection:
     runs: pd.DataFrame  # one row per (model, seed), sorted by model then seed
@@ -201,11 +211,8 @@ def select_runs(
     rows = rows[rows["model"].notna()]
     # Newest first: ISO timestamps sort as text; the workspace (no timestamp) is the newest;
     # ties keep DVC's order (newest first within a baseline).
-    rows = (
-        rows.assign(_stamp=rows["timestamp"].fillna("~"))
-        .sort_values(["_stamp", "order"], ascending=[False, True], kind="stable")
-        .drop(columns="_stamp")
-        .reset_index(drop=True)
+    rows = _sorted(
+        rows, {"stamp": rows["timestamp"].fillna("~"), "order": rows["order"]}, [False, True]
     )
     kept: dict[tuple[str, str], str] = {}
     dropped: dict[tuple[str, str], list[str]] = {}
@@ -223,11 +230,10 @@ def select_runs(
             f"dropped {', '.join(names)}"
         )
     runs = rows[np.array(keep, dtype=bool)]
-    runs = (
-        runs.assign(_seed=pd.to_numeric(runs["seed"], errors="coerce"))
-        .sort_values(["model", "_seed"], kind="stable", na_position="last")
-        .drop(columns="_seed")
-        .reset_index(drop=True)
+    runs = _sorted(
+        runs,
+        {"model": runs["model"], "seed": pd.to_numeric(runs["seed"], errors="coerce")},
+        [True, True],
     )
     notes.extend(config_mismatches(runs))
     return Selection(runs, notes)
