@@ -213,3 +213,43 @@ def test_experiments_and_the_report_through_real_dvc(pipeline):
     assert means["itempop"] == pytest.approx(ITEMPOP["test"]["full_ndcg@10"], abs=5e-5)
     assert means["deepfm"] > means["itempop"] + 0.015
     assert "-> significant at alpha = 0.05" in compare
+
+
+def _remote_hashes(remote: Path) -> set[str]:
+    """The md5s a DVC 3 remote holds (files/md5/ab/cdef... -> abcdef..., .dir dropped)."""
+    return {
+        p.parent.name + p.name.removesuffix(".dir")
+        for p in (remote / "files" / "md5").glob("*/*")
+        if p.is_file()
+    }
+
+
+def test_dvc_push_and_pull_round_trip_keeps_movielens_home(pipeline, tmp_path):
+    """A local DVC remote: `dvc push` sends the model and the per-user ranks, and nothing of
+    MovieLens (data/raw, data/processed, data/split are `push: false`: the licence forbids
+    redistribution); a fresh copy of the repository pulls the model back byte for byte."""
+    work, env, *_ = pipeline
+    remote = tmp_path / "remote"
+    _run(["dvc", "remote", "add", "--local", "-f", "-d", "team", str(remote)], work, env)
+    _run(["dvc", "push"], work, env)
+    pushed = _remote_hashes(remote)
+    lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
+    md5 = {o["path"]: o["md5"] for stage in lock.values() for o in stage.get("outs", [])}
+    assert md5["models/model.pt"] in pushed
+    assert md5["metrics/eval_ranks.parquet"] in pushed
+    cache = work / ".dvc" / "cache" / "files" / "md5"
+    for stage in ("data/raw", "data/processed", "data/split"):
+        tree = md5[stage]  # a directory: its manifest lists its files
+        assert tree.endswith(".dir") and tree.removesuffix(".dir") not in pushed, stage
+        files = json.loads((cache / tree[:2] / tree[2:]).read_text())
+        assert files and not {f["md5"] for f in files} & pushed, stage
+
+    clone = tmp_path / "clone"
+    shutil.copytree(
+        work, clone, ignore=shutil.ignore_patterns("cache", "tmp", "data", "models", "*.parquet")
+    )
+    assert not (clone / "models").exists()
+    _run(["dvc", "pull", "models/model.pt", "metrics/eval_ranks.parquet"], clone, env)
+    for name in ("models/model.pt", "metrics/eval_ranks.parquet"):
+        assert (clone / name).read_bytes() == (work / name).read_bytes(), name
+    assert not (clone / "data").exists()  # nothing of MovieLens came back either
