@@ -311,7 +311,7 @@ def _record_linear_dtypes(model: torch.nn.Module, seen: list) -> None:
 def test_train_amp_runs_the_forward_pass_in_bfloat16(split, tmp_path, monkeypatch, amp):
     # autocast on the CPU supports bfloat16, so the switch itself is checked here: the dtype
     # of an intermediate under train(), not only the (float32) result
-    monkeypatch.setattr(loop, "setup_torch", lambda tc, seed: (1, torch.device("cpu")))
+    monkeypatch.setattr(loop, "setup_torch", lambda tc, seed, *_: (1, torch.device("cpu")))
     seen: list = []
     real_build = loop.build_model
 

@@ -71,8 +71,14 @@ class TrainConfig:
     plateau_patience: int = field(default=2, metadata=_range(0, 10_000))
     negatives_per_positive: int = field(default=4, metadata=_range(0, 1000))
     observed_negatives: bool = False
+    # torch threads per training process; 0 = the physical cores / processes
     num_threads: int = field(default=0, metadata=_range(0, 1024))
     device: Literal["cpu", "cuda", "auto"] = "cpu"  # auto: cuda > mps > cpu
+    # training processes on this machine (torch DDP under torchrun, which the train stage
+    # launches itself): each takes its part of every batch; gloo on the CPU (at most one per
+    # physical core), NCCL on CUDA (one GPU each). 1 = one plain process
+    # (training.distributed; docs/performance.md)
+    processes: int = field(default=1, metadata=_range(1, 1024))
     amp: bool = False  # bfloat16 autocast of the forward pass; CUDA only
 
 

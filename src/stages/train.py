@@ -3,6 +3,9 @@ validation metric train.monitor: train.checkpoint).
 
 Per-epoch curves go to --curves through dvclive (deterministic: tracked in dvc.lock);
 wall-clock times go to --timing (a measurement, kept out of dvc.lock on purpose).
+
+With train.processes > 1 this script starts itself again in that many processes under
+torchrun (torch DDP, training.distributed) and waits for them; rank 0 writes the outputs.
 """
 
 from pathlib import Path
@@ -12,16 +15,24 @@ from dvclive import Live
 from deepfm.config import load_config
 from deepfm.data.splitting import read_split
 from deepfm.io import write_json
+from deepfm.training import distributed
 from deepfm.training.loop import train
 from deepfm.utils import run_stage
 
 
 def main(split: Path, model: Path, curves: Path, timing: Path) -> None:
     cfg = load_config()
+    if cfg.train.processes > 1 and not distributed.under_torchrun():
+        args = ["--split", split, "--model", model, "--curves", curves, "--timing", timing]
+        distributed.launch(cfg.train, Path(__file__), [str(a) for a in args])
+        return
     data = read_split(split)
     # Written after every epoch and removed at the end: an interrupted `dvc repro` resumes
     # from it. Beside the model (not a DVC output), so a rerun finds it.
     resume = model.parent / ".train_state.pt"
+    if not distributed.is_main():  # another rank under torchrun: rank 0 writes every output
+        train(cfg, data, model, resume_path=resume)
+        return
     with (
         Live(str(curves), save_dvc_exp=False, dvcyaml=None) as live,
         Live(str(timing), save_dvc_exp=False, dvcyaml=None) as timing_live,
@@ -34,7 +45,8 @@ def main(split: Path, model: Path, curves: Path, timing: Path) -> None:
             "seconds_per_epoch": round(
                 sum(outcome.seconds_per_epoch) / max(1, len(outcome.seconds_per_epoch)), 3
             ),
-            "threads": outcome.num_threads,
+            "threads": outcome.num_threads,  # per process
+            "processes": cfg.train.processes,
             "device": outcome.device,
         }
     write_json(timing / "summary.json", summary)

@@ -57,11 +57,24 @@ def epoch_examples(
 
 
 def iterate_batches(
-    tensors: tuple[torch.Tensor, ...], batch_size: int, generator: torch.Generator
+    tensors: tuple[torch.Tensor, ...], batch_size: int, generator: torch.Generator, shard=None
 ) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Shuffle once, then yield contiguous slices of the permuted tensors."""
+    """Shuffle once, then yield contiguous slices of the permuted tensors.
+
+    shard (training.distributed.Shard, multi-process training): yield only this rank's
+    contiguous part of each batch, rows [lo, hi) of it, gathered from the unpermuted tensors
+    (no permuted copy of the epoch); the batch's full size goes to shard.rows first. Every
+    rank draws the same permutation from the same generator state."""
     n = len(tensors[0])
     perm = torch.randperm(n, generator=generator, device="cpu").to(tensors[0].device)
+    if shard is not None:
+        shard.check(n, batch_size)
+        for start in range(0, n, batch_size):
+            shard.rows = min(batch_size, n - start)
+            lo, hi = shard.bounds(shard.rows)
+            rows = perm[start + lo : start + hi]
+            yield tuple(t[rows] for t in tensors)
+        return
     shuffled = tuple(t[perm] for t in tensors)
     for start in range(0, n, batch_size):
         yield tuple(t[start : start + batch_size] for t in shuffled)

@@ -174,9 +174,10 @@ def save_resume(
     )
 
 
-def load_resume(path: Path | None, fingerprint: str):
+def load_resume(path: Path | None, fingerprint: str, warn: bool = True):
     """The saved state of an interrupted run with the same fingerprint, else None. A file that
-    cannot be read, or that another run left, is only a lost shortcut: said, never an error."""
+    cannot be read, or that another run left, is only a lost shortcut: said (if `warn`: one
+    rank of several says it), never an error."""
     if path is None or not path.is_file():
         return None
     try:
@@ -186,6 +187,8 @@ def load_resume(path: Path | None, fingerprint: str):
         why = "was left by a run with other params or data"
     except Exception as e:
         why = f"cannot be read ({type(e).__name__}: {e})"
+    if not warn:
+        return None
     print(
         f"warning: the resume file {path} {why}; it is ignored and training starts from epoch 1.",
         file=sys.stderr,  # line-buffered: no flush needed
@@ -194,10 +197,11 @@ def load_resume(path: Path | None, fingerprint: str):
 
 
 def restore_resume(
-    saved: dict, model_path: Path, model, optimizer, scheduler, shuffle
+    saved: dict, model_path: Path | None, model, optimizer, scheduler, shuffle
 ) -> tuple[LoopState, dict | None]:
     """Put a run back where the resume state `saved` (from load_resume) left it: weights,
-    optimizer, scheduler, both random generators and the kept checkpoint at model_path.
+    optimizer, scheduler, both random generators and the kept checkpoint at model_path (None:
+    not written, as on the ranks other than 0 of a multi-process run).
     Returns (the loop state, the kept checkpoint's payload or None)."""
     state = LoopState(**saved["loop"])
     model.load_state_dict(saved["model"])
@@ -207,6 +211,6 @@ def restore_resume(
     torch.set_rng_state(saved["torch_rng"])
     shuffle.set_state(saved["shuffle_rng"])
     kept_payload = saved["kept"]
-    if kept_payload is not None:
+    if kept_payload is not None and model_path is not None:
         save_checkpoint(model_path, kept_payload)  # DVC removed it before rerunning
     return state, kept_payload

@@ -9,9 +9,21 @@ from deepfm.training.objectives import TrainingError
 from deepfm.utils import physical_cores
 
 
-def setup_torch(cfg: TrainConfig, seed: int) -> tuple[int, torch.device]:
-    """Threads, determinism and device. Returns (threads, device)."""
-    threads = cfg.num_threads or physical_cores()
+def threads_per_process(cfg: TrainConfig, world: int = 1) -> int:
+    """train.num_threads (per process), or 0: the physical cores shared out evenly among the
+    `world` processes that train (two processes that each use every core make OpenMP threads
+    spin against each other)."""
+    return cfg.num_threads or max(1, physical_cores() // world)
+
+
+def setup_torch(
+    cfg: TrainConfig, seed: int, world: int = 1, local_rank: int | None = None
+) -> tuple[int, torch.device]:
+    """Threads, determinism and device. Returns (threads, device).
+
+    world, local_rank: of a multi-process run (training.distributed); on CUDA, process
+    local_rank takes GPU local_rank."""
+    threads = threads_per_process(cfg, world)
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -29,7 +41,15 @@ def setup_torch(cfg: TrainConfig, seed: int) -> tuple[int, torch.device]:
         )
     else:
         device = cfg.device
-    if cfg.amp and device != "cuda":
+    if device == "cuda" and local_rank is not None:
+        if local_rank >= torch.cuda.device_count():
+            raise TrainingError(
+                f"process {local_rank} of a multi-process run has no GPU of its own "
+                f"({torch.cuda.device_count()} visible): lower train.processes."
+            )
+        torch.cuda.set_device(local_rank)
+        device = f"cuda:{local_rank}"
+    if cfg.amp and not device.startswith("cuda"):
         raise TrainingError(
             f"params.yaml: 'train.amp' is true but training runs on {device}; mixed precision "
             "is for CUDA only. Set train.amp to false, or train.device to 'cuda' / 'auto' on a "

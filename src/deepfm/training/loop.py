@@ -24,6 +24,7 @@ from deepfm.evaluation.ranking import evaluate_held_out
 from deepfm.evaluation.rows import evaluate_rows
 from deepfm.io import save_checkpoint
 from deepfm.models import build_model
+from deepfm.training import distributed
 from deepfm.training.checkpoint import (
     LoopState,
     checkpoint_payload,
@@ -92,6 +93,7 @@ def train_steps(
     grad_clip: float = 0.0,
     amp: bool = False,
     interrupted: threading.Event | None = None,
+    ddp=None,
 ) -> float:
     """One pass of optimizer steps over an objective's batches; the mean loss per example.
 
@@ -99,6 +101,10 @@ def train_steps(
     stay float32; bfloat16 has float32's range, so no loss scaling is needed; the objectives
     take their loss in float32).
     interrupted: a flag set by Ctrl-C (utils.deferred_interrupts); checked between batches.
+    ddp: a distributed.Parallel when several processes train: the batches are this rank's
+    shards, the loss goes through its DDP module (which averages the ranks' gradients),
+    weighted by the rank's share of the global batch (Shard.weight), and the mean loss
+    returned is over every rank's examples.
     """
     total = None
     count = 0
@@ -107,9 +113,9 @@ def train_steps(
         if interrupted is not None and interrupted.is_set():
             raise KeyboardInterrupt  # Ctrl-C, deferred to a point between two batches
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
-            loss, n = objective.loss(model, batch)
+            loss, n = objective.loss(model, batch) if ddp is None else ddp.module(batch)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if ddp is None else loss * ddp.shard.weight(n)).backward()
         if grad_clip > 0:
             clip_gradients(model.parameters(), grad_clip)
         optimizer.step()
@@ -117,6 +123,9 @@ def train_steps(
         weighted = loss.detach() * n
         total = weighted if total is None else total + weighted
         count += n
+    if ddp is not None:
+        total, count = ddp.ranks.sum([float("nan") if total is None else float(total), count])
+        return total / max(count, 1)
     return float(total) / max(count, 1) if total is not None else float("nan")
 
 
@@ -154,9 +163,40 @@ def train(
 
     progress: None ("auto": a bar on a terminal, a line per epoch otherwise), "bar", "lines",
     or False / "off" (EpochProgress); True is "bar".
+
+    Under torchrun (train.processes > 1; the train stage launches it) every rank calls this
+    with the same arguments; rank 0 alone validates, writes model_path and resume_path and
+    logs to live / timing_live (training.distributed).
     """
+    world = distributed.world_size(cfg.train)
+    threads, device = setup_torch(cfg.train, cfg.seed, world, distributed.local_rank())
+    distributed.check_supported(cfg.train, device, world)
+    ranks = distributed.join(device) if distributed.under_torchrun() else None
+    signalled: list[threading.Event] = []  # _train's Ctrl-C / SIGTERM flag
+    try:
+        return _train(
+            cfg, split, model_path, threads, device, ranks, live, timing_live, progress,
+            resume_path, signalled,
+        )  # fmt: skip
+    except Exception as e:
+        if ranks is None or not distributed.is_comm_error(e):
+            raise
+        if signalled and signalled[0].is_set():  # Ctrl-C stopped another rank first
+            raise KeyboardInterrupt from e
+        raise ranks.lost(e) from e
+    finally:
+        distributed.leave(ranks)
+
+
+def _train(
+    cfg, split, model_path, threads, device, ranks, live, timing_live, progress, resume_path,
+    signalled,
+) -> TrainOutcome:  # fmt: skip
     tc = cfg.train
-    threads, device = setup_torch(tc, cfg.seed)
+    main = ranks is None or ranks.main  # the process that validates, saves and logs
+    if not main:
+        live = timing_live = None
+        progress = False
     mode = {None: "auto", True: "bar", False: "off"}.get(progress, progress)
     report = EpochProgress(mode, tc.epochs)
     data = data_fingerprint(split)
@@ -191,6 +231,8 @@ def train(
             ).metrics
 
     if not model.trainable:
+        if not main:  # rank 0 fits it alone
+            return _outcome(LoopState(), 0, "no training", threads, device, model)
         model.fit(split)
         val = validate()
         log_row(live, {f"val/{k}": v for k, v in val.items() if k != "users"})
@@ -203,33 +245,42 @@ def train(
     optimizer = make_optimizer(model, tc)
     scheduler = make_scheduler(optimizer, tc)
     objective = make_objective(cfg, split, rated, device)
+    parallel = ranks.wrap(model, objective, device) if ranks is not None else None
     shuffle = torch.Generator().manual_seed(cfg.seed)
     state = LoopState()
     kept = None
     fingerprint = run_fingerprint(cfg, split)
-    saved = load_resume(resume_path, fingerprint)
+    saved = load_resume(resume_path, fingerprint, warn=main)  # every rank reads the same file
     if saved is not None:
-        state, kept = restore_resume(saved, model_path, model, optimizer, scheduler, shuffle)
+        state, kept = restore_resume(
+            saved, model_path if main else None, model, optimizer, scheduler, shuffle
+        )
         for row in state.history:  # DVC removed the curves too: replay them
             log_row(live, row)
-        print(
-            f"resuming after epoch {state.epoch} (best so far: epoch {state.best_epoch})",
-            flush=True,
-        )
+        if main:
+            print(
+                f"resuming after epoch {state.epoch} (best so far: epoch {state.best_epoch})",
+                flush=True,
+            )
 
     stop_reason = f"reached train.epochs={tc.epochs}"
     epoch = state.epoch
     # Ctrl-C sets a flag that train_steps checks between batches: an interrupt never lands
     # inside a save or a finalizer, and the resume file always holds whole epochs.
     with deferred_interrupts() as interrupted:
+        signalled.append(interrupted)
         while state.epoch < tc.epochs:
             epoch = state.epoch + 1
             start = time.perf_counter()
             model.train()
-            batches = report.batches(objective.batches(epoch, tc.batch_size, shuffle), epoch)
+            if ranks is not None and ranks.world > 1:
+                ranks.seed_epoch(cfg.seed, epoch)  # dropout: a stream per rank and epoch
+            shard = parallel.shard if parallel is not None else None
+            batches = objective.batches(epoch, tc.batch_size, shuffle, shard)
             train_loss = train_steps(
-                model, optimizer, batches, objective, tc.grad_clip, tc.amp, interrupted
-            )
+                model, optimizer, report.batches(batches, epoch), objective, tc.grad_clip,
+                tc.amp, interrupted, parallel,
+            )  # fmt: skip
             if not math.isfinite(train_loss):
                 raise TrainingError(
                     f"epoch {epoch}: the training loss is {train_loss}; stopping. The best "
@@ -241,7 +292,11 @@ def train(
             val, val_seconds = {}, 0.0
             if validated:
                 val_start = time.perf_counter()
-                val = validate()
+                if main:
+                    with distributed.all_cores(ranks, device):
+                        val = validate()
+                if ranks is not None:  # the others wait for rank 0's metrics
+                    val = ranks.share(val)
                 val_seconds = time.perf_counter() - val_start
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 if validated:  # plateau_patience counts validations
@@ -268,18 +323,21 @@ def train(
                     state.best_score, state.best_epoch, state.best_val = score, epoch, val
                 if improved or tc.checkpoint == "last":
                     state.kept_epoch, state.kept_val = epoch, val
-                    kept = checkpoint_payload(cfg, model, epoch, val, data)
-                    save_checkpoint(model_path, kept)
-            if resume_path is not None:
+                    kept = checkpoint_payload(cfg, model, epoch, val, data) if main else {}
+                    if main:
+                        save_checkpoint(model_path, kept)
+            if resume_path is not None and main:
                 save_resume(
                     resume_path, fingerprint, state, model, optimizer, scheduler, shuffle, kept
                 )
+            if ranks is not None:
+                ranks.barrier()  # the others wait for rank 0's saves here, not in a step
             # stop only right after a validation, so the last epoch run is always a validated one
             since_best = epoch - state.best_epoch
             if validated and tc.min_epochs <= epoch < tc.epochs and since_best >= tc.patience:
                 stop_reason = f"early stop: no better {monitor} for {since_best} epochs"
                 break
-    if resume_path is not None:
+    if resume_path is not None and main:
         resume_path.unlink(missing_ok=True)
     if kept is None:  # checkpoint best, and no validation gave a comparable (finite) monitor
         raise TrainingError(

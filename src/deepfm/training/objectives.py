@@ -1,7 +1,9 @@
 """What a training step minimises, and the batches it reads each epoch.
 
 An objective draws one epoch's batches (fresh negatives every epoch, seeded by seed and
-epoch; one shuffle from the loop's generator) and turns a batch into a loss. The loop in
+epoch; one shuffle from the loop's generator) and turns a batch into a loss. With a `shard`
+(multi-process training, training.distributed) every rank draws the same epoch and yields
+only its part of each batch. The loop in
 loop.py is the same for all of them, so checkpoints, resume and the non-finite-loss guard
 hold for every model.
 
@@ -42,7 +44,9 @@ class Pointwise:
         self.observed = observed_negatives
         self.history = _history(split, device)
 
-    def batches(self, epoch: int, batch_size: int, shuffle: torch.Generator) -> Iterator:
+    def batches(
+        self, epoch: int, batch_size: int, shuffle: torch.Generator, shard=None
+    ) -> Iterator:
         arrays = epoch_examples(
             self.split,
             self.rated,
@@ -52,7 +56,7 @@ class Pointwise:
             observed_negatives=self.observed,
         )
         tensors = tuple(torch.from_numpy(a).to(self.device) for a in arrays)
-        return with_history(iterate_batches(tensors, batch_size, shuffle), self.history)
+        return with_history(iterate_batches(tensors, batch_size, shuffle, shard), self.history)
 
     def loss(self, model, batch) -> tuple[torch.Tensor, int]:
         users, items, labels, history = batch
@@ -71,7 +75,9 @@ class SampledSoftmax:
         self.negatives = negatives_per_positive
         self.history = _history(split, device)
 
-    def batches(self, epoch: int, batch_size: int, shuffle: torch.Generator) -> Iterator:
+    def batches(
+        self, epoch: int, batch_size: int, shuffle: torch.Generator, shard=None
+    ) -> Iterator:
         rows = np.flatnonzero(self.split.train_labels == 1)
         users = self.split.train_users[rows].astype(np.int64)
         # the same stream as Pointwise's negatives: one epoch draws the same items for both
@@ -82,7 +88,7 @@ class SampledSoftmax:
             [self.split.train_items[rows, None].astype(np.int64), neg.reshape(len(rows), -1)], 1
         )
         tensors = tuple(torch.from_numpy(a).to(self.device) for a in (users, items, rows))
-        for u, i, r in iterate_batches(tensors, batch_size, shuffle):
+        for u, i, r in iterate_batches(tensors, batch_size, shuffle, shard):
             yield u, i, None if self.history is None else self.history[r]
 
     def loss(self, model, batch) -> tuple[torch.Tensor, int]:
@@ -106,11 +112,13 @@ class NextItemSoftmax:
         self.split, self.device = split, device
         self.history = _history(split, device)
 
-    def batches(self, epoch: int, batch_size: int, shuffle: torch.Generator) -> Iterator:
+    def batches(
+        self, epoch: int, batch_size: int, shuffle: torch.Generator, shard=None
+    ) -> Iterator:
         rows = np.flatnonzero(self.split.train_labels == 1)
         arrays = (self.split.train_users[rows], self.split.train_items[rows], rows)
         tensors = tuple(torch.from_numpy(a.astype(np.int64)).to(self.device) for a in arrays)
-        for u, i, r in iterate_batches(tensors, batch_size, shuffle):
+        for u, i, r in iterate_batches(tensors, batch_size, shuffle, shard):
             yield u, i, self.history[r]
 
     def loss(self, model, batch) -> tuple[torch.Tensor, int]:
@@ -130,9 +138,11 @@ class GivenLabels:
         self.labels = torch.from_numpy(split.train.labels).to(device)
         self.device = device
 
-    def batches(self, epoch: int, batch_size: int, shuffle: torch.Generator) -> Iterator:
+    def batches(
+        self, epoch: int, batch_size: int, shuffle: torch.Generator, shard=None
+    ) -> Iterator:
         rows = torch.arange(len(self.labels))
-        for (r,) in iterate_batches((rows,), batch_size, shuffle):
+        for (r,) in iterate_batches((rows,), batch_size, shuffle, shard):
             # read the mapped file in ascending row order, keep the batch's own order
             index = r.numpy()
             ahead = np.argsort(index, kind="stable")

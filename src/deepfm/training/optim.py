@@ -58,6 +58,11 @@ def use_sparse_gradients(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, FeatureEmbedding):
             module.sparse_gradients = True
+            # FeatureEmbedding looks its tables up itself (never through their forward):
+            # the flag only tells DDP to expect, and all-reduce, a sparse gradient for them
+            for table in module.modules():
+                if isinstance(table, nn.Embedding):
+                    table.sparse = True
 
 
 def clip_gradients(parameters, max_norm: float) -> None:
