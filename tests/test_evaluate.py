@@ -258,3 +258,54 @@ def test_metric_dict_is_pinned_exactly_keys_in_order():
         ("full_hr@1", 0.6666666666666666), ("full_ndcg@1", 0.6666666666666666),
         ("full_mrr", 0.7777777777777777), ("users", 3),
     ]  # fmt: skip
+
+
+def test_user_sample_is_seeded_distinct_and_in_user_order():
+    from deepfm.evaluation.ranking import user_sample
+
+    assert user_sample(50, 0, seed=1) is None and user_sample(50, 50, seed=1) is None
+    a = user_sample(50, 7, seed=1)
+    assert len(a) == 7 == len(set(a.tolist())) and list(a) == sorted(a) and a.max() < 50
+    assert np.array_equal(a, user_sample(50, 7, seed=1))
+    assert not np.array_equal(a, user_sample(50, 7, seed=2))
+
+
+def test_a_sample_of_users_keeps_each_users_ranks(split, tmp_path):
+    """eval.sample_users evaluates a subset of users: each sampled user's ranks are those of
+    the full evaluation (the test item still ranked without that user's validation item), and
+    the training validation and eval.json use the same sample and say so."""
+    from deepfm.config import parse_config
+    from deepfm.data.batches import feature_tensors
+    from deepfm.evaluation.protocol import evaluate_checkpoint
+    from deepfm.evaluation.ranking import user_sample
+    from deepfm.models import build_model
+    from deepfm.training.loop import train
+
+    cfg = parse_config(
+        {"seed": 5, "eval": {"sample_users": 9},
+         "train": {"epochs": 2, "min_epochs": 2, "num_threads": 1, "batch_size": 64},
+         "deepfm": {"embed_dim": 4, "dnn_hidden": [8]}}
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model("deepfm", split.schema, feature_tensors(split), cfg.model_params)
+    rated = RatedIndex(
+        split.train_users, split.train_items, split.schema.num_users, split.schema.num_items
+    )
+    sample = user_sample(len(split.val.users), 9, seed=5)
+    full = evaluate_split(model, split, rated, ks=[10], batch_users=4)
+    part = evaluate_split(model, split, rated, ks=[10], batch_users=4, sample=sample)
+    for name in ("val", "test"):
+        assert np.array_equal(part[name].users, full[name].users[sample])
+        assert np.array_equal(part[name].full_rank, full[name].full_rank[sample])
+        assert np.array_equal(part[name].sampled_rank, full[name].sampled_rank[sample])
+        assert part[name].metrics["users"] == 9
+
+    out = train(cfg, split, tmp_path / "m.pt", progress=False)
+    assert out.best_val["users"] == 9  # validation in training ranked the sample only
+    result = evaluate_checkpoint(
+        split, tmp_path / "m.pt", ks=[10], batch_users=4, threads=1, sample_users=9, seed=5
+    )
+    assert result.metrics["sample_users"] == {"users": 9, "of": len(split.val.users), "seed": 5}
+    assert result.metrics["test"]["users"] == 9
+    whole = evaluate_checkpoint(split, tmp_path / "m.pt", ks=[10], batch_users=4, threads=1)
+    assert "sample_users" not in whole.metrics and whole.metrics["test"]["users"] > 9

@@ -117,6 +117,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         ks=cfg.eval.ks,
         batch_users=cfg.eval.batch_users,
         threads=threads,
+        sample_users=cfg.eval.sample_users,
+        seed=cfg.seed,
         split_dir=split_dir,
     )
     m = result.metrics

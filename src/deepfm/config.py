@@ -87,6 +87,9 @@ class EvalConfig:
     num_negatives: int = field(default=999, metadata=_range(1, 100_000))
     ks: list[int] = field(default_factory=lambda: [5, 10, 20], metadata=_range(1, 100_000))
     batch_users: int = field(default=32, metadata=_range(1, 1 << 20))
+    # 0: every evaluation user; n > 0: n of them drawn from `seed`, the same users for
+    # validation (in training too) and test: for catalogues too large to rank for everyone
+    sample_users: int = field(default=0, metadata=_range(0))
 
 
 @dataclass(frozen=True)

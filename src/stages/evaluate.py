@@ -24,6 +24,8 @@ def main(split: Path, model: Path, metrics: Path, ranks: Path) -> None:
         ks=cfg.eval.ks,
         batch_users=cfg.eval.batch_users,
         threads=threads,
+        sample_users=cfg.eval.sample_users,
+        seed=cfg.seed,
         split_dir=split,
     )
     write_json(metrics, result.metrics)

@@ -53,6 +53,12 @@ class HeldOut:
     # then the codes of the held-out interaction's context fields
     history: np.ndarray
 
+    def take(self, rows: np.ndarray) -> HeldOut:
+        """The held-out rows `rows` (positions), e.g. a sample of evaluation users."""
+        return HeldOut(
+            self.users[rows], self.items[rows], self.candidates[rows], self.history[rows]
+        )
+
 
 @dataclass
 class SplitResult:

@@ -11,7 +11,7 @@ import pandas as pd
 
 from deepfm.data.sampling import RatedIndex
 from deepfm.data.splitting import CTRSplit, SplitResult
-from deepfm.evaluation.ranking import evaluate_split
+from deepfm.evaluation.ranking import evaluate_split, user_sample
 from deepfm.evaluation.rows import evaluate_rows
 from deepfm.training.checkpoint import check_checkpoint_data, load_model
 from deepfm.utils import environment
@@ -32,12 +32,21 @@ def evaluate_checkpoint(
     batch_users: int,
     threads: int,
     split_dir: Path | str = "the split",
+    sample_users: int = 0,
+    seed: int = 0,
 ) -> CheckpointEvaluation:
     """Every metric of the protocol for the validation and test splits of `data`, from the
     model in `checkpoint` (which must have been trained on `data`), rounded to 6 decimals.
-    `threads`: the torch threads the caller set (recorded in the environment)."""
+    `threads`: the torch threads the caller set (recorded in the environment).
+    sample_users, seed: eval.sample_users (top-K: a seeded sample of the evaluation users)."""
     scorer, payload = load_model(checkpoint)
     check_checkpoint_data(payload, data, checkpoint, split_dir)
+    sample = None
+    if isinstance(data, CTRSplit) and sample_users:
+        raise ValueError(
+            "params.yaml: 'eval.sample_users' is set, but the ctr protocol scores every row; "
+            "set eval.sample_users to 0."
+        )
     if isinstance(data, CTRSplit):  # the ctr protocol: every row scored once
         results = {name: evaluate_rows(scorer, getattr(data, name)) for name in ("val", "test")}
         frames = [
@@ -55,7 +64,8 @@ def evaluate_checkpoint(
         rated = RatedIndex(
             data.train_users, data.train_items, data.schema.num_users, data.schema.num_items
         )
-        results = evaluate_split(scorer, data, rated, ks=ks, batch_users=batch_users)
+        sample = user_sample(len(data.val.users), sample_users, seed)
+        results = evaluate_split(scorer, data, rated, ks=ks, batch_users=batch_users, sample=sample)
         frames = [
             pd.DataFrame(
                 {
@@ -78,6 +88,8 @@ def evaluate_checkpoint(
     out["model"] = payload["model"]
     out["checkpoint_epoch"] = int(payload["epoch"])
     out["parameters"] = scorer.num_parameters()
+    if sample is not None:  # stated, so no one reads a sample's figures as the full protocol
+        out["sample_users"] = {"users": len(sample), "of": len(data.val.users), "seed": seed}
     out["environment"] = environment(threads)
     return CheckpointEvaluation(out, pd.concat(frames, ignore_index=True), summary)
 

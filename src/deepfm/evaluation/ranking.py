@@ -18,6 +18,7 @@ from deepfm.data.sampling import RatedIndex
 from deepfm.data.splitting import HeldOut
 from deepfm.evaluation import metrics as M
 from deepfm.models.base import RankingModel
+from deepfm.utils import rng_for
 
 
 @dataclass
@@ -105,6 +106,14 @@ def evaluate_held_out(
     return EvalResult(out, held.users, held.items, sampled_rank, full_rank, n_cand)
 
 
+def user_sample(n_users: int, sample_users: int, seed: int) -> np.ndarray | None:
+    """Positions of `sample_users` of the n_users evaluation users (eval.sample_users), drawn
+    from `seed`, in user order; None for every user (0, or at least n_users)."""
+    if not sample_users or sample_users >= n_users:
+        return None
+    return np.sort(rng_for(seed, "eval-users").choice(n_users, sample_users, replace=False))
+
+
 def evaluate_split(
     model: RankingModel,
     split,
@@ -114,17 +123,22 @@ def evaluate_split(
     batch_users: int = 256,
     device: torch.device | str = "cpu",
     which: tuple[str, ...] = ("val", "test"),
+    sample: np.ndarray | None = None,
 ) -> dict[str, EvalResult]:
     """The protocol's evaluation of a SplitResult: the validation item ranked with the test item
     still in the catalogue, the test item ranked with the validation item excluded (it is
-    known by then). Both held-out sets list the same eligible users in user order."""
+    known by then). Both held-out sets list the same eligible users in user order.
+    sample: positions of the users to evaluate (user_sample), or None for all."""
     if not np.array_equal(split.val.users, split.test.users):
         raise ValueError("validation and test users differ; rerun the split stage.")
-    exclude = {"val": None, "test": split.val.items}
+    held = {name: getattr(split, name) for name in ("val", "test")}
+    if sample is not None:
+        held = {name: h.take(sample) for name, h in held.items()}
+    exclude = {"val": None, "test": held["val"].items}
     return {
         name: evaluate_held_out(
             model,
-            getattr(split, name),
+            held[name],
             train_rated,
             ks=ks,
             batch_users=batch_users,

@@ -20,7 +20,7 @@ from deepfm.data.batches import feature_tensors
 from deepfm.data.sampling import RatedIndex
 from deepfm.data.splitting import CTRSplit, SplitResult
 from deepfm.evaluation.metrics import ROWS, SAMPLED, parse_key, row_keys
-from deepfm.evaluation.ranking import evaluate_held_out
+from deepfm.evaluation.ranking import evaluate_held_out, user_sample
 from deepfm.evaluation.rows import evaluate_rows
 from deepfm.io import save_checkpoint
 from deepfm.models import build_model
@@ -70,6 +70,11 @@ def _check_ctr(cfg: Config, model, split: CTRSplit) -> None:
             f"model {cfg.model!r} ranks items from users' histories (top-K protocol); dataset "
             f"{cfg.dataset!r} uses the ctr protocol: choose deepfm, xdeepfm, "
             "attention_deepfm, fm or lr."
+        )
+    if cfg.eval.sample_users:
+        raise TrainingError(
+            "params.yaml: 'eval.sample_users' is set, but the ctr protocol scores every row; "
+            "set eval.sample_users to 0."
         )
     allowed = row_keys(grouped=split.val.groups is not None)
     if cfg.train.monitor not in allowed:
@@ -225,9 +230,12 @@ def _train(
             split.train_users, split.train_items, split.schema.num_users, split.schema.num_items
         )
 
+        sample = user_sample(len(split.val.users), cfg.eval.sample_users, cfg.seed)
+        val_users = split.val if sample is None else split.val.take(sample)
+
         def validate() -> dict:
             return evaluate_held_out(
-                model, split.val, rated, ks=ks, batch_users=cfg.eval.batch_users, device=device
+                model, val_users, rated, ks=ks, batch_users=cfg.eval.batch_users, device=device
             ).metrics
 
     if not model.trainable:
