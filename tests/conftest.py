@@ -253,3 +253,19 @@ def criteo_declaration(path: Path, min_count: int = 2) -> dict:
         "label": {"column": "label"},
         "fields": {**ints, **cats},
     }
+
+
+class Recorder:
+    """Stands in for dvclive.Live; can simulate a kill after a given number of epochs."""
+
+    def __init__(self, interrupt_after: int | None = None):
+        self.rows, self.row, self.interrupt_after = [], {}, interrupt_after
+
+    def log_metric(self, name, value):
+        self.row[name] = value
+
+    def next_step(self):
+        self.rows.append(self.row)
+        self.row = {}
+        if self.interrupt_after is not None and len(self.rows) == self.interrupt_after:
+            raise KeyboardInterrupt

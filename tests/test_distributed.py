@@ -23,7 +23,7 @@ from deepfm.training import distributed
 from deepfm.training.distributed import Shard
 from deepfm.training.loop import TrainingError, train
 from deepfm.utils import physical_cores
-from tests.conftest import ML_FIELDS, make_ml100k_files
+from tests.conftest import ML_FIELDS, Recorder, make_ml100k_files
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 two_cores = pytest.mark.skipif(physical_cores() < 2, reason="2 processes need 2 physical cores")
@@ -32,18 +32,6 @@ two_cores = pytest.mark.skipif(physical_cores() < 2, reason="2 processes need 2 
 def _params(**train) -> dict:
     base = {"epochs": 4, "min_epochs": 1, "patience": 10, "batch_size": 64, "num_threads": 1}
     return {"seed": 3, "train": {**base, **train}, "deepfm": {"embed_dim": 4, "dnn_hidden": [8]}}
-
-
-class Recorder:
-    def __init__(self):
-        self.rows, self.row = [], {}
-
-    def log_metric(self, name, value):
-        self.row[name] = value
-
-    def next_step(self):
-        self.rows.append(self.row)
-        self.row = {}
 
 
 # --- the shards ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from deepfm.config import parse_config
 from deepfm.io import load_checkpoint
 from deepfm.training.loop import train
 from deepfm.training.progress import EpochProgress, epoch_line, format_duration
+from tests.conftest import Recorder
 
 
 class Terminal(io.StringIO):
@@ -72,18 +73,6 @@ def _cfg():
             "deepfm": {"embed_dim": 4, "dnn_hidden": [8]},
         }
     )
-
-
-class Recorder:
-    def __init__(self):
-        self.rows, self.row = [], {}
-
-    def log_metric(self, name, value):
-        self.row[name] = value
-
-    def next_step(self):
-        self.rows.append(self.row)
-        self.row = {}
 
 
 def test_training_into_a_log_prints_a_line_per_epoch_same_numbers(split, tmp_path, capsys):

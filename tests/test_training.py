@@ -9,6 +9,7 @@ from deepfm.training import checkpoint, loop, optim
 from deepfm.training.checkpoint import load_model
 from deepfm.training.loop import TrainingError, train
 from deepfm.training.objectives import Pointwise
+from tests.conftest import Recorder
 
 
 def _cfg(**train):
@@ -16,22 +17,6 @@ def _cfg(**train):
     return parse_config(
         {"seed": 3, "train": {**base, **train}, "deepfm": {"embed_dim": 4, "dnn_hidden": [8]}}
     )
-
-
-class Recorder:
-    """Stands in for dvclive.Live; can simulate a kill after a given number of epochs."""
-
-    def __init__(self, interrupt_after: int | None = None):
-        self.rows, self.row, self.interrupt_after = [], {}, interrupt_after
-
-    def log_metric(self, name, value):
-        self.row[name] = value
-
-    def next_step(self):
-        self.rows.append(self.row)
-        self.row = {}
-        if self.interrupt_after is not None and len(self.rows) == self.interrupt_after:
-            raise KeyboardInterrupt
 
 
 def test_training_learns_and_keeps_the_best_epoch(split, tmp_path):
