@@ -21,7 +21,7 @@ repro: install  ## fetch -> preprocess -> split -> train -> eval (set MOVIELENS_
 
 # FIGURES_ARGS: e.g. --rev <commit> or --all-commits (the experiments of another baseline)
 figures: install  ## PNGs of the experiments present (else the workspace run) -> reports/figures/
-	$(BIN)/python -m deepfm.results figures $(FIGURES_ARGS)
+	$(BIN)/deepfm report figures $(FIGURES_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

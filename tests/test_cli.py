@@ -435,3 +435,14 @@ def test_a_context_field_is_the_users_last_unless_the_file_gives_it(tmp_path):
     given = serving.score_rows(served, rows.assign(device=[own, other, "fridge"]))
     assert given.logit[0] == plain.logit[0]  # their own last device: the default
     assert given.logit[1] != plain.logit[0] and given.logit[2] != plain.logit[0]
+
+
+def test_deepfm_report_hands_its_arguments_to_the_results_cli(tmp_path, capsys):
+    bad = tmp_path / "exp.json"
+    bad.write_text("not json")
+    assert command.main(["report", "table", "--from-json", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot read {bad} as `dvc exp show --json` output")
+    with pytest.raises(SystemExit):
+        command.main(["report", "-h"])
+    assert capsys.readouterr().out.startswith("usage: deepfm report [-h] {table,compare,figures}")

@@ -112,12 +112,12 @@ def test_ctr_auc_equals_scikit_learns_on_the_same_scores(criteo_repo, model):
 
 def test_the_report_tables_and_compares_ctr_runs(criteo_repo):
     _, work, env = criteo_repo
-    table = _run([sys.executable, "-m", "deepfm.results", "table", "--out", ""], work, env)
+    table = _run([sys.executable, "-m", "deepfm", "report", "table", "--out", ""], work, env)
     assert "AUC" in table and "LogLoss" in table
     rows = [line for line in table.splitlines() if line.startswith(("| deepfm", "| lr"))]
     assert len(rows) == 2, table
     compare = _run(
-        [sys.executable, "-m", "deepfm.results", "compare", "deepfm", "lr", "--resamples", "300"],
+        [sys.executable, "-m", "deepfm", "report", "compare", "deepfm", "lr", "--resamples", "300"],
         work,
         env,
     )

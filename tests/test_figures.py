@@ -1,4 +1,4 @@
-"""The figures (`python -m deepfm.results figures`): what each one shows, checked by hand, and
+"""The figures (`deepfm report figures`): what each one shows, checked by hand, and
 the PNGs themselves: they open, have the expected size and are not blank."""
 
 from __future__ import annotations

@@ -185,7 +185,7 @@ def test_experiments_and_the_report_through_real_dvc(pipeline):
     work, env, *_ = pipeline
     _run(["dvc", "exp", "run", "-n", "default"], work, env)
     _run(["dvc", "exp", "run", "-n", "pop", "-S", "model=itempop"], work, env)
-    table = _run([sys.executable, "-m", "deepfm.results", "table", "--out", ""], work, env)
+    table = _run([sys.executable, "-m", "deepfm", "report", "table", "--out", ""], work, env)
     rows = {
         line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")
     }
@@ -194,7 +194,8 @@ def test_experiments_and_the_report_through_real_dvc(pipeline):
         [
             sys.executable,
             "-m",
-            "deepfm.results",
+            "deepfm",
+            "report",
             "compare",
             "deepfm",
             "itempop",

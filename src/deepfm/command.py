@@ -256,10 +256,19 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--metrics", metavar="FILE", help="default: metrics/eval.json")
     i.add_argument("--json", action="store_true", help="print the card as JSON")
     i.set_defaults(func=cmd_info)
+    # listed for `deepfm -h`; main() hands `deepfm report ...` to deepfm.results.cli
+    sub.add_parser(
+        "report", help="results over DVC experiments: table | compare | figures (report -h)"
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["report"]:  # its own parser: deepfm.results.cli
+        from deepfm.results.cli import main as report
+
+        return report(argv[1:])
     args = parser().parse_args(argv)
     from deepfm.config import ConfigError
     from deepfm.serving import ServingError

@@ -193,7 +193,7 @@ METRICS: dict[str, Metric] = {
     )
 }
 
-# The results table's default columns (`python -m deepfm.results table`): these metrics at
+# The results table's default columns (`deepfm report table`): these metrics at
 # k = 10, the full ranking's before the sampled candidates'.
 TABLE = ("ndcg", "hr", "auc", "logloss")
 TABLE_K = 10

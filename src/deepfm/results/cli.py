@@ -1,9 +1,9 @@
 """Results over DVC experiments (run from the repository root, venv active).
 
-    python -m deepfm.results table [--out reports/results.md] [--metrics M ...] [--from-json FILE]
-    python -m deepfm.results compare MODEL_A MODEL_B [--metric full_ndcg@10]
-    python -m deepfm.results compare --ranks-a A.parquet [...] --ranks-b B.parquet [...]
-    python -m deepfm.results figures [--out reports/figures] [--from-json FILE]
+    deepfm report table [--out reports/results.md] [--metrics M ...] [--from-json FILE]
+    deepfm report compare MODEL_A MODEL_B [--metric full_ndcg@10]
+    deepfm report compare --ranks-a A.parquet [...] --ranks-b B.parquet [...]
+    deepfm report figures [--out reports/figures] [--from-json FILE]
 
 `table` reads `dvc exp show --json` (the experiments of HEAD; --rev for another baseline commit,
 --all-commits for every commit),
@@ -334,7 +334,9 @@ def cmd_figures(args: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="deepfm report", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     source = argparse.ArgumentParser(add_help=False)
