@@ -48,3 +48,26 @@ def test_history_is_gathered_by_row_or_absent():
     assert none is None
     assert history_tensor(np.zeros((3, 0), dtype=np.int32), "cpu") is None
     assert history_tensor(np.ones((3, 2), dtype=np.int32), "cpu").tolist() == [[1, 1]] * 3
+
+
+def test_rated_targets_make_every_train_row_a_label_1_example(split):
+    s = split.schema
+    rated = RatedIndex(split.train_users, split.train_items, s.num_users, s.num_items)
+    assert (split.train_labels == 0).any()  # the fixture has observed negatives to promote
+    users, items, labels, rows = epoch_examples(
+        split, rated, seed=1, epoch=1, negatives_per_positive=2, observed_negatives=False,
+        targets="rated",
+    )  # fmt: skip
+    n = len(split.train_labels)
+    assert len(labels) == 3 * n and labels.sum() == n
+    target = labels == 1
+    np.testing.assert_array_equal(rows[target], np.arange(n))
+    np.testing.assert_array_equal(items[target], split.train_items)
+    # the negatives are drawn per target, carry its history row and are never rated items
+    np.testing.assert_array_equal(rows[~target], np.repeat(np.arange(n), 2))
+    assert not rated.contains(users[~target], items[~target]).any()
+    # the same negative stream as positives-only training, drawn for more rows
+    *_, labels_pos, _ = epoch_examples(
+        split, rated, seed=1, epoch=1, negatives_per_positive=2, observed_negatives=False
+    )
+    assert labels_pos.sum() == (split.train_labels == 1).sum() < n

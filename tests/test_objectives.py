@@ -160,3 +160,20 @@ def test_softmax_losses_refuse_observed_negatives_and_zero_negatives(split):
     )
     with pytest.raises(TrainingError, match=r"negatives_per_positive >= 1"):
         make_objective(none, split, rated, "cpu")
+
+
+def test_rated_targets_refuse_observed_negatives_and_reach_every_objective(split):
+    rated = _rated(split)
+    both = parse_config({"train": {"targets": "rated", "observed_negatives": True}})
+    with pytest.raises(TrainingError, match=r"targets is 'rated'.*observed_negatives to false"):
+        make_objective(both, split, rated, "cpu")
+    n_rows, n_pos = len(split.train_labels), int((split.train_labels == 1).sum())
+    assert n_pos < n_rows
+    gen = torch.Generator().manual_seed(0)
+    for section, want in (({"deepfm": {"loss": "sampled_softmax"}}, "deepfm"), ({}, "deepfm")):
+        for targets, count in (("positives", n_pos), ("rated", n_rows)):
+            cfg = parse_config({**section, "train": {"targets": targets}})
+            objective = make_objective(cfg, split, rated, "cpu")
+            seen = sum(len(b[0]) for b in objective.batches(0, 64, gen))
+            per_target = 1 if section else 1 + cfg.train.negatives_per_positive
+            assert seen == count * per_target, (want, targets)

@@ -71,6 +71,10 @@ class TrainConfig:
     plateau_patience: int = field(default=2, metadata=_range(0, 10_000))
     negatives_per_positive: int = field(default=4, metadata=_range(0, 1000))
     observed_negatives: bool = False
+    # which train rows are label-1 training targets: the positives (rating >= threshold), or
+    # every rated row (implicit feedback: "what the user rates next"); evaluation always
+    # holds out positives (docs/protocol.md)
+    targets: Literal["positives", "rated"] = "positives"
     # torch threads per training process; 0 = the physical cores / processes
     num_threads: int = field(default=0, metadata=_range(0, 1024))
     device: Literal["cpu", "cuda", "auto"] = "cpu"  # auto: cuda > mps > cpu

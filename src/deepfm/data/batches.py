@@ -25,6 +25,7 @@ def epoch_examples(
     epoch: int,
     negatives_per_positive: int,
     observed_negatives: bool,
+    targets: str = "positives",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(users, items, labels, rows) for one epoch: train positives, fresh uniform negatives
     drawn from items the user did not rate in train (seeded by seed and epoch) and,
@@ -34,7 +35,7 @@ def epoch_examples(
     positive's own, the positive's for the negatives drawn for it (they compete at the same
     moment), an observed negative's own. Rows rather than histories keep an epoch's arrays
     at one integer per example; `with_history` gathers a batch's history."""
-    pos_rows = np.flatnonzero(split.train_labels == 1)
+    pos_rows = target_rows(split, targets)
     pos_u, pos_i = split.train_users[pos_rows], split.train_items[pos_rows]
     neg_u, neg_i = sample_negatives(
         pos_u, negatives_per_positive, rated, rng_for(seed, "train-negatives", epoch)
@@ -54,6 +55,13 @@ def epoch_examples(
         np.concatenate(parts_y),
         np.concatenate(parts_r).astype(np.int64),
     )
+
+
+def target_rows(split: SplitResult, targets: str) -> np.ndarray:
+    """The train rows that are label-1 training examples: the positives, or every rated row."""
+    if targets == "rated":
+        return np.arange(len(split.train_labels))
+    return np.flatnonzero(split.train_labels == 1)
 
 
 def iterate_batches(

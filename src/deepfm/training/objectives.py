@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from deepfm.data.batches import epoch_examples, iterate_batches, with_history
+from deepfm.data.batches import epoch_examples, iterate_batches, target_rows, with_history
 from deepfm.data.sampling import RatedIndex, sample_negatives
 from deepfm.data.splitting import CTRSplit, SplitResult
 from deepfm.utils import rng_for
@@ -38,10 +38,14 @@ class TrainingError(RuntimeError):
 
 
 class Pointwise:
-    def __init__(self, split, rated, *, seed, negatives_per_positive, observed_negatives, device):
+    def __init__(
+        self, split, rated, *, seed, negatives_per_positive, observed_negatives, device,
+        targets="positives",
+    ):  # fmt: skip
         self.split, self.rated, self.seed, self.device = split, rated, seed, device
         self.negatives = negatives_per_positive
         self.observed = observed_negatives
+        self.targets = targets
         self.history = _history(split, device)
 
     def batches(
@@ -54,6 +58,7 @@ class Pointwise:
             epoch=epoch,
             negatives_per_positive=self.negatives,
             observed_negatives=self.observed,
+            targets=self.targets,
         )
         tensors = tuple(torch.from_numpy(a).to(self.device) for a in arrays)
         return with_history(iterate_batches(tensors, batch_size, shuffle, shard), self.history)
@@ -65,7 +70,7 @@ class Pointwise:
 
 
 class SampledSoftmax:
-    def __init__(self, split, rated, *, seed, negatives_per_positive, device):
+    def __init__(self, split, rated, *, seed, negatives_per_positive, device, targets="positives"):
         if negatives_per_positive < 1:
             raise TrainingError(
                 "loss sampled_softmax needs train.negatives_per_positive >= 1 (the negatives "
@@ -73,12 +78,13 @@ class SampledSoftmax:
             )
         self.split, self.rated, self.seed, self.device = split, rated, seed, device
         self.negatives = negatives_per_positive
+        self.targets = targets
         self.history = _history(split, device)
 
     def batches(
         self, epoch: int, batch_size: int, shuffle: torch.Generator, shard=None
     ) -> Iterator:
-        rows = np.flatnonzero(self.split.train_labels == 1)
+        rows = target_rows(self.split, self.targets)
         users = self.split.train_users[rows].astype(np.int64)
         # the same stream as Pointwise's negatives: one epoch draws the same items for both
         _, neg = sample_negatives(
@@ -104,18 +110,18 @@ class SampledSoftmax:
 
 
 class NextItemSoftmax:
-    def __init__(self, split, rated, *, device):
+    def __init__(self, split, rated, *, device, targets="positives"):
         if split.schema.field("history") is None:
             raise TrainingError(
                 "a next-item softmax needs the history field: set split.history_length > 0."
             )
-        self.split, self.device = split, device
+        self.split, self.device, self.targets = split, device, targets
         self.history = _history(split, device)
 
     def batches(
         self, epoch: int, batch_size: int, shuffle: torch.Generator, shard=None
     ) -> Iterator:
-        rows = np.flatnonzero(self.split.train_labels == 1)
+        rows = target_rows(self.split, self.targets)
         arrays = (self.split.train_users[rows], self.split.train_items[rows], rows)
         tensors = tuple(torch.from_numpy(a.astype(np.int64)).to(self.device) for a in arrays)
         for u, i, r in iterate_batches(tensors, batch_size, shuffle, shard):
@@ -171,13 +177,18 @@ def make_objective(cfg, split: SplitResult | CTRSplit, rated: RatedIndex | None,
             f"{cfg.model}.loss is {loss!r}, which ranks each positive against sampled items; "
             "train.observed_negatives (label-0 rows) needs loss bce. Set one of them back."
         )
+    if tc.targets == "rated" and tc.observed_negatives:
+        raise TrainingError(
+            "train.targets is 'rated', so every rated row is a label-1 target and there are "
+            "no observed negatives left: set train.observed_negatives to false."
+        )
     if loss == "sampled_softmax":
         return SampledSoftmax(
             split, rated, seed=cfg.seed, negatives_per_positive=tc.negatives_per_positive,
-            device=device,
+            device=device, targets=tc.targets,
         )  # fmt: skip
     if loss == "softmax":
-        return NextItemSoftmax(split, rated, device=device)
+        return NextItemSoftmax(split, rated, device=device, targets=tc.targets)
     return Pointwise(
         split,
         rated,
@@ -185,4 +196,5 @@ def make_objective(cfg, split: SplitResult | CTRSplit, rated: RatedIndex | None,
         negatives_per_positive=tc.negatives_per_positive,
         observed_negatives=tc.observed_negatives,
         device=device,
+        targets=tc.targets,
     )
