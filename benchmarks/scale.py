@@ -9,7 +9,7 @@ fresh process:
 - negatives: one epoch of negative sampling (4 per train positive);
 with wall time and peak RSS (VmHWM) after each step.
 
-    python benchmarks/scale.py --ratings 1000000 10000000 20000000 [--keep DIR]
+    python benchmarks/scale.py --ratings 1000000 10000000 20000000 32000000 [--keep DIR [--reuse]]
 
 Synthetic files are for benchmarks only; they carry no MovieLens data.
 """
@@ -30,14 +30,21 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 
 GENRES = 19
+TABLES = ("interactions", "users", "items")
+
+
+# (ratings, users, items) of real MovieLens releases: ML-1M, ML-20M, ML-32M
+ANCHORS = ((1_000_000, 6_040, 3_706), (20_000_000, 138_493, 26_744), (32_000_000, 200_948, 87_585))
 
 
 def shape_for(n_ratings: int) -> tuple[int, int]:
-    """Users and items for a table of n ratings, interpolating ML-1M (6,040 x 3,706 for 1M)
-    and ML-20M (138,493 x 26,744 for 20M) on a log scale."""
-    f = np.log(n_ratings / 1e6) / np.log(20)
-    users = int(np.exp(np.log(6040) + f * (np.log(138_493) - np.log(6040))))
-    items = int(np.exp(np.log(3706) + f * (np.log(26_744) - np.log(3706))))
+    """Users and items for a table of n ratings, interpolating (or extrapolating from) the
+    nearest two ANCHORS on a log scale: ML-1M and ML-20M up to 20M ratings, ML-20M and ML-32M
+    above."""
+    (n0, u0, i0), (n1, u1, i1) = ANCHORS[:2] if n_ratings <= ANCHORS[1][0] else ANCHORS[1:]
+    f = np.log(n_ratings / n0) / np.log(n1 / n0)
+    users = round(np.exp(np.log(u0) + f * (np.log(u1) - np.log(u0))))
+    items = round(np.exp(np.log(i0) + f * (np.log(i1) - np.log(i0))))
     return max(users, 100), max(items, 100)
 
 
@@ -78,12 +85,14 @@ def generate(folder: Path, n_ratings: int, seed: int = 0) -> dict:
     })  # fmt: skip
     items = pd.concat([items, pd.DataFrame(flags)], axis=1)
     items.to_csv(folder / "u.item", sep="|", header=False, index=False, encoding="latin-1")
-    return {
+    shape = {
         "users": n_users,
         "items": n_items,
         "ratings": len(keys),
         "bytes": (folder / "u.data").stat().st_size,
     }
+    (folder / "shape.json").write_text(json.dumps(shape) + "\n")
+    return shape
 
 
 def peak_rss_mb() -> float:
@@ -93,27 +102,51 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
-def measure(args: tuple) -> dict:
-    folder, seed = args
-    from deepfm.config import load_config
-    from deepfm.data.batches import epoch_examples
+def preprocess_step(folder: str, out: str) -> dict:
+    """What the preprocess stage does: parse and validate, write the canonical parquet."""
     from deepfm.data.movielens import load_canonical
-    from deepfm.data.sampling import RatedIndex
-    from deepfm.data.splitting import split_dataset
+    from deepfm.io import write_parquet
 
-    out = {}
     t = time.perf_counter()
     interactions, users, items = load_canonical("ml-100k", Path(folder), 4, 1980)
-    out["preprocess_s"], out["preprocess_peak_mb"] = time.perf_counter() - t, peak_rss_mb()
+    for name, table in zip(TABLES, (interactions, users, items), strict=True):
+        write_parquet(Path(out) / f"{name}.parquet", table)
+    return {"preprocess_s": time.perf_counter() - t, "preprocess_peak_mb": peak_rss_mb()}
+
+
+def split_step(processed: str, out: str, seed: int) -> dict:
+    """What the split stage does: read the canonical parquet, split, write the split as it
+    is made (split_processed with an out_dir)."""
+    import yaml
+
+    from deepfm.config import parse_config
+    from deepfm.data.splitting import split_processed
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    cfg = parse_config(
+        {
+            "seed": seed,
+            "split": {"min_positives": 3, "history_length": 10},
+            "eval": {"num_negatives": 999},
+            "datasets": {"ml-100k": params["datasets"]["ml-100k"]},
+        }
+    )
     t = time.perf_counter()
-    fields = load_config(ROOT / "params.yaml").datasets["ml-100k"].fields
-    split = split_dataset(
-        interactions, users, items, fields=fields, seed=seed, min_positives=3,
-        num_negatives=999, history_length=10,
-    )  # fmt: skip
-    out["split_s"], out["split_peak_mb"] = time.perf_counter() - t, peak_rss_mb()
-    out["eval_users"] = len(split.test.users)
-    del interactions
+    result = split_processed(cfg, Path(processed), Path(out))
+    return {
+        "split_s": time.perf_counter() - t,
+        "split_peak_mb": peak_rss_mb(),
+        "eval_users": len(result.test.users),
+    }
+
+
+def negatives_step(split_dir: str, seed: int) -> dict:
+    """One epoch of training negatives (4 per train positive) on the written split."""
+    from deepfm.data.batches import epoch_examples
+    from deepfm.data.sampling import RatedIndex
+    from deepfm.data.splitting import read_split
+
+    split = read_split(Path(split_dir))
     t = time.perf_counter()
     rated = RatedIndex(
         split.train_users, split.train_items, split.schema.num_users, split.schema.num_items
@@ -121,36 +154,56 @@ def measure(args: tuple) -> dict:
     ex = epoch_examples(
         split, rated, seed=seed, epoch=1, negatives_per_positive=4, observed_negatives=False
     )
-    out["negatives_s"], out["negatives_peak_mb"] = time.perf_counter() - t, peak_rss_mb()
-    out["examples_per_epoch"] = len(ex[0])
-    return out
+    return {
+        "negatives_s": time.perf_counter() - t,
+        "negatives_peak_mb": peak_rss_mb(),
+        "examples_per_epoch": len(ex[0]),
+    }
+
+
+def in_fresh_process(fn, *args) -> dict:
+    """fn(*args) in a new interpreter: its peak RSS belongs to that step alone, as each
+    stage of the pipeline runs in its own process."""
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ratings", type=int, nargs="+", default=[1_000_000, 10_000_000, 20_000_000])
     ap.add_argument("--keep", type=Path, default=None, help="keep the synthetic files here")
+    ap.add_argument(
+        "--reuse", action="store_true", help="measure --keep's files of an earlier run as they are"
+    )
+    ap.add_argument("--generate-only", action="store_true", help="write the files, measure nothing")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale.json")
     args = ap.parse_args()
     base = args.keep or Path(tempfile.mkdtemp(prefix="deepfm-scale-"))
     rows = []
     print(
-        f"{'ratings':>11}{'users':>9}{'items':>8}{'prep s':>8}{'split s':>9}{'neg s':>7}"
-        f"{'peak MB':>9}"
+        f"{'ratings':>11}{'users':>9}{'items':>8}{'prep s':>8}{'MB':>8}{'split s':>8}{'MB':>8}"
+        f"{'neg s':>7}{'MB':>8}"
     )
     try:
         for n in args.ratings:
             folder = base / f"synthetic-{n}"
-            shape = generate(folder, n)
-            ctx = mp.get_context("spawn")
-            with ctx.Pool(1) as pool:  # a fresh process: peak RSS belongs to this size alone
-                m = pool.apply(measure, ((str(folder), 42),))
-            row = {**shape, **m}
-            rows.append(row)
-            peak = max(m["preprocess_peak_mb"], m["split_peak_mb"], m["negatives_peak_mb"])
+            if args.reuse and (folder / "shape.json").is_file():
+                shape = json.loads((folder / "shape.json").read_text())
+            else:
+                shape = generate(folder, n)
+            if args.generate_only:
+                print(f"{n:>11,}{shape['users']:>9,}{shape['items']:>8,}  written", flush=True)
+                continue
+            processed, split = folder / "processed", folder / "split"
+            m = in_fresh_process(preprocess_step, str(folder), str(processed))
+            m |= in_fresh_process(split_step, str(processed), str(split), 42)
+            m |= in_fresh_process(negatives_step, str(split), 42)
+            rows.append({**shape, **m})
             print(
-                f"{n:>11,}{shape['users']:>9,}{shape['items']:>8,}{m['preprocess_s']:>8.1f}"
-                f"{m['split_s']:>9.1f}{m['negatives_s']:>7.1f}{peak:>9,.0f}",
+                f"{n:>11,}{shape['users']:>9,}{shape['items']:>8,}"
+                f"{m['preprocess_s']:>8.1f}{m['preprocess_peak_mb']:>8,.0f}"
+                f"{m['split_s']:>8.1f}{m['split_peak_mb']:>8,.0f}"
+                f"{m['negatives_s']:>7.1f}{m['negatives_peak_mb']:>8,.0f}",
                 flush=True,
             )
             if args.keep is None:

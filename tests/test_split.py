@@ -484,6 +484,46 @@ def test_split_outputs_are_pinned(canonical, tmp_path, sequence, tie_break):
     assert _digest(tmp_path / "s") == PINNED[sequence, tie_break]
 
 
+@pytest.mark.parametrize(("sequence", "tie_break"), list(PINNED))
+def test_split_written_as_it_is_made_is_the_same_files(
+    canonical, tmp_path, monkeypatch, sequence, tie_break
+):
+    # the stage's path (split_processed with out_dir: the train history and the candidates go
+    # to their files block by block) writes byte for byte what write_split writes of the
+    # in-memory split, here with blocks of a few rows and users so that every block boundary
+    # is crossed; and it reads back with those arrays mapped, read-only
+    import deepfm.data.splitting as splitting
+    from deepfm.config import parse_config
+    from deepfm.data.splitting import split_processed
+
+    interactions, users, items = canonical
+    coarse = interactions.assign(timestamp=interactions["timestamp"] // 10**7)
+    for name, table in zip(("interactions", "users", "items"), (coarse, users, items),
+                           strict=True):  # fmt: skip
+        table.to_parquet(tmp_path / f"{name}.parquet")
+    cfg = parse_config(
+        {
+            "seed": 7,
+            "split": {"min_positives": 3, "history_length": 4, "sequence": sequence,
+                      "tie_break": tie_break},
+            "eval": {"num_negatives": 30},
+            "datasets": {"ml-100k": PARAMS["datasets"]["ml-100k"]},
+        }
+    )  # fmt: skip
+    monkeypatch.setattr(splitting, "_HISTORY_BLOCK_ROWS", 7)
+    monkeypatch.setattr(splitting, "_CANDIDATE_BLOCK_DRAWS", 100)
+    got = split_processed(cfg, tmp_path, tmp_path / "streamed")
+    assert _digest(tmp_path / "streamed") == PINNED[sequence, tie_break]
+    assert isinstance(got.train_history, np.memmap) and not got.train_history.flags.writeable
+    assert isinstance(got.test.candidates, np.memmap)
+    in_memory = split_dataset(
+        coarse, users, items, fields=ML_FIELDS, seed=7, min_positives=3, num_negatives=30,
+        history_length=4, sequence=sequence, tie_break=tie_break,
+    )  # fmt: skip
+    assert got.summary == in_memory.summary
+    np.testing.assert_array_equal(got.train_history, in_memory.train_history)
+
+
 def test_users_with_fewer_candidates_and_empty_held_out_summaries(canonical):
     interactions, _, items = canonical
     # 40 candidates asked, 60 items: users who rated more than 20 have fewer unrated items
@@ -524,7 +564,7 @@ def test_candidates_when_asking_for_more_than_the_catalogue():
     # 6 items, user 0 rated 2 of them, 8 candidates asked: the 4 unrated, then -1 padding
     c = sample_candidates(np.array([0]), np.array([1, 4]), 6, 8, np.random.default_rng(0))
     assert c.tolist() == [[0, 2, 3, 5, -1, -1, -1, -1]]
-    assert c.dtype == np.int64
+    assert c.dtype == np.int32  # as written to and read from val/test_candidates.npy
 
 
 def test_candidates_of_a_user_with_exactly_as_many_unrated_items_as_asked():
@@ -546,11 +586,94 @@ def test_candidates_of_a_large_user_index_do_not_overflow():
     assert c.tolist() == [unrated]
 
 
-def test_candidates_are_the_items_with_the_smallest_random_keys():
-    # the documented draw: one uniform key per item (rated items excluded), the k smallest
-    # win. 500 items, k = 100, seed 4 is a draw where taking any 100 of the 102 smallest keys
-    # (a partition at the wrong k) gives a different set.
-    c = sample_candidates(np.array([0]), np.array([], dtype=np.int64), 500, 100,
-                          np.random.default_rng(4))  # fmt: skip
-    keys = np.random.default_rng(4).random((1, 500))
-    assert c[0].tolist() == sorted(np.argsort(keys[0])[:100].tolist())
+def test_dense_candidates_are_the_items_with_the_smallest_random_keys():
+    # the dense draw (fewer than 2k unrated items): one uniform key per item (rated items
+    # excluded), the k smallest win. 500 items, k = 260, seed 95 is a draw where taking any
+    # 260 of the 262 smallest keys (a partition at the wrong k) gives a different set.
+    c = sample_candidates(np.array([0]), np.array([], dtype=np.int64), 500, 260,
+                          np.random.default_rng(95))  # fmt: skip
+    keys = np.random.default_rng(95).random((1, 500))
+    assert c[0].tolist() == sorted(np.argsort(keys[0])[:260].tolist())
+
+
+def _check_candidates(c, users, rated_keys, num_items, k):
+    """The contract: distinct, unrated, sorted per row, -1 padding only where a user has
+    fewer than k unrated items (and then every unrated item)."""
+    rated = {(int(key // num_items), int(key % num_items)) for key in rated_keys}
+    assert c.shape == (len(users), k) and c.dtype == np.int32
+    for u, row in zip(users.tolist(), c, strict=True):
+        unrated = [i for i in range(num_items) if (u, i) not in rated]
+        got = row[row >= 0]
+        assert (row[len(got) :] == -1).all()
+        assert len(got) == min(k, len(unrated))
+        assert (np.diff(got) > 0).all()  # sorted and distinct
+        assert not any((u, int(i)) in rated for i in got)
+
+
+def test_candidates_contract_on_mixed_users():
+    # 300 items, 40 asked: light users (rejection draw), users who rated more than half of the
+    # catalogue or have fewer than 80 unrated items (dense draw), users with fewer than 40
+    # unrated items (padding), unsorted and repeated users, across several blocks
+    rng = np.random.default_rng(1)
+    num_items, k = 300, 40
+    n_rated = [0, 5, 149, 150, 151, 219, 220, 221, 259, 260, 261, 299, 300, 30, 100]
+    keys = np.sort(np.concatenate([
+        u * num_items + np.sort(rng.choice(num_items, n, replace=False))
+        for u, n in enumerate(n_rated)
+    ]))  # fmt: skip
+    users = np.array([3, 0, 14, 7, 7, 1, 2, 4, 5, 6, 8, 9, 10, 11, 12, 13])
+    c = sample_candidates(users, keys, num_items, k, np.random.default_rng(0))
+    _check_candidates(c, users, keys, num_items, k)
+    # the same seed, the same draw; another seed, another
+    again = sample_candidates(users, keys, num_items, k, np.random.default_rng(0))
+    assert np.array_equal(c, again)
+    assert not np.array_equal(c, sample_candidates(users, keys, num_items, k,
+                                                   np.random.default_rng(1)))  # fmt: skip
+
+
+def test_candidates_contract_in_small_blocks(monkeypatch):
+    # blocks of one or two users on both paths: the same contract
+    import deepfm.data.splitting as splitting
+
+    monkeypatch.setattr(splitting, "_CANDIDATE_BLOCK_DRAWS", 50)
+    monkeypatch.setattr(splitting, "_CANDIDATE_BLOCK_CELLS", 300)
+    rng = np.random.default_rng(2)
+    num_items, k = 200, 30
+    keys = np.sort(np.concatenate([
+        u * num_items + rng.choice(num_items, n, replace=False)
+        for u, n in enumerate([10, 150, 0, 180, 60, 190])
+    ]))  # fmt: skip
+    users = np.arange(6)
+    c = sample_candidates(users, keys, num_items, k, np.random.default_rng(0))
+    _check_candidates(c, users, keys, num_items, k)
+
+
+def _chi_square_p(counts: np.ndarray) -> float:
+    from scipy.stats import chisquare
+
+    return float(chisquare(counts).pvalue)
+
+
+@pytest.mark.parametrize(
+    ("num_items", "rated", "k"),
+    [
+        (12, range(0), 4),  # rejection draw, many repeats within a round
+        (12, range(6), 3),  # rejection draw at its limit: half rated, exactly 2k unrated
+        (40, range(0, 40, 4), 2),  # rejection draw, rated items spread out
+        (12, range(7), 2),  # dense draw: 5 unrated, 2 asked (fewer than 2k unrated)
+        (30, range(27), 2),  # dense draw: almost every item rated, 3 unrated, 2 asked
+    ],
+)
+def test_candidates_are_uniform_over_subsets(num_items, rated, k):
+    # every k-subset of the unrated items equally likely: a chi-square test over the subsets
+    from itertools import combinations
+
+    rated_keys = np.array(list(rated), dtype=np.int64)
+    unrated = [i for i in range(num_items) if i not in set(rated)]
+    subsets = {s: n for n, s in enumerate(combinations(unrated, k))}
+    draws = 200 * len(subsets)
+    users = np.zeros(draws, dtype=np.int64)  # one user drawn many times, in one call
+    c = sample_candidates(users, rated_keys, num_items, k, np.random.default_rng(3))
+    counts = np.bincount([subsets[tuple(row)] for row in c.tolist()], minlength=len(subsets))
+    assert counts.sum() == draws
+    assert _chi_square_p(counts) > 1e-4

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from deepfm.config import load_config
 from deepfm.data.rowsplit import split_ctr_stream
-from deepfm.data.splitting import split_processed, write_split
+from deepfm.data.splitting import split_processed
 from deepfm.utils import run_stage
 
 
@@ -25,8 +25,7 @@ def main(processed: Path, split: Path) -> None:
         )
         print("split:", json.dumps(summary))
         return
-    result = split_processed(cfg, processed)
-    write_split(result, split)
+    result = split_processed(cfg, processed, split)  # written as it is made
     print("split:", json.dumps(result.summary))
 
 

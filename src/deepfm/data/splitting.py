@@ -22,7 +22,7 @@ Users and items are addressed by their row in the canonical users / items tables
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +40,12 @@ from deepfm.utils import rng_for
 SEQUENCES = ("positives", "rated")
 TIE_BREAKS = ("item_id", "random")
 
-# Users scored per block when drawing candidates: bounds memory at block * num_items floats.
+# Drawing candidates: users per block of the rejection draw (block * num_negatives draws),
+# and of the dense draw (block * num_items keys), to bound memory.
+_CANDIDATE_BLOCK_DRAWS = 1 << 22
 _CANDIDATE_BLOCK_CELLS = 1 << 24
+# Rows per block when computing the train rows' history (a few int64 temporaries per row).
+_HISTORY_BLOCK_ROWS = 1 << 20
 
 
 @dataclass
@@ -133,7 +137,14 @@ def recent_items(
     so a row never sees an item that the protocol places after it.
     """
     rows = np.arange(len(user_idx)) if rows is None else rows
-    counted_rows = np.flatnonzero(counted)
+    return _recent(user_idx, item_codes, np.flatnonzero(counted), length, rows)
+
+
+def _recent(user_idx, item_codes, counted_rows, length, rows, counted=None) -> np.ndarray:
+    """recent_items, with the positions of the counted rows (np.flatnonzero(counted), given
+    or computed): a caller that goes through the rows in blocks computes them once."""
+    if counted_rows is None:
+        counted_rows = np.flatnonzero(counted)
     before = np.searchsorted(counted_rows, rows)  # counted rows above each row
     out = np.zeros((len(rows), length), dtype=np.int32)
     for back in range(1, length + 1):
@@ -171,32 +182,114 @@ def sample_candidates(
     """For each user, `num_negatives` distinct items not in its rated set, uniformly at random.
 
     `rated_keys` is the sorted array user * num_items + item of every rated pair. Returns a
-    (len(users), num_negatives) matrix of item indices, sorted per row, padded with -1 where a
-    user has fewer unrated items than asked for.
+    (len(users), num_negatives) int32 matrix of item indices, sorted per row, padded with -1
+    where a user has fewer unrated items than asked for.
+
+    Cost O(ratings + users x num_negatives), never users x items: most users are drawn by
+    rejection (_draw_sparse); a user who rated more than half of the catalogue, or has fewer
+    than twice as many unrated items as asked for, by one random key per item (_draw_dense):
+    num_items keys, which is then less than twice its ratings plus 2 x num_negatives (and
+    draws ML-100K's candidates exactly as before this split had a rejection path, 1,682 items
+    being fewer than 2 x 999). Users go in blocks of about
+    _CANDIDATE_BLOCK_DRAWS draws, the dense ones in blocks of _CANDIDATE_BLOCK_CELLS cells, so
+    memory is bounded, all from one generator: the same seed, the same candidates.
     """
-    out = np.full((len(users), num_negatives), -1, dtype=np.int64)
-    block = max(1, _CANDIDATE_BLOCK_CELLS // max(num_items, 1))
+    blocks = list(candidate_blocks(users, rated_keys, num_items, num_negatives, rng))
+    return np.concatenate(blocks) if blocks else np.full((0, num_negatives), -1, np.int32)
+
+
+def candidate_blocks(
+    users: np.ndarray,
+    rated_keys: np.ndarray,
+    num_items: int,
+    num_negatives: int,
+    rng: np.random.Generator,
+) -> Iterator[np.ndarray]:
+    """sample_candidates, one block of consecutive users at a time, in order."""
+    users = np.asarray(users, dtype=np.int64)
     take = min(num_negatives, num_items)
-    for start in range(0, len(users), block):
-        u = users[start : start + block]
-        keys = rng.random((len(u), num_items))
-        lo = np.searchsorted(rated_keys, u.astype(np.int64) * num_items)
-        hi = np.searchsorted(rated_keys, (u.astype(np.int64) + 1) * num_items)
-        rows = np.repeat(np.arange(len(u)), hi - lo)
-        cols = rated_keys[concat_ranges(lo, hi - lo)] % num_items
-        keys[rows, cols] = np.inf  # rated items sort last
-        # k smallest of i.i.d. uniform keys = a uniform k-subset of the unrated items
-        chosen = (
-            np.argpartition(keys, take - 1, axis=1)[:, :take]
-            if take < num_items
-            else (np.argsort(keys, axis=1))[:, :take]
-        )
-        valid = np.take_along_axis(keys, chosen, axis=1) < np.inf
-        chosen = np.where(valid, chosen, num_items)  # push padding to the end when sorting
-        chosen.sort(axis=1)
-        chosen[chosen == num_items] = -1
-        out[start : start + len(u), :take] = chosen
-    return out
+    lo = np.searchsorted(rated_keys, users * num_items)
+    hi = np.searchsorted(rated_keys, (users + 1) * num_items)
+    unrated = num_items - (hi - lo)
+    dense = (unrated < 2 * take) | (2 * unrated < num_items)
+    step = max(1, _CANDIDATE_BLOCK_DRAWS // max(take, 1))  # users per block
+    dense_step = max(1, _CANDIDATE_BLOCK_CELLS // max(num_items, 1))
+    for start in range(0, len(users), step):
+        out = np.full((min(step, len(users) - start), num_negatives), -1, dtype=np.int32)
+        if take:
+            block = np.arange(start, start + len(out))
+            rows = np.flatnonzero(dense[block])
+            for s in range(0, len(rows), dense_step):
+                r = rows[s : s + dense_step]
+                b = block[r]
+                out[r, :take] = _draw_dense(lo[b], hi[b], rated_keys, num_items, take, rng)
+            rows = np.flatnonzero(~dense[block])
+            if len(rows):
+                b = block[rows]
+                out[rows, :take] = _draw_sparse(lo[b], hi[b], rated_keys, num_items, take, rng)
+        yield out
+
+
+def _draw_dense(lo, hi, rated_keys, num_items, take, rng) -> np.ndarray:
+    """(len(lo), take): one uniform key per (user, item) cell, rated items keyed last; the
+    `take` smallest keys are a uniform take-subset of the unrated items. Users whose rated
+    keys are rated_keys[lo:hi]; -1 padding where fewer are unrated."""
+    keys = rng.random((len(lo), num_items))
+    rows = np.repeat(np.arange(len(lo)), hi - lo)
+    keys[rows, rated_keys[concat_ranges(lo, hi - lo)] % num_items] = np.inf
+    chosen = (
+        np.argpartition(keys, take - 1, axis=1)[:, :take]
+        if take < num_items
+        else np.argsort(keys, axis=1)[:, :take]
+    )
+    valid = np.take_along_axis(keys, chosen, axis=1) < np.inf
+    chosen = np.where(valid, chosen, num_items)  # push padding to the end when sorting
+    chosen.sort(axis=1)
+    chosen[chosen == num_items] = -1
+    return chosen
+
+
+def _draw_sparse(lo, hi, rated_keys, num_items, take, rng) -> np.ndarray:
+    """(len(lo), take): a uniform take-subset of each user's unrated items by rejection, for
+    users with at least 2 * take unrated items and at least half of the catalogue unrated.
+
+    Each round draws, for every row still short of `take`, exactly as many uniform items as
+    it lacks, and keeps those not rated, not kept before and not drawn twice in the round.
+    Exact: every step treats a user's unrated items alike (it only asks whether an item is
+    rated or already kept), so the law of the kept set is invariant under any permutation of
+    them, and the only such law on take-subsets is the uniform one. A draw is kept with
+    probability at least 1/4 (at most half the catalogue is rated, at most take <= unrated / 2
+    items are kept), so the rounds are few. Pairs are keyed row * num_items + item in sorted
+    arrays, so each membership test is one searchsorted.
+    """
+    n = len(lo)
+    counts = hi - lo
+    # the rows' rated pairs as sorted row keys (rated_keys is sorted by user, then item)
+    rated = np.repeat(np.arange(n, dtype=np.int64) * num_items, counts) + (
+        rated_keys[concat_ranges(lo, counts)] % num_items
+    )
+    kept = np.empty(0, dtype=np.int64)
+    need = np.full(n, take, dtype=np.int64)
+    active = np.arange(n, dtype=np.int64)
+    while len(active):
+        short = need[active]
+        draw = np.repeat(active * num_items, short) + rng.integers(0, num_items, int(short.sum()))
+        draw.sort()  # (np.unique is several times slower: it hashes first)
+        draw = draw[np.r_[True, draw[1:] != draw[:-1]]]  # an item drawn twice counts once
+        draw = draw[~_in_sorted(rated, draw) & ~_in_sorted(kept, draw)]
+        kept = np.insert(kept, np.searchsorted(kept, draw), draw)  # stays sorted
+        need -= np.bincount(draw // num_items, minlength=n)
+        active = active[need[active] > 0]
+    # exactly `take` keys per row, sorted by row then item
+    return (kept % num_items).astype(np.int32).reshape(n, take)
+
+
+def _in_sorted(sorted_keys: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Whether each query is in sorted_keys."""
+    if not len(sorted_keys):
+        return np.zeros(len(query), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_keys, query), len(sorted_keys) - 1)
+    return sorted_keys[pos] == query
 
 
 def split_dataset(
@@ -211,23 +304,29 @@ def split_dataset(
     history_length: int = 0,
     sequence: str = "positives",
     tie_break: str = "item_id",
+    folder: Path | None = None,
 ) -> SplitResult:
     """sequence: which earlier rows make up a user's history, "positives" (train positives)
     or "rated" (every train rating, observed negatives too). tie_break: the order of one
-    user's ratings with the same timestamp, "item_id" (ascending) or "random" (seeded)."""
+    user's ratings with the same timestamp, "item_id" (ascending) or "random" (seeded).
+    folder: where write_split will write (split_processed's out_dir): the largest arrays go
+    straight to their files there, block by block, and the result maps them (read-only)."""
     if sequence not in SEQUENCES or tie_break not in TIE_BREAKS:
         raise ValueError(
             f"sequence must be one of {SEQUENCES} (got {sequence!r}) and tie_break one of "
             f"{TIE_BREAKS} (got {tie_break!r})."
         )
     num_users, num_items = len(users), len(items)
-    user_idx = np.searchsorted(users["user_id"].to_numpy(), interactions["user_id"].to_numpy())
-    item_idx = np.searchsorted(items["item_id"].to_numpy(), interactions["item_id"].to_numpy())
+    # int32 indices and codes throughout: at ML-32M size every int64 copy of a per-rating
+    # column costs 256 MB
+    user_idx = _index_of(users["user_id"], interactions["user_id"])
+    item_idx = _index_of(items["item_id"], interactions["item_id"])
     if tie_break == "item_id":  # the items table is sorted by item_id: the same order
         ties = item_idx
     else:  # a seeded random key per row: a random order within equal timestamps
         ties = rng_for(seed, "tie-break").permutation(len(interactions))
     order = np.lexsort((ties, interactions["timestamp"].to_numpy(), user_idx))
+    del ties
     user_idx, item_idx = user_idx[order], item_idx[order]
     label = interactions["label"].to_numpy()[order].astype(np.int8)
 
@@ -244,23 +343,39 @@ def split_dataset(
         {"user": np.unique(train_u), "item": np.unique(train_i)},
     )
     context_fields, context_codes, vocabs = encode_context(fields, interactions, order, in_train)
+    del order
     # History is made of train rows only (positives, or every rating: `sequence`), so no
     # train example (e.g. an observed negative dated after the held-out items) and no
     # validation user sees a held-out item. The test item's history alone may also hold the
     # validation item, which precedes it and is known by then.
     item_id = next(f for f in flat if f.name == "item_id")
-    item_codes = features["item_features"][:, item_id.column][item_idx]
+    item_codes = features["item_features"][:, item_id.column].astype(np.int32)[item_idx]
     counted = in_train if sequence == "rated" else in_train & (label == 1)
-    history = recent_items(user_idx, item_codes, counted, history_length)
-    if history_length:
-        with_val = counted.copy()
-        with_val[val_rows] = True
-        history[test_rows] = recent_items(
-            user_idx, item_codes, with_val, history_length, rows=test_rows
-        )
+    with_val = counted.copy()
+    with_val[val_rows] = True
     # what changes from one example to the next travels with the example: its history codes,
-    # then its context codes (one (n, history_length + n_context) matrix)
-    example = np.concatenate([history, context_codes], axis=1)
+    # then its context codes (one (n, history_length + n_context) int32 matrix per split)
+    width = history_length + context_codes.shape[1]
+    examples = {
+        "val": _examples(user_idx, item_codes, counted, history_length, context_codes, val_rows),
+        "test": _examples(user_idx, item_codes, with_val, history_length, context_codes, test_rows),
+    }
+    del with_val
+    # the train rows' examples, one block of rows at a time, into their final place (a file,
+    # given `out_dir`): the whole matrix (n_train x width) is the split's largest array
+    big = _BigArrays(folder)
+    big.create("train_history", (len(train_u), width), np.int32)
+    counted_rows = np.flatnonzero(counted)
+    filled, done = 0, 0
+    for start in range(0, len(user_idx), _HISTORY_BLOCK_ROWS):
+        rows = start + np.flatnonzero(in_train[start : start + _HISTORY_BLOCK_ROWS])
+        block = _examples(
+            user_idx, item_codes, counted, history_length, context_codes, rows, counted_rows
+        )
+        big.put("train_history", done, block)
+        filled += int((block[:, :history_length] > 0).sum())
+        done += len(rows)
+    del counted_rows
     # serving only: the same as of the end of each user's data (every split's rows counted,
     # the held-out ones too: they are known by then) and the context of the last interaction
     every = np.ones(len(label), dtype=bool) if sequence == "rated" else label == 1
@@ -273,6 +388,7 @@ def split_dataset(
         ],
         axis=1,
     ).astype(np.int32)
+    del every, item_codes, context_codes
     # schema order: user sparse, user dense, the history, other user bags, then the item's
     history_field = (
         [Field("history", "user", "sequence", item_id.vocab_size, 0, history_length)]
@@ -291,16 +407,23 @@ def split_dataset(
     ]
 
     rated_keys = np.sort(user_idx.astype(np.int64) * num_items + item_idx)
-    held = {}
     for name, rows, stream in (("val", val_rows, 1), ("test", test_rows, 2)):
-        cand = sample_candidates(
+        big.create(f"{name}_candidates", (len(rows), num_negatives), np.int32)
+        done = 0
+        for block in candidate_blocks(
             user_idx[rows],
             rated_keys,
             num_items,
             num_negatives,
             rng_for(seed, "candidates", stream),
-        )
-        held[name] = HeldOut(user_idx[rows], item_idx[rows], cand, example[rows])
+        ):
+            big.put(f"{name}_candidates", done, block)
+            done += len(block)
+    del rated_keys
+    held = {
+        name: HeldOut(user_idx[rows], item_idx[rows], big.get(f"{name}_candidates"), examples[name])
+        for name, rows in (("val", val_rows), ("test", test_rows))
+    }
 
     n_unrated = num_items - np.bincount(user_idx, minlength=num_users)
     short = {
@@ -326,21 +449,23 @@ def split_dataset(
         "sequence": sequence,
         "tie_break": tie_break,
         "mean_history_filled": {
-            name: round(float((history[rows] > 0).sum(1).mean()), 3) if len(rows) else 0.0
-            for name, rows in (
-                ("train", np.flatnonzero(in_train)),
-                ("val", val_rows),
-                ("test", test_rows),
+            name: round(n_filled / n_rows, 3) if n_rows else 0.0
+            for name, n_filled, n_rows in (
+                ("train", filled, len(train_u)),
+                *(
+                    (s, int((examples[s][:, :history_length] > 0).sum()), len(examples[s]))
+                    for s in ("val", "test")
+                ),
             )
         },
     }
     if scalers:  # how each dense field was filled and scaled (fitted on train only)
         summary["dense_scalers"] = scalers
     return SplitResult(
-        train_users=train_u.astype(np.int32),
-        train_items=train_i.astype(np.int32),
+        train_users=train_u,
+        train_items=train_i,
         train_labels=label[in_train],
-        train_history=example[in_train],
+        train_history=big.get("train_history"),
         val=held["val"],
         test=held["test"],
         features=features,
@@ -353,6 +478,55 @@ def split_dataset(
     )
 
 
+def _index_of(table_ids: pd.Series, ids: pd.Series) -> np.ndarray:
+    """int32 row of each id in a table sorted by id (every id is there: preprocess checks)."""
+    return np.searchsorted(table_ids.to_numpy(), ids.to_numpy()).astype(np.int32)
+
+
+def _examples(
+    user_idx, item_codes, counted, length, context_codes, rows, counted_rows=None
+) -> np.ndarray:
+    """(len(rows), length + n_context) int32: the history codes of each of `rows`
+    (recent_items), then its context codes."""
+    out = np.empty((len(rows), length + context_codes.shape[1]), dtype=np.int32)
+    out[:, :length] = _recent(user_idx, item_codes, counted_rows, length, rows, counted)
+    out[:, length:] = context_codes[rows]
+    return out
+
+
+class _BigArrays:
+    """Where the split puts its largest arrays (the train history, the candidates), filled
+    block by block: in memory, or, given a folder, straight into their .npy files there, each
+    block written through a map that is closed at once, so that no array ever sits in this
+    process's memory whole (the files are np.save's bytes: write_split leaves them be)."""
+
+    def __init__(self, folder: Path | None):
+        self.folder = None if folder is None else Path(folder)
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def create(self, name: str, shape: tuple, dtype) -> None:
+        if self.folder is None:
+            self.arrays[name] = np.empty(shape, dtype=dtype)
+        else:
+            np.lib.format.open_memmap(self.folder / f"{name}.npy", "w+", dtype, shape).flush()
+
+    def put(self, name: str, start: int, block: np.ndarray) -> None:
+        if not len(block):
+            return
+        if self.folder is None:
+            self.arrays[name][start : start + len(block)] = block
+            return
+        target = np.load(self.folder / f"{name}.npy", mmap_mode="r+")
+        target[start : start + len(block)] = block
+        target.flush()
+        del target  # unmap: the written pages leave this process
+
+    def get(self, name: str) -> np.ndarray:
+        if self.folder is None:
+            return self.arrays[name]
+        return np.load(self.folder / f"{name}.npy", mmap_mode="r")
+
+
 def _id_array(ids: pd.Series) -> np.ndarray:
     """Raw ids as int64, or as fixed-width text when they are not integers (np.save keeps
     both without pickling)."""
@@ -361,8 +535,23 @@ def _id_array(ids: pd.Series) -> np.ndarray:
     return ids.astype(str).to_numpy(dtype=str)
 
 
-def split_processed(cfg, processed_dir: Path) -> SplitResult | CTRSplit:
-    """The split stage's result for a Config, from the canonical tables in processed_dir."""
+def split_processed(
+    cfg, processed_dir: Path, out_dir: Path | None = None
+) -> SplitResult | CTRSplit:
+    """The split stage's result for a Config, from the canonical tables in processed_dir;
+    given out_dir, also written there (write_split) as it is made: the top-K protocol's
+    largest arrays never sit in memory whole."""
+    if out_dir is not None and cfg.dataset_spec.protocol != "ctr":
+        with atomic_dir(out_dir) as tmp:
+            _write_files(_split_tables(cfg, processed_dir, tmp), tmp)
+        return read_split(out_dir)
+    result = _split_tables(cfg, processed_dir, None)
+    if out_dir is not None:
+        write_split(result, out_dir)
+    return result
+
+
+def _split_tables(cfg, processed_dir: Path, folder: Path | None) -> SplitResult | CTRSplit:
     tables = {
         n: pd.read_parquet(Path(processed_dir) / f"{n}.parquet")
         for n in ("interactions", "users", "items")
@@ -388,10 +577,20 @@ def split_processed(cfg, processed_dir: Path) -> SplitResult | CTRSplit:
         history_length=cfg.split.history_length,
         sequence=cfg.split.sequence,
         tie_break=cfg.split.tie_break,
+        folder=folder,
     )
 
 
 _ARRAYS = ("train_users", "train_items", "train_labels", "train_history", "user_ids", "item_ids")
+# read memory-mapped, read-only: the largest arrays (GBs at ML-32M size), of which training
+# and evaluation gather rows
+_MAPPED = ("train_history", "val_candidates", "test_candidates")
+
+
+def _read(split_dir: Path, name: str) -> np.ndarray:
+    if name in _MAPPED:
+        return np.load(split_dir / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+    return read_npy(split_dir / f"{name}.npy")
 
 
 def feature_names(schema: Schema) -> list[str]:
@@ -410,22 +609,33 @@ def write_split(result: SplitResult | CTRSplit, out_dir: Path) -> None:
         write_ctr_split(result, out_dir)
         return
     with atomic_dir(out_dir) as tmp:
-        for name in _ARRAYS:
-            write_npy(tmp / f"{name}.npy", getattr(result, name))
-        for name in feature_names(result.schema):
-            write_npy(tmp / f"{name}.npy", result.features[name])
-        for split_name in ("val", "test"):
-            held: HeldOut = getattr(result, split_name)
-            write_npy(tmp / f"{split_name}_users.npy", held.users.astype(np.int32))
-            write_npy(tmp / f"{split_name}_items.npy", held.items.astype(np.int32))
-            write_npy(tmp / f"{split_name}_candidates.npy", held.candidates.astype(np.int32))
-            write_npy(tmp / f"{split_name}_history.npy", held.history)
-        if result.latest is not None:
-            write_npy(tmp / "user_latest.npy", result.latest)
-        if result.vocabs:
-            write_json(tmp / "context_vocab.json", result.vocabs)
-        write_json(tmp / "schema.json", result.schema.to_dict())
-        write_json(tmp / "summary.json", result.summary)
+        _write_files(result, tmp)
+
+
+def _write_files(result: SplitResult, folder: Path) -> None:
+    """Every file of a top-K split into `folder`, but those already there: the ones that
+    split_dataset wrote itself (its `folder`)."""
+
+    def put(name: str, array: np.ndarray, dtype=None) -> None:
+        if not (folder / f"{name}.npy").exists():
+            write_npy(folder / f"{name}.npy", array if dtype is None else array.astype(dtype))
+
+    for name in _ARRAYS:
+        put(name, getattr(result, name))
+    for name in feature_names(result.schema):
+        put(name, result.features[name])
+    for split_name in ("val", "test"):
+        held: HeldOut = getattr(result, split_name)
+        put(f"{split_name}_users", held.users, np.int32)
+        put(f"{split_name}_items", held.items, np.int32)
+        put(f"{split_name}_candidates", held.candidates, np.int32)
+        put(f"{split_name}_history", held.history)
+    if result.latest is not None:
+        put("user_latest", result.latest)
+    if result.vocabs:
+        write_json(folder / "context_vocab.json", result.vocabs)
+    write_json(folder / "schema.json", result.schema.to_dict())
+    write_json(folder / "summary.json", result.summary)
 
 
 def read_split(split_dir: Path) -> SplitResult | CTRSplit:
@@ -438,13 +648,13 @@ def read_split(split_dir: Path) -> SplitResult | CTRSplit:
     summary = read_json(split_dir / "summary.json")
     if summary.get("protocol") == "ctr":
         return read_ctr_split(split_dir, schema, summary)
-    arrays = {name: read_npy(split_dir / f"{name}.npy") for name in _ARRAYS}
+    arrays = {name: _read(split_dir, name) for name in _ARRAYS}
     features = {name: read_npy(split_dir / f"{name}.npy") for name in feature_names(schema)}
     held = {
         s: HeldOut(
             read_npy(split_dir / f"{s}_users.npy"),
             read_npy(split_dir / f"{s}_items.npy"),
-            read_npy(split_dir / f"{s}_candidates.npy"),
+            _read(split_dir, f"{s}_candidates"),
             read_npy(split_dir / f"{s}_history.npy"),
         )
         for s in ("val", "test")

@@ -20,6 +20,7 @@ hold for every model.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -135,7 +136,13 @@ class NextItemSoftmax:
 
 def _history(split: SplitResult, device) -> torch.Tensor | None:
     h = split.train_history
-    return torch.from_numpy(h).to(device) if h.shape[1] else None
+    if not h.shape[1]:
+        return None
+    with warnings.catch_warnings():
+        # read_split maps it read-only: torch warns that the tensor could not be written to
+        # (it never is) and, on the CPU, shares the map instead of copying it
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(h).to(device)
 
 
 class GivenLabels:
