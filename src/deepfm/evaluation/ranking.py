@@ -15,7 +15,7 @@ import torch
 
 from deepfm.data.batches import history_tensor
 from deepfm.data.sampling import RatedIndex
-from deepfm.data.splitting import HeldOut
+from deepfm.data.splitting import HeldOut, release_mapped_pages
 from deepfm.evaluation import metrics as M
 from deepfm.models.base import RankingModel
 from deepfm.utils import rng_for
@@ -72,6 +72,7 @@ def evaluate_held_out(
             pos_scores = scores[rows, pos_t]
 
             cand = torch.from_numpy(held.candidates[sl].astype(np.int64))
+            release_mapped_pages(held.candidates)  # read once: off this process's RSS
             valid = cand >= 0
             cand_scores = scores.gather(1, cand.clamp(min=0))
             sampled_rank[sl] = M.pessimistic_rank(pos_scores, cand_scores, valid).numpy()
