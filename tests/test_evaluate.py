@@ -309,3 +309,38 @@ def test_a_sample_of_users_keeps_each_users_ranks(split, tmp_path):
     assert result.metrics["test"]["users"] == 9
     whole = evaluate_checkpoint(split, tmp_path / "m.pt", ks=[10], batch_users=4, threads=1)
     assert "sample_users" not in whole.metrics and whole.metrics["test"]["users"] > 9
+
+
+@pytest.mark.parametrize("batch_users", [1, 7, 64])
+def test_pooled_metrics_equal_the_metrics_of_every_pair_at_once(batch_users):
+    # random integer scores (many ties) for 40 users x 25 items, 10 candidate slots with
+    # padding: the pooled AUC / LogLoss of the blocked evaluation are auc / log_loss on the
+    # pairs (the positive, then the valid candidates, user by user) concatenated, exactly
+    from deepfm.evaluation import metrics as M
+
+    rng = np.random.default_rng(5)
+    users, items = 40, 25
+    table = torch.from_numpy(rng.integers(0, 6, (users, items)).astype(np.float32))
+
+    class Table(torch.nn.Module):
+        def score_matrix(self, u, i, history=None):
+            return table[u][:, i]
+
+    positives = rng.integers(0, items, users)
+    candidates = np.stack([rng.permutation(items)[:10] for _ in range(users)])
+    candidates[candidates == positives[:, None]] = -1
+    candidates[rng.random((users, 10)) < 0.2] = -1
+    heldout = HeldOut(
+        np.arange(users, dtype=np.int32), positives.astype(np.int32),
+        candidates.astype(np.int32), np.zeros((users, 0), np.int32),
+    )  # fmt: skip
+    index = RatedIndex(np.array([0]), np.array([0]), num_users=users, num_items=items)
+    r = evaluate_held_out(Table(), heldout, index, ks=[5], batch_users=batch_users)
+    labels, logits = [], []
+    for u in range(users):
+        cand = candidates[u][candidates[u] >= 0]
+        labels += [1] + [0] * len(cand)
+        logits += [table[u, positives[u]].item(), *table[u, cand].tolist()]
+    labels, logits = np.array(labels, np.int8), np.array(logits, np.float32)
+    assert r.metrics["auc"] == M.auc(labels, logits)
+    assert r.metrics["logloss"] == M.log_loss(labels, logits)

@@ -1,3 +1,4 @@
+import itertools
 import math
 import warnings
 from pathlib import Path
@@ -54,6 +55,117 @@ def test_auc_and_logloss_match_sklearn():
     assert M.auc(labels, logits) == pytest.approx(roc_auc_score(labels, logits), abs=1e-12)
     probs = 1 / (1 + np.exp(-logits))
     assert M.log_loss(labels, logits) == pytest.approx(sk_log_loss(labels, probs), rel=1e-9)
+
+
+def evaluation_pairs(seed: int, users: int, per_user: int) -> tuple[np.ndarray, np.ndarray, list]:
+    """(labels, float32 logits, block bounds) shaped as the evaluation adds them: per user its
+    positive, then 0..per_user valid candidates; logits rounded to 0.1, so ties are many (within
+    and across users and between positives and negatives); blocks of 1..40 users."""
+    rng = np.random.default_rng(seed)
+    counts = 1 + rng.integers(0, per_user + 1, users)
+    starts = np.r_[0, np.cumsum(counts)]
+    labels = np.zeros(starts[-1], dtype=np.int8)
+    labels[starts[:-1]] = 1
+    logits = np.round(rng.normal(size=len(labels)) + labels, 1).astype(np.float32)
+    cuts = np.r_[0, np.cumsum(rng.integers(1, 41, users)), users].clip(max=users)
+    bounds = [(starts[a], starts[b]) for a, b in itertools.pairwise(cuts)]
+    return labels, logits, bounds
+
+
+def pooled(labels, logits, bounds, chunk: int) -> M.PooledPairs:
+    pairs = M.PooledPairs(len(logits), np.float32, chunk)
+    for lo, hi in bounds:
+        pairs.add(labels[lo:hi], logits[lo:hi])
+    return pairs
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 128, 1000, 1 << 20])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pooled_pairs_equal_auc_and_logloss_of_all_pairs_bit_for_bit(seed, chunk):
+    # the pairs' order is kept, blocks and chunks cut users anywhere: the values are those of
+    # auc / log_loss on all pairs concatenated, exactly (==), in either order of calls
+    labels, logits, bounds = evaluation_pairs(seed, users=500, per_user=30)
+    assert len(logits) > 4 * 128 and len(bounds) > 10
+    pairs = pooled(labels, logits, bounds, chunk)
+    assert pairs.log_loss() == M.log_loss(labels, logits)
+    assert pairs.auc() == M.auc(labels, logits)
+    assert pairs.log_loss() == M.log_loss(labels, logits)  # auc() changed nothing
+    assert pairs.auc() == pytest.approx(roc_auc_score(labels, logits), abs=1e-12)
+    probs = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    assert pairs.log_loss() == pytest.approx(sk_log_loss(labels, probs), rel=1e-9)
+
+
+def test_pooled_logloss_follows_numpys_pairwise_sum_at_every_size():
+    # log_loss's sum is np.mean's pairwise sum, whose split depends on the length: sizes
+    # around the 8-wide unrolling and the 128 block, and a deep split in small chunks
+    rng = np.random.default_rng(3)
+    for n in [*range(1, 40), 127, 128, 129, 255, 256, 257, 1023, 1025, 4096 + 9, 200_003]:
+        labels = (rng.random(n) < 0.3).astype(np.int8)
+        logits = (rng.normal(size=n) * 10.0 ** rng.uniform(-3, 2, n)).astype(np.float32)
+        for chunk in (1, 64, 1000):
+            pairs = M.PooledPairs.of(labels, logits, chunk)
+            assert pairs.log_loss() == M.log_loss(labels, logits), (n, chunk)
+            assert pairs.auc() == M.auc(labels, logits) or n < 2, (n, chunk)
+
+
+def test_pooled_auc_keeps_the_tie_convention_and_nan_cases():
+    # positive 0.5 ties a negative (1/2), beats -1 (1): (1.5 + 0 + 2) / (2 * 3)... by hand:
+    # positives 0.5 and 3.0; negatives -1, 0.5, 4: 0.5 -> 1 + 0.5, 3.0 -> 2, total 3.5 / 6
+    pairs = M.PooledPairs.of(np.array([1, 0, 0, 1, 0]), np.array([0.5, -1, 0.5, 3, 4], np.float32))
+    assert pairs.auc() == 3.5 / 6
+    empty = M.PooledPairs(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy warning either
+        assert math.isnan(empty.auc()) and math.isnan(empty.log_loss())
+        assert math.isnan(M.PooledPairs.of([1, 1], np.array([0.3, 0.2], np.float32)).auc())
+        assert math.isnan(M.PooledPairs.of([0, 0], np.array([0.3, 0.2], np.float32)).auc())
+
+
+def held_bytes(obj) -> int:
+    """The bytes of every array an object holds (attributes, and lists of arrays)."""
+    total = 0
+    for value in vars(obj).values():
+        for a in value if isinstance(value, list) else [value]:
+            total += a.nbytes if isinstance(a, np.ndarray) else 0
+    return total
+
+
+@pytest.mark.parametrize("users", [64, 640, 6400])
+def test_pooled_pairs_hold_4_bytes_a_pair_and_8_a_positive_whatever_the_users(users):
+    # the evaluation's only state that grows with its users: a float32 a pair (the buffer, of
+    # the users' upper bound of pairs) and an int64 a positive (one a user)
+    per_user = 10
+    pairs = M.PooledPairs(users * (per_user + 1), np.float32)
+    rng = np.random.default_rng(users)
+    for _ in range(0, users, 32):
+        labels = np.tile(np.r_[1, np.zeros(per_user, np.int8)], 32)
+        pairs.add(labels, rng.normal(size=len(labels)).astype(np.float32))
+    assert pairs.size == users * (per_user + 1)
+    assert held_bytes(pairs) == 4 * users * (per_user + 1) + 8 * users
+
+
+def test_pooled_metrics_need_memory_of_a_chunk_not_of_all_pairs():
+    # tracemalloc sees numpy's buffers: computing the metrics allocates about a chunk's
+    # temporaries, where auc / log_loss on all pairs at once allocate tens of bytes a pair
+    import tracemalloc
+
+    labels, logits, bounds = evaluation_pairs(4, users=2000, per_user=999)
+    n = len(logits)
+    assert n > 900_000
+    pairs = pooled(labels, logits, bounds, chunk=1 << 14)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        pairs.auc(), pairs.log_loss()
+        new_peak = tracemalloc.get_traced_memory()[1] - base
+        tracemalloc.reset_peak()
+        M.auc(labels, logits), M.log_loss(labels, logits)
+        old_peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert new_peak < 100 * (1 << 14)  # about 40 bytes a chunk's pair, plus the positives
+    assert old_peak > 30 * n  # what it replaces: all pairs at once (38 bytes a pair)
 
 
 def test_logloss_is_stable_for_large_logits():
@@ -126,7 +238,7 @@ def test_compute_gives_the_pinned_dict_keys_in_order():
             M.FULL: np.array([4, 30, 1, 100, 9], dtype=np.int64),
         },
         pairs={
-            M.SAMPLED: (
+            M.SAMPLED: M.PooledPairs.of(
                 np.array([1, 0, 0, 1, 0, 0, 1, 0], dtype=np.int8),
                 np.array([2.5, -1.0, 0.5, 0.5, 3.0, -2.0, 0.0, 0.0], dtype=np.float32),
             )
@@ -208,7 +320,9 @@ def test_parse_key_refuses_what_is_no_metric(name):
 
 def test_per_user_values_average_to_the_metric():
     ranks = np.random.default_rng(1).integers(1, 50, size=200)
-    got = M.compute([5], {M.SAMPLED: ranks, M.FULL: ranks}, {M.SAMPLED: ([1, 0], [0.3, 0.1])})
+    got = M.compute(
+        [5], {M.SAMPLED: ranks, M.FULL: ranks}, {M.SAMPLED: M.PooledPairs.of([1, 0], [0.3, 0.1])}
+    )
     for name in ("hr@5", "ndcg@5", "mrr", "full_hr@5", "full_ndcg@5", "full_mrr"):
         metric, _, k = M.parse_key(name)
         values = M.per_user_values(metric, ranks, k)

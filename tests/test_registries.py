@@ -85,6 +85,8 @@ def test_every_metric_has_a_working_function_label_and_direction(name):
         groups = (np.array([3, 3, 5, 5], dtype=np.uint64),) if metric.grouped else ()
         value = metric.fn(*rows, *groups)
         assert isinstance(value, float) and np.isfinite(value), name
+        if M.SAMPLED in metric.rankings:  # the evaluation's blocked pairs: the same value
+            assert metric.from_pairs(M.PooledPairs.of(*rows)) == value, name
     for ranking in metric.rankings:
         if ranking == M.ROWS:  # the ctr protocol's metrics: keys without prefix or cutoff
             assert name in M.row_keys() and M.parse_key(name)[0] is metric

@@ -1,4 +1,5 @@
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -677,3 +678,30 @@ def test_candidates_are_uniform_over_subsets(num_items, rated, k):
     counts = np.bincount([subsets[tuple(row)] for row in c.tolist()], minlength=len(subsets))
     assert counts.sum() == draws
     assert _chi_square_p(counts) > 1e-4
+
+
+def test_release_mapped_pages_drops_read_pages_and_keeps_the_values(tmp_path):
+    # a mapped split array read block by block stays resident (RssFile) unless released
+    from deepfm.data.splitting import release_mapped_pages
+
+    def rss_file_mb() -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssFile:"):
+                return int(line.split()[1]) / 1024
+        pytest.skip("no RssFile in /proc/self/status")
+
+    values = np.arange(16 << 20, dtype=np.int32)  # 64 MB
+    np.save(tmp_path / "a.npy", values)
+    mapped = np.load(tmp_path / "a.npy", mmap_mode="r")
+    before = rss_file_mb()
+    assert int(mapped[::1024].sum()) == int(values[::1024].sum())  # touches every page
+    assert rss_file_mb() - before > 48
+    release_mapped_pages(mapped[5:10])  # a view: its base is the same mapping
+    assert rss_file_mb() - before < 16
+    np.testing.assert_array_equal(mapped[-3:], values[-3:])  # read again from the page cache
+    in_memory = values[:10]
+    release_mapped_pages(in_memory)  # an array in memory: nothing to do
+    writable = np.load(tmp_path / "a.npy", mmap_mode="r+")
+    writable[0] = -1
+    release_mapped_pages(writable)  # writable: kept, the write is not lost
+    assert writable[0] == -1

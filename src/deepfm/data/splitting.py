@@ -22,6 +22,7 @@ Users and items are addressed by their row in the canonical users / items tables
 from __future__ import annotations
 
 import dataclasses
+import mmap
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -585,6 +586,21 @@ _ARRAYS = ("train_users", "train_items", "train_labels", "train_history", "user_
 # read memory-mapped, read-only: the largest arrays (GBs at ML-32M size), of which training
 # and evaluation gather rows
 _MAPPED = ("train_history", "val_candidates", "test_candidates")
+
+
+def release_mapped_pages(array: np.ndarray) -> None:
+    """Drop the pages of a read-only memory-mapped array (one of _MAPPED) that this process has
+    read from its resident set; a later read maps them again from the page cache. A pass over
+    a mapped array, block by block (the evaluation over the candidates: 4 KB a user), would
+    otherwise keep every page it read resident, and the RSS would grow with the array. Does
+    nothing for an array in memory (e.g. a sample's rows)."""
+    if array.flags.writeable:  # a writable or copy-on-write map: dropping would lose writes
+        return
+    base = array
+    while isinstance(base, np.ndarray):  # np.memmap's base is its mmap.mmap
+        base = base.base
+    if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        base.madvise(mmap.MADV_DONTNEED)
 
 
 def _read(split_dir: Path, name: str) -> np.ndarray:

@@ -12,7 +12,9 @@ Two kinds of metric:
   sampled candidates or among the full catalogue; the reported value is the mean over users,
   and the results report can pair two models user by user on it;
 - *pooled*: a function of the labels and logits of every valid (user, candidate) pair of the
-  sampled candidates, pooled over all users (AUC, LogLoss): one value per evaluation.
+  sampled candidates, pooled over all users (AUC, LogLoss): one value per evaluation. The
+  evaluation adds the pairs a block of users at a time to a `PooledPairs` (4 bytes a pair),
+  whose values are bit-identical to `auc` and `log_loss` on all the pairs at once.
 
 A metric's key is the ranking's prefix, its name, and `@k` if it takes a cutoff:
 `hr@10` (sampled candidates), `full_ndcg@10` (full ranking), `mrr`, `auc`.
@@ -150,6 +152,88 @@ def log_loss(labels: np.ndarray, logits: np.ndarray) -> float:
     return float(np.mean(np.logaddexp(0.0, logits) - labels * logits))
 
 
+class PooledPairs:
+    """Labelled pairs (label 0 / 1, logit) added a block at a time, in order, for the pooled
+    metrics: `auc()` and `log_loss()` equal `auc(labels, logits)` and `log_loss(labels, logits)`
+    on all the pairs concatenated, to the last bit.
+
+    Kept: each logit in `dtype` (4 bytes a pair in float32) and the position of each positive
+    (8 bytes), nothing else a pair: not the labels, float64 copies or the sort of `auc` over
+    every pair at once (about 58 bytes a pair), which grew the evaluation's memory with its
+    number of users. The metrics then read the logits `chunk` pairs at a time.
+    `capacity`: the most pairs that will be added; the buffer is allocated at once, but the
+    pages never written are never resident."""
+
+    def __init__(self, capacity: int, dtype: Any = np.float32, chunk: int = 1 << 20):
+        self.logits = np.empty(capacity, dtype=dtype)
+        self.size = 0
+        self.chunk = chunk
+        self._positives: list[np.ndarray] = []  # per block, the positives' positions
+
+    @classmethod
+    def of(cls, labels: np.ndarray, logits: np.ndarray, chunk: int = 1 << 20) -> PooledPairs:
+        logits = np.asarray(logits)
+        pairs = cls(len(logits), logits.dtype, chunk)
+        pairs.add(labels, logits)
+        return pairs
+
+    def add(self, labels: np.ndarray, logits: np.ndarray) -> None:
+        """The next block of pairs: (m,) labels and (m,) logits."""
+        m = len(logits)
+        self.logits[self.size : self.size + m] = logits
+        self._positives.append(self.size + np.flatnonzero(labels))
+        self.size += m
+
+    def _positions(self) -> np.ndarray:
+        return np.concatenate(self._positives) if self._positives else np.zeros(0, np.int64)
+
+    def _chunk_labels(self, positions: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        """(hi - lo,) bool: which of the pairs lo..hi-1 are positives (positions: sorted)."""
+        y = np.zeros(hi - lo, dtype=bool)
+        y[positions[np.searchsorted(positions, lo) : np.searchsorted(positions, hi)] - lo] = True
+        return y
+
+    def auc(self) -> float:
+        """`auc` of the pairs: Mann-Whitney U with a tie counting one half, counted as each
+        negative against the sorted positives (the positives are few: one a user), so no sort
+        of every pair. U is a sum of halves: exact in integers, so the value is auc's."""
+        positions = self._positions()
+        n_pos = len(positions)
+        n_neg = self.size - n_pos
+        if n_pos == 0 or n_neg == 0:
+            return float("nan")
+        pos = np.sort(self.logits[positions])
+        # sum over negatives of #(positives < it) + #(positives <= it)
+        below_twice = 0
+        for lo in range(0, self.size, self.chunk):
+            hi = min(lo + self.chunk, self.size)
+            neg = self.logits[lo:hi][~self._chunk_labels(positions, lo, hi)]
+            below_twice += int(np.searchsorted(pos, neg, "left").sum())
+            below_twice += int(np.searchsorted(pos, neg, "right").sum())
+        # a positive above a negative counts 1, a tie 1/2: 2U = sum of 2 n_pos - (<) - (<=)
+        u = (2 * n_pos * n_neg - below_twice) / 2
+        return float(u / (n_pos * n_neg))
+
+    def log_loss(self) -> float:
+        """`log_loss` of the pairs. np.mean sums an array pairwise (numpy's pairwise_sum: an
+        array of more than 128 is split at half its length rounded down to a multiple of 8),
+        so the same split, down to parts of at most `chunk` that np.add.reduce sums alone,
+        gives the same float64 sum as np.mean over all the pairs at once, chunk by chunk."""
+        if not self.size:
+            return float("nan")
+        positions = self._positions()
+
+        def part_sum(lo: int, n: int) -> np.float64:
+            if n <= max(self.chunk, 128):
+                x = self.logits[lo : lo + n].astype(np.float64)
+                y = self._chunk_labels(positions, lo, lo + n).astype(np.float64)
+                return np.add.reduce(np.logaddexp(0.0, x) - y * x)  # as log_loss
+            half = n // 2 - (n // 2) % 8
+            return part_sum(lo, half) + part_sum(lo + half, n - half)
+
+        return float(part_sum(0, self.size) / self.size)
+
+
 # --------------------------------------------------------------------------- the registry
 
 SAMPLED, FULL = "sampled", "full"
@@ -171,6 +255,8 @@ class Metric:
     rankings: tuple[str, ...] = (SAMPLED, FULL)
     higher_is_better: bool = True
     grouped: bool = False  # fn(labels, logits, groups): needs the rows' group (user) ids
+    # pooled metrics of SAMPLED: the same value as fn, from a PooledPairs
+    from_pairs: Callable[[PooledPairs], float] | None = None
 
 
 # The order within a ranking is eval.json's: cutoff metrics for each k, then the others.
@@ -180,7 +266,9 @@ METRICS: dict[str, Metric] = {
         Metric("hr", "HR", hit_per_user, cutoff=True),
         Metric("ndcg", "NDCG", ndcg_per_user, cutoff=True),
         Metric("mrr", "MRR", reciprocal_rank),
-        Metric("auc", "AUC", auc, per_user=False, rankings=(SAMPLED, ROWS)),
+        Metric(
+            "auc", "AUC", auc, per_user=False, rankings=(SAMPLED, ROWS), from_pairs=PooledPairs.auc
+        ),
         Metric(
             "logloss",
             "LogLoss",
@@ -188,6 +276,7 @@ METRICS: dict[str, Metric] = {
             per_user=False,
             rankings=(SAMPLED, ROWS),
             higher_is_better=False,
+            from_pairs=PooledPairs.log_loss,
         ),
         Metric("gauc", "GAUC", group_auc, per_user=False, rankings=(ROWS,), grouped=True),
     )
@@ -235,18 +324,18 @@ def per_user_values(metric: Metric, ranks: np.ndarray, k: int | None = None) -> 
 def compute(
     ks: Sequence[int],
     ranks: Mapping[str, np.ndarray],
-    pairs: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    pairs: Mapping[str, PooledPairs],
 ) -> dict[str, float]:
     """Every registered metric at cutoffs ks, keyed and ordered as in eval.json.
 
-    ranks: ranking -> (U,) 1-based ranks of the held-out items; pairs: ranking -> (labels,
-    logits) of its valid (user, candidate) pairs, for the pooled metrics."""
+    ranks: ranking -> (U,) 1-based ranks of the held-out items; pairs: ranking -> the
+    labelled logits of its valid (user, candidate) pairs, for the pooled metrics."""
     out: dict[str, float] = {}
     for name, metric, ranking, k in _plan(ks):
         if metric.per_user:
             out[name] = mean_over_users(per_user_values(metric, ranks[ranking], k))
         else:
-            out[name] = metric.fn(*pairs[ranking])
+            out[name] = metric.from_pairs(pairs[ranking])
     return out
 
 

@@ -15,7 +15,7 @@ import torch
 
 from deepfm.data.batches import history_tensor
 from deepfm.data.sampling import RatedIndex
-from deepfm.data.splitting import HeldOut
+from deepfm.data.splitting import HeldOut, release_mapped_pages
 from deepfm.evaluation import metrics as M
 from deepfm.models.base import RankingModel
 from deepfm.utils import rng_for
@@ -56,7 +56,9 @@ def evaluate_held_out(
         sampled_rank = np.empty(n, dtype=np.int64)
         full_rank = np.empty(n, dtype=np.int64)
         n_cand = np.empty(n, dtype=np.int64)
-        pair_labels, pair_logits = [], []
+        # the pooled metrics' pairs (the positive, then its valid candidates, user by user):
+        # one float32 a pair, the only state that grows with the number of users
+        pairs = M.PooledPairs(n * (held.candidates.shape[1] + 1), np.float32)
         for start in range(0, n, batch_users):
             sl = slice(start, start + batch_users)
             users = held.users[sl].astype(np.int64)
@@ -70,19 +72,17 @@ def evaluate_held_out(
             pos_scores = scores[rows, pos_t]
 
             cand = torch.from_numpy(held.candidates[sl].astype(np.int64))
+            release_mapped_pages(held.candidates)  # read once: off this process's RSS
             valid = cand >= 0
             cand_scores = scores.gather(1, cand.clamp(min=0))
             sampled_rank[sl] = M.pessimistic_rank(pos_scores, cand_scores, valid).numpy()
             n_cand[sl] = valid.sum(1).numpy() + 1
-            pair_logits.append(
-                torch.cat([pos_scores[:, None], cand_scores], 1)[
-                    torch.cat([torch.ones(u, 1, dtype=torch.bool), valid], 1)
-                ].numpy()
-            )
+            in_pairs = torch.cat([torch.ones(u, 1, dtype=torch.bool), valid], 1)
             lab = torch.zeros(u, cand.shape[1] + 1, dtype=torch.int8)
             lab[:, 0] = 1
-            pair_labels.append(
-                lab[torch.cat([torch.ones(u, 1, dtype=torch.bool), valid], 1)].numpy()
+            pairs.add(
+                lab[in_pairs].numpy(),
+                torch.cat([pos_scores[:, None], cand_scores], 1)[in_pairs].numpy(),
             )
 
             # full ranking: everything except the user's train items (and `also_exclude`)
@@ -94,12 +94,8 @@ def evaluate_held_out(
             keep[rows, pos_t] = False  # the positive does not compete with itself
             full_rank[sl] = M.pessimistic_rank(pos_scores, scores, keep).numpy()
 
-        labels = np.concatenate(pair_labels) if pair_labels else np.array([])
-        logits = np.concatenate(pair_logits) if pair_logits else np.array([])
         out: dict[str, float] = M.compute(
-            ks,
-            ranks={M.SAMPLED: sampled_rank, M.FULL: full_rank},
-            pairs={M.SAMPLED: (labels, logits)},
+            ks, ranks={M.SAMPLED: sampled_rank, M.FULL: full_rank}, pairs={M.SAMPLED: pairs}
         )
         out["users"] = n
         model.train(was_training)
