@@ -1097,8 +1097,12 @@ def test_cli_passes_rev_to_dvc(monkeypatch):
         return Done
 
     monkeypatch.setattr(cli.subprocess, "run", fake_run)
-    assert cli.exp_show_json(None, False, "131041c") == []
+    assert cli.exp_show_json(None, False, ["131041c"]) == []
     assert seen["cmd"][-2:] == ["--rev", "131041c"]
+    # --rev repeats: runs of several baseline commits (dvc exp show takes each)
+    monkeypatch.setattr(cli, "exp_show_json", lambda *a: seen.update(revs=a[2]) or [])
+    assert cli.main(["table", "--rev", "aaa1111", "--rev", "bbb2222", "--out", ""]) == 2
+    assert seen["revs"] == ["aaa1111", "bbb2222"]
 
 
 def test_cli_compare_rank_files(tmp_path, capsys):

@@ -6,7 +6,7 @@
     deepfm report figures [--out reports/figures] [--from-json FILE]
 
 `table` reads `dvc exp show --json` (the experiments of HEAD; --rev for another baseline commit,
---all-commits for every commit),
+repeatable, --all-commits for every commit),
 keeps the finished experiments, one per (model, seed) (the newest), and prints mean ± std over
 seeds per model. `compare` pairs two models user by user on the test split: each model's
 metrics/eval_ranks.parquet is read at every one of its experiments (dvc.api.open), averaged per
@@ -51,7 +51,7 @@ QUEUE_HINT = (
 )
 
 
-def exp_show_json(from_json: str | None, all_commits: bool, rev: str | None = None) -> list:
+def exp_show_json(from_json: str | None, all_commits: bool, revs: list[str] | None = None) -> list:
     if from_json:
         try:
             return json.loads(Path(from_json).read_text(encoding="utf-8"))
@@ -60,7 +60,7 @@ def exp_show_json(from_json: str | None, all_commits: bool, rev: str | None = No
                 f"cannot read {from_json} as `dvc exp show --json` output: {e}"
             ) from e
     cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json", *(["-A"] * all_commits)]
-    if rev:
+    for rev in revs or []:  # experiments of several baseline commits, e.g. before a merge
         cmd += ["--rev", rev]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -108,7 +108,8 @@ def load_runs(args: argparse.Namespace) -> Selection:
         where = (
             "in the repository"
             if args.all_commits
-            else f"based on {args.rev or 'HEAD'} (--all-commits also looks at earlier commits)"
+            else f"based on {', '.join(args.rev or ['HEAD'])} (--all-commits also looks at "
+            "earlier commits)"
         )
         raise ReportError(f"no finished experiments found {where}; {QUEUE_HINT}")
     return selection
@@ -345,7 +346,10 @@ def parser() -> argparse.ArgumentParser:
         "--all-commits", action="store_true", help="experiments of every commit (dvc exp show -A)"
     )
     source.add_argument(
-        "--rev", metavar="COMMIT", help="experiments of this baseline commit (default HEAD)"
+        "--rev",
+        metavar="COMMIT",
+        action="append",
+        help="experiments of this baseline commit (default HEAD); repeat for several",
     )
     source.add_argument(
         "--include-baselines", action="store_true", help="count baseline commits as runs too"
