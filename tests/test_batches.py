@@ -63,6 +63,11 @@ def test_rated_targets_make_every_train_row_a_label_1_example(split):
     target = labels == 1
     np.testing.assert_array_equal(rows[target], np.arange(n))
     np.testing.assert_array_equal(items[target], split.train_items)
+    # no target's input holds its own item (each (user, item) is rated once): its history
+    # is the row's own, made of ratings strictly before it
+    code = split.item_features[:, split.schema.field("item_id").column]
+    history = split.train_history[rows[target], : split.schema.field("history").length]
+    assert history.any() and not (history == code[items[target]][:, None]).any()
     # the negatives are drawn per target, carry its history row and are never rated items
     np.testing.assert_array_equal(rows[~target], np.repeat(np.arange(n), 2))
     assert not rated.contains(users[~target], items[~target]).any()
