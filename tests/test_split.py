@@ -352,20 +352,11 @@ def test_reading_a_missing_split_says_run_the_stage(tmp_path):
 
 @pytest.mark.parametrize(("sequence", "tie_break"), [("positives", "item_id"), ("rated", "random")])
 def test_split_processed_passes_every_param(canonical, tmp_path, sequence, tie_break):
-    from deepfm.config import parse_config
     from deepfm.data.splitting import split_processed
 
     for name, table in zip(("interactions", "users", "items"), canonical, strict=True):
         table.to_parquet(tmp_path / f"{name}.parquet")
-    cfg = parse_config(
-        {
-            "seed": 11,
-            "split": {"min_positives": 4, "history_length": 3, "sequence": sequence,
-                      "tie_break": tie_break},
-            "eval": {"num_negatives": 17},
-            "datasets": {"ml-100k": PARAMS["datasets"]["ml-100k"]},
-        }
-    )  # fmt: skip
+    cfg = _ml100k_split_config(11, 4, 3, sequence, tie_break, num_negatives=17)
     got = split_processed(cfg, tmp_path)
     want = split_dataset(
         *canonical, fields=ML_FIELDS, seed=11, min_positives=4, num_negatives=17, history_length=3,
@@ -494,7 +485,6 @@ def test_split_written_as_it_is_made_is_the_same_files(
     # in-memory split, here with blocks of a few rows and users so that every block boundary
     # is crossed; and it reads back with those arrays mapped, read-only
     import deepfm.data.splitting as splitting
-    from deepfm.config import parse_config
     from deepfm.data.splitting import split_processed
 
     interactions, users, items = canonical
@@ -502,15 +492,7 @@ def test_split_written_as_it_is_made_is_the_same_files(
     for name, table in zip(("interactions", "users", "items"), (coarse, users, items),
                            strict=True):  # fmt: skip
         table.to_parquet(tmp_path / f"{name}.parquet")
-    cfg = parse_config(
-        {
-            "seed": 7,
-            "split": {"min_positives": 3, "history_length": 4, "sequence": sequence,
-                      "tie_break": tie_break},
-            "eval": {"num_negatives": 30},
-            "datasets": {"ml-100k": PARAMS["datasets"]["ml-100k"]},
-        }
-    )  # fmt: skip
+    cfg = _ml100k_split_config(7, 3, 4, sequence, tie_break, num_negatives=30)
     monkeypatch.setattr(splitting, "_HISTORY_BLOCK_ROWS", 7)
     monkeypatch.setattr(splitting, "_CANDIDATE_BLOCK_DRAWS", 100)
     got = split_processed(cfg, tmp_path, tmp_path / "streamed")
@@ -705,3 +687,16 @@ def test_release_mapped_pages_drops_read_pages_and_keeps_the_values(tmp_path):
     writable[0] = -1
     release_mapped_pages(writable)  # writable: kept, the write is not lost
     assert writable[0] == -1
+
+
+def _ml100k_split_config(seed, min_positives, history_length, sequence, tie_break, *,
+                         num_negatives):  # fmt: skip
+    """A Config of params.yaml's ml-100k declaration with these split knobs."""
+    from deepfm.config import parse_config
+
+    split = {"min_positives": min_positives, "history_length": history_length,
+             "sequence": sequence, "tie_break": tie_break}  # fmt: skip
+    return parse_config({
+        "seed": seed, "split": split, "eval": {"num_negatives": num_negatives},
+        "datasets": {"ml-100k": PARAMS["datasets"]["ml-100k"]},
+    })  # fmt: skip
