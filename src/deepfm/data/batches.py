@@ -27,7 +27,8 @@ def epoch_examples(
     observed_negatives: bool,
     targets: str = "positives",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(users, items, labels, rows) for one epoch: train positives, fresh uniform negatives
+    """(users, items, labels, rows) for one epoch: the training targets (train positives, or
+    every train rating with targets="rated"; label 1), fresh uniform negatives
     drawn from items the user did not rate in train (seeded by seed and epoch) and,
     optionally, the observed negatives (rated below the threshold) with label 0.
 

@@ -7,8 +7,9 @@ only its part of each batch. The loop in
 loop.py is the same for all of them, so checkpoints, resume and the non-finite-loss guard
 hold for every model.
 
-- `Pointwise`: BCE over train positives (label 1), `negatives_per_positive` sampled
-  negatives each (label 0) and optionally the observed negatives (label 0).
+- `Pointwise`: BCE over the training targets (label 1: train positives, or every train
+  rating with `train.targets: rated`), `negatives_per_positive` sampled negatives each
+  (label 0) and optionally the observed negatives (label 0).
 - `SampledSoftmax`: a softmax over each positive and its own sampled negatives (the shared
   negatives of a positive's group): the loss ranks the positive first among them.
 - `GivenLabels`: BCE over the rows of the ctr protocol, each with its given 0/1 label (no
