@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from sklearn.metrics import log_loss, roc_auc_score
 
@@ -20,6 +21,7 @@ from deepfm.data.splitting import read_split, write_split
 from deepfm.evaluation.rows import evaluate_rows
 from deepfm.training.checkpoint import load_model
 from deepfm.training.loop import TrainingError, train
+from deepfm.training.objectives import GivenLabels
 from tests.conftest import REPO, criteo_declaration, make_criteo_file
 
 REGISTERED = ("avazu", "criteo", "ml-100k")
@@ -204,6 +206,21 @@ def test_deepfm_learns_the_planted_interaction_that_lr_cannot(criteo, tmp_path):
         )
         auc[model] = result.metrics["auc"]
     assert auc["lr"] < 0.6 < 0.8 < auc["deepfm"], auc
+
+
+def test_given_labels_on_the_device_yield_the_host_batches(criteo):
+    """train.device_epochs: the codes go to the device once (on the CPU, the map itself), and
+    each batch is the one the host path gathers from the file."""
+    spec, interactions = criteo
+    split = split_ctr(interactions, spec.fields, seed=1)
+    host = GivenLabels(split, "cpu").batches(1, 300, torch.Generator().manual_seed(4))
+    device = GivenLabels(split, "cpu", True).batches(1, 300, torch.Generator().manual_seed(4))
+    count = 0
+    for a, b in zip(host, device, strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert torch.equal(x, y)
+        count += len(a[2])
+    assert count == len(split.train.labels)
 
 
 def test_sparse_embedding_updates_learn_the_planted_interaction(criteo, tmp_path):

@@ -160,11 +160,14 @@ def _batch_size_with_uneven_last_batch(split_dir: Path, start: int) -> int:
 
 
 @two_cores
-def test_two_gloo_processes_train_what_one_process_trains(split_dir, tmp_path):
+@pytest.mark.parametrize("device_epochs", [False, True])
+def test_two_gloo_processes_train_what_one_process_trains(split_dir, tmp_path, device_epochs):
+    """device_epochs: every rank draws the epoch's negatives with its own seeded torch
+    generator, and still trains its part of the single process's epoch."""
     from deepfm.data.splitting import read_split
 
     batch = _batch_size_with_uneven_last_batch(split_dir, 64)
-    params = _params(batch_size=batch)
+    params = _params(batch_size=batch, device_epochs=device_epochs)
     params["deepfm"] |= {"dropout": 0.0, "batch_norm": False}
     one = Recorder()
     train(parse_config(params), read_split(split_dir), tmp_path / "one.pt", live=one,

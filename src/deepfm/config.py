@@ -84,6 +84,41 @@ class TrainConfig:
     # (training.distributed; docs/performance.md)
     processes: int = field(default=1, metadata=_range(1, 1024))
     amp: bool = False  # bfloat16 autocast of the forward pass; CUDA only
+    # large batches: the learning rate used is learning_rate x (batch_size /
+    # lr_reference_batch) under `linear` (Goyal et al. 2017, for SGD), the square root of that
+    # ratio under `sqrt` (the rule for Adam: Malladi et al. 2022); `none` uses learning_rate as
+    # given. batch_size is the global batch (all processes together).
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    lr_reference_batch: int = field(default=2048, metadata=_range(1, 1 << 20))
+    # the first n epochs ramp the learning rate up linearly (epoch e runs at (e / (n + 1)) of
+    # it), then train.scheduler runs over the remaining epochs; 0 = no warm-up
+    warmup_epochs: int = field(default=0, metadata=_range(0, 10_000))
+    # build each epoch on the training device: the train arrays go there once, and the
+    # negatives are drawn there by torch's generator (another stream than the host's numpy
+    # draw, so other numbers); on a GPU no epoch waits on the host
+    device_epochs: bool = False
+    # torch.compile the model for the training steps: off, or a torch.compile mode
+    # (reduce-overhead adds CUDA graphs on a GPU); benchmarks/throughput.py measures it
+    compile_mode: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
+
+    def __post_init__(self):
+        if self.warmup_epochs and self.warmup_epochs >= self.epochs:
+            raise ConfigError(
+                f"params.yaml: 'train.warmup_epochs' is {self.warmup_epochs} but 'train.epochs' "
+                f"is {self.epochs}: the warm-up must leave epochs to train at the full rate. "
+                "Lower train.warmup_epochs or raise train.epochs."
+            )
+        if self.compile_mode != "off" and self.processes > 1:
+            raise ConfigError(
+                f"params.yaml: 'train.compile_mode' is {self.compile_mode!r} with "
+                f"'train.processes' {self.processes}: a compiled model under DDP is not "
+                "supported here. Set train.compile_mode: off, or train.processes: 1."
+            )
+        if self.warmup_epochs and self.scheduler == "plateau":
+            raise ConfigError(
+                "params.yaml: 'train.warmup_epochs' needs train.scheduler cosine or none (the "
+                "plateau schedule reacts to validation, not to epochs): set one of them back."
+            )
 
 
 @dataclass(frozen=True)

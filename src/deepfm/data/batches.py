@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from deepfm.data.sampling import RatedIndex, sample_negatives
+from deepfm.data.sampling import RatedIndex, sample_negatives, sample_negatives_torch
 from deepfm.data.splitting import SplitResult
 from deepfm.utils import rng_for
 
@@ -56,6 +56,63 @@ def epoch_examples(
         np.concatenate(parts_y),
         np.concatenate(parts_r).astype(np.int64),
     )
+
+
+class DeviceEpochs:
+    """epoch_examples built on the training device (train.device_epochs): the targets' users,
+    items and rows and the rated keys go to the device once; each epoch draws its negatives
+    there with a torch generator seeded by (seed, epoch), so no epoch waits on the host, and
+    every process of a multi-process run draws the same epoch. The layout is
+    epoch_examples' (targets, then their negatives entry-major, then observed negatives), the
+    random numbers are not: another stream than numpy's."""
+
+    def __init__(
+        self,
+        split: SplitResult,
+        rated: RatedIndex,
+        *,
+        seed: int,
+        negatives_per_positive: int,
+        observed_negatives: bool = False,
+        targets: str = "positives",
+        device="cpu",
+    ):
+        def put(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.asarray(a, dtype=np.int64)).to(device)
+
+        rows = target_rows(split, targets)
+        self.seed, self.per_target, self.device = seed, negatives_per_positive, device
+        self.rows, self.users = put(rows), put(split.train_users[rows])
+        self.items = put(split.train_items[rows])
+        self.keys, self.user_counts = put(rated.keys), put(rated.counts())
+        self.num_items = rated.num_items
+        self.observed = None
+        if observed_negatives:
+            obs = np.flatnonzero(split.train_labels != 1)
+            self.observed = (put(split.train_users[obs]), put(split.train_items[obs]), put(obs))
+
+    def negatives(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This epoch's (users, items): negatives_per_positive per target, entry-major."""
+        seed = int(rng_for(self.seed, "train-negatives-device", epoch).integers(2**62))
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        return sample_negatives_torch(
+            self.users, self.per_target, self.keys, self.user_counts, self.num_items, generator
+        )
+
+    def examples(self, epoch: int) -> tuple[torch.Tensor, ...]:
+        """(users, items, labels, rows) of one epoch, as epoch_examples returns them."""
+        neg_u, neg_i = self.negatives(epoch)
+        parts_u, parts_i = [self.users, neg_u], [self.items, neg_i]
+        parts_r = [self.rows, self.rows.repeat_interleave(self.per_target)]
+        ones = torch.ones(len(self.users), device=self.device)
+        parts_y = [ones, torch.zeros(len(neg_u), device=self.device)]
+        if self.observed is not None:
+            obs_u, obs_i, obs_r = self.observed
+            parts_u.append(obs_u)
+            parts_i.append(obs_i)
+            parts_r.append(obs_r)
+            parts_y.append(torch.zeros(len(obs_u), device=self.device))
+        return tuple(torch.cat(p) for p in (parts_u, parts_i, parts_y, parts_r))
 
 
 def target_rows(split: SplitResult, targets: str) -> np.ndarray:

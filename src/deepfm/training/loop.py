@@ -254,6 +254,10 @@ def _train(
     scheduler = make_scheduler(optimizer, tc)
     objective = make_objective(cfg, split, rated, device)
     parallel = ranks.wrap(model, objective, device) if ranks is not None else None
+    # the compiled module shares the model's parameters: checkpoints and evaluation use `model`
+    step_model = model
+    if tc.compile_mode != "off":
+        step_model = torch.compile(model, mode=tc.compile_mode)
     shuffle = torch.Generator().manual_seed(cfg.seed)
     state = LoopState()
     kept = None
@@ -286,7 +290,7 @@ def _train(
             shard = parallel.shard if parallel is not None else None
             batches = objective.batches(epoch, tc.batch_size, shuffle, shard)
             train_loss = train_steps(
-                model, optimizer, report.batches(batches, epoch), objective, tc.grad_clip,
+                step_model, optimizer, report.batches(batches, epoch), objective, tc.grad_clip,
                 tc.amp, interrupted, parallel,
             )  # fmt: skip
             if not math.isfinite(train_loss):

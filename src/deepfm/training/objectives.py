@@ -28,7 +28,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from deepfm.data.batches import epoch_examples, iterate_batches, target_rows, with_history
+from deepfm.data.batches import (
+    DeviceEpochs,
+    epoch_examples,
+    iterate_batches,
+    target_rows,
+    with_history,
+)
 from deepfm.data.sampling import RatedIndex, sample_negatives
 from deepfm.data.splitting import CTRSplit, SplitResult
 from deepfm.utils import rng_for
@@ -42,27 +48,36 @@ class TrainingError(RuntimeError):
 class Pointwise:
     def __init__(
         self, split, rated, *, seed, negatives_per_positive, observed_negatives, device,
-        targets="positives",
+        targets="positives", device_epochs=False,
     ):  # fmt: skip
         self.split, self.rated, self.seed, self.device = split, rated, seed, device
         self.negatives = negatives_per_positive
         self.observed = observed_negatives
         self.targets = targets
         self.history = _history(split, device)
+        self.on_device = None
+        if device_epochs:
+            self.on_device = DeviceEpochs(
+                split, rated, seed=seed, negatives_per_positive=negatives_per_positive,
+                observed_negatives=observed_negatives, targets=targets, device=device,
+            )  # fmt: skip
 
     def batches(
         self, epoch: int, batch_size: int, shuffle: torch.Generator, shard=None
     ) -> Iterator:
-        arrays = epoch_examples(
-            self.split,
-            self.rated,
-            seed=self.seed,
-            epoch=epoch,
-            negatives_per_positive=self.negatives,
-            observed_negatives=self.observed,
-            targets=self.targets,
-        )
-        tensors = tuple(torch.from_numpy(a).to(self.device) for a in arrays)
+        if self.on_device is not None:
+            tensors = self.on_device.examples(epoch)
+        else:
+            arrays = epoch_examples(
+                self.split,
+                self.rated,
+                seed=self.seed,
+                epoch=epoch,
+                negatives_per_positive=self.negatives,
+                observed_negatives=self.observed,
+                targets=self.targets,
+            )
+            tensors = tuple(torch.from_numpy(a).to(self.device) for a in arrays)
         return with_history(iterate_batches(tensors, batch_size, shuffle, shard), self.history)
 
     def loss(self, model, batch) -> tuple[torch.Tensor, int]:
@@ -72,7 +87,10 @@ class Pointwise:
 
 
 class SampledSoftmax:
-    def __init__(self, split, rated, *, seed, negatives_per_positive, device, targets="positives"):
+    def __init__(
+        self, split, rated, *, seed, negatives_per_positive, device, targets="positives",
+        device_epochs=False,
+    ):  # fmt: skip
         if negatives_per_positive < 1:
             raise TrainingError(
                 "loss sampled_softmax needs train.negatives_per_positive >= 1 (the negatives "
@@ -82,20 +100,33 @@ class SampledSoftmax:
         self.negatives = negatives_per_positive
         self.targets = targets
         self.history = _history(split, device)
+        self.on_device = None
+        if device_epochs:
+            self.on_device = DeviceEpochs(
+                split, rated, seed=seed, negatives_per_positive=negatives_per_positive,
+                targets=targets, device=device,
+            )  # fmt: skip
 
     def batches(
         self, epoch: int, batch_size: int, shuffle: torch.Generator, shard=None
     ) -> Iterator:
-        rows = target_rows(self.split, self.targets)
-        users = self.split.train_users[rows].astype(np.int64)
-        # the same stream as Pointwise's negatives: one epoch draws the same items for both
-        _, neg = sample_negatives(
-            users, self.negatives, self.rated, rng_for(self.seed, "train-negatives", epoch)
-        )
-        items = np.concatenate(
-            [self.split.train_items[rows, None].astype(np.int64), neg.reshape(len(rows), -1)], 1
-        )
-        tensors = tuple(torch.from_numpy(a).to(self.device) for a in (users, items, rows))
+        if self.on_device is not None:
+            d = self.on_device
+            _, neg = d.negatives(epoch)
+            items = torch.cat([d.items[:, None], neg.reshape(len(d.rows), -1)], 1)
+            tensors = (d.users, items, d.rows)
+        else:
+            rows = target_rows(self.split, self.targets)
+            users = self.split.train_users[rows].astype(np.int64)
+            # the same stream as Pointwise's negatives: one epoch draws the same items for both
+            _, neg = sample_negatives(
+                users, self.negatives, self.rated, rng_for(self.seed, "train-negatives", epoch)
+            )
+            items = np.concatenate(
+                [self.split.train_items[rows, None].astype(np.int64), neg.reshape(len(rows), -1)],
+                1,
+            )
+            tensors = tuple(torch.from_numpy(a).to(self.device) for a in (users, items, rows))
         for u, i, r in iterate_batches(tensors, batch_size, shuffle, shard):
             yield u, i, None if self.history is None else self.history[r]
 
@@ -119,14 +150,15 @@ class NextItemSoftmax:
             )
         self.split, self.device, self.targets = split, device, targets
         self.history = _history(split, device)
+        rows = target_rows(split, targets)
+        arrays = (split.train_users[rows], split.train_items[rows], rows)
+        # no negatives to draw: the epoch's arrays stay on the device across epochs
+        self.tensors = tuple(torch.from_numpy(a.astype(np.int64)).to(device) for a in arrays)
 
     def batches(
         self, epoch: int, batch_size: int, shuffle: torch.Generator, shard=None
     ) -> Iterator:
-        rows = target_rows(self.split, self.targets)
-        arrays = (self.split.train_users[rows], self.split.train_items[rows], rows)
-        tensors = tuple(torch.from_numpy(a.astype(np.int64)).to(self.device) for a in arrays)
-        for u, i, r in iterate_batches(tensors, batch_size, shuffle, shard):
+        for u, i, r in iterate_batches(self.tensors, batch_size, shuffle, shard):
             yield u, i, self.history[r]
 
     def loss(self, model, batch) -> tuple[torch.Tensor, int]:
@@ -147,15 +179,27 @@ def _history(split: SplitResult, device) -> torch.Tensor | None:
 
 
 class GivenLabels:
-    def __init__(self, split: CTRSplit, device):
+    def __init__(self, split: CTRSplit, device, device_epochs=False):
         self.codes = split.train.codes  # numpy, possibly memory-mapped: gathered per batch
         self.labels = torch.from_numpy(split.train.labels).to(device)
         self.device = device
+        self.device_codes = None
+        if device_epochs:  # every row's codes on the device once (on the CPU: the map itself)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                self.device_codes = torch.from_numpy(self.codes).to(device)
 
     def batches(
         self, epoch: int, batch_size: int, shuffle: torch.Generator, shard=None
     ) -> Iterator:
-        rows = torch.arange(len(self.labels))
+        rows = torch.arange(len(self.labels), device=self.labels.device)
+        if self.device_codes is not None:
+            for (r,) in iterate_batches((rows,), batch_size, shuffle, shard):
+                codes = self.device_codes[r]
+                placeholder = torch.zeros(len(r), dtype=torch.long, device=self.device)
+                yield placeholder, placeholder, self.labels[r], codes
+            return
+        rows = rows.cpu()
         for (r,) in iterate_batches((rows,), batch_size, shuffle, shard):
             # read the mapped file in ascending row order, keep the batch's own order
             index = r.numpy()
@@ -179,7 +223,7 @@ def make_objective(cfg, split: SplitResult | CTRSplit, rated: RatedIndex | None,
                 f"{cfg.model}.loss is {loss!r}, which ranks items; the ctr protocol trains on "
                 f"each row's given label: set {cfg.model}.loss to bce."
             )
-        return GivenLabels(split, device)
+        return GivenLabels(split, device, tc.device_epochs)
     if loss != "bce" and tc.observed_negatives:
         raise TrainingError(
             f"{cfg.model}.loss is {loss!r}, which ranks each positive against sampled items; "
@@ -193,7 +237,7 @@ def make_objective(cfg, split: SplitResult | CTRSplit, rated: RatedIndex | None,
     if loss == "sampled_softmax":
         return SampledSoftmax(
             split, rated, seed=cfg.seed, negatives_per_positive=tc.negatives_per_positive,
-            device=device, targets=tc.targets,
+            device=device, targets=tc.targets, device_epochs=tc.device_epochs,
         )  # fmt: skip
     if loss == "softmax":
         return NextItemSoftmax(split, rated, device=device, targets=tc.targets)
@@ -205,4 +249,5 @@ def make_objective(cfg, split: SplitResult | CTRSplit, rated: RatedIndex | None,
         observed_negatives=tc.observed_negatives,
         device=device,
         targets=tc.targets,
+        device_epochs=tc.device_epochs,
     )

@@ -82,6 +82,14 @@ def clip_gradients(parameters, max_norm: float) -> None:
         p.grad.mul_(scale)
 
 
+def scaled_learning_rate(cfg: TrainConfig) -> float:
+    """train.learning_rate under train.lr_scaling: learning_rate x r (linear) or x sqrt(r)
+    (sqrt), r = batch_size / lr_reference_batch; as given under none."""
+    ratio = cfg.batch_size / cfg.lr_reference_batch
+    factor = {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[cfg.lr_scaling]
+    return cfg.learning_rate * factor
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     embedding_params, other_params = [], []
     for module in model.modules():
@@ -91,20 +99,34 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
         {"params": embedding_params, "weight_decay": cfg.embedding_l2},
         {"params": other_params, "weight_decay": cfg.weight_decay},
     ]
+    lr = scaled_learning_rate(cfg)
     if cfg.optimizer == "adam":
         adam = LazyAdam if cfg.sparse_embeddings else torch.optim.Adam
-        return adam(groups, lr=cfg.learning_rate)
+        return adam(groups, lr=lr)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.learning_rate)
-    return torch.optim.SGD(groups, lr=cfg.learning_rate, momentum=0.9)
+        return torch.optim.AdamW(groups, lr=lr)
+    return torch.optim.SGD(groups, lr=lr, momentum=0.9)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
+    """Stepped once per epoch. With train.warmup_epochs = w > 0, epochs 1..w run at
+    1/(w+1) .. w/(w+1) of the rate, then the schedule runs over the other epochs - w."""
     if cfg.scheduler == "plateau":  # on the validation monitor, in its direction
         mode = "max" if parse_key(cfg.monitor)[0].higher_is_better else "min"
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode=mode, factor=cfg.plateau_factor, patience=cfg.plateau_patience
         )
+    w = cfg.warmup_epochs
     if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    return None
+        main = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs - w)
+    elif w:
+        main = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    else:
+        return None
+    if not w:
+        return main
+    # built after `main`, so the optimizer's rate starts at the warm-up's first factor
+    warmup = torch.optim.lr_scheduler.LinearLR(
+        optimizer, start_factor=1 / (w + 1), end_factor=1.0, total_iters=w
+    )
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, main], milestones=[w])
