@@ -82,7 +82,7 @@ def bench_model(name: str, cfg, split, rated, device, repeats: int) -> dict:
         prebuilt = list(objective.batches(1, tc.batch_size, torch.Generator().manual_seed(0)))
         model.train()
         step_model = model
-        if tc.compile_mode != "off":  # as the training loop does
+        if tc.compile_mode != "none":  # as the training loop does
             step_model = torch.compile(model, mode=tc.compile_mode)
         start = time.perf_counter()
         train_steps(  # warm-up (allocator, kernels, compilation: full and last batch shapes)

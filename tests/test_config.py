@@ -85,6 +85,19 @@ def test_bad_values_name_key_value_and_allowed(raw, expected):
         parse_config(raw)
 
 
+def test_params_survive_dvc_rewriting_them(tmp_path):
+    """`dvc exp run -S` rewrites params.yaml with ruamel (YAML 1.2), which writes a string like
+    off or yes bare; our loader (YAML 1.1) would read it back as a boolean. Every value must
+    mean the same after DVC's rewrite (an 'off' value once failed every queued experiment)."""
+    from dvc.utils.serialize import modify_yaml
+
+    copy = tmp_path / "params.yaml"
+    copy.write_text((REPO / "params.yaml").read_text())
+    with modify_yaml(copy) as params:
+        params["seed"] = params["seed"]
+    assert load_config(copy) == load_config(REPO / "params.yaml")
+
+
 def test_pipeline_loader_requires_every_key(tmp_path):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     del raw["train"]["patience"]

@@ -97,9 +97,9 @@ class TrainConfig:
     # negatives are drawn there by torch's generator (another stream than the host's numpy
     # draw, so other numbers); on a GPU no epoch waits on the host
     device_epochs: bool = False
-    # torch.compile the model for the training steps: off, or a torch.compile mode
+    # torch.compile the model for the training steps: none, or a torch.compile mode
     # (reduce-overhead adds CUDA graphs on a GPU); benchmarks/throughput.py measures it
-    compile_mode: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
+    compile_mode: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"
 
     def __post_init__(self):
         if self.warmup_epochs and self.warmup_epochs >= self.epochs:
@@ -108,11 +108,11 @@ class TrainConfig:
                 f"is {self.epochs}: the warm-up must leave epochs to train at the full rate. "
                 "Lower train.warmup_epochs or raise train.epochs."
             )
-        if self.compile_mode != "off" and self.processes > 1:
+        if self.compile_mode != "none" and self.processes > 1:
             raise ConfigError(
                 f"params.yaml: 'train.compile_mode' is {self.compile_mode!r} with "
                 f"'train.processes' {self.processes}: a compiled model under DDP is not "
-                "supported here. Set train.compile_mode: off, or train.processes: 1."
+                "supported here. Set train.compile_mode: none, or train.processes: 1."
             )
         if self.warmup_epochs and self.scheduler == "plateau":
             raise ConfigError(

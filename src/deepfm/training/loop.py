@@ -256,7 +256,7 @@ def _train(
     parallel = ranks.wrap(model, objective, device) if ranks is not None else None
     # the compiled module shares the model's parameters: checkpoints and evaluation use `model`
     step_model = model
-    if tc.compile_mode != "off":
+    if tc.compile_mode != "none":
         step_model = torch.compile(model, mode=tc.compile_mode)
     shuffle = torch.Generator().manual_seed(cfg.seed)
     state = LoopState()
