@@ -336,7 +336,10 @@ def test_the_registry_module_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, deepfm.config, deepfm.evaluation.metrics; print('torch' in sys.modules)"
+    code = (
+        "import sys, deepfm.config, deepfm.evaluation.metrics, deepfm.data.splitting, "
+        "deepfm.data.sampling; print('torch' in sys.modules)"
+    )
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")},

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from deepfm.config import ConfigError, TrainConfig, parse_config
-from deepfm.data.batches import DeviceEpochs, epoch_examples
-from deepfm.data.sampling import RatedIndex, sample_negatives_torch
+from deepfm.data.batches import DeviceEpochs, epoch_examples, sample_negatives_torch
+from deepfm.data.sampling import RatedIndex
 from deepfm.training.loop import train
 from deepfm.training.objectives import Pointwise, SampledSoftmax
 from deepfm.training.optim import make_optimizer, make_scheduler, scaled_learning_rate

@@ -9,7 +9,6 @@ about log(n)/log(1/f) rounds), and no Python loop runs per user or per row.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 
 def concat_ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -69,41 +68,4 @@ def sample_negatives(
     while len(todo):
         neg_items[todo] = rng.integers(0, rated.num_items, size=len(todo))
         todo = todo[rated.contains(neg_users[todo], neg_items[todo])]
-    return neg_users, neg_items
-
-
-def sample_negatives_torch(
-    users: torch.Tensor,
-    per_user: int,
-    keys: torch.Tensor,
-    user_counts: torch.Tensor,
-    num_items: int,
-    generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """sample_negatives on the tensors' device (train.device_epochs): `keys` are RatedIndex's
-    sorted keys and `user_counts` its counts(), as int64 tensors there, and `generator` a
-    torch generator of that device. The same rejection sampling; other random numbers."""
-    full = user_counts[users] >= num_items
-    if bool(full.any()):
-        raise ValueError(
-            f"user index {int(users[full][0])} rated every item; no negative can be drawn. "
-            "Drop such users or lower train.negatives_per_positive to 0."
-        )
-    neg_users = users.repeat_interleave(per_user)
-
-    def rated(u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-        query = u * num_items + i
-        pos = torch.searchsorted(keys, query).clamp_(max=max(len(keys) - 1, 0))
-        return keys[pos] == query if len(keys) else torch.zeros_like(query, dtype=torch.bool)
-
-    device = users.device
-    neg_items = torch.randint(
-        num_items, (len(neg_users),), generator=generator, device=device, dtype=torch.long
-    )
-    todo = torch.nonzero(rated(neg_users, neg_items)).flatten()
-    while len(todo):  # a few rounds; each checks on the host whether any slot is left
-        neg_items[todo] = torch.randint(
-            num_items, (len(todo),), generator=generator, device=device, dtype=torch.long
-        )
-        todo = todo[rated(neg_users[todo], neg_items[todo])]
     return neg_users, neg_items
