@@ -27,6 +27,7 @@ from deepfm.config import SASRecConfig
 from deepfm.data.schema import Schema
 from deepfm.models.base import RankingModel
 from deepfm.models.layers import CausalTransformer
+from deepfm.models.layers.embedding import lookup_rows
 
 
 class SASRec(RankingModel):
@@ -61,7 +62,7 @@ class SASRec(RankingModel):
         valid = seq > 0
         n = seq.shape[1]
         weight = self.item_embedding.weight
-        x = weight.index_select(0, seq.reshape(-1)).view(*seq.shape, -1)
+        x = lookup_rows(weight, seq)
         x = x * (valid.unsqueeze(-1) * self.scale)
         # column j of the chronological row is n - 1 - j items back from the most recent
         x = x + self.position_embedding.weight[:n].flip(0)
@@ -77,7 +78,7 @@ class SASRec(RankingModel):
         """(I,) item indices -> (I, d) output embeddings and (I,) biases (None without)."""
         codes = self.item_id_codes()[items]
         bias = None if self.item_bias is None else self.item_bias[codes]
-        return self.item_embedding.weight.index_select(0, codes), bias
+        return lookup_rows(self.item_embedding.weight, codes), bias
 
     def forward(
         self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None

@@ -22,6 +22,7 @@ Backends: gloo on the CPU, NCCL on CUDA (one GPU per rank). One machine only (to
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import signal
 import subprocess
@@ -161,11 +162,14 @@ class Ranks:
         objective calls catalogue_logits, not forward) and this rank's Shard. Buffers are
         synced once, not at every forward: the feature tables are constant, and only rank
         0's BatchNorm statistics are ever saved."""
-        module = nn.parallel.DistributedDataParallel(
+        ddp = nn.parallel.DistributedDataParallel
+        # torch 2.13 renamed broadcast_buffers; a CUDA image may carry an older torch
+        no_sync = "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+        module = ddp(
             _Loss(model, objective),
             device_ids=[device.index] if device.type == "cuda" else None,
             process_group=self.steps,
-            forward_sync_buffers=False,
+            **{"forward_sync_buffers" if no_sync else "broadcast_buffers": False},
         )
         has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
         return Parallel(module, Shard(self.rank, self.world, min_rows=2 if has_bn else 1), self)
