@@ -40,6 +40,8 @@ def test_checkpoint_round_trip_weights_only(split, tmp_path):
         "history_pooling": "mean",
         "loss": "bce",
         "field_dims": {"gender": 2},
+        "transition_items": 0,
+        "transition_symmetric": False,
     }
     assert loaded.embedding.own_tables["gender"].weight.shape[1] == 2
 

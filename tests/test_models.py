@@ -78,15 +78,16 @@ SMALL_PARAMS = {
 # the order-aware switches of the DeepFM family, on together (they need a history field)
 ORDER_AWARE = {
     "deepfm+order": DeepFMConfig(
-        embed_dim=4, dnn_hidden=[16, 8], dropout=0.0, recent_items=2, history_pooling="position"
+        embed_dim=4, dnn_hidden=[16, 8], dropout=0.0, recent_items=2, history_pooling="position",
+        transition_items=3, transition_symmetric=True,
     ),
     "xdeepfm+order": XDeepFMConfig(
         embed_dim=4, cin_layers=[6, 5], dnn_hidden=[16, 8], recent_items=2,
-        history_pooling="position",
+        history_pooling="position", transition_items=2,
     ),
     "attention_deepfm+order": AttentionDeepFMConfig(
         embed_dim=4, attention_layers=1, attention_heads=2, attention_dim=3, dnn_hidden=[16, 8],
-        recent_items=1, target_attention=True,
+        recent_items=1, target_attention=True, transition_items=4, transition_symmetric=True,
     ),
 }  # fmt: skip
 CASES = {**SMALL_PARAMS, **ORDER_AWARE}
@@ -154,6 +155,8 @@ def test_forward_shapes_gradients_and_score_matrix(canonical, case, history_leng
             for param in model.parameters():
                 param.normal_()
         fast = model.score_matrix(u, i, h)
+        slow = model(u.repeat_interleave(len(i)), i.repeat(len(u)), pair_h).reshape(len(u), -1)
+        torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)  # no weight left at 0
         other = torch.from_numpy(split.train_history[rows[::-1].copy()])
         assert not torch.allclose(model.score_matrix(u, i, other), fast)
         with pytest.raises(ValueError, match="schema has a history or context field: pass history"):

@@ -70,6 +70,9 @@ class TrainConfig:
     plateau_factor: float = field(default=0.5, metadata=_range(0.0, 1.0, lo_open=True))
     plateau_patience: int = field(default=2, metadata=_range(0, 10_000))
     negatives_per_positive: int = field(default=4, metadata=_range(0, 1000))
+    # training negatives drawn with probability proportional to (the item's train ratings +
+    # 1) ** this; 0 = uniform over the unrated items (evaluation candidates stay uniform)
+    negative_popularity: float = field(default=0.0, metadata=_range(0.0, 2.0))
     observed_negatives: bool = False
     # which train rows are label-1 training targets: the positives (rating >= threshold), or
     # every rated row (implicit feedback: "what the user rates next"); evaluation always
@@ -146,6 +149,11 @@ class OrderAware:
     # an embedding size per field (e.g. {gender: 2, item_id: 64}), projected to embed_dim
     # where FM / CIN need one width; fields not named use embed_dim
     field_dims: dict[str, int] = field(default_factory=dict, metadata=_range(1, 1024))
+    # the n most recent history items each add a learned weight T[item, candidate] to the
+    # logit (a full-rank item-to-item transition table: layers.ItemTransition); 0 = off
+    transition_items: int = field(default=0, metadata=_range(0, 1000))
+    # one weight per unordered pair: T[a, b] = T[b, a]
+    transition_symmetric: bool = False
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,8 @@ class AttentionDeepFM(RankingModel):
             recent_items=params.recent_items,
             history_pooling=params.history_pooling,
         )
-        self.add_first_order(schema)  # after the embedding: keeps the initialisation order
+        # after the embedding: keeps the initialisation order
+        self.add_first_order(schema, params.transition_items, params.transition_symmetric)
         self.attention = field_attention_stack(
             params.attention_layers,
             params.embed_dim,

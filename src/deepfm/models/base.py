@@ -112,27 +112,49 @@ class RankingModel(nn.Module):
             dim=1,
         )
 
-    def add_first_order(self, schema: Schema) -> None:
+    def add_first_order(
+        self, schema: Schema, transition_items: int = 0, transition_symmetric: bool = False
+    ) -> None:
         """The first-order (logistic-regression) part every model but ItemPop has: a bias and
-        one weight per feature value (a 1-dim FeatureEmbedding)."""
-        from deepfm.models.layers import FeatureEmbedding
+        one weight per feature value (a 1-dim FeatureEmbedding); with transition_items = n,
+        also one weight per (history item, candidate item) pair over the n most recent
+        history items (layers.ItemTransition: a crossed feature's first-order weights)."""
+        from deepfm.models.layers import FeatureEmbedding, ItemTransition
 
         self.linear = FeatureEmbedding(schema, 1, init_std=0.0)
         self.bias = nn.Parameter(torch.zeros(()))
+        self.transition = None
+        if transition_items:
+            if transition_items > self.history_length:
+                raise ValueError(
+                    f"transition_items is {transition_items} but the history field holds "
+                    f"{self.history_length} items (split.history_length): lower "
+                    "transition_items or raise split.history_length."
+                )
+            vocab = schema.field("item_id").vocab_size
+            self.transition = ItemTransition(vocab, transition_items, transition_symmetric)
 
     def first_order(
         self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None
     ) -> torch.Tensor:
         """(B,) bias + first-order term of aligned pairs."""
-        return self.bias + self.embed(self.linear, users, items, history).sum(dim=(1, 2))
+        out = self.bias + self.embed(self.linear, users, items, history).sum(dim=(1, 2))
+        if self.transition is not None:
+            out = out + self.transition(self.history_of(history), self.item_id_codes()[items])
+        return out
 
     def first_order_matrix(
         self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """(U, I) bias + first-order term: a user part plus an item part."""
+        """(U, I) bias + first-order term: a user part plus an item part (plus the
+        transition term, a (U, I) matrix of its own)."""
         lin_u = self.embed_side(self.linear, "user", users, history).sum(dim=(1, 2))
         lin_i = self.embed_side(self.linear, "item", items).sum(dim=(1, 2))
-        return lin_u[:, None] + lin_i[None, :] + self.bias
+        out = lin_u[:, None] + lin_i[None, :] + self.bias
+        if self.transition is not None:
+            codes = self.item_id_codes()[items]
+            out = out + self.transition.matrix(self.history_of(history.long()), codes)
+        return out
 
     def forward(
         self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None

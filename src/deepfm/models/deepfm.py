@@ -20,7 +20,8 @@ class DeepFM(RankingModel):
             recent_items=params.recent_items,
             history_pooling=params.history_pooling,
         )
-        self.add_first_order(schema)  # after the embedding: keeps the initialisation order
+        # after the embedding: keeps the initialisation order
+        self.add_first_order(schema, params.transition_items, params.transition_symmetric)
         self.dnn = DNN(
             self.embedding.num_fields * params.embed_dim,
             list(params.dnn_hidden),

@@ -48,18 +48,20 @@ class TrainingError(RuntimeError):
 class Pointwise:
     def __init__(
         self, split, rated, *, seed, negatives_per_positive, observed_negatives, device,
-        targets="positives", device_epochs=False,
+        targets="positives", device_epochs=False, negative_popularity=0.0,
     ):  # fmt: skip
         self.split, self.rated, self.seed, self.device = split, rated, seed, device
         self.negatives = negatives_per_positive
         self.observed = observed_negatives
         self.targets = targets
+        self.popularity = negative_popularity
         self.history = _history(split, device)
         self.on_device = None
         if device_epochs:
             self.on_device = DeviceEpochs(
                 split, rated, seed=seed, negatives_per_positive=negatives_per_positive,
                 observed_negatives=observed_negatives, targets=targets, device=device,
+                negative_popularity=negative_popularity,
             )  # fmt: skip
 
     def batches(
@@ -76,6 +78,7 @@ class Pointwise:
                 negatives_per_positive=self.negatives,
                 observed_negatives=self.observed,
                 targets=self.targets,
+                negative_popularity=self.popularity,
             )
             tensors = tuple(torch.from_numpy(a).to(self.device) for a in arrays)
         return with_history(iterate_batches(tensors, batch_size, shuffle, shard), self.history)
@@ -89,7 +92,7 @@ class Pointwise:
 class SampledSoftmax:
     def __init__(
         self, split, rated, *, seed, negatives_per_positive, device, targets="positives",
-        device_epochs=False,
+        device_epochs=False, negative_popularity=0.0,
     ):  # fmt: skip
         if negatives_per_positive < 1:
             raise TrainingError(
@@ -99,12 +102,13 @@ class SampledSoftmax:
         self.split, self.rated, self.seed, self.device = split, rated, seed, device
         self.negatives = negatives_per_positive
         self.targets = targets
+        self.popularity = negative_popularity
         self.history = _history(split, device)
         self.on_device = None
         if device_epochs:
             self.on_device = DeviceEpochs(
                 split, rated, seed=seed, negatives_per_positive=negatives_per_positive,
-                targets=targets, device=device,
+                targets=targets, device=device, negative_popularity=negative_popularity,
             )  # fmt: skip
 
     def batches(
@@ -120,7 +124,11 @@ class SampledSoftmax:
             users = self.split.train_users[rows].astype(np.int64)
             # the same stream as Pointwise's negatives: one epoch draws the same items for both
             _, neg = sample_negatives(
-                users, self.negatives, self.rated, rng_for(self.seed, "train-negatives", epoch)
+                users,
+                self.negatives,
+                self.rated,
+                rng_for(self.seed, "train-negatives", epoch),
+                popularity=self.popularity,
             )
             items = np.concatenate(
                 [self.split.train_items[rows, None].astype(np.int64), neg.reshape(len(rows), -1)],
@@ -238,6 +246,7 @@ def make_objective(cfg, split: SplitResult | CTRSplit, rated: RatedIndex | None,
         return SampledSoftmax(
             split, rated, seed=cfg.seed, negatives_per_positive=tc.negatives_per_positive,
             device=device, targets=tc.targets, device_epochs=tc.device_epochs,
+            negative_popularity=tc.negative_popularity,
         )  # fmt: skip
     if loss == "softmax":
         return NextItemSoftmax(split, rated, device=device, targets=tc.targets)
@@ -250,4 +259,5 @@ def make_objective(cfg, split: SplitResult | CTRSplit, rated: RatedIndex | None,
         device=device,
         targets=tc.targets,
         device_epochs=tc.device_epochs,
+        negative_popularity=tc.negative_popularity,
     )
