@@ -13,6 +13,7 @@ a fresh process so peak RSS (VmHWM) is the step's own:
 
     python benchmarks/ctr_scale.py --rows 2000000 [--keep DIR] [--train-seconds 60]
         [--train dense:64 sparse:64 sparse:16 sparse:16:8192] [--reuse]  # --reuse: DIR's files
+        [--threads 2]
 
 The issue's target is 45,840,617 rows (Criteo's train.txt): preprocess + split in < 10 min
 with peak RSS < 4 GB on 2 cores, and an epoch at no fewer samples/s than ML-100K's.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import shutil
 import tempfile
 import time
@@ -74,7 +76,7 @@ def write_criteo(path: Path, rows: int, seed: int = 0, chunk: int = 500_000) -> 
 def step(name: str, args: tuple, queue) -> None:
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("CTR_SCALE_THREADS", "2")))  # main's --threads
     from deepfm.config import load_config
 
     cfg = load_config(ROOT / "params.yaml")
@@ -172,7 +174,9 @@ def main() -> None:
         "embed_dim, batch size (default train.batch_size)",
     )
     p.add_argument("--reuse", action="store_true", help="train on --keep's split only")
+    p.add_argument("--threads", type=int, default=2, help="torch threads of each step")
     args = p.parse_args()
+    os.environ["CTR_SCALE_THREADS"] = str(args.threads)  # the spawned steps read it
     folder = args.keep or Path(tempfile.mkdtemp(prefix="ctr-scale-"))
     folder.mkdir(parents=True, exist_ok=True)
     if not args.reuse:
