@@ -326,3 +326,15 @@ def test_item_transition_refuses_a_table_too_large():
 
     with pytest.raises(ValueError, match="set transition_items to 0"):
         ItemTransition(10_000, 3)
+
+
+def test_item_transition_starts_at_zero_without_drawing_random_numbers():
+    # the model's other weights then start as they do without the table
+    from deepfm.models.layers import ItemTransition
+
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    layer = ItemTransition(40, 2)
+    assert torch.equal(torch.rand(3), expected)
+    assert not layer.weight.any() and torch.equal(layer.position.detach(), torch.ones(2))

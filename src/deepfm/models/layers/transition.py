@@ -40,8 +40,9 @@ class ItemTransition(nn.Module):
         self.vocab_size, self.symmetric = vocab_size, symmetric
         # one row per (earlier, later) cell: an embedding table of width 1, so that
         # train.sparse_embeddings can give it a row-sparse gradient (LazyAdam) as any table
-        self.cells = nn.Embedding(vocab_size * vocab_size, 1)
-        nn.init.zeros_(self.cells.weight)
+        # zeros given, not drawn: the global generator is left as it was, so every other
+        # weight of the model starts as it does without the table
+        self.cells = nn.Embedding(vocab_size * vocab_size, 1, _weight=torch.zeros(vocab_size**2, 1))
         self.position = nn.Parameter(torch.ones(positions))
         self.sparse_gradients = False  # set by training.optim.use_sparse_gradients
 
