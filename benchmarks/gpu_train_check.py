@@ -20,8 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 
 from deepfm.config import load_config  # noqa: E402
@@ -39,17 +37,14 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
-    cfg = load_config(ROOT / "params.yaml")
-    changes = {"device": "cuda", "epochs": args.epochs, "min_epochs": args.epochs}
-    changes["val_every"] = args.epochs
-    changes.update({k: yaml.safe_load(v) for k, v in (t.split("=", 1) for t in args.train)})
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **changes))
-    model_changes = {k: yaml.safe_load(v) for k, v in (t.split("=", 1) for t in args.model_params)}
-    models = {
-        name: dataclasses.replace(params, **model_changes) if name in args.models else params
-        for name, params in cfg.models.items()
-    }
-    cfg = dataclasses.replace(cfg, models=models)
+    e = args.epochs
+    overrides = [
+        f"train.{k}={v}"
+        for k, v in (("device", "cuda"), ("epochs", e), ("min_epochs", e), ("val_every", e))
+    ]
+    overrides += [f"train.{item}" for item in args.train]  # after the defaults: they win
+    overrides += [f"{name}.{item}" for name in args.models for item in args.model_params]
+    cfg = load_config(ROOT / "params.yaml", overrides)
     split = read_split(ROOT / "data" / "split")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,7 +73,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     if distributed.is_main() and args.out:
         Path(args.out).write_text(
-            json.dumps({"train": changes, "model": model_changes, "rows": rows}, indent=2) + "\n"
+            json.dumps({"overrides": overrides, "rows": rows}, indent=2) + "\n"
         )
 
 

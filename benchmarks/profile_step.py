@@ -12,12 +12,10 @@ device and on the host. Run by hand; gpu_check.sh runs it on CUDA.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from pathlib import Path
 
 import torch
-import yaml
 from torch.profiler import ProfilerActivity, profile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,16 +48,12 @@ def main() -> None:
     ap.add_argument("--model-params", nargs="*", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
 
-    def overrides(items: list[str]) -> dict:
-        return {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in items)}
-
-    cfg = load_config(ROOT / "params.yaml")
-    tc = dataclasses.replace(
-        cfg.train, device=args.device, batch_size=args.batch_size, num_threads=args.threads,
-        **overrides(args.train),
-    )  # fmt: skip
-    params = dataclasses.replace(cfg.models[args.model], **overrides(args.model_params))
-    cfg = dataclasses.replace(cfg, train=tc, model=args.model)
+    train_keys = {"device": args.device, "batch_size": args.batch_size, "num_threads": args.threads}
+    overrides = [f"train.{k}={v}" for k, v in train_keys.items()] + ["model=" + args.model]
+    overrides += [f"train.{item}" for item in args.train]
+    overrides += [f"{args.model}.{item}" for item in args.model_params]
+    cfg = load_config(ROOT / "params.yaml", overrides)
+    tc, params = cfg.train, cfg.model_params
     _, device = setup_torch(tc, cfg.seed)
     if args.nondeterministic:
         torch.use_deterministic_algorithms(False)

@@ -162,22 +162,12 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "throughput.json"))
     args = ap.parse_args()
 
-    cfg = load_config(ROOT / "params.yaml")
-    if args.device or args.amp:
-        import dataclasses
-
-        train_cfg = dataclasses.replace(
-            cfg.train, device=args.device or cfg.train.device, amp=args.amp or cfg.train.amp
-        )
-        cfg = dataclasses.replace(cfg, train=train_cfg)
-    if args.train:
-        import dataclasses
-
-        import yaml
-
-        changes = dict(item.split("=", 1) for item in args.train)
-        changes = {k: yaml.safe_load(v) for k, v in changes.items()}
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **changes))
+    overrides = [f"train.{item}" for item in args.train]
+    if args.device:
+        overrides.append(f"train.device={args.device}")
+    if args.amp:
+        overrides.append("train.amp=true")
+    cfg = load_config(ROOT / "params.yaml", overrides)
     threads, device = setup_torch(cfg.train, cfg.seed)
     split = read_split(ROOT / "data" / "split")
     rated = RatedIndex(

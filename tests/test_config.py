@@ -153,3 +153,15 @@ def test_monitor_accepts_every_validation_metric_at_eval_ks():
         cfg = parse_config({"train": {"monitor": name}, "eval": {"ks": [7, 30]}})
         assert cfg.train.monitor == name
     assert parse_config({}).train.monitor == "full_ndcg@10"
+
+
+def test_overrides_are_applied_as_dvc_exp_run_set_does_and_checked():
+    cfg = load_config(REPO / "params.yaml", ["train.batch_size=4096", "deepfm.dropout=0.1"])
+    assert cfg.train.batch_size == 4096 and cfg.models["deepfm"].dropout == 0.1
+    assert cfg.train.epochs == load_config(REPO / "params.yaml").train.epochs
+    with pytest.raises(ConfigError, match="not KEY=VALUE"):
+        load_config(REPO / "params.yaml", ["train.batch_size"])
+    with pytest.raises(ConfigError, match="batch_sise"):  # an unknown key, as in the file
+        load_config(REPO / "params.yaml", ["train.batch_sise=4"])
+    with pytest.raises(ConfigError, match="'seed' is not a section"):
+        load_config(REPO / "params.yaml", ["seed.x=1"])

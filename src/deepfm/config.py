@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -500,7 +501,9 @@ def parse_config(raw: dict, *, require_all: bool = False) -> Config:
     return cfg
 
 
-def load_config(path: str | Path = "params.yaml") -> Config:
+def load_config(path: str | Path = "params.yaml", overrides: Sequence[str] = ()) -> Config:
+    """params.yaml, checked; `overrides` are `dvc exp run -S`-style assignments applied first
+    ("train.batch_size=65536", values read as YAML), so they are checked the same way."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path} not found: run the stage from the repository root.")
@@ -508,4 +511,15 @@ def load_config(path: str | Path = "params.yaml") -> Config:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not KEY=VALUE, e.g. train.batch_size=4096.")
+        *parents, leaf = key.split(".")
+        section = raw
+        for name in parents:
+            section = section.setdefault(name, {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"override {item!r}: {name!r} is not a section of {path}.")
+        section[leaf] = yaml.safe_load(value)
     return parse_config(raw, require_all=True)

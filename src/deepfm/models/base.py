@@ -153,7 +153,7 @@ class RankingModel(nn.Module):
         out = lin_u[:, None] + lin_i[None, :] + self.bias
         if self.transition is not None:
             codes = self.item_id_codes()[items]
-            out = out + self.transition.matrix(self.history_of(history.long()), codes)
+            out = out + self.transition.matrix(self.history_of(history), codes)
         return out
 
     def forward(

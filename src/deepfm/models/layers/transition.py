@@ -69,7 +69,7 @@ class ItemTransition(nn.Module):
         table = self.weight
         if self.symmetric:  # the upper triangle holds each unordered pair's weight
             table = torch.triu(table) + torch.triu(table, diagonal=1).T
-        rows = table[history[:, : len(self.position)]]  # (U, n, V)
+        rows = table[history[:, : len(self.position)].long()]  # (U, n, V)
         return torch.einsum("un,unv->uv", self._position_weights(history), rows)[:, candidates]
 
     def _position_weights(self, history: torch.Tensor) -> torch.Tensor:
