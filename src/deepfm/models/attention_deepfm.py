@@ -40,7 +40,7 @@ class AttentionDeepFM(RankingModel):
             history_pooling=params.history_pooling,
         )
         # after the embedding: keeps the initialisation order
-        self.add_first_order(schema, params.transition_items, params.transition_symmetric)
+        self.add_first_order(schema, params)
         self.attention = field_attention_stack(
             params.attention_layers,
             params.embed_dim,

@@ -21,7 +21,7 @@ class DeepFM(RankingModel):
             history_pooling=params.history_pooling,
         )
         # after the embedding: keeps the initialisation order
-        self.add_first_order(schema, params.transition_items, params.transition_symmetric)
+        self.add_first_order(schema, params)
         self.dnn = DNN(
             self.embedding.num_fields * params.embed_dim,
             list(params.dnn_hidden),

@@ -30,37 +30,7 @@ from deepfm.config import ItemCooccurrenceConfig
 from deepfm.data.schema import Schema
 from deepfm.data.splitting import SplitResult
 from deepfm.models.base import RankingModel
-
-
-def cooccurrence_pairs(
-    users: np.ndarray,
-    codes: np.ndarray,
-    window: int,
-    direction: str = "both",
-    distance_weight: bool = False,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(a, b, weight) of every counted pair of consecutive-within-`window` rows of the same
-    user. Rows must be one user's sequence after another, each in time order."""
-    parts_a, parts_b, parts_w = [], [], []
-    for d in range(1, min(window, len(users) - 1) + 1):
-        same = users[:-d] == users[d:]
-        if not same.any():
-            break  # no sequence is longer than d
-        a, b = codes[:-d][same], codes[d:][same]
-        w = np.full(len(a), 1.0 / d if distance_weight else 1.0)
-        parts_a.append(a)
-        parts_b.append(b)
-        parts_w.append(w)
-        if direction == "both":
-            parts_a.append(b)
-            parts_b.append(a)
-            parts_w.append(w)
-    if not parts_a:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, np.zeros(0)
-    a, b, w = np.concatenate(parts_a), np.concatenate(parts_b), np.concatenate(parts_w)
-    keep = (a > 0) & (b > 0)  # code 0 (unknown) is never counted
-    return a[keep].astype(np.int64), b[keep].astype(np.int64), w[keep]
+from deepfm.models.layers.cooccurrence import cooccurrence_user_pairs
 
 
 def recency_weights(length: int, recent: int, power: float) -> torch.Tensor:
@@ -84,7 +54,7 @@ class ItemCooccurrence(RankingModel):
         mask = split.sequence_mask()
         users, items = split.train_users[mask], split.train_items[mask]
         codes = self.item_id_codes().cpu().numpy()[items]
-        a, b, w = cooccurrence_pairs(users, codes, p.window, p.direction, p.distance_weight)
+        _, a, b, w = cooccurrence_user_pairs(users, codes, p.window, p.direction, p.distance_weight)
         v = self.vocab
         keys, inverse = np.unique(a * v + b, return_inverse=True)
         sums = np.bincount(inverse, weights=w, minlength=len(keys))  # float64

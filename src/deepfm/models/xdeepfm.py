@@ -28,7 +28,7 @@ class XDeepFM(RankingModel):
             history_pooling=params.history_pooling,
         )
         # after the embedding: keeps the initialisation order
-        self.add_first_order(schema, params.transition_items, params.transition_symmetric)
+        self.add_first_order(schema, params)
         self.cin = CIN(self.embedding.num_fields, list(params.cin_layers), params.cin_split_half)
         self.dnn = DNN(
             self.embedding.num_fields * params.embed_dim,
