@@ -42,6 +42,9 @@ def test_checkpoint_round_trip_weights_only(split, tmp_path):
         "field_dims": {"gender": 2},
         "transition_items": 0,
         "transition_symmetric": False,
+        "cooccurrence_window": 0,
+        "cooccurrence_weight": 1.0,
+        "cooccurrence_learned": False,
     }
     assert loaded.embedding.own_tables["gender"].weight.shape[1] == 2
 
