@@ -26,7 +26,6 @@ from deepfm.data.sampling import RatedIndex
 from deepfm.data.splitting import read_split
 from deepfm.evaluation.ranking import evaluate_split
 from deepfm.models.layers import CooccurrenceScore
-from deepfm.models.layers.cooccurrence import EPS
 from deepfm.training.checkpoint import check_checkpoint_data, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,8 +45,8 @@ class Blend(nn.Module):
         if key not in self.cache:
             scores = self.model.score_matrix(users, items, history).float()
             codes = self.model.item_id_codes()[items]
-            s = self.term.score_matrix(users, self.model.history_of(history))[:, codes]
-            self.cache[key] = (scores, torch.log(s.clamp(min=0.0) + EPS))
+            log_s = self.term.matrix(users, self.model.history_of(history), codes)  # weight 1
+            self.cache[key] = (scores, log_s)
         scores, log_s = self.cache[key]
         return scores + self.weight * log_s
 
@@ -76,8 +75,8 @@ def main() -> None:
                 raise SystemExit(f"{path}: its co-occurrence weight is learned; nothing to blend.")
             model.cooccurrence.weight.zero_()
         term = CooccurrenceScore(
-            split.schema.field("item_id").vocab_size, model.history_length, args.window
-        )
+            split.schema.field("item_id").vocab_size, model.history_length, args.window, 1.0
+        ).eval()
         mask = split.sequence_mask()
         codes = model.item_id_codes().numpy()[split.train_items[mask]]
         term.fit(split.train_users[mask].astype(np.int64), codes)
