@@ -39,6 +39,8 @@ def test_checkpoint_round_trip_weights_only(split, tmp_path):
         "recent_items": 0,
         "history_pooling": "mean",
         "loss": "bce",
+        "shared_negatives": 256,
+        "shared_popularity": 0.0,
         "field_dims": {"gender": 2},
         "transition_items": 0,
         "transition_symmetric": False,

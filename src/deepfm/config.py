@@ -144,9 +144,14 @@ class OrderAware:
     recent_items: int = field(default=0, metadata=_range(0, 1000))
     # pool the history bag with equal weights, or with a learned weight per position
     history_pooling: Literal["mean", "position"] = "mean"
-    # pointwise BCE over positives and sampled negatives, or a softmax over each positive and
-    # its train.negatives_per_positive sampled negatives (sampled softmax, shared per positive)
-    loss: Literal["bce", "sampled_softmax"] = "bce"
+    # pointwise BCE over positives and sampled negatives; a softmax over each positive and
+    # its train.negatives_per_positive sampled negatives (sampled_softmax); or a softmax over
+    # each target and shared_negatives items drawn once per batch (shared_softmax)
+    loss: Literal["bce", "sampled_softmax", "shared_softmax"] = "bce"
+    shared_negatives: int = field(default=256, metadata=_range(1, 1 << 24))
+    # shared_softmax's draw: 0 = K distinct uniform items; b > 0 = with replacement, by
+    # (train ratings + 1) ** b (b = 1: the distribution of in-batch negatives), log-Q corrected
+    shared_popularity: float = field(default=0.0, metadata=_range(0.0, 10.0))
     # an embedding size per field (e.g. {gender: 2, item_id: 64}), projected to embed_dim
     # where FM / CIN need one width; fields not named use embed_dim
     field_dims: dict[str, int] = field(default_factory=dict, metadata=_range(1, 1024))

@@ -12,6 +12,8 @@ hold for every model.
   (label 0) and optionally the observed negatives (label 0).
 - `SampledSoftmax`: a softmax over each positive and its own sampled negatives (the shared
   negatives of a positive's group): the loss ranks the positive first among them.
+- `SharedSoftmax`: a softmax over each target and K negatives its whole batch shares (a
+  sampled approximation of the full softmax, scored once per side where the model allows).
 - `GivenLabels`: BCE over the rows of the ctr protocol, each with its given 0/1 label (no
   sampling; users and items are the placeholder 0, the row's fields its context codes).
 - `NextItemSoftmax`: a full softmax over the catalogue for each train positive, given its
@@ -140,14 +142,76 @@ class SampledSoftmax:
 
     def loss(self, model, batch) -> tuple[torch.Tensor, int]:
         users, items, history = batch  # items: (B, 1 + K), the positive first
-        b, group = items.shape
-        logits = model(
-            users.repeat_interleave(group),
-            items.reshape(-1),
-            None if history is None else history.repeat_interleave(group, dim=0),
-        ).float()
-        target = torch.zeros(b, dtype=torch.long, device=users.device)
-        return F.cross_entropy(logits.reshape(b, group), target), b
+        logits = model.group_logits(users, items, history).float()
+        target = torch.zeros(len(users), dtype=torch.long, device=users.device)
+        return F.cross_entropy(logits, target), len(users)
+
+
+class SharedSoftmax:
+    """A softmax over each training target and K negatives shared by its whole batch (seeded
+    by seed, epoch and batch, the same on every rank), each masked out of the rows of users
+    who rated it in train (the target included), so a row ranks its target against unrated
+    items. The K items are distinct and uniform (popularity 0), or drawn with replacement
+    with probability q proportional to (train ratings + 1) ** popularity, as in-batch
+    negatives are; every logit then has log(K q) subtracted (the sampled-softmax correction,
+    Jean et al. 2015; Yi et al. 2019), which under uniform draws is one constant and changes
+    nothing. With K near the catalogue this is SASRec's full softmax; the model scores the
+    shared items once per side where its parts allow (RankingModel.candidate_logits)."""
+
+    def __init__(
+        self, split, rated, *, seed, shared_negatives, device, targets="positives",
+        popularity=0.0,
+    ):  # fmt: skip
+        if not popularity and shared_negatives > rated.num_items:
+            raise TrainingError(
+                f"shared_negatives is {shared_negatives} but the catalogue holds "
+                f"{rated.num_items} items: lower it to at most {rated.num_items}."
+            )
+        self.seed, self.device, self.k = seed, device, shared_negatives
+        self.num_items = rated.num_items
+        self.keys = torch.from_numpy(rated.keys).to(device)  # sorted user * num_items + item
+        self.cdf = rated.item_cdf(popularity)  # None: uniform
+        if self.cdf is None:
+            q = np.full(self.num_items, 1.0 / self.num_items)
+        else:
+            q = np.diff(self.cdf, prepend=0.0) / self.cdf[-1]
+        self.log_kq = torch.from_numpy(np.log(shared_negatives * q)).float().to(device)
+        self.history = _history(split, device)
+        self.tensors = _target_tensors(split, targets, device)
+
+    def batches(
+        self, epoch: int, batch_size: int, shuffle: torch.Generator, shard=None
+    ) -> Iterator:
+        rng = rng_for(self.seed, "shared-negatives", epoch)
+        for u, i, r in iterate_batches(self.tensors, batch_size, shuffle, shard):
+            if self.cdf is None:
+                shared = rng.choice(self.num_items, size=self.k, replace=False)
+            else:
+                shared = np.searchsorted(self.cdf, rng.random(self.k) * self.cdf[-1], "right")
+                shared = np.minimum(shared, self.num_items - 1)
+            yield u, i, torch.from_numpy(shared).to(self.device), self.history_rows(r)
+
+    def history_rows(self, rows: torch.Tensor) -> torch.Tensor | None:
+        return None if self.history is None else self.history[rows]
+
+    def rated_mask(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """(B, K) whether users[b] rated items[k] in train."""
+        query = users[:, None] * self.num_items + items[None, :]
+        pos = torch.searchsorted(self.keys, query).clamp_(max=len(self.keys) - 1)
+        return self.keys[pos] == query
+
+    def loss(self, model, batch) -> tuple[torch.Tensor, int]:
+        users, items, shared, history = batch
+        logits = model.candidate_logits(users, items, shared, history).float()
+        logits = logits - torch.cat(
+            [self.log_kq[items][:, None], self.log_kq[shared][None, :].expand(len(items), -1)], 1
+        )
+        masked = torch.cat(
+            [torch.zeros_like(users, dtype=torch.bool)[:, None], self.rated_mask(users, shared)], 1
+        )
+        logits = logits.masked_fill(masked, float("-inf"))
+        target = torch.zeros(len(users), dtype=torch.long, device=users.device)
+        return F.cross_entropy(logits, target), len(users)
 
 
 class NextItemSoftmax:
@@ -158,10 +222,8 @@ class NextItemSoftmax:
             )
         self.split, self.device, self.targets = split, device, targets
         self.history = _history(split, device)
-        rows = target_rows(split, targets)
-        arrays = (split.train_users[rows], split.train_items[rows], rows)
         # no negatives to draw: the epoch's arrays stay on the device across epochs
-        self.tensors = tuple(torch.from_numpy(a.astype(np.int64)).to(device) for a in arrays)
+        self.tensors = _target_tensors(split, targets, device)
 
     def batches(
         self, epoch: int, batch_size: int, shuffle: torch.Generator, shard=None
@@ -173,6 +235,13 @@ class NextItemSoftmax:
         users, targets, history = batch
         logits = model.catalogue_logits(users, history).float()
         return F.cross_entropy(logits, targets), len(targets)
+
+
+def _target_tensors(split: SplitResult, targets: str, device) -> tuple[torch.Tensor, ...]:
+    """(users, items, train rows) of the training targets, int64 on `device`."""
+    rows = target_rows(split, targets)
+    arrays = (split.train_users[rows], split.train_items[rows], rows)
+    return tuple(torch.from_numpy(a.astype(np.int64)).to(device) for a in arrays)
 
 
 def _history(split: SplitResult, device) -> torch.Tensor | None:
@@ -247,6 +316,11 @@ def make_objective(cfg, split: SplitResult | CTRSplit, rated: RatedIndex | None,
             split, rated, seed=cfg.seed, negatives_per_positive=tc.negatives_per_positive,
             device=device, targets=tc.targets, device_epochs=tc.device_epochs,
             negative_popularity=tc.negative_popularity,
+        )  # fmt: skip
+    if loss == "shared_softmax":
+        return SharedSoftmax(
+            split, rated, seed=cfg.seed, shared_negatives=cfg.model_params.shared_negatives,
+            device=device, targets=tc.targets, popularity=cfg.model_params.shared_popularity,
         )  # fmt: skip
     if loss == "softmax":
         return NextItemSoftmax(split, rated, device=device, targets=tc.targets)
