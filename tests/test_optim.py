@@ -9,13 +9,34 @@ from torch.nn import functional as F
 from deepfm.config import ConfigError, parse_config
 from deepfm.data.batches import feature_tensors
 from deepfm.models import build_model
-from deepfm.training.optim import LazyAdam, clip_gradients, make_optimizer, use_sparse_gradients
+from deepfm.training.optim import (
+    LazyAdam,
+    clip_gradients,
+    make_optimizer,
+    summed_rows,
+    use_sparse_gradients,
+)
 
 
 def _squared_error_step(weight, optimizer, codes, target, sparse: bool) -> None:
     optimizer.zero_grad()
     ((F.embedding(codes, weight, sparse=sparse) - target) ** 2).sum().backward()
     optimizer.step()
+
+
+def test_summed_rows_equal_coalesce_and_repeat_bit_for_bit():
+    torch.manual_seed(3)
+    weight = nn.Parameter(torch.randn(500, 16))
+    codes = torch.randint(0, 500, (4096, 39)) % 97 * 5  # 97 distinct rows, each many times
+    (F.embedding(codes, weight, sparse=True) * torch.randn(4096, 39, 16)).sum().backward()
+    rows, summed = summed_rows(weight.grad)
+    reference = weight.grad.coalesce()
+    assert torch.equal(rows, reference.indices()[0]) and len(rows) == 97
+    torch.testing.assert_close(summed, reference.values(), rtol=1e-5, atol=1e-4)
+    assert torch.equal(rows[1:] > rows[:-1], torch.ones(96, dtype=torch.bool))
+    for _ in range(3):  # a fixed summation order: the same bits every time
+        again_rows, again = summed_rows(weight.grad)
+        assert torch.equal(again_rows, rows) and torch.equal(again, summed)
 
 
 def test_lazy_adam_with_every_row_in_every_batch_is_adam():

@@ -31,8 +31,7 @@ class LazyAdam(torch.optim.Adam):
         return super().step(closure)
 
     def _sparse_step(self, p: torch.Tensor, group: dict) -> None:
-        grad = p.grad.coalesce()  # one row per distinct code, duplicates summed
-        rows, values = grad.indices()[0], grad.values()
+        rows, values = summed_rows(p.grad)  # one row per distinct code, duplicates summed
         state = self.state[p]
         if not state:
             state["step"] = torch.tensor(0.0)
@@ -51,6 +50,22 @@ class LazyAdam(torch.optim.Adam):
         # every row in every batch, LazyAdam is Adam
         denom = exp_avg_sq.sqrt_().div_(math.sqrt(1 - beta2**step)).add_(group["eps"])
         p.index_add_(0, rows, exp_avg / denom, alpha=-group["lr"] / (1 - beta1**step))
+
+
+def summed_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A row-sparse gradient's distinct rows, ascending, and each row's summed values: what
+    coalesce() gives. On the CPU they come from torch.unique and index_add_, which sums each
+    row's entries in their order in the gradient (coalesce's unstable sort fixes no order):
+    a click-log step (2M rows, batch 4096, embed_dim 16) ran 1.26x faster than with
+    coalesce, whose CPU sort and reduction took a quarter of the step. Other devices keep
+    coalesce: index_add_ there adds atomically, in no fixed order."""
+    if grad.device.type != "cpu":
+        grad = grad.coalesce()
+        return grad.indices()[0], grad.values()
+    indices, values = grad._indices()[0], grad._values()
+    rows, inverse = torch.unique(indices, return_inverse=True)
+    summed = values.new_zeros((len(rows), *values.shape[1:])).index_add_(0, inverse, values)
+    return rows, summed
 
 
 def use_sparse_gradients(model: nn.Module) -> None:
