@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import numpy as np
@@ -237,6 +238,41 @@ def test_recent_items_are_fields_of_their_own_and_position_pooling_starts_as_the
     torch.testing.assert_close(out[1, 5], w[5])
     with pytest.raises(ValueError, match=r"recent_items is 5 but the history holds 4"):
         FeatureEmbedding(split.schema, 3, recent_items=5)
+
+
+def test_transformer_pooling_is_the_encoder_over_the_filled_history_alone(split):
+    from deepfm.models.layers import FeatureEmbedding
+
+    torch.manual_seed(0)
+    emb = FeatureEmbedding(split.schema, 4, history_pooling="transformer", history_layers=2)
+    emb.eval()
+    codes = torch.ones(3, 5, dtype=torch.long)
+    history = torch.tensor([[4, 2, 7, 0], [5, 0, 0, 0], [0, 0, 0, 0]])
+    out = emb.side("user", codes, [history])
+    assert out.shape == (3, 6, 4)  # five user fields and the encoded history
+    enc, w = emb.history_encoder, emb.bags["history"].weight
+    for row, filled in [(0, [7, 2, 4]), (1, [5])]:  # chronological: the newest last
+        n = len(filled)
+        x = w[torch.tensor(filled)] + enc.positions[:n].flip(0)  # position 0: the newest
+        want = enc.encoder(x[None])[0, -1]  # no padding at all
+        torch.testing.assert_close(out[row, 5], want)
+    assert torch.isfinite(out[2]).all()  # an empty history: a constant, not NaN
+    # the newest item moves the state; the order of the others matters too
+    swapped = emb.side("user", codes[:1], [torch.tensor([[2, 4, 7, 0]])])
+    assert not torch.allclose(swapped[0, 5], out[0, 5])
+    small = FeatureEmbedding(
+        split.schema, 4, history_pooling="transformer", history_layers=1,
+        field_dims={"history": 2},
+    )  # fmt: skip
+    assert small.side("user", codes, [history]).shape == (3, 6, 4)  # projected, then encoded
+    with pytest.raises(ValueError, match=r"history_pooling"):
+        FeatureEmbedding(
+            dataclasses.replace(
+                split.schema, fields=tuple(f for f in split.schema.fields if f.name != "history")
+            ),
+            4,
+            history_pooling="transformer",
+        )
 
 
 def test_target_attention_matches_a_direct_computation():

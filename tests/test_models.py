@@ -81,6 +81,10 @@ ORDER_AWARE = {
         embed_dim=4, dnn_hidden=[16, 8], dropout=0.0, recent_items=2, history_pooling="position",
         transition_items=3, transition_symmetric=True, cooccurrence_window=2,
     ),
+    "deepfm+transformer": DeepFMConfig(
+        embed_dim=4, dnn_hidden=[16, 8], dropout=0.1, recent_items=1,
+        history_pooling="transformer", history_layers=1,
+    ),
     "xdeepfm+order": XDeepFMConfig(
         embed_dim=4, cin_layers=[6, 5], dnn_hidden=[16, 8], recent_items=2,
         history_pooling="position", transition_items=2,

@@ -15,6 +15,7 @@ from deepfm.models.base import RankingModel
 from deepfm.training.checkpoint import load_model
 from deepfm.training.loop import TrainingError, train
 from deepfm.training.objectives import (
+    GroupedPointwise,
     NextItemSoftmax,
     Pointwise,
     SampledSoftmax,
@@ -150,17 +151,81 @@ def test_sasrec_trains_through_the_loop_and_reloads(split, tmp_path):
     assert isinstance(make_objective(bce, split, _rated(split), "cpu"), Pointwise)
 
 
-def test_softmax_losses_refuse_observed_negatives_and_zero_negatives(split):
+def test_grouped_bce_is_pointwise_bce_over_whole_groups_with_as_many_steps(split):
     rated = _rated(split)
-    both = parse_config(
-        {"deepfm": {"loss": "sampled_softmax"}, "train": {"observed_negatives": True}}
+    grouped = GroupedPointwise(split, rated, seed=5, negatives_per_positive=3, device="cpu")
+    pointwise = Pointwise(
+        split, rated, seed=5, negatives_per_positive=3, observed_negatives=False, device="cpu"
     )
+    batches = list(grouped.batches(2, 40, torch.Generator().manual_seed(0)))
+    assert all(b[1].shape[1] == 4 for b in batches) and len(batches[0][0]) == 10  # 40 pairs
+    flat = list(pointwise.batches(2, 40, torch.Generator().manual_seed(0)))
+    assert len(batches) == len(flat)  # train.batch_size counts pairs for both
+    # the same pairs as the pointwise epoch, labels 1 for the target and 0 for the rest
+    users, items, history = _all(batches)
+    g = items.shape[1]
+    labels = torch.zeros(items.shape)
+    labels[:, 0] = 1
+    got = _examples(users.repeat_interleave(g), items.reshape(-1), labels.reshape(-1),
+                    history.repeat_interleave(g, dim=0))  # fmt: skip
+    want = _examples(*_all(flat))
+    assert Counter(got) == Counter(want)
+    cfg = parse_config({"deepfm": {"embed_dim": 4, "dnn_hidden": [8], "dropout": 0.0}})
+    torch.manual_seed(0)
+    model = build_model("deepfm", split.schema, feature_tensors(split), cfg.model_params).eval()
+    loss, n = grouped.loss(model, batches[0])
+    u, i, h = batches[0]
+    flat_logits = model(u.repeat_interleave(4), i.reshape(-1), h.repeat_interleave(4, dim=0))
+    want_loss = F.binary_cross_entropy_with_logits(flat_logits, labels[:10].reshape(-1))
+    assert n == 40
+    torch.testing.assert_close(loss, want_loss)
+
+
+@pytest.mark.parametrize(
+    "section",
+    [
+        {},
+        {
+            "history_pooling": "transformer",
+            "history_layers": 1,
+            "recent_items": 1,
+            "cooccurrence_window": 2,
+        },
+    ],
+)
+def test_deepfm_group_logits_equal_the_expanded_pairs_with_their_gradients(split, section):
+    cfg = parse_config(
+        {"deepfm": {"embed_dim": 4, "dnn_hidden": [8, 4], "dropout": 0.0, **section}}
+    )
+    torch.manual_seed(0)
+    model = build_model("deepfm", split.schema, feature_tensors(split), cfg.model_params)
+    model.prepare(split)
+    model.train()
+    objective = GroupedPointwise(split, _rated(split), seed=1, negatives_per_positive=4,
+                                 device="cpu")  # fmt: skip
+    users, items, history = next(objective.batches(0, 100, torch.Generator().manual_seed(0)))
+    params = [p for p in model.parameters() if p.requires_grad]
+    fast = model.group_logits(users, items, history)
+    grads = torch.autograd.grad(fast.pow(2).sum(), params, allow_unused=True)
+    slow = RankingModel.group_logits(model, users, items, history)
+    slow_grads = torch.autograd.grad(slow.pow(2).sum(), params, allow_unused=True)
+    assert fast.shape == (20, 5)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads, slow_grads, strict=True):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["sampled_softmax", "bce_grouped"])
+def test_grouped_losses_refuse_observed_negatives_and_zero_negatives(split, loss):
+    rated = _rated(split)
+    both = parse_config({"deepfm": {"loss": loss}, "train": {"observed_negatives": True}})
     with pytest.raises(TrainingError, match=r"observed_negatives.*needs loss bce"):
         make_objective(both, split, rated, "cpu")
-    none = parse_config(
-        {"deepfm": {"loss": "sampled_softmax"}, "train": {"negatives_per_positive": 0}}
-    )
-    with pytest.raises(TrainingError, match=r"negatives_per_positive >= 1"):
+    none = parse_config({"deepfm": {"loss": loss}, "train": {"negatives_per_positive": 0}})
+    with pytest.raises(TrainingError, match=rf"loss {loss} needs.*negatives_per_positive >= 1"):
         make_objective(none, split, rated, "cpu")
 
 
@@ -232,7 +297,14 @@ def test_shared_softmax_loss_ranks_each_target_against_the_unrated_shared_items(
     torch.testing.assert_close(loss, torch.stack(manual).mean())
 
 
-@pytest.mark.parametrize("section", [{}, {"recent_items": 2, "history_pooling": "position"}])
+@pytest.mark.parametrize(
+    "section",
+    [
+        {},
+        {"recent_items": 2, "history_pooling": "position"},
+        {"history_pooling": "transformer", "history_layers": 1},
+    ],
+)
 def test_deepfm_candidate_logits_equal_the_expanded_pairs_with_their_gradients(split, section):
     # training mode, BatchNorm on: the batch statistics must be those of all the pairs
     cfg = parse_config(

@@ -142,12 +142,17 @@ class OrderAware:
 
     # the n most recent history items as user-side fields of their own (FPMC-style)
     recent_items: int = field(default=0, metadata=_range(0, 1000))
-    # pool the history bag with equal weights, or with a learned weight per position
-    history_pooling: Literal["mean", "position"] = "mean"
-    # pointwise BCE over positives and sampled negatives; a softmax over each positive and
-    # its train.negatives_per_positive sampled negatives (sampled_softmax); or a softmax over
+    # pool the history bag with equal weights, with a learned weight per position, or take
+    # the most recent position's output of a causal self-attention encoder over it (BST)
+    history_pooling: Literal["mean", "position", "transformer"] = "mean"
+    # with history_pooling transformer: its blocks (SASRec's, one head, the model's dropout)
+    history_layers: int = field(default=2, metadata=_range(1, 16))
+    # pointwise BCE over positives and sampled negatives (bce_grouped: the same, each batch
+    # holding whole groups of a target and its own negatives, so the user side and its
+    # history encoder run once per target); a softmax over each positive and its
+    # train.negatives_per_positive sampled negatives (sampled_softmax); or a softmax over
     # each target and shared_negatives items drawn once per batch (shared_softmax)
-    loss: Literal["bce", "sampled_softmax", "shared_softmax"] = "bce"
+    loss: Literal["bce", "bce_grouped", "sampled_softmax", "shared_softmax"] = "bce"
     shared_negatives: int = field(default=256, metadata=_range(1, 1 << 24))
     # shared_softmax's draw: 0 = K distinct uniform items; b > 0 = with replacement, by
     # (train ratings + 1) ** b (b = 1: the distribution of in-batch negatives), log-Q corrected

@@ -19,6 +19,8 @@ class DeepFM(RankingModel):
             field_dims=params.field_dims,
             recent_items=params.recent_items,
             history_pooling=params.history_pooling,
+            history_layers=params.history_layers,
+            dropout=params.dropout,
         )
         # after the embedding: keeps the initialisation order
         self.add_first_order(schema, params)
@@ -35,6 +37,22 @@ class DeepFM(RankingModel):
         emb = self.embed(self.embedding, users, items, history)  # (B, F, k)
         first = self.first_order(users, items, history)
         return first + fm_interaction(emb) + self.dnn(emb.flatten(1))
+
+    def group_logits(
+        self, users: torch.Tensor, groups: torch.Tensor, history: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, G) logits, equal to the expanded pairs' (RankingModel's), with the user side
+        (its history encoder included) embedded once per row, not once per pair."""
+        b, g = groups.shape
+        eu = self.embed_side(self.embedding, "user", users, history)  # (B, Fu, k)
+        ei = self.embed_side(self.embedding, "item", groups.reshape(-1))  # (B * G, Fi, k)
+        emb = torch.cat([eu.repeat_interleave(g, dim=0), ei], dim=1)  # (B * G, F, k)
+        first = self.first_order(
+            users.repeat_interleave(g),
+            groups.reshape(-1),
+            None if history is None else history.repeat_interleave(g, dim=0),
+        )
+        return (first + fm_interaction(emb) + self.dnn(emb.flatten(1))).view(b, g)
 
     def candidate_logits(
         self,

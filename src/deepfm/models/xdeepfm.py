@@ -26,6 +26,8 @@ class XDeepFM(RankingModel):
             field_dims=params.field_dims,
             recent_items=params.recent_items,
             history_pooling=params.history_pooling,
+            history_layers=params.history_layers,
+            dropout=params.dropout,
         )
         # after the embedding: keeps the initialisation order
         self.add_first_order(schema, params)

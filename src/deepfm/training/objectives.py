@@ -12,6 +12,9 @@ hold for every model.
   (label 0) and optionally the observed negatives (label 0).
 - `SampledSoftmax`: a softmax over each positive and its own sampled negatives (the shared
   negatives of a positive's group): the loss ranks the positive first among them.
+- `GroupedPointwise`: Pointwise's BCE (labels 1, 0, ..., 0), each batch holding whole
+  groups of a target and its own negatives, so a model that embeds the user side once per
+  group (`group_logits`) runs its history encoder once per target, not once per pair.
 - `SharedSoftmax`: a softmax over each target and K negatives its whole batch shares (a
   sampled approximation of the full softmax, scored once per side where the model allows).
 - `GivenLabels`: BCE over the rows of the ctr protocol, each with its given 0/1 label (no
@@ -92,14 +95,16 @@ class Pointwise:
 
 
 class SampledSoftmax:
+    name = "sampled_softmax"
+
     def __init__(
         self, split, rated, *, seed, negatives_per_positive, device, targets="positives",
         device_epochs=False, negative_popularity=0.0,
     ):  # fmt: skip
         if negatives_per_positive < 1:
             raise TrainingError(
-                "loss sampled_softmax needs train.negatives_per_positive >= 1 (the negatives "
-                "each positive is ranked against)."
+                f"loss {self.name} needs train.negatives_per_positive >= 1 (the negatives "
+                "grouped with each target)."
             )
         self.split, self.rated, self.seed, self.device = split, rated, seed, device
         self.negatives = negatives_per_positive
@@ -145,6 +150,26 @@ class SampledSoftmax:
         logits = model.group_logits(users, items, history).float()
         target = torch.zeros(len(users), dtype=torch.long, device=users.device)
         return F.cross_entropy(logits, target), len(users)
+
+
+class GroupedPointwise(SampledSoftmax):
+    """BCE over each target (label 1) and its negatives_per_positive sampled negatives
+    (label 0), batched by group; train.batch_size still counts pairs, so an epoch takes as
+    many steps as Pointwise's (observed negatives are refused by make_objective)."""
+
+    name = "bce_grouped"
+
+    def batches(
+        self, epoch: int, batch_size: int, shuffle: torch.Generator, shard=None
+    ) -> Iterator:
+        return super().batches(epoch, max(1, batch_size // (1 + self.negatives)), shuffle, shard)
+
+    def loss(self, model, batch) -> tuple[torch.Tensor, int]:
+        users, items, history = batch  # items: (B, 1 + n), the target first
+        logits = model.group_logits(users, items, history).float()
+        labels = torch.zeros_like(logits)
+        labels[:, 0] = 1.0
+        return F.binary_cross_entropy_with_logits(logits, labels), logits.numel()
 
 
 class SharedSoftmax:
@@ -303,16 +328,17 @@ def make_objective(cfg, split: SplitResult | CTRSplit, rated: RatedIndex | None,
         return GivenLabels(split, device, tc.device_epochs)
     if loss != "bce" and tc.observed_negatives:
         raise TrainingError(
-            f"{cfg.model}.loss is {loss!r}, which ranks each positive against sampled items; "
-            "train.observed_negatives (label-0 rows) needs loss bce. Set one of them back."
+            f"{cfg.model}.loss is {loss!r}, which groups each target with items sampled for "
+            "it; train.observed_negatives (label-0 rows of their own) needs loss bce. Set one "
+            "of them back."
         )
     if tc.targets == "rated" and tc.observed_negatives:
         raise TrainingError(
             "train.targets is 'rated', so every rated row is a label-1 target and there are "
             "no observed negatives left: set train.observed_negatives to false."
         )
-    if loss == "sampled_softmax":
-        return SampledSoftmax(
+    if loss in ("sampled_softmax", "bce_grouped"):
+        return (SampledSoftmax if loss == "sampled_softmax" else GroupedPointwise)(
             split, rated, seed=cfg.seed, negatives_per_positive=tc.negatives_per_positive,
             device=device, targets=tc.targets, device_epochs=tc.device_epochs,
             negative_popularity=tc.negative_popularity,

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from deepfm.data.schema import Schema
+from deepfm.models.layers.causal import CausalTransformer
 
 
 class FeatureEmbedding(nn.Module):
@@ -49,6 +50,8 @@ class FeatureEmbedding(nn.Module):
         field_dims: dict[str, int] | None = None,
         recent_items: int = 0,
         history_pooling: str = "mean",
+        history_layers: int = 2,
+        dropout: float = 0.0,
     ):
         super().__init__()
         history = schema.field("history")
@@ -148,6 +151,8 @@ class FeatureEmbedding(nn.Module):
                 if schema.by_source(side, "dense")
             }
         )
+        if history_pooling == "transformer":
+            self.history_encoder = HistoryEncoder(history.length, dim, history_layers, dropout)
 
     @staticmethod
     def side_width(schema: Schema, side: str) -> int:
@@ -199,6 +204,12 @@ class FeatureEmbedding(nn.Module):
                 pooled = _weighted_bag(
                     self._lookup(self.bags[name].weight, bag), bag, self.history_position
                 )
+            elif name == "history" and self.history_pooling == "transformer":
+                rows = self._lookup(self.bags[name].weight, bag)
+                if name in self.projections:  # the encoder works at the common size
+                    rows = self.projections[name](rows)
+                parts.append(self.history_encoder(rows, bag).unsqueeze(1))
+                continue
             else:
                 pooled = _mean_bag(self._lookup(self.bags[name].weight, bag), bag)
             if name in self.projections:
@@ -244,6 +255,26 @@ def side_sparse(schema: Schema, side: str) -> list:
             for f in schema.by_source("context", "sparse")
         ]
     return fields
+
+
+class HistoryEncoder(nn.Module):
+    """(N, L, dim) history rows of (N, L) codes, most recent first, 0-padded -> (N, dim): the
+    most recent position's output of a causal self-attention stack over the history in
+    chronological order (the Behavior Sequence Transformer's encoder, Chen et al. 2019, with
+    SASRec's blocks). Positions count back from the most recent item, so padding on the left
+    changes nothing; an empty history gives a learned constant."""
+
+    def __init__(self, length: int, dim: int, num_layers: int, dropout: float):
+        super().__init__()
+        self.positions = nn.Parameter(torch.randn(length, dim) * 0.02)
+        self.dropout = nn.Dropout(dropout)
+        self.encoder = CausalTransformer(dim, num_layers, 1, dropout)
+
+    def forward(self, rows: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        n = codes.shape[1]
+        valid = (codes > 0).flip(1)  # chronological, left-padded: the last column is the newest
+        x = rows.flip(1) * valid.unsqueeze(-1).to(rows.dtype) + self.positions[:n].flip(0)
+        return self.encoder(self.dropout(x), valid)[:, -1]
 
 
 def _weighted_bag(rows: torch.Tensor, codes: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
