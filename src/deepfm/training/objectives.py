@@ -154,8 +154,9 @@ class SampledSoftmax:
 
 class GroupedPointwise(SampledSoftmax):
     """BCE over each target (label 1) and its negatives_per_positive sampled negatives
-    (label 0), batched by group; train.batch_size still counts pairs, so an epoch takes as
-    many steps as Pointwise's (observed negatives are refused by make_objective)."""
+    (label 0), batched by group; train.batch_size still counts pairs (a step takes
+    batch_size // (1 + n) groups), so an epoch takes about as many steps as Pointwise's
+    (observed negatives are refused by make_objective)."""
 
     name = "bce_grouped"
 
