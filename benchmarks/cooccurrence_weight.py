@@ -62,9 +62,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     split = read_split(args.split)
-    rated = RatedIndex(
-        split.train_users, split.train_items, split.schema.num_users, split.schema.num_items
-    )
+    rated = RatedIndex.of_train(split)
     which = ("val", "test") if args.test else ("val",)
     table = {w: {name: [] for name in which} for w in args.weights}
     for path in args.checkpoints:

@@ -46,9 +46,7 @@ def measure(split_dir: str, model_name: str, n_users: int, threads: int) -> dict
     cfg = load_config(ROOT / "params.yaml")
     split = read_split(Path(split_dir))
     model = build_model(model_name, split.schema, feature_tensors(split), cfg.models[model_name])
-    rated = RatedIndex(
-        split.train_users, split.train_items, split.schema.num_users, split.schema.num_items
-    )
+    rated = RatedIndex.of_train(split)
     sample = user_sample(len(split.val.users), n_users, cfg.seed)
     ready_mb = peak_rss_mb()
     t = time.perf_counter()

@@ -60,9 +60,7 @@ def main() -> None:
     split = read_split(args.split)
     rated = None
     if not isinstance(split, CTRSplit):
-        rated = RatedIndex(
-            split.train_users, split.train_items, split.schema.num_users, split.schema.num_items
-        )
+        rated = RatedIndex.of_train(split)
     model = build_model(args.model, split.schema, feature_tensors(split), params)
     model = model.to(device).train()
     if tc.sparse_embeddings:

@@ -148,9 +148,7 @@ def negatives_step(split_dir: str, seed: int) -> dict:
 
     split = read_split(Path(split_dir))
     t = time.perf_counter()
-    rated = RatedIndex(
-        split.train_users, split.train_items, split.schema.num_users, split.schema.num_items
-    )
+    rated = RatedIndex.of_train(split)
     ex = epoch_examples(
         split, rated, seed=seed, epoch=1, negatives_per_positive=4, observed_negatives=False
     )

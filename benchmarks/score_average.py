@@ -58,9 +58,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     split = read_split(args.split)
-    rated = RatedIndex(
-        split.train_users, split.train_items, split.schema.num_users, split.schema.num_items
-    )
+    rated = RatedIndex.of_train(split)
     models = []
     for path in (args.a, args.b):
         model, payload = load_model(path)

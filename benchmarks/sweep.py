@@ -108,9 +108,7 @@ def run_trial(args: tuple) -> dict:
 
         model, _ = load_model(ckpt)
         model = model.to(device)
-        rated = RatedIndex(
-            split.train_users, split.train_items, split.schema.num_users, split.schema.num_items
-        )
+        rated = RatedIndex.of_train(split)
         results = evaluate_split(
             model, split, rated, ks=cfg.eval.ks, batch_users=cfg.eval.batch_users, device=device
         )

@@ -170,9 +170,7 @@ def main() -> None:
     cfg = load_config(ROOT / "params.yaml", overrides)
     threads, device = setup_torch(cfg.train, cfg.seed)
     split = read_split(ROOT / "data" / "split")
-    rated = RatedIndex(
-        split.train_users, split.train_items, split.schema.num_users, split.schema.num_items
-    )
+    rated = RatedIndex.of_train(split)
     env = {
         "torch": torch.__version__,
         "threads": threads,

@@ -25,8 +25,7 @@ from deepfm.training.objectives import (
 
 
 def _rated(split):
-    s = split.schema
-    return RatedIndex(split.train_users, split.train_items, s.num_users, s.num_items)
+    return RatedIndex.of_train(split)
 
 
 def _all(batches):

@@ -100,3 +100,16 @@ def test_popularity_zero_is_the_uniform_draw():
     a = sample_negatives(users, 7, rated, np.random.default_rng(5))
     b = sample_negatives(users, 7, rated, np.random.default_rng(5), popularity=0.0)
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_rated_index_of_train_holds_the_train_pairs_of_a_split():
+    from types import SimpleNamespace
+
+    split = SimpleNamespace(
+        train_users=np.array([2, 0, 2, 2]),
+        train_items=np.array([1, 3, 1, 4]),  # a repeated pair counts once
+        schema=SimpleNamespace(num_users=3, num_items=5),
+    )
+    rated = RatedIndex.of_train(split)
+    assert rated.counts().tolist() == [1, 0, 2]
+    assert rated.items_of(2).tolist() == [1, 4] and rated.items_of(0).tolist() == [3]

@@ -85,9 +85,7 @@ def test_checkpoint_last_keeps_the_final_weights(split, tmp_path):
     from deepfm.data.sampling import RatedIndex
     from deepfm.evaluation.ranking import evaluate_held_out
 
-    rated = RatedIndex(
-        split.train_users, split.train_items, split.schema.num_users, split.schema.num_items
-    )
+    rated = RatedIndex.of_train(split)
     again = evaluate_held_out(model, split.val, rated, ks=[10], batch_users=32)
     assert math.isclose(again.metrics["full_ndcg@10"], scores[-1], abs_tol=1e-6)
 
@@ -265,9 +263,7 @@ def test_the_learned_cooccurrence_term_is_counted_trained_saved_and_resumed(spli
     model, _ = load_model(tmp_path / "m.pt")
     assert model.cooccurrence.weight.item() != 0.5  # trained from its start
     assert model.cooccurrence.counts.sum() > 0  # rebuilt from the saved pair counts
-    rated = RatedIndex(
-        split.train_users, split.train_items, split.schema.num_users, split.schema.num_items
-    )
+    rated = RatedIndex.of_train(split)
     again = evaluate_held_out(model, split.val, rated, ks=[10], batch_users=7)
     assert again.metrics["full_ndcg@10"] == pytest.approx(out.kept_val["full_ndcg@10"], abs=1e-6)
 

@@ -31,6 +31,13 @@ class RatedIndex:
         counts = np.bincount(self.keys // num_items, minlength=num_users)
         self.indptr = np.r_[0, np.cumsum(counts)]  # CSR row pointers over `keys`
 
+    @classmethod
+    def of_train(cls, split) -> RatedIndex:
+        """What each user rated in a top-K split's train rows (a SplitResult or anything with
+        train_users, train_items and a schema): the pairs negatives and full ranking avoid."""
+        s = split.schema
+        return cls(split.train_users, split.train_items, s.num_users, s.num_items)
+
     def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         query = users.astype(np.int64) * self.num_items + items
         pos = np.searchsorted(self.keys, query)

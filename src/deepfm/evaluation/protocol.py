@@ -61,9 +61,7 @@ def evaluate_checkpoint(
         gauc = f"  gauc {t['gauc']:.4f}" if "gauc" in t else ""
         summary = f"{payload['model']} test auc {t['auc']:.4f}  logloss {t['logloss']:.4f}{gauc}"
     else:
-        rated = RatedIndex(
-            data.train_users, data.train_items, data.schema.num_users, data.schema.num_items
-        )
+        rated = RatedIndex.of_train(data)
         sample = user_sample(len(data.val.users), sample_users, seed)
         results = evaluate_split(scorer, data, rated, ks=ks, batch_users=batch_users, sample=sample)
         frames = [

@@ -226,9 +226,7 @@ def _train(
                 f"dataset {cfg.dataset!r} uses the top-K protocol: choose a ranking metric "
                 "(e.g. full_ndcg@10)."
             )
-        rated = RatedIndex(
-            split.train_users, split.train_items, split.schema.num_users, split.schema.num_items
-        )
+        rated = RatedIndex.of_train(split)
 
         sample = user_sample(len(split.val.users), cfg.eval.sample_users, cfg.seed)
         val_users = split.val if sample is None else split.val.take(sample)
