@@ -38,7 +38,7 @@ def test_checkpoint_round_trip_weights_only(split, tmp_path):
         "batch_norm": True,
         "recent_items": 0,
         "history_pooling": "mean",
-        "history_layers": 2,
+        "history_layers": 1,
         "loss": "bce",
         "shared_negatives": 256,
         "shared_popularity": 0.0,

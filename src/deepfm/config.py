@@ -146,7 +146,7 @@ class OrderAware:
     # the most recent position's output of a causal self-attention encoder over it (BST)
     history_pooling: Literal["mean", "position", "transformer"] = "mean"
     # with history_pooling transformer: its blocks (SASRec's, one head, the model's dropout)
-    history_layers: int = field(default=2, metadata=_range(1, 16))
+    history_layers: int = field(default=1, metadata=_range(1, 16))
     # pointwise BCE over positives and sampled negatives (bce_grouped: the same, each batch
     # holding whole groups of a target and its own negatives, so the user side and its
     # history encoder run once per target); a softmax over each positive and its

@@ -50,7 +50,7 @@ class FeatureEmbedding(nn.Module):
         field_dims: dict[str, int] | None = None,
         recent_items: int = 0,
         history_pooling: str = "mean",
-        history_layers: int = 2,
+        history_layers: int = 1,
         dropout: float = 0.0,
     ):
         super().__init__()
