@@ -48,6 +48,7 @@ def test_checkpoint_round_trip_weights_only(split, tmp_path):
         "cooccurrence_window": 0,
         "cooccurrence_weight": 1.0,
         "cooccurrence_learned": False,
+        "catalogue_weight": 0.0,
     }
     assert loaded.embedding.own_tables["gender"].weight.shape[1] == 2
 

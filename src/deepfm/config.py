@@ -182,6 +182,10 @@ class DeepFMConfig(OrderAware):
     dnn_hidden: list[int] = field(default_factory=lambda: [128, 64], metadata=_range(1, 65536))
     dropout: float = field(default=0.2, metadata=_range(0.0, 0.99))
     batch_norm: bool = True
+    # w > 0, with loss bce_grouped: + w x a softmax cross-entropy over the whole catalogue of
+    # the logit's factorised part (first-order + FM: SASRec's objective on the dot product of
+    # the user side, history included, with each item's side); 0 = off
+    catalogue_weight: float = field(default=0.0, metadata=_range(0.0, 100.0))
 
 
 @dataclass(frozen=True)

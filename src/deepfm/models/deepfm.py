@@ -43,8 +43,23 @@ class DeepFM(RankingModel):
     ) -> torch.Tensor:
         """(B, G) logits, equal to the expanded pairs' (RankingModel's), with the user side
         (its history encoder included) embedded once per row, not once per pair."""
-        b, g = groups.shape
         eu = self.embed_side(self.embedding, "user", users, history)  # (B, Fu, k)
+        return self._group_logits(eu, users, groups, history)
+
+    def group_and_catalogue_logits(
+        self, users: torch.Tensor, groups: torch.Tensor, history: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """group_logits, and the (B, num_items) factorised part of the logit of every item
+        in the catalogue: the first-order and FM terms, without the DNN (which would cost a
+        pass per (row, item) pair). The user side is embedded once for both."""
+        eu = self.embed_side(self.embedding, "user", users, history)  # (B, Fu, k)
+        every = torch.arange(len(self.item_features), device=users.device)
+        ea = self.embed_side(self.embedding, "item", every)  # (I, Fi, k)
+        catalogue = self.first_order_matrix(users, every, history) + fm_interaction_matrix(eu, ea)
+        return self._group_logits(eu, users, groups, history), catalogue
+
+    def _group_logits(self, eu, users, groups, history) -> torch.Tensor:
+        b, g = groups.shape
         ei = self.embed_side(self.embedding, "item", groups.reshape(-1))  # (B * G, Fi, k)
         emb = torch.cat([eu.repeat_interleave(g, dim=0), ei], dim=1)  # (B * G, F, k)
         first = self.first_order(

@@ -15,6 +15,8 @@ hold for every model.
 - `GroupedPointwise`: Pointwise's BCE (labels 1, 0, ..., 0), each batch holding whole
   groups of a target and its own negatives, so a model that embeds the user side once per
   group (`group_logits`) runs its history encoder once per target, not once per pair.
+  DeepFM's `catalogue_weight` w adds w x a softmax over the whole catalogue of the logit's
+  factorised part (first-order + FM), NextItemSoftmax's objective on that part.
 - `SharedSoftmax`: a softmax over each target and K negatives its whole batch shares (a
   sampled approximation of the full softmax, scored once per side where the model allows).
 - `GivenLabels`: BCE over the rows of the ctr protocol, each with its given 0/1 label (no
@@ -165,12 +167,23 @@ class GroupedPointwise(SampledSoftmax):
     ) -> Iterator:
         return super().batches(epoch, max(1, batch_size // (1 + self.negatives)), shuffle, shard)
 
+    catalogue_weight = 0.0  # w > 0: + w x a catalogue softmax of the factorised part
+
     def loss(self, model, batch) -> tuple[torch.Tensor, int]:
         users, items, history = batch  # items: (B, 1 + n), the target first
-        logits = model.group_logits(users, items, history).float()
+        if self.catalogue_weight:
+            logits, catalogue = model.group_and_catalogue_logits(users, items, history)
+        else:
+            logits = model.group_logits(users, items, history)
+        logits = logits.float()
         labels = torch.zeros_like(logits)
         labels[:, 0] = 1.0
-        return F.binary_cross_entropy_with_logits(logits, labels), logits.numel()
+        loss = F.binary_cross_entropy_with_logits(logits, labels)
+        if self.catalogue_weight:
+            # per target, as NextItemSoftmax (SASRec): the other rated items stay in it
+            next_item = F.cross_entropy(catalogue.float(), items[:, 0])
+            loss = loss + self.catalogue_weight * next_item
+        return loss, logits.numel()
 
 
 class SharedSoftmax:
@@ -338,12 +351,21 @@ def make_objective(cfg, split: SplitResult | CTRSplit, rated: RatedIndex | None,
             "train.targets is 'rated', so every rated row is a label-1 target and there are "
             "no observed negatives left: set train.observed_negatives to false."
         )
+    catalogue_weight = getattr(cfg.model_params, "catalogue_weight", 0.0)
+    if catalogue_weight and loss != "bce_grouped":
+        raise TrainingError(
+            f"{cfg.model}.catalogue_weight is {catalogue_weight}, a term added to loss "
+            f"bce_grouped, but {cfg.model}.loss is {loss!r}: set {cfg.model}.loss to "
+            f"bce_grouped or {cfg.model}.catalogue_weight to 0."
+        )
     if loss in ("sampled_softmax", "bce_grouped"):
-        return (SampledSoftmax if loss == "sampled_softmax" else GroupedPointwise)(
+        objective = (SampledSoftmax if loss == "sampled_softmax" else GroupedPointwise)(
             split, rated, seed=cfg.seed, negatives_per_positive=tc.negatives_per_positive,
             device=device, targets=tc.targets, device_epochs=tc.device_epochs,
             negative_popularity=tc.negative_popularity,
         )  # fmt: skip
+        objective.catalogue_weight = catalogue_weight
+        return objective
     if loss == "shared_softmax":
         return SharedSoftmax(
             split, rated, seed=cfg.seed, shared_negatives=cfg.model_params.shared_negatives,
