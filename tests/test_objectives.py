@@ -242,8 +242,10 @@ def test_catalogue_weight_adds_a_softmax_over_every_item_of_the_first_order_and_
         emb = model.embed(model.embedding, u, every, h)
         want = model.first_order(u, every, h) + fm_interaction(emb)
         torch.testing.assert_close(catalogue[row], want, rtol=1e-5, atol=1e-5)
-    objective.catalogue_weight = 0.5
-    both, n_both = objective.loss(model, batch)
+    weighted = make_objective(
+        parse_config({"deepfm": {**section, "catalogue_weight": 0.5}}), split, _rated(split), "cpu"
+    )
+    both, n_both = weighted.loss(model, batch)
     manual = F.cross_entropy(catalogue, items[:, 0])
     assert n_both == n == items.numel()
     torch.testing.assert_close(both, bce + 0.5 * manual)

@@ -158,16 +158,20 @@ class GroupedPointwise(SampledSoftmax):
     """BCE over each target (label 1) and its negatives_per_positive sampled negatives
     (label 0), batched by group; train.batch_size still counts pairs (a step takes
     batch_size // (1 + n) groups), so an epoch takes about as many steps as Pointwise's
-    (observed negatives are refused by make_objective)."""
+    (observed negatives are refused by make_objective). catalogue_weight w > 0 adds w x a
+    softmax over the whole catalogue of the model's factorised part
+    (`group_and_catalogue_logits`)."""
 
     name = "bce_grouped"
+
+    def __init__(self, split, rated, *, catalogue_weight=0.0, **kwargs):
+        super().__init__(split, rated, **kwargs)
+        self.catalogue_weight = catalogue_weight
 
     def batches(
         self, epoch: int, batch_size: int, shuffle: torch.Generator, shard=None
     ) -> Iterator:
         return super().batches(epoch, max(1, batch_size // (1 + self.negatives)), shuffle, shard)
-
-    catalogue_weight = 0.0  # w > 0: + w x a catalogue softmax of the factorised part
 
     def loss(self, model, batch) -> tuple[torch.Tensor, int]:
         users, items, history = batch  # items: (B, 1 + n), the target first
@@ -359,13 +363,12 @@ def make_objective(cfg, split: SplitResult | CTRSplit, rated: RatedIndex | None,
             f"bce_grouped or {cfg.model}.catalogue_weight to 0."
         )
     if loss in ("sampled_softmax", "bce_grouped"):
-        objective = (SampledSoftmax if loss == "sampled_softmax" else GroupedPointwise)(
+        grouped = {} if loss == "sampled_softmax" else {"catalogue_weight": catalogue_weight}
+        return (SampledSoftmax if loss == "sampled_softmax" else GroupedPointwise)(
             split, rated, seed=cfg.seed, negatives_per_positive=tc.negatives_per_positive,
             device=device, targets=tc.targets, device_epochs=tc.device_epochs,
-            negative_popularity=tc.negative_popularity,
+            negative_popularity=tc.negative_popularity, **grouped,
         )  # fmt: skip
-        objective.catalogue_weight = catalogue_weight
-        return objective
     if loss == "shared_softmax":
         return SharedSoftmax(
             split, rated, seed=cfg.seed, shared_negatives=cfg.model_params.shared_negatives,
