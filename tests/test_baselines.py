@@ -62,19 +62,17 @@ def _item_code(split):
 
 
 def _sequences(split, interactions, users, items, sequence):
-    """Each user's train sequence of item_id codes, rebuilt from the raw table with a loop."""
+    """Each user's train sequence of item_id codes, rebuilt from the raw table with a loop:
+    (the causal cut) an evaluated user's ratings up to their validation item."""
     code = _item_code(split)
-    held = {
-        (int(u), int(i))
-        for h in (split.val, split.test)
-        for u, i in zip(h.users, h.items, strict=True)
-    }
+    val = dict(zip(split.val.users.tolist(), split.val.items.tolist(), strict=True))
     user_index = {int(x): n for n, x in enumerate(users.user_id)}
     item_index = {int(x): n for n, x in enumerate(items.item_id)}
-    out = {}
+    out, done = {}, set()
     for row in interactions.sort_values(["user_id", "timestamp", "item_id"]).itertuples():
         u, i = user_index[row.user_id], item_index[row.item_id]
-        if (u, i) in held or (sequence == "positives" and row.label != 1):
+        done |= {u} if val.get(u) == i else set()
+        if u in done or (sequence == "positives" and row.label != 1):
             continue
         out.setdefault(u, []).append(int(code[i]))
     return out

@@ -339,9 +339,13 @@ def test_context_fields_travel_with_each_example_after_its_history(synthetic):
     }
     user_idx = np.searchsorted(users.user_id.to_numpy(), interactions.user_id.to_numpy())
     item_idx = np.searchsorted(items.item_id.to_numpy(), interactions.item_id.to_numpy())
-    train = [
-        k for k, (u, i) in enumerate(zip(user_idx, item_idx, strict=True)) if (u, i) not in held
-    ]
+    # the causal cut: an evaluated user's rows from their validation item on do not train
+    pairs = list(zip(user_idx.tolist(), item_idx.tolist(), strict=True))
+    val_row = {(u, i): k for k, (u, i) in enumerate(pairs)}
+    cut = {u: val_row[u, i] for u, i in zip(split.val.users.tolist(), split.val.items.tolist(),
+                                             strict=True)}  # fmt: skip
+    train = [k for k, (u, _) in enumerate(pairs) if k < cut.get(u, len(pairs))]
+    assert len(train) == len(split.train_users) and held.isdisjoint(pairs[k] for k in train)
     want = [code[d] for d in interactions.device.to_numpy()[train]]
     assert split.train_history[:, 4].tolist() == want
     for h in (split.val, split.test):

@@ -164,8 +164,23 @@ def test_test_ranking_without_the_validation_exclusion_is_worse(results):
     # also competes with item 2 (5) -> rank 4
     alone = evaluate_held_out(FixedScores(), TEST, rated(), ks=[1])
     assert alone.full_rank.tolist() == [4, 1, 1]
-    exclude = evaluate_held_out(FixedScores(), TEST, rated(), ks=[1], also_exclude=VAL.items)
+    val_items = RatedIndex(VAL.users, VAL.items, 3, 7)
+    exclude = evaluate_held_out(FixedScores(), TEST, rated(), ks=[1], also_exclude=val_items)
     assert exclude.full_rank.tolist() == results["test"].full_rank.tolist()
+
+
+def test_the_test_ranking_leaves_out_everything_rated_before_it(results):
+    # the causal split's test_seen: u0 rated item 6 between its validation and test items,
+    # so item 6 (4) no longer competes with u0's test item 3 (3): rank 3 -> 2; the
+    # validation ranking is the same (item 6 came after the validation item)
+    class Seen:
+        val, test = VAL, TEST
+        test_seen = np.array([[0, 2], [1, 0], [2, 1], [0, 6]], dtype=np.int32)
+
+    got = evaluate_split(FixedScores(), Seen, rated(), ks=[1, 2, 3], batch_users=2)
+    assert results["test"].full_rank.tolist()[0] == 3 and got["test"].full_rank.tolist()[0] == 2
+    assert got["test"].full_rank.tolist()[1:] == results["test"].full_rank.tolist()[1:]
+    assert got["val"].full_rank.tolist() == results["val"].full_rank.tolist()
 
 
 def test_validation_and_test_users_must_match():

@@ -41,8 +41,11 @@ def test_leave_one_out_by_time_then_item():
     assert (res.test.candidates == -1).all()
 
 
-def test_split_invariants(split, canonical):
+def test_split_invariants_without_the_cut(canonical):
+    # `cut: none`, the older reading: every rating but the held-out ones trains
     interactions, users, items = canonical
+    split = split_dataset(*canonical, fields=ML_FIELDS, seed=7, min_positives=3,
+                          num_negatives=30, history_length=4, cut="none")  # fmt: skip
     n_items = len(items)
     train = _pairs(split.train_users, split.train_items)
     user_idx = np.searchsorted(users.user_id, interactions.user_id)
@@ -69,6 +72,78 @@ def test_split_invariants(split, canonical):
     )
     for u, v, t in zip(split.val.users, split.val.items, split.test.items, strict=True):
         assert (ts[(u, v)], split.item_ids[v]) < (ts[(u, t)], split.item_ids[t])
+    assert split.after_test.shape == (0, 2)
+    assert _pairs(*split.test_seen.T) == _pairs(split.val.users, split.val.items)
+
+
+def _causal_reference(interactions, users, items, min_positives):
+    """The causal protocol, one user at a time: each user's ratings by (timestamp, item_id);
+    {user: (train, val, between, test, after)}, each a list of item indices in that order."""
+    out = {}
+    frame = interactions.assign(
+        u=np.searchsorted(users.user_id, interactions.user_id),
+        i=np.searchsorted(items.item_id, interactions.item_id),
+    ).sort_values(["u", "timestamp", "i"])
+    for u, rows in frame.groupby("u"):
+        pos = np.flatnonzero(rows.label.to_numpy() == 1)
+        its = rows.i.tolist()
+        if len(pos) < min_positives:
+            out[u] = (its, None, [], None, [])
+            continue
+        v, t = pos[-2], pos[-1]
+        out[u] = (its[:v], its[v], its[v + 1 : t], its[t], its[t + 1 :])
+    return out
+
+
+@pytest.mark.parametrize("sequence", ["positives", "rated"])
+def test_causal_split_matches_a_loop(canonical, sequence):
+    interactions, users, items = canonical
+    # coarse timestamps: same-second ratings, so the tie-break places ratings after the test
+    # item that share its second
+    coarse = interactions.assign(timestamp=interactions["timestamp"] // 10**7)
+    split = split_dataset(coarse, users, items, fields=ML_FIELDS, seed=7, min_positives=3,
+                          num_negatives=40, history_length=4, sequence=sequence)  # fmt: skip
+    ref = _causal_reference(coarse, users, items, 3)
+    assert split.summary["cut"] == "causal"
+    want_train = sorted((u, i) for u, r in ref.items() for i in r[0])
+    train = zip(split.train_users.tolist(), split.train_items.tolist(), strict=True)
+    assert sorted(train) == want_train
+    evaluated = [u for u, r in ref.items() if r[1] is not None]
+    assert split.val.users.tolist() == split.test.users.tolist() == evaluated
+    assert split.val.items.tolist() == [ref[u][1] for u in evaluated]
+    assert split.test.items.tolist() == [ref[u][3] for u in evaluated]
+    seen = [(u, i) for u in evaluated for i in [ref[u][1], *ref[u][2]]]
+    assert list(map(tuple, split.test_seen.tolist())) == seen
+    after = [(u, i) for u in evaluated for i in ref[u][4]]
+    assert list(map(tuple, split.after_test.tolist())) == after
+    assert split.summary["rows_after_test"] == len(after) > 0
+    assert split.summary["rows_between_validation_and_test"] == len(seen) - len(evaluated) > 0
+    rows = zip(np.searchsorted(users.user_id, coarse.user_id).tolist(),
+               np.searchsorted(items.item_id, coarse.item_id).tolist(), strict=True)  # fmt: skip
+    label = dict(zip(rows, coarse.label.tolist(), strict=True))
+    short = split.summary["users_with_fewer_candidates"]
+    assert short["val"] and short["test"]  # users with fewer than 40 unrated items, checked below
+    code = split.item_features[:, 0]  # item_id is the items' first sparse field
+    for n, u in enumerate(evaluated):
+        train, val, between, test, _ = ref[u]
+        counted = [i for i in train if sequence == "rated" or label[u, i] == 1]
+        # candidates: never rated before the held-out item (later items may be drawn)
+        for held, before in ((split.val, [*train, val]), (split.test, [*train, val, *between,
+                                                                           test])):  # fmt: skip
+            c = held.candidates[n][held.candidates[n] >= 0]
+            assert not set(c.tolist()) & set(before)
+            unrated = len(items) - len(set(before))
+            assert len(c) == min(40, unrated)
+            short = split.summary["users_with_fewer_candidates"]["val" if held is split.val
+                                                                 else "test"]  # fmt: skip
+            assert short.get(str(users.user_id[u])) == (unrated if unrated < 40 else None)
+        # histories: the validation item's is train only; the test item's adds the
+        # validation item and the ratings between (the counted ones), most recent first
+        want_val = [code[i] for i in counted[::-1][:4]]
+        test_seq = [*counted, val, *[i for i in between if sequence == "rated"]]
+        want_test = [code[i] for i in test_seq[::-1][:4]]
+        assert split.val.history[n, :4].tolist() == want_val + [0] * (4 - len(want_val))
+        assert split.test.history[n, :4].tolist() == want_test + [0] * (4 - len(want_test))
 
 
 def _history_frames():
@@ -99,6 +174,7 @@ def test_history_hand_worked():
         min_positives=3,
         num_negatives=2,
         history_length=3,
+        cut="none",  # 12@5 trains (test_causal_split_matches_a_loop checks the causal cut)
     )
     # train vocabulary: items 10..14 -> codes 1..5; most recent first, 0-padded
     assert res.train_history.tolist() == [
@@ -117,7 +193,7 @@ def test_history_hand_worked():
     assert (history.source, history.kind) == ("user", "sequence")
     assert history.vocab_size == res.schema.fields[fields.index("item_id")].vocab_size
     none = split_dataset(
-        *_history_frames(), fields=ML_FIELDS, seed=0, min_positives=3, num_negatives=2
+        *_history_frames(), fields=ML_FIELDS, seed=0, min_positives=3, num_negatives=2, cut="none"
     )
     assert none.train_history.shape == (6, 0) and none.test.history.shape == (1, 0)
     assert "history" not in [f.name for f in none.schema.fields]
@@ -158,7 +234,9 @@ def test_history_matches_slow_reference(split, canonical):
     for h in (split.val, split.test):
         rows = zip(h.users, h.items, h.history, strict=True)
         got.update({(int(a), int(b)): r.tolist() for a, b, r in rows})
-    assert got == expected
+    # the rows after a validation item have no example (test_causal_split_matches_a_loop)
+    assert len(got) == len(split.train_users) + 2 * len(split.val.users)
+    assert got == {key: expected[key] for key in got}
     assert split.train_history.dtype == np.int32 and (split.train_history > 0).any()
 
 
@@ -413,17 +491,20 @@ def _digest(folder) -> dict:
 # the exact candidates, histories and encodings: a change to a random stream's name, a dtype or
 # a vocabulary size changes them, and `dvc repro` on a fresh clone would no longer reproduce the
 # committed dvc.lock. If you changed the split on purpose, print _digest(...) and paste it here,
-# then rerun `dvc repro` and commit the new dvc.lock with it.
+# then rerun `dvc repro` and commit the new dvc.lock with it. The `cut: none` pins keep every
+# array of the older protocol as it was (only summary.json and the two pair files are new).
 PINNED = {
-    ("positives", "item_id"): {
+    ("positives", "item_id", "none"): {
+        "after_test.npy": "6bc1204467b1",
         "item_features.npy": "18965babea32",
         "item_genres.npy": "f8338f1417d5",
         "item_ids.npy": "a8bc8559364c",
         "schema.json": "27e470854a1f",
-        "summary.json": "a8cb9de31c14",
+        "summary.json": "3f804d5e70b7",
         "test_candidates.npy": "dd4319398a27",
         "test_history.npy": "238a8b5af00e",
         "test_items.npy": "db6a27bc33f4",
+        "test_seen.npy": "e57eb92f2528",
         "test_users.npy": "ff497ca691b6",
         "train_history.npy": "731c4cd35b59",
         "train_items.npy": "68bb0c6d016e",
@@ -437,15 +518,17 @@ PINNED = {
         "val_items.npy": "f230ec0115b7",
         "val_users.npy": "ff497ca691b6",
     },
-    ("rated", "random"): {
+    ("rated", "random", "none"): {
+        "after_test.npy": "6bc1204467b1",
         "item_features.npy": "18965babea32",
         "item_genres.npy": "f8338f1417d5",
         "item_ids.npy": "a8bc8559364c",
         "schema.json": "27e470854a1f",
-        "summary.json": "1fc32159497f",
+        "summary.json": "2699e9c95351",
         "test_candidates.npy": "dd4319398a27",
         "test_history.npy": "b08a234c6712",
         "test_items.npy": "b294e848d788",
+        "test_seen.npy": "987dee66976e",
         "test_users.npy": "ff497ca691b6",
         "train_history.npy": "de863f77c814",
         "train_items.npy": "218821acbb04",
@@ -459,26 +542,74 @@ PINNED = {
         "val_items.npy": "13db30711826",
         "val_users.npy": "ff497ca691b6",
     },
+    ("positives", "item_id", "causal"): {
+        "after_test.npy": "6d9de916a20b",
+        "item_features.npy": "18965babea32",
+        "item_genres.npy": "f8338f1417d5",
+        "item_ids.npy": "a8bc8559364c",
+        "schema.json": "27e470854a1f",
+        "summary.json": "a48777f5a881",
+        "test_candidates.npy": "1db666887684",
+        "test_history.npy": "238a8b5af00e",
+        "test_items.npy": "db6a27bc33f4",
+        "test_seen.npy": "204ee3e34c4b",
+        "test_users.npy": "ff497ca691b6",
+        "train_history.npy": "933fd1e98619",
+        "train_items.npy": "1231166fd9e2",
+        "train_labels.npy": "e88f8b184486",
+        "train_users.npy": "bdd52447b2f0",
+        "user_features.npy": "34c17c107de5",
+        "user_ids.npy": "3b0ad95a63e3",
+        "user_latest.npy": "532f9d144e2a",
+        "val_candidates.npy": "d93fdcddd0b5",
+        "val_history.npy": "a1c77115ff22",
+        "val_items.npy": "f230ec0115b7",
+        "val_users.npy": "ff497ca691b6",
+    },
+    ("rated", "random", "causal"): {
+        "after_test.npy": "0df08981cda7",
+        "item_features.npy": "18965babea32",
+        "item_genres.npy": "f8338f1417d5",
+        "item_ids.npy": "a8bc8559364c",
+        "schema.json": "27e470854a1f",
+        "summary.json": "dae2d2a88b8f",
+        "test_candidates.npy": "258b0a53d052",
+        "test_history.npy": "914e98992b27",
+        "test_items.npy": "c61bbc71eb8b",
+        "test_seen.npy": "f719ca7f0ff9",
+        "test_users.npy": "ff497ca691b6",
+        "train_history.npy": "a674d195e9ca",
+        "train_items.npy": "559c6e2d07ba",
+        "train_labels.npy": "fd1618206943",
+        "train_users.npy": "e2f8a49bae3c",
+        "user_features.npy": "34c17c107de5",
+        "user_ids.npy": "3b0ad95a63e3",
+        "user_latest.npy": "7b5b33478176",
+        "val_candidates.npy": "2e62e60d3ee1",
+        "val_history.npy": "ab70b158ea1b",
+        "val_items.npy": "9a82c186097f",
+        "val_users.npy": "ff497ca691b6",
+    },
 }
 
 
-@pytest.mark.parametrize(("sequence", "tie_break"), list(PINNED))
-def test_split_outputs_are_pinned(canonical, tmp_path, sequence, tie_break):
+@pytest.mark.parametrize(("sequence", "tie_break", "cut"), list(PINNED))
+def test_split_outputs_are_pinned(canonical, tmp_path, sequence, tie_break, cut):
     interactions, users, items = canonical
     # coarse timestamps: many same-second ratings, so the tie-break decides orders too
     coarse = interactions.assign(timestamp=interactions["timestamp"] // 10**7)
     result = split_dataset(
         coarse, users, items, fields=ML_FIELDS, seed=7, min_positives=3, num_negatives=30,
         history_length=4,
-        sequence=sequence, tie_break=tie_break,
+        sequence=sequence, tie_break=tie_break, cut=cut,
     )  # fmt: skip
     write_split(result, tmp_path / "s")
-    assert _digest(tmp_path / "s") == PINNED[sequence, tie_break]
+    assert _digest(tmp_path / "s") == PINNED[sequence, tie_break, cut]
 
 
-@pytest.mark.parametrize(("sequence", "tie_break"), list(PINNED))
+@pytest.mark.parametrize(("sequence", "tie_break", "cut"), list(PINNED))
 def test_split_written_as_it_is_made_is_the_same_files(
-    canonical, tmp_path, monkeypatch, sequence, tie_break
+    canonical, tmp_path, monkeypatch, sequence, tie_break, cut
 ):
     # the stage's path (split_processed with out_dir: the train history and the candidates go
     # to their files block by block) writes byte for byte what write_split writes of the
@@ -492,16 +623,16 @@ def test_split_written_as_it_is_made_is_the_same_files(
     for name, table in zip(("interactions", "users", "items"), (coarse, users, items),
                            strict=True):  # fmt: skip
         table.to_parquet(tmp_path / f"{name}.parquet")
-    cfg = _ml100k_split_config(7, 3, 4, sequence, tie_break, num_negatives=30)
+    cfg = _ml100k_split_config(7, 3, 4, sequence, tie_break, num_negatives=30, cut=cut)
     monkeypatch.setattr(splitting, "_HISTORY_BLOCK_ROWS", 7)
     monkeypatch.setattr(splitting, "_CANDIDATE_BLOCK_DRAWS", 100)
     got = split_processed(cfg, tmp_path, tmp_path / "streamed")
-    assert _digest(tmp_path / "streamed") == PINNED[sequence, tie_break]
+    assert _digest(tmp_path / "streamed") == PINNED[sequence, tie_break, cut]
     assert isinstance(got.train_history, np.memmap) and not got.train_history.flags.writeable
     assert isinstance(got.test.candidates, np.memmap)
     in_memory = split_dataset(
         coarse, users, items, fields=ML_FIELDS, seed=7, min_positives=3, num_negatives=30,
-        history_length=4, sequence=sequence, tie_break=tie_break,
+        history_length=4, sequence=sequence, tie_break=tie_break, cut=cut,
     )  # fmt: skip
     assert got.summary == in_memory.summary
     np.testing.assert_array_equal(got.train_history, in_memory.train_history)
@@ -510,7 +641,9 @@ def test_split_written_as_it_is_made_is_the_same_files(
 def test_users_with_fewer_candidates_and_empty_held_out_summaries(canonical):
     interactions, _, items = canonical
     # 40 candidates asked, 60 items: users who rated more than 20 have fewer unrated items
-    result = split_dataset(*canonical, fields=ML_FIELDS, seed=7, min_positives=3, num_negatives=40)
+    # (cut none: every rating excludes; the causal counts: test_causal_split_matches_a_loop)
+    result = split_dataset(*canonical, fields=ML_FIELDS, seed=7, min_positives=3, num_negatives=40,
+                           cut="none")  # fmt: skip
     rated = interactions.groupby("user_id").size()
     for name in ("val", "test"):
         held = getattr(result, name)
@@ -690,12 +823,12 @@ def test_release_mapped_pages_drops_read_pages_and_keeps_the_values(tmp_path):
 
 
 def _ml100k_split_config(seed, min_positives, history_length, sequence, tie_break, *,
-                         num_negatives):  # fmt: skip
+                         num_negatives, cut="causal"):  # fmt: skip
     """A Config of params.yaml's ml-100k declaration with these split knobs."""
     from deepfm.config import parse_config
 
     split = {"min_positives": min_positives, "history_length": history_length,
-             "sequence": sequence, "tie_break": tie_break}  # fmt: skip
+             "sequence": sequence, "tie_break": tie_break, "cut": cut}  # fmt: skip
     return parse_config({
         "seed": seed, "split": split, "eval": {"num_negatives": num_negatives},
         "datasets": {"ml-100k": PARAMS["datasets"]["ml-100k"]},

@@ -38,6 +38,9 @@ class SplitConfig:
     sequence: Literal["positives", "rated"] = "positives"
     # order of one user's ratings within the same second: ascending item_id, or seeded random
     tie_break: Literal["item_id", "random"] = "item_id"
+    # what trains (docs/protocol.md): causal, each evaluated user's ratings before their
+    # validation item; none, every rating but the held-out ones (the older reading)
+    cut: Literal["causal", "none"] = "causal"
 
 
 @dataclass(frozen=True)

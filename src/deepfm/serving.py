@@ -146,10 +146,12 @@ def user_index(served: Served, user) -> int:
 
 def rated_items(split: SplitResult, user: int) -> np.ndarray:
     """Every item the user rated in any split the model's data holds (train, validation,
-    test), sorted."""
+    test, and the ratings between and after them that the causal protocol keeps out of
+    training), sorted."""
     train = split.train_items[split.train_users == user]
     held = [h.items[h.users == user] for h in (split.val, split.test)]
-    return np.unique(np.concatenate([train, *held]).astype(np.int64))
+    later = [p[p[:, 0] == user, 1] for p in (split.test_seen, split.after_test) if p is not None]
+    return np.unique(np.concatenate([train, *held, *later]).astype(np.int64))
 
 
 def item_titles(processed_dir: Path, item_ids: np.ndarray) -> np.ndarray | None:

@@ -1,19 +1,22 @@
 """The evaluation protocol's split (docs/protocol.md), vectorized.
 
 - leave-one-out on positives by (timestamp, tie-break: item_id or seeded random): last ->
-  test, second-to-last -> val, for users with at least `min_positives` positives; everything
-  else is train;
-- fixed evaluation candidates: for every val / test user, `num_negatives` items the user
-  never rated in any split, uniformly without replacement (fewer when fewer exist);
+  test, second-to-last -> val, for users with at least `min_positives` positives;
+- causal (`cut: causal`, the default): train is each such user's ratings strictly before
+  their validation item; the ratings between the validation and test items are known to the
+  test item alone (its history, its excluded candidates), and the ratings after the test item
+  are used nowhere. `cut: none` is the older reading, every other rating in train;
+- fixed evaluation candidates: for every val / test user, `num_negatives` items the user had
+  not rated before that held-out item, uniformly without replacement (fewer when fewer exist);
 - encoders fitted on the train split only (0 = padding / unknown);
-- the history field: for every example, the user's `history_length` most recent train
-  positives (or train ratings: `sequence`) strictly before it in the protocol's order; the
-  test item's history also has the validation item (it came first), no other example ever
-  sees a held-out item;
+- the history field: for every example, the user's `history_length` most recent items
+  (train positives, or every rating: `sequence`) strictly before it in the protocol's order;
+  a train example sees train rows only, the validation item its train rows, the test item
+  every counted rating before it (train, the validation item, the ratings between);
 - context fields (columns of each interaction) travel with the example, after its history;
 - for serving only (`deepfm recommend` / `score`, never training or evaluation): each user's
-  history and context as of the end of their data (`latest`), and the context fields'
-  vocabularies.
+  history and context as of the end of their data (`latest`), the ratings after their test
+  item (`after_test`), and the context fields' vocabularies.
 
 Users and items are addressed by their row in the canonical users / items tables
 ("index"); the feature matrices map an index to the embedding codes of its fields.
@@ -40,6 +43,7 @@ from deepfm.utils import rng_for
 
 SEQUENCES = ("positives", "rated")
 TIE_BREAKS = ("item_id", "random")
+CUTS = ("causal", "none")
 
 # Drawing candidates: users per block of the rejection draw (block * num_negatives draws),
 # and of the dense draw (block * num_items keys), to bound memory.
@@ -88,6 +92,14 @@ class SplitResult:
     latest: np.ndarray | None = None
     # the context fields' vocabularies (fields.context_vocabularies); {} without such fields
     vocabs: dict = dataclasses.field(default_factory=dict)
+    # (n, 2) int32 (user, item): what each test user rated before the test item beyond the
+    # train rows (the validation item, then the ratings between): the test item's full
+    # ranking leaves them out. None in a split written before it existed (then: the
+    # validation items, what it held under `cut: none`)
+    test_seen: np.ndarray | None = None
+    # Serving only: (n, 2) int32 (user, item), the ratings after each user's test item
+    # (`cut: causal`), which no model sees; empty under `cut: none` (they are train rows)
+    after_test: np.ndarray | None = None
 
     @property
     def user_features(self) -> np.ndarray:
@@ -103,6 +115,16 @@ class SplitResult:
         if self.summary.get("sequence") == "rated":  # absent in splits written before it
             return np.ones(len(self.train_labels), dtype=bool)
         return self.train_labels == 1
+
+
+def seen_before_test(split) -> np.ndarray:
+    """(n, 2) int32 (user, item): what each test user rated before the test item beyond the
+    train rows, which the test item's full ranking leaves out: the split's test_seen, or the
+    validation items for a split written before it existed (or any object with val / test)."""
+    seen = getattr(split, "test_seen", None)
+    if seen is not None:
+        return seen
+    return np.stack([split.val.users, split.val.items], axis=1).astype(np.int32)
 
 
 def leave_one_out(
@@ -122,6 +144,60 @@ def leave_one_out(
     test_rows = pos_rows[last[eligible]]
     val_rows = pos_rows[last[eligible] - 1]
     return val_rows, test_rows
+
+
+@dataclass
+class ProtocolRows:
+    """Each row's role in the protocol, rows ordered by (user, timestamp, tie-break)."""
+
+    val: np.ndarray  # row of each eligible user's validation item, by user
+    test: np.ndarray  # row of each eligible user's test item, by user
+    in_train: np.ndarray  # (n_rows,) bool: a train row
+    between: np.ndarray  # rows strictly between a user's validation and test items (causal)
+    after: np.ndarray  # rows after a user's test item (causal)
+
+    def known_before(self, name: str) -> np.ndarray:
+        """(n_rows,) bool: the rows a live system knows when the user's `name` ("val" or
+        "test") item comes, that item included (what its candidates are drawn around)."""
+        known = self.in_train.copy()
+        known[self.val] = True
+        if name == "test":
+            known[self.between] = True
+            known[self.test] = True
+        return known
+
+
+def protocol_rows(
+    user_idx: np.ndarray, label: np.ndarray, min_positives: int, cut: str = "causal"
+) -> ProtocolRows:
+    """The leave-one-out rows and what trains: `cut` "causal", each eligible user's rows
+    strictly before their validation item (and every row of the users who are not evaluated),
+    or "none", every row but the held-out ones. Rows ordered as in leave_one_out."""
+    val_rows, test_rows = leave_one_out(user_idx, label, min_positives)
+    in_train = np.ones(len(user_idx), dtype=bool)
+    in_train[val_rows] = False
+    in_train[test_rows] = False
+    between = after = np.empty(0, dtype=np.int64)
+    if cut == "causal":
+        # a user's rows are contiguous: after the test row come the rest of that user's rows
+        user_end = np.searchsorted(user_idx, user_idx[test_rows], side="right")
+        between = concat_ranges(val_rows + 1, test_rows - val_rows - 1)
+        after = concat_ranges(test_rows + 1, user_end - test_rows - 1)
+        in_train[between] = False
+        in_train[after] = False
+    return ProtocolRows(val_rows, test_rows, in_train, between, after)
+
+
+def tie_break_keys(seed: int, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
+    """A seeded pseudo-random uint64 per (user, item) pair (splitmix64's finaliser): the
+    random order of a user's same-second ratings. A row's key depends on that row alone, so
+    adding or removing other ratings never reorders the ones that stay."""
+    salt = np.uint64(rng_for(seed, "tie-break").integers(0, 2**63))
+    with np.errstate(over="ignore"):
+        x = (user_idx.astype(np.uint64) << np.uint64(32)) ^ item_idx.astype(np.uint64) ^ salt
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
 
 
 def recent_items(
@@ -305,37 +381,25 @@ def split_dataset(
     history_length: int = 0,
     sequence: str = "positives",
     tie_break: str = "item_id",
+    cut: str = "causal",
     folder: Path | None = None,
 ) -> SplitResult:
     """sequence: which earlier rows make up a user's history, "positives" (train positives)
-    or "rated" (every train rating, observed negatives too). tie_break: the order of one
-    user's ratings with the same timestamp, "item_id" (ascending) or "random" (seeded).
-    folder: where write_split will write (split_processed's out_dir): the largest arrays go
-    straight to their files there, block by block, and the result maps them (read-only)."""
-    if sequence not in SEQUENCES or tie_break not in TIE_BREAKS:
+    or "rated" (every rating, observed negatives too). tie_break: the order of one user's
+    ratings with the same timestamp, "item_id" (ascending) or "random" (seeded). cut: what
+    trains, "causal" (each user's ratings before their validation item) or "none" (every
+    rating but the held-out ones). folder: where write_split will write (split_processed's
+    out_dir): the largest arrays go straight to their files there, block by block, and the
+    result maps them (read-only)."""
+    if sequence not in SEQUENCES or tie_break not in TIE_BREAKS or cut not in CUTS:
         raise ValueError(
-            f"sequence must be one of {SEQUENCES} (got {sequence!r}) and tie_break one of "
-            f"{TIE_BREAKS} (got {tie_break!r})."
+            f"sequence must be one of {SEQUENCES} (got {sequence!r}), tie_break one of "
+            f"{TIE_BREAKS} (got {tie_break!r}) and cut one of {CUTS} (got {cut!r})."
         )
     num_users, num_items = len(users), len(items)
-    # int32 indices and codes throughout: at ML-32M size every int64 copy of a per-rating
-    # column costs 256 MB
-    user_idx = _index_of(users["user_id"], interactions["user_id"])
-    item_idx = _index_of(items["item_id"], interactions["item_id"])
-    if tie_break == "item_id":  # the items table is sorted by item_id: the same order
-        ties = item_idx
-    else:  # a seeded random key per row: a random order within equal timestamps
-        ties = rng_for(seed, "tie-break").permutation(len(interactions))
-    order = np.lexsort((ties, interactions["timestamp"].to_numpy(), user_idx))
-    del ties
-    user_idx, item_idx = user_idx[order], item_idx[order]
-    label = interactions["label"].to_numpy()[order].astype(np.int8)
-
-    val_rows, test_rows = leave_one_out(user_idx, label, min_positives)
-    in_train = np.ones(len(user_idx), dtype=bool)
-    in_train[val_rows] = False
-    in_train[test_rows] = False
-
+    user_idx, item_idx, label, order = _ordered(interactions, users, items, seed, tie_break, cut)
+    rows = protocol_rows(user_idx, label, min_positives, cut)
+    in_train = rows.in_train
     # Encoders see the train split only: a user or item that occurs only in val/test is unknown.
     train_u, train_i = user_idx[in_train], item_idx[in_train]
     flat, bags, features, scalers = encode_fields(
@@ -345,51 +409,29 @@ def split_dataset(
     )
     context_fields, context_codes, vocabs = encode_context(fields, interactions, order, in_train)
     del order
-    # History is made of train rows only (positives, or every rating: `sequence`), so no
-    # train example (e.g. an observed negative dated after the held-out items) and no
-    # validation user sees a held-out item. The test item's history alone may also hold the
-    # validation item, which precedes it and is known by then.
+    # Each example's history holds the counted rows strictly before it: for a train example or
+    # the validation item, train rows only; for the test item also the validation item and
+    # the ratings between them, all known by then. No example ever sees a later rating.
     item_id = next(f for f in flat if f.name == "item_id")
     item_codes = features["item_features"][:, item_id.column].astype(np.int32)[item_idx]
-    counted = in_train if sequence == "rated" else in_train & (label == 1)
-    with_val = counted.copy()
-    with_val[val_rows] = True
+    rule = np.ones(len(label), dtype=bool) if sequence == "rated" else label == 1
+    counted = in_train & rule
+    before_test = (in_train | rows.known_before("test")) & rule
+    before_test[rows.val] = True
     # what changes from one example to the next travels with the example: its history codes,
     # then its context codes (one (n, history_length + n_context) int32 matrix per split)
-    width = history_length + context_codes.shape[1]
     examples = {
-        "val": _examples(user_idx, item_codes, counted, history_length, context_codes, val_rows),
-        "test": _examples(user_idx, item_codes, with_val, history_length, context_codes, test_rows),
+        "val": _examples(user_idx, item_codes, counted, history_length, context_codes, rows.val),
+        "test": _examples(
+            user_idx, item_codes, before_test, history_length, context_codes, rows.test
+        ),
     }
-    del with_val
-    # the train rows' examples, one block of rows at a time, into their final place (a file,
-    # given `out_dir`): the whole matrix (n_train x width) is the split's largest array
+    del before_test
     big = _BigArrays(folder)
-    big.create("train_history", (len(train_u), width), np.int32)
-    counted_rows = np.flatnonzero(counted)
-    filled, done = 0, 0
-    for start in range(0, len(user_idx), _HISTORY_BLOCK_ROWS):
-        rows = start + np.flatnonzero(in_train[start : start + _HISTORY_BLOCK_ROWS])
-        block = _examples(
-            user_idx, item_codes, counted, history_length, context_codes, rows, counted_rows
-        )
-        big.put("train_history", done, block)
-        filled += int((block[:, :history_length] > 0).sum())
-        done += len(rows)
-    del counted_rows
-    # serving only: the same as of the end of each user's data (every split's rows counted,
-    # the held-out ones too: they are known by then) and the context of the last interaction
-    every = np.ones(len(label), dtype=bool) if sequence == "rated" else label == 1
-    last_row = np.searchsorted(user_idx, np.arange(num_users), side="right") - 1
-    has_rows = (last_row >= 0) & (user_idx[np.maximum(last_row, 0)] == np.arange(num_users))
-    latest = np.concatenate(
-        [
-            latest_items(user_idx, item_codes, every, history_length, num_users),
-            np.where(has_rows[:, None], context_codes[np.maximum(last_row, 0)], 0),
-        ],
-        axis=1,
-    ).astype(np.int32)
-    del every, item_codes, context_codes
+    filled = _train_examples(big, user_idx, item_codes, counted, history_length, context_codes,
+                             in_train)  # fmt: skip
+    latest = _latest(user_idx, item_codes, rule, history_length, context_codes, num_users)
+    del item_codes, context_codes
     # schema order: user sparse, user dense, the history, other user bags, then the item's
     history_field = (
         [Field("history", "user", "sequence", item_id.vocab_size, 0, history_length)]
@@ -406,45 +448,38 @@ def split_dataset(
         *[f for f in flat if f.source == "item"],
         *bags["item"],
     ]
-
-    rated_keys = np.sort(user_idx.astype(np.int64) * num_items + item_idx)
-    for name, rows, stream in (("val", val_rows, 1), ("test", test_rows, 2)):
-        big.create(f"{name}_candidates", (len(rows), num_negatives), np.int32)
-        done = 0
-        for block in candidate_blocks(
-            user_idx[rows],
-            rated_keys,
-            num_items,
-            num_negatives,
-            rng_for(seed, "candidates", stream),
-        ):
-            big.put(f"{name}_candidates", done, block)
-            done += len(block)
-    del rated_keys
+    known = {
+        name: rows.known_before(name) if cut == "causal" else np.ones(len(label), dtype=bool)
+        for name in ("val", "test")
+    }
+    n_unrated = _draw_candidates(big, user_idx, item_idx, rows, known, num_items, num_negatives,
+                                 seed)  # fmt: skip
     held = {
-        name: HeldOut(user_idx[rows], item_idx[rows], big.get(f"{name}_candidates"), examples[name])
-        for name, rows in (("val", val_rows), ("test", test_rows))
+        name: HeldOut(user_idx[r], item_idx[r], big.get(f"{name}_candidates"), examples[name])
+        for name, r in (("val", rows.val), ("test", rows.test))
     }
-
-    n_unrated = num_items - np.bincount(user_idx, minlength=num_users)
-    short = {
-        name: {
-            str(users["user_id"].iloc[u]): int(n_unrated[u])
-            for u in h.users[n_unrated[h.users] < num_negatives]
-        }
-        for name, h in held.items()
-    }
+    seen = np.sort(np.r_[rows.val, rows.between])  # by user, then protocol order
     summary = {
         "num_users": num_users,
         "num_items": num_items,
         "num_interactions": len(user_idx),
+        "cut": cut,
         "train_rows": int(in_train.sum()),
         "train_positives": int(label[in_train].sum()),
         "train_observed_negatives": int((label[in_train] == 0).sum()),
-        "val_users": len(val_rows),
-        "test_users": len(test_rows),
-        "train_only_users": int(num_users - len(test_rows)),
-        "users_with_fewer_candidates": short,
+        "rows_between_validation_and_test": len(rows.between),
+        "rows_after_test": len(rows.after),
+        "val_users": len(rows.val),
+        "test_users": len(rows.test),
+        "train_only_users": int(num_users - len(rows.test)),
+        "users_with_fewer_candidates": {
+            name: {
+                str(users["user_id"].iloc[u]): int(n)
+                for u, n in zip(h.users, n_unrated[name], strict=True)
+                if n < num_negatives
+            }
+            for name, h in held.items()
+        },
         "items_unseen_in_train": int(num_items - len(np.unique(train_i))),
         "history_length": history_length,
         "sequence": sequence,
@@ -476,7 +511,87 @@ def split_dataset(
         summary=summary,
         latest=latest,
         vocabs=vocabs,
+        test_seen=_pairs(user_idx, item_idx, seen),
+        after_test=_pairs(user_idx, item_idx, rows.after),
     )
+
+
+def _ordered(interactions, users, items, seed: int, tie_break: str, cut: str):
+    """(user_idx, item_idx, label, order): the interactions' rows in the protocol's order,
+    (user, timestamp, tie-break), and `order`, their positions in the table."""
+    # int32 indices and codes throughout: at ML-32M size every int64 copy of a per-rating
+    # column costs 256 MB
+    user_idx = _index_of(users["user_id"], interactions["user_id"])
+    item_idx = _index_of(items["item_id"], interactions["item_id"])
+    if tie_break == "item_id":  # the items table is sorted by item_id: the same order
+        ties = item_idx
+    elif cut == "none":  # the older draw, kept so that `cut: none` numbers reproduce: a
+        # permutation of the whole table, which every added row reshuffles
+        ties = rng_for(seed, "tie-break").permutation(len(interactions))
+    else:
+        ties = tie_break_keys(seed, user_idx, item_idx)
+    order = np.lexsort((ties, interactions["timestamp"].to_numpy(), user_idx))
+    label = interactions["label"].to_numpy()[order].astype(np.int8)
+    return user_idx[order], item_idx[order], label, order
+
+
+def _train_examples(big, user_idx, item_codes, counted, length, context_codes, in_train) -> int:
+    """The train rows' examples, one block of rows at a time, into their final place (a file,
+    given a folder): the whole matrix (n_train x width) is the split's largest array. Returns
+    how many history slots are filled (the summary)."""
+    big.create("train_history", (int(in_train.sum()), length + context_codes.shape[1]), np.int32)
+    counted_rows = np.flatnonzero(counted)
+    filled, done = 0, 0
+    for start in range(0, len(user_idx), _HISTORY_BLOCK_ROWS):
+        rows = start + np.flatnonzero(in_train[start : start + _HISTORY_BLOCK_ROWS])
+        block = _examples(user_idx, item_codes, counted, length, context_codes, rows, counted_rows)
+        big.put("train_history", done, block)
+        filled += int((block[:, :length] > 0).sum())
+        done += len(rows)
+    return filled
+
+
+def _latest(user_idx, item_codes, rule, length, context_codes, num_users) -> np.ndarray:
+    """Serving only: each user's history as of the end of their data (every row counted by
+    the sequence rule, held-out and later ones too: they are known by then), then the context
+    codes of their last interaction."""
+    last_row = np.searchsorted(user_idx, np.arange(num_users), side="right") - 1
+    has_rows = (last_row >= 0) & (user_idx[np.maximum(last_row, 0)] == np.arange(num_users))
+    return np.concatenate(
+        [
+            latest_items(user_idx, item_codes, rule, length, num_users),
+            np.where(has_rows[:, None], context_codes[np.maximum(last_row, 0)], 0),
+        ],
+        axis=1,
+    ).astype(np.int32)
+
+
+def _draw_candidates(big, user_idx, item_idx, rows, known, num_items, num_negatives, seed):
+    """Each held-out item's sampled candidates into big's "<name>_candidates": items the user
+    had not rated by then (known[name]: the rows a live system knows then, the item itself
+    included). Returns, per split, each user's number of such items (the summary)."""
+    n_unrated = {}
+    for name, held_rows, stream in (("val", rows.val, 1), ("test", rows.test, 2)):
+        mask = known[name]
+        rated_keys = np.unique(user_idx[mask].astype(np.int64) * num_items + item_idx[mask])
+        users = user_idx[held_rows]
+        n_unrated[name] = (
+            num_items
+            - np.bincount(rated_keys // num_items, minlength=int(users.max(initial=-1)) + 1)[users]
+        )
+        big.create(f"{name}_candidates", (len(held_rows), num_negatives), np.int32)
+        done = 0
+        for block in candidate_blocks(
+            users, rated_keys, num_items, num_negatives, rng_for(seed, "candidates", stream)
+        ):
+            big.put(f"{name}_candidates", done, block)
+            done += len(block)
+    return n_unrated
+
+
+def _pairs(user_idx: np.ndarray, item_idx: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(len(rows), 2) int32: the (user, item) of each of `rows`."""
+    return np.stack([user_idx[rows], item_idx[rows]], axis=1).astype(np.int32)
 
 
 def _index_of(table_ids: pd.Series, ids: pd.Series) -> np.ndarray:
@@ -578,6 +693,7 @@ def _split_tables(cfg, processed_dir: Path, folder: Path | None) -> SplitResult 
         history_length=cfg.split.history_length,
         sequence=cfg.split.sequence,
         tie_break=cfg.split.tie_break,
+        cut=cfg.split.cut,
         folder=folder,
     )
 
@@ -648,6 +764,9 @@ def _write_files(result: SplitResult, folder: Path) -> None:
         put(f"{split_name}_history", held.history)
     if result.latest is not None:
         put("user_latest", result.latest)
+    for name in ("test_seen", "after_test"):
+        if getattr(result, name) is not None:
+            put(name, getattr(result, name))
     if result.vocabs:
         write_json(folder / "context_vocab.json", result.vocabs)
     write_json(folder / "schema.json", result.schema.to_dict())
@@ -675,7 +794,11 @@ def read_split(split_dir: Path) -> SplitResult | CTRSplit:
         )
         for s in ("val", "test")
     }
-    latest = split_dir / "user_latest.npy"
+    optional = {
+        name: read_npy(split_dir / f"{name}.npy")
+        for name in ("user_latest", "test_seen", "after_test")
+        if (split_dir / f"{name}.npy").is_file()
+    }
     vocabs = split_dir / "context_vocab.json"
     return SplitResult(
         **arrays,
@@ -684,6 +807,8 @@ def read_split(split_dir: Path) -> SplitResult | CTRSplit:
         features=features,
         schema=schema,
         summary=summary,
-        latest=read_npy(latest) if latest.is_file() else None,
+        latest=optional.get("user_latest"),
         vocabs=read_json(vocabs) if vocabs.is_file() else {},
+        test_seen=optional.get("test_seen"),
+        after_test=optional.get("after_test"),
     )

@@ -15,7 +15,7 @@ import torch
 
 from deepfm.data.batches import history_tensor
 from deepfm.data.sampling import RatedIndex
-from deepfm.data.splitting import HeldOut, release_mapped_pages
+from deepfm.data.splitting import HeldOut, release_mapped_pages, seen_before_test
 from deepfm.evaluation import metrics as M
 from deepfm.models.base import RankingModel
 from deepfm.utils import rng_for
@@ -38,13 +38,14 @@ def evaluate_held_out(
     *,
     ks: list[int],
     batch_users: int = 256,
-    also_exclude: np.ndarray | None = None,
+    also_exclude: RatedIndex | None = None,
     device: torch.device | str = "cpu",
 ) -> EvalResult:
     """Metrics for one held-out split.
 
-    also_exclude: per evaluation user, one more item to drop from the full ranking (the
-    validation item when ranking the test item), or None.
+    also_exclude: more (user, item) pairs to drop from the full ranking, beyond train_rated
+    (what the user rated before the test item beyond train, when ranking the test item), or
+    None.
     """
     # a context, not a decorator: mutation tools skip decorated functions (docs/testing.md)
     with torch.inference_mode():
@@ -87,10 +88,10 @@ def evaluate_held_out(
 
             # full ranking: everything except the user's train items (and `also_exclude`)
             keep = torch.ones(u, num_items, dtype=torch.bool)
-            r_rows, r_cols = train_rated.pairs_of(users)
-            keep[torch.from_numpy(r_rows), torch.from_numpy(r_cols)] = False
-            if also_exclude is not None:
-                keep[rows, torch.from_numpy(also_exclude[sl].astype(np.int64))] = False
+            for rated in (train_rated, also_exclude):
+                if rated is not None:
+                    r_rows, r_cols = rated.pairs_of(users)
+                    keep[torch.from_numpy(r_rows), torch.from_numpy(r_cols)] = False
             keep[rows, pos_t] = False  # the positive does not compete with itself
             full_rank[sl] = M.pessimistic_rank(pos_scores, scores, keep).numpy()
 
@@ -121,16 +122,22 @@ def evaluate_split(
     which: tuple[str, ...] = ("val", "test"),
     sample: np.ndarray | None = None,
 ) -> dict[str, EvalResult]:
-    """The protocol's evaluation of a SplitResult: the validation item ranked with the test item
-    still in the catalogue, the test item ranked with the validation item excluded (it is
-    known by then). Both held-out sets list the same eligible users in user order.
+    """The protocol's evaluation of a SplitResult: the validation item ranked against every
+    item the user had not rated before it (train_rated: the train rows), the test item against
+    every item not rated before it (also the validation item and the ratings between, known by
+    then). Both held-out sets list the same eligible users in user order.
     sample: positions of the users to evaluate (user_sample), or None for all."""
     if not np.array_equal(split.val.users, split.test.users):
         raise ValueError("validation and test users differ; rerun the split stage.")
     held = {name: getattr(split, name) for name in ("val", "test")}
     if sample is not None:
         held = {name: h.take(sample) for name, h in held.items()}
-    exclude = {"val": None, "test": held["val"].items}
+    seen = seen_before_test(split)
+    num_users = len(train_rated.indptr) - 1
+    exclude = {
+        "val": None,
+        "test": RatedIndex(seen[:, 0], seen[:, 1], num_users, train_rated.num_items),
+    }
     return {
         name: evaluate_held_out(
             model,
