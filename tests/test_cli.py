@@ -445,4 +445,6 @@ def test_deepfm_report_hands_its_arguments_to_the_results_cli(tmp_path, capsys):
     assert err.startswith(f"error: cannot read {bad} as `dvc exp show --json` output")
     with pytest.raises(SystemExit):
         command.main(["report", "-h"])
-    assert capsys.readouterr().out.startswith("usage: deepfm report [-h] {table,compare,figures}")
+    assert capsys.readouterr().out.startswith(
+        "usage: deepfm report [-h] {table,compare,figures,export}"
+    )

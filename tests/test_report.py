@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import math
 import re
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from scipy.stats import wilcoxon
 
@@ -1212,3 +1215,240 @@ def test_cli_compare_and_table_on_ctr_runs(tmp_path, capsys):
     _ctr_rows(1 - labels, labels * 1.0).to_parquet(files["c"])
     assert cli.main(["compare", "--ranks-a", str(files["a"]), "--ranks-b", str(files["c"])]) == 2
     assert "were scored on other rows" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- run records
+
+
+def with_dataset_params(exp_show: list) -> list:
+    """The exp show entries with a `dataset` param and the params of two declared datasets,
+    as params.yaml has them (the records keep the run's own dataset's params only)."""
+    for value in exp_show if isinstance(exp_show, list) else exp_show.values():
+        if isinstance(value, dict | list):
+            with_dataset_params(value)
+    if isinstance(exp_show, dict) and "params.yaml" in exp_show:
+        exp_show["params.yaml"]["data"].update(
+            dataset="ml-100k",
+            datasets={
+                "ml-100k": {"source": "ml-100k", "protocol": "topk"},
+                "ml-1m": {"source": "ml-1m", "protocol": "topk"},
+            },
+        )
+    return exp_show
+
+
+def fake_ranks(rev: str) -> pd.DataFrame:
+    """A rank table of ML-100K's size (942 users, val and test), its ranks drawn from the rev,
+    so every run has its own."""
+    rng = np.random.default_rng(zlib.crc32(rev.encode()))
+    users = list(range(1, 943))
+    frames = [
+        ranks_frame(users, rng.integers(1, 1683, 942), rng.integers(1, 101, 942), split=split)
+        for split in ("val", "test")
+    ]
+    return pd.concat(frames, ignore_index=True).assign(num_candidates=1682)
+
+
+def fake_curves(rev: str) -> dict[str, pd.Series]:
+    """dvclive curves as `read_curves_at` gives them: 12 steps (step 10 sorts before 2 as
+    text) and a NaN (JSON has none)."""
+    shift = zlib.crc32(rev.encode()) % 100 / 1000
+    steps = pd.Index(range(12), name="step")
+    ndcg = pd.Series(0.05 + 0.01 * np.arange(12) + shift, index=steps, name="full_ndcg@10")
+    loss = pd.Series(0.5 / (np.arange(12) + 1), index=steps, name="loss")
+    loss[3] = math.nan
+    return {"val/full_ndcg@10": ndcg, "train/loss": loss}
+
+
+@pytest.fixture
+def dvc_source(tmp_path, monkeypatch) -> str:
+    """A saved `dvc exp show --json`, with each run's rank table and curves faked at the seam
+    the CLI reads them through (dvc.api at the run's rev)."""
+    show = tmp_path / "show.json"
+    show.write_text(json.dumps(with_dataset_params(json.loads(EXP_SHOW_JSON))))
+    monkeypatch.setattr(cli, "read_ranks_at", lambda rev, name: fake_ranks(rev))
+    monkeypatch.setattr(cli, "read_curves_at", fake_curves)
+    return str(show)
+
+
+def no_dvc(monkeypatch) -> None:
+    """As on a fresh clone: no experiment refs, so dvc.api cannot read any run's files."""
+
+    def unreachable(*args):
+        raise AssertionError(f"read through DVC: {args}")
+
+    monkeypatch.setattr(cli, "read_ranks_at", unreachable)
+    monkeypatch.setattr(cli, "read_curves_at", unreachable)
+
+
+# the runs `table` keeps from EXP_SHOW_JSON: (model, seed, rev)
+KEPT = [
+    ("deepfm", 1, "9c587a118d47489bd839e1aaaf03fd504d5f3408"),
+    ("deepfm", 2, "912675f74761ccf5e60170ec2fd82fbed6e7d669"),
+    ("deepfm", 3, "f6f878ad55c9debe5ba775fbfe815fcd7d4ca071"),
+    ("fm", 1, "699e6d5d0eafb60f468a70d27e85ba4fe72cb061"),
+    ("itempop", 1, "304b77129f19af8f17ff191b11c9727d1d938a62"),
+    ("itempop", 2, "3fcfca8d3c53a971f92655d7cd1aeaf814017df5"),
+]
+
+
+def test_export_writes_one_small_sorted_record_per_run(tmp_path, dvc_source, capsys):
+    out = tmp_path / "results" / "runs"
+    assert cli.main(["export", str(out), "--from-json", dvc_source]) == 0
+    assert capsys.readouterr().err.splitlines()[-1] == f"wrote 6 run record(s) to {out}"
+    stems = [f"{model}/{seed}-{rev[:7]}" for model, seed, rev in KEPT]
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.*")) == sorted(
+        f"{stem}{ext}" for stem in stems for ext in (".json", ".ranks.parquet", ".curves.json")
+    )
+    assert sorted(p.name for p in out.parent.iterdir()) == ["runs"]  # no temporary folder left
+    text = (out / "deepfm/1-9c587a1.json").read_text()
+    record = json.loads(text)
+    assert text == json.dumps(record, sort_keys=True, indent=1) + "\n"
+    assert record["name"] == "surly-shes" and record["kind"] == "experiment"
+    assert record["rev"] == KEPT[0][2] and record["seed"] == 1
+    assert record["test.full_ndcg@10"] == 0.11 and record["param.train.epochs"] == 4
+    assert record["parameters"] == 123456 and record["train.train.loss"] == 0.5
+    assert record["param.datasets.ml-100k.source"] == "ml-100k"
+    assert not [k for k in record if k.startswith("param.datasets.ml-1m")] and "order" not in record
+    curves = json.loads((out / "deepfm/1-9c587a1.curves.json").read_text())
+    assert curves["train/loss"]["3"] is None and curves["train/loss"]["10"] == pytest.approx(
+        0.5 / 11
+    )
+    for model, seed, rev in KEPT:
+        ranks = out / f"{model}/{seed}-{rev[:7]}.ranks.parquet"
+        assert pq.ParquetFile(ranks).metadata.row_group(0).column(0).compression == "ZSTD"
+        pd.testing.assert_frame_equal(pd.read_parquet(ranks), fake_ranks(rev))
+    sizes = {p.name: p.stat().st_size for p in out.rglob("*.*")}
+    assert max(sizes.values()) < 40_000, sizes
+
+
+def test_the_reports_from_records_equal_those_from_dvc(tmp_path, dvc_source, monkeypatch, capsys):
+    """table, compare and the figures give the same output from the records, read with no
+    DVC at all, as from the experiments they were exported from."""
+    records = str(tmp_path / "runs")
+    commands = [
+        ["table", "--out", ""],
+        ["compare", "deepfm", "itempop", "--resamples", "500"],
+        ["compare", "fm", "deepfm", "--metric", "hr@10", "--split", "val", "--resamples", "300"],
+    ]
+    from_dvc = []
+    for command in commands:
+        assert cli.main([*command, "--from-json", dvc_source]) == 0
+        from_dvc.append(capsys.readouterr().out)
+    assert cli.main(["export", records, "--from-json", dvc_source]) == 0
+    capsys.readouterr()
+    no_dvc(monkeypatch)
+    for command, expected in zip(commands, from_dvc, strict=True):
+        assert cli.main([*command, "--records", records]) == 0
+        printed = capsys.readouterr()
+        assert printed.out == expected
+    assert "| deepfm | 3 | 123,456 | 12.0 | 0.1233 ± 0.0153 |" in from_dvc[0]
+    assert "full_ndcg@10 on test, 942 users" in from_dvc[1]
+    assert "hr@10 on val, 942 users" in from_dvc[2]
+    assert printed.err == "warning: runs of deepfm differ in train.epochs {3, 4}\n"
+
+
+def test_the_figures_from_records_equal_those_from_dvc(tmp_path, dvc_source, monkeypatch, capsys):
+    args = ["figures", "--dpi", "30", "--resamples", "200"]
+    assert cli.main([*args, "--from-json", dvc_source, "--out", str(tmp_path / "dvc")]) == 0
+    assert cli.main(["export", str(tmp_path / "runs"), "--from-json", dvc_source]) == 0
+    no_dvc(monkeypatch)
+    records = ["--records", str(tmp_path / "runs")]
+    assert cli.main([*args, *records, "--out", str(tmp_path / "records")]) == 0
+    assert "not drawn" not in capsys.readouterr().err
+    pngs = sorted(p.name for p in (tmp_path / "dvc").iterdir())
+    assert pngs == ["metrics_at_k.png", "models_ci.png", "rank_distribution.png", "val_curves.png"]
+    assert sorted(p.name for p in (tmp_path / "records").iterdir()) == pngs
+    for name in pngs:
+        assert (tmp_path / "records" / name).read_bytes() == (tmp_path / "dvc" / name).read_bytes()
+
+
+def test_records_read_back_as_the_rows_and_files_they_came_from(tmp_path, dvc_source):
+    from deepfm.results.records import read_records, write_records
+
+    runs = select_runs(parse_exp_show(json.loads(Path(dvc_source).read_text()))).runs
+    write_records(runs, tmp_path / "runs", cli.read_ranks_at, cli.read_curves_at)
+    rows, read_ranks, read_curves = read_records(tmp_path / "runs")
+    again = select_runs(rows).runs
+    own = [c for c in runs.columns if c != "order" and not c.startswith("param.datasets.ml-1m")]
+    assert sorted(again.columns) == sorted([*own, "order"])
+    # values equal; dtypes may not be: pandas reads the records' strings as its str dtype
+    pd.testing.assert_frame_equal(again[own], runs[own], check_dtype=False)
+    for _, _, rev in KEPT:
+        pd.testing.assert_frame_equal(read_ranks(rev, "a run"), fake_ranks(rev))
+        curves = read_curves(rev)
+        assert list(curves) == ["train/loss", "val/full_ndcg@10"]
+        for key, series in fake_curves(rev).items():
+            pd.testing.assert_series_equal(curves[key], series)
+
+
+def test_run_record_keeps_json_values_and_the_run_s_own_dataset():
+    from deepfm.results.records import record_stem, run_record
+
+    run = {
+        "name": "x", "order": 3, "seed": math.nan, "timestamp": None,
+        "test.auc": math.nan, "test.hr@10": np.float32(0.5), "threads": np.int64(2),
+        "param.lr": [0.1, math.nan], "param.dataset": "a",
+        "param.datasets.a.x": 1, "param.datasets.b.x": 2, "param.datasets.ab.x": 3,
+    }  # fmt: skip
+    record = run_record(run)
+    assert record == {
+        "name": "x", "seed": None, "timestamp": None, "test.hr@10": 0.5, "threads": 2,
+        "param.lr": [0.1, None], "param.dataset": "a", "param.datasets.a.x": 1,
+    }  # fmt: skip
+    assert type(record["threads"]) is int and type(record["test.hr@10"]) is float
+    assert record_stem("fm", None, "abcdef123") == "fm/none-abcdef1"
+    assert record_stem("fm", math.nan, "abcdef123") == "fm/none-abcdef1"
+    assert record_stem("fm", 2.0, "workspace") == "fm/2-workspa"
+    assert record_stem("fm", np.int64(7), "abcdef123") == "fm/7-abcdef1"
+
+
+def test_an_interrupted_export_leaves_the_old_records(tmp_path, dvc_source, monkeypatch, capsys):
+    out = tmp_path / "runs"
+    (out / "deepfm").mkdir(parents=True)
+    (out / "deepfm" / "1-old.json").write_text("{}")
+
+    def ranks_at(rev, name):
+        if name == "hulky-rams":
+            raise ReportError(f"cannot read metrics/eval_ranks.parquet of experiment {name}")
+        return fake_ranks(rev)
+
+    monkeypatch.setattr(cli, "read_ranks_at", ranks_at)
+    assert cli.main(["export", str(out), "--from-json", dvc_source]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err == "error: cannot read metrics/eval_ranks.parquet of experiment hulky-rams"
+    assert [str(p.relative_to(out)) for p in out.rglob("*")] == ["deepfm", "deepfm/1-old.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "show.json"]
+
+
+def test_records_errors(tmp_path, dvc_source, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "deepfm").mkdir()
+    (empty / "deepfm" / "1-abc.curves.json").write_text("{}")  # curves are no record
+    for command in (["table", "--out", ""], ["compare", "deepfm", "fm"], ["figures"]):
+        assert cli.main([*command, "--records", str(empty)]) == 2
+        assert capsys.readouterr().err == (
+            f"error: no run records in {empty}: write them where the DVC experiments are, with "
+            f"`deepfm report export {empty}` (same run options as `table`), and commit them\n"
+        )
+    for source in (["--from-json", dvc_source], ["--rev", "abc1234"], ["--all-commits"]):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["table", "--records", str(empty), *source])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("usage: deepfm report table")
+        assert err.endswith(
+            "error: --records reads run records, not DVC: drop --from-json, --rev and "
+            "--all-commits\n"
+        )
+    runs = tmp_path / "runs"
+    assert cli.main(["export", str(runs), "--from-json", dvc_source]) == 0
+    capsys.readouterr()
+    assert (
+        cli.main(["table", "--out", "", "--records", str(runs), "--where", "train.epochs=9"]) == 2
+    )
+    assert capsys.readouterr().err.endswith(
+        f"error: no run of the records in {runs} is selected: see the notes above, --where, "
+        "--include-baselines and --include-workspace\n"
+    )

@@ -258,7 +258,9 @@ def parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_info)
     # listed for `deepfm -h`; main() hands `deepfm report ...` to deepfm.results.cli
     sub.add_parser(
-        "report", help="results over DVC experiments: table | compare | figures (report -h)"
+        "report",
+        help="results over DVC experiments or run records: table | compare | figures | export "
+        "(report -h)",
     )
     return p
 

@@ -4,6 +4,7 @@
     deepfm report compare MODEL_A MODEL_B [--metric full_ndcg@10]
     deepfm report compare --ranks-a A.parquet [...] --ranks-b B.parquet [...]
     deepfm report figures [--out reports/figures] [--from-json FILE]
+    deepfm report export [results/runs]            (then table | compare | figures --records DIR)
 
 `table` reads `dvc exp show --json` (the experiments of HEAD; --rev for another baseline commit,
 repeatable, --all-commits for every commit),
@@ -13,6 +14,9 @@ metrics/eval_ranks.parquet is read at every one of its experiments (dvc.api.open
 user over its seeds, then the mean difference, a bootstrap CI and a Wilcoxon p-value are printed.
 `figures` draws PNGs (deepfm.results.figures) from the same runs, with each run's curves and
 ranks read the same way; with no finished experiment, from the workspace run alone.
+`export` writes the runs `table` would take as run records to commit (deepfm.results.records):
+each run's row, rank table and curves; `--records DIR` makes table, compare and figures read
+those instead of DVC, so they regenerate offline on a fresh clone.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -30,6 +35,7 @@ import pandas as pd
 from deepfm.evaluation.metrics import row_keys
 from deepfm.io import atomic_path
 from deepfm.results import ReportError
+from deepfm.results.records import CurvesReader, RanksReader, read_records, write_records
 from deepfm.results.rendering import render_markdown
 from deepfm.results.runs import Selection, parse_exp_show, pipeline_paths, select_runs
 from deepfm.results.statistics import (
@@ -84,26 +90,47 @@ def parse_where(items: list[str]) -> dict[str, str]:
     return where
 
 
-def _select(args: argparse.Namespace) -> tuple[pd.DataFrame, Selection, dict[str, str]]:
-    """(every row of `dvc exp show`, the runs that count, the --where filter); prints the
-    selection's notes."""
+class Source(NamedTuple):
+    rows: pd.DataFrame  # every run listed, the columns of `parse_exp_show`
+    read_ranks: RanksReader
+    read_curves: CurvesReader
+
+
+def read_source(args: argparse.Namespace) -> Source:
+    """The committed run records of --records, else `dvc exp show` with each run's files
+    read by dvc.api at its rev."""
+    if args.records:
+        return Source(*read_records(args.records))
     if args.rev and args.all_commits:
         raise ReportError("--rev and --all-commits exclude each other: choose one baseline or all")
     rows = parse_exp_show(exp_show_json(args.from_json, args.all_commits, args.rev))
+    return Source(rows, read_ranks_at, read_curves_at)
+
+
+def _select(args: argparse.Namespace) -> tuple[Source, Selection, dict[str, str]]:
+    """(every run of the source and its readers, the runs that count, the --where filter);
+    prints the selection's notes."""
+    source = read_source(args)
     where = parse_where(args.where)
     selection = select_runs(
-        rows,
+        source.rows,
         include_baselines=args.include_baselines,
         include_workspace=args.include_workspace,
         where=where,
     )
     for note in selection.notes:
         print(note, file=sys.stderr)
-    return rows, selection, where
+    return source, selection, where
 
 
-def load_runs(args: argparse.Namespace) -> Selection:
-    _, selection, _ = _select(args)
+def load_runs(args: argparse.Namespace) -> tuple[pd.DataFrame, Source]:
+    """(the runs that count, one per (model, seed), and where they came from)."""
+    source, selection, _ = _select(args)
+    if selection.runs.empty and args.records:
+        raise ReportError(
+            f"no run of the records in {args.records} is selected: see the notes above, "
+            "--where, --include-baselines and --include-workspace"
+        )
     if selection.runs.empty:
         where = (
             "in the repository"
@@ -112,11 +139,11 @@ def load_runs(args: argparse.Namespace) -> Selection:
             "earlier commits)"
         )
         raise ReportError(f"no finished experiments found {where}; {QUEUE_HINT}")
-    return selection
+    return selection.runs, source
 
 
 def cmd_table(args: argparse.Namespace) -> None:
-    runs = load_runs(args).runs
+    runs, _ = load_runs(args)
     metrics = args.metrics
     if list(metrics) == list(DEFAULT_METRICS) and f"{args.split}.{MAIN_METRIC}" not in runs:
         # runs of the ctr protocol: no ranking metrics; group AUC where the data has groups
@@ -231,7 +258,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         label_a, label_b = args.models
         if label_a == label_b:
             raise ReportError(f"compare needs two different models, got {label_a} twice")
-        runs = load_runs(args).runs
+        runs, source = load_runs(args)
         for model in (label_a, label_b):
             if not (runs["model"] == model).any():
                 have = ", ".join(sorted(runs["model"].unique()))
@@ -244,7 +271,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         for model in (label_a, label_b):
             mine = runs[runs["model"] == model]
             tables[model] = [
-                read_ranks_at(rev, name)
+                source.read_ranks(rev, name)
                 for rev, name in zip(mine["rev"], mine["name"], strict=True)
             ]
             seeds = ",".join(str(s) for s in mine["seed"])
@@ -282,19 +309,19 @@ def cmd_compare(args: argparse.Namespace) -> None:
     )
 
 
-def figure_runs(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
-    """The runs to draw and how to name them in a footer: the runs `table` would take, or,
-    with none, the workspace run alone (one model, one seed)."""
-    rows, selection, where = _select(args)
-    runs = selection.runs
+def figure_runs(args: argparse.Namespace) -> tuple[pd.DataFrame, str, Source]:
+    """The runs to draw, how to name them in a footer, and where they came from: the runs
+    `table` would take, or, with none, the workspace run alone (one model, one seed)."""
+    source, selection, where = _select(args)
+    rows, runs = source.rows, selection.runs
     if not runs.empty:
         kinds = sorted(set(runs["kind"]))
         stamps = sorted(str(s)[:10] for s in runs["timestamp"].dropna())
         when = f", {stamps[0]}" + (f" to {stamps[-1]}" if stamps[-1] != stamps[0] else "")
         bases = sorted({str(b)[:7] for b in runs["baseline"].dropna()})
         what = "DVC experiments" if kinds == ["experiment"] else f"runs ({', '.join(kinds)})"
-        source = f"{len(runs)} {what} of {', '.join(bases) or 'the workspace'}"
-        return runs, source + (when if stamps else "")
+        described = f"{len(runs)} {what} of {', '.join(bases) or 'the workspace'}"
+        return runs, described + (when if stamps else ""), source
     workspace = rows[rows["kind"] == "workspace"] if not rows.empty else rows
     alone = select_runs(workspace, include_workspace=True, where=where).runs
     if alone.empty:
@@ -307,23 +334,23 @@ def figure_runs(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
         f"band); for bands over seeds, {QUEUE_HINT}",
         file=sys.stderr,
     )
-    return alone, "the workspace run"
+    return alone, "the workspace run", source
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
     from deepfm.results.figures import RunFiles, render  # matplotlib: only for figures
 
-    runs, source = figure_runs(args)
+    runs, described, source = figure_runs(args)
     files = {}
     for rev, name in zip(runs["rev"], runs["name"], strict=True):
         try:
-            ranks = read_ranks_at(rev, name)
+            ranks = source.read_ranks(rev, name)
         except ReportError as e:  # the curves and eval.json can still be drawn
             print(f"warning: {e}", file=sys.stderr)
             ranks = None
-        files[name] = RunFiles(curves=read_curves_at(rev), ranks=ranks)
+        files[name] = RunFiles(curves=source.read_curves(rev), ranks=ranks)
     dataset = sorted({str(d) for d in runs.get("param.dataset", pd.Series()).dropna()})
-    footer = f"{'/'.join(dataset) or 'dataset ?'}, {source}"
+    footer = f"{'/'.join(dataset) or 'dataset ?'}, {described}"
     written, notes = render(
         runs, files, args.out, split=args.split, dpi=args.dpi, n_resamples=args.resamples,
         seed=args.seed, footer=footer,
@@ -332,6 +359,12 @@ def cmd_figures(args: argparse.Namespace) -> None:
         print(f"not drawn: {note}", file=sys.stderr)
     for path in written:
         print(f"wrote {path}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    runs, source = load_runs(args)
+    written = write_records(runs, args.dir, source.read_ranks, source.read_curves)
+    print(f"wrote {written} run record(s) to {args.dir}", file=sys.stderr)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -357,7 +390,6 @@ def parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--include-workspace", action="store_true", help="count the workspace as a run too"
     )
-    source.add_argument("--split", default="test", choices=("test", "val"))
     source.add_argument(
         "--where",
         action="append",
@@ -365,13 +397,24 @@ def parser() -> argparse.ArgumentParser:
         metavar="PARAM=VALUE",
         help="only runs with this param value, e.g. split.tie_break=random (repeatable)",
     )
+    # what the reports add: committed run records as the source, and the split to report
+    report = argparse.ArgumentParser(add_help=False)
+    report.add_argument(
+        "--records",
+        metavar="DIR",
+        help="read the run records `export` wrote to DIR, not DVC (no --from-json, --rev, "
+        "--all-commits)",
+    )
+    report.add_argument("--split", default="test", choices=("test", "val"))
 
-    t = sub.add_parser("table", parents=[source], help="mean ± std over seeds per model")
+    t = sub.add_parser("table", parents=[source, report], help="mean ± std over seeds per model")
     t.add_argument("--out", default="reports/results.md", help="markdown file ('' = none)")
     t.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS), metavar="METRIC")
-    t.set_defaults(func=cmd_table)
+    t.set_defaults(func=cmd_table, usage_error=t.error)
 
-    c = sub.add_parser("compare", parents=[source], help="paired per-user test of two models")
+    c = sub.add_parser(
+        "compare", parents=[source, report], help="paired per-user test of two models"
+    )
     c.add_argument("models", nargs="*", metavar="MODEL", help="MODEL_A MODEL_B")
     c.add_argument(
         "--metric",
@@ -382,19 +425,35 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--ranks-b", nargs="+", metavar="FILE", help="rank parquet file(s) of B")
     c.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples")
     c.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    c.set_defaults(func=cmd_compare)
+    c.set_defaults(func=cmd_compare, usage_error=c.error)
 
-    f = sub.add_parser("figures", parents=[source], help="PNG figures of the runs")
+    f = sub.add_parser("figures", parents=[source, report], help="PNG figures of the runs")
     f.add_argument("--out", default="reports/figures", help="folder for the PNGs")
     f.add_argument("--dpi", type=int, default=100, help="pixels per inch of the PNGs")
     f.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (CIs)")
     f.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    f.set_defaults(func=cmd_figures)
+    f.set_defaults(func=cmd_figures, usage_error=f.error)
+
+    e = sub.add_parser(
+        "export", parents=[source], help="write the runs `table` takes as run records to commit"
+    )
+    e.add_argument(
+        "dir",
+        nargs="?",
+        default="results/runs",
+        metavar="DIR",
+        help="folder of the records, replaced whole (default results/runs)",
+    )
+    e.set_defaults(func=cmd_export, records=None)  # exports from DVC only
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.records and (args.from_json or args.rev or args.all_commits):
+        args.usage_error(
+            "--records reads run records, not DVC: drop --from-json, --rev and --all-commits"
+        )
     try:
         args.func(args)
     except ReportError as e:

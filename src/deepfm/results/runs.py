@@ -241,8 +241,9 @@ def select_runs(
 
 def config_mismatches(runs: pd.DataFrame) -> list[str]:
     """Params (other than seed / threads / device) that differ between the runs of one model:
-    averaging over them would mix configurations."""
-    param_cols = [c for c in runs.columns if c.startswith("param.")]
+    averaging over them would mix configurations. Named in sorted order, so the note reads the
+    same from `dvc exp show` (params.yaml's order) and from run records (sorted keys)."""
+    param_cols = sorted(c for c in runs.columns if c.startswith("param."))
     notes = []
     for model, group in runs.groupby("model", sort=True):
         varying = []
