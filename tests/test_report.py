@@ -1452,3 +1452,40 @@ def test_records_errors(tmp_path, dvc_source, capsys):
         f"error: no run of the records in {runs} is selected: see the notes above, --where, "
         "--include-baselines and --include-workspace\n"
     )
+
+
+def test_holm_adjusts_a_hand_worked_family():
+    from deepfm.results.statistics import holm
+
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1: 0.02, 0.03, 0.06, 0.04 -> made
+    # non-decreasing: 0.02, 0.03, 0.06, 0.06; back in the given order
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.3, 0.9]) == pytest.approx([0.6, 0.9])
+    assert holm([0.6, 0.9]) == [1.0, 1.0]  # 1.2 capped at 1; 0.9 raised to stay non-decreasing
+    assert holm([0.02]) == [0.02]
+
+
+def test_compare_with_several_models_is_one_holm_family(dvc_source, capsys):
+    """`compare A B C`: A against B and against C, each difference as the two-model compare
+    gives it, p Holm-adjusted over the two, the CIs at 97.5%, the verdict on the adjusted p."""
+    import re
+
+    from deepfm.results.statistics import holm
+
+    def run(*models):
+        assert cli.main(["compare", *models, "--resamples", "400", "--from-json", dvc_source]) == 0
+        return capsys.readouterr().out
+
+    alone = [run("deepfm", other) for other in ("fm", "itempop")]
+    family = run("deepfm", "fm", "itempop")
+    blocks = family.split("full_ndcg@10 on test")[1:]
+    assert len(blocks) == 2
+    raw = [float(re.search(r"Wilcoxon signed-rank \(two-sided\): p = (\S+)", t)[1]) for t in alone]
+    for block, single, p_holm in zip(blocks, alone, holm(raw), strict=True):
+        difference = re.search(r"difference (\S+ - \S+): (\S+),", single).groups()
+        assert re.search(r"difference (\S+ - \S+): (\S+),", block).groups() == difference
+        assert "97.5% paired bootstrap CI" in block and "95% paired" in single
+        got = float(re.search(r"Holm-adjusted over 2 comparisons: p = (\S+)", block)[1])
+        assert got == pytest.approx(p_holm, rel=1e-2)
+        assert "Holm-adjusted p over the 2 comparisons of deepfm" in block
+    assert "Holm" not in alone[0]

@@ -42,6 +42,7 @@ from deepfm.results.statistics import (
     _SAME_DATA_HINT,
     DEFAULT_METRICS,
     MAIN_METRIC,
+    holm,
     paired_row_test,
     paired_test,
     paired_user_scores,
@@ -248,63 +249,83 @@ def cmd_compare(args: argparse.Namespace) -> None:
     if args.ranks_a:
         if len(args.models) not in (0, 2):
             raise ReportError("with --ranks-a/--ranks-b, give two labels or none")
-        label_a, label_b = args.models or ("A", "B")
-        tables_a = [read_ranks_file(p) for p in args.ranks_a]
-        tables_b = [read_ranks_file(p) for p in args.ranks_b]
-        sources = {label_a: f"{len(tables_a)} file(s)", label_b: f"{len(tables_b)} file(s)"}
+        labels = args.models or ["A", "B"]
+        tables = {labels[0]: [read_ranks_file(p) for p in args.ranks_a],
+                  labels[1]: [read_ranks_file(p) for p in args.ranks_b]}  # fmt: skip
+        sources = {label: f"{len(t)} file(s)" for label, t in tables.items()}
     else:
-        if len(args.models) != 2:
-            raise ReportError("compare needs two models: compare MODEL_A MODEL_B")
-        label_a, label_b = args.models
-        if label_a == label_b:
-            raise ReportError(f"compare needs two different models, got {label_a} twice")
-        runs, source = load_runs(args)
-        for model in (label_a, label_b):
-            if not (runs["model"] == model).any():
-                have = ", ".join(sorted(runs["model"].unique()))
-                raise ReportError(
-                    f"no finished experiment with model={model} (models with runs: {have}); "
-                    f"run e.g. `dvc exp run --queue -S model={model} -S seed=1,2,3,4,5` then "
-                    "`dvc queue start`"
-                )
-        tables, sources = {}, {}
-        for model in (label_a, label_b):
-            mine = runs[runs["model"] == model]
-            tables[model] = [
-                source.read_ranks(rev, name)
-                for rev, name in zip(mine["rev"], mine["name"], strict=True)
-            ]
-            seeds = ",".join(str(s) for s in mine["seed"])
-            sources[model] = f"{len(mine)} run(s), seeds {seeds}"
-        tables_a, tables_b = tables[label_a], tables[label_b]
-    if is_ctr([*tables_a, *tables_b]):
-        compare_rows(args, tables_a, tables_b, label_a, label_b, sources)
+        labels = args.models
+        tables, sources = _model_tables(args, labels)
+    label_a, others = labels[0], labels[1:]
+    if is_ctr([t for group in tables.values() for t in group]):
+        if len(others) > 1:
+            raise ReportError("the ctr protocol's compare takes two models")
+        compare_rows(args, tables[label_a], tables[others[0]], label_a, others[0], sources)
         return
     parse_rank_metric(args.metric)
-    _, a, b = paired_user_scores(
-        tables_a,
-        tables_b,
-        metric=args.metric,
-        split=args.split,
-        label_a=label_a,
-        label_b=label_b,
-    )
-    r = paired_test(a, b, n_resamples=args.resamples, seed=args.seed)
-    pct = round(100 * r.confidence)
-    alpha = 1 - r.confidence
+    results = {}
+    for label_b in others:
+        _, a, b = paired_user_scores(
+            tables[label_a], tables[label_b], metric=args.metric, split=args.split,
+            label_a=label_a, label_b=label_b,
+        )  # fmt: skip
+        # m comparisons: each CI at 1 - 0.05 / m (Bonferroni, simultaneous), p by Holm below
+        confidence = 1 - 0.05 / len(others)
+        results[label_b] = paired_test(
+            a, b, n_resamples=args.resamples, seed=args.seed, confidence=confidence
+        )
+    adjusted = dict(zip(others, holm([r.p_value for r in results.values()]), strict=True))
+    for label_b, r in results.items():
+        print(_comparison_text(args, r, label_a, label_b, sources, adjusted[label_b], len(others)))
+
+
+def _model_tables(args, labels: list[str]) -> tuple[dict, dict]:
+    """Each model's rank tables (one per run) and a note of its runs, for `compare A B ...`."""
+    if len(labels) < 2:
+        raise ReportError("compare needs two models or more: compare MODEL_A MODEL_B [MODEL_C ...]")
+    if len(set(labels)) != len(labels):
+        raise ReportError(f"compare needs different models, got {' '.join(labels)}")
+    runs, source = load_runs(args)
+    missing = [model for model in labels if not (runs["model"] == model).any()]
+    if missing:  # before reading any run's files
+        have = ", ".join(sorted(runs["model"].unique()))
+        raise ReportError(
+            f"no finished experiment with model={missing[0]} (models with runs: {have}); "
+            f"run e.g. `dvc exp run --queue -S model={missing[0]} -S seed=1,2,3,4,5` then "
+            "`dvc queue start`"
+        )
+    tables, sources = {}, {}
+    for model in labels:
+        mine = runs[runs["model"] == model]
+        runs_of = zip(mine["rev"], mine["name"], strict=True)
+        tables[model] = [source.read_ranks(rev, name) for rev, name in runs_of]
+        sources[model] = f"{len(mine)} run(s), seeds {','.join(str(s) for s in mine['seed'])}"
+    return tables, sources
+
+
+def _comparison_text(args, r, label_a, label_b, sources, holm_p: float, m: int) -> str:
+    """One comparison's lines; with m > 1 comparisons of A, the verdict is on the
+    Holm-adjusted p and the Bonferroni-level CI."""
+    pct = f"{100 * r.confidence:.4g}"
+    alpha = 0.05
+    p = holm_p if m > 1 else r.p_value
+    significant = (r.ci_low > 0 or r.ci_high < 0) and p < alpha
+    which = f"Holm-adjusted p over the {m} comparisons of {label_a}" if m > 1 else "p"
     verdict = (
-        f"significant at alpha = {alpha:.2f}: the CI excludes 0 and p < {alpha:.2f}"
-        if r.significant
-        else f"not significant at alpha = {alpha:.2f} (that needs a CI excluding 0 and p < "
-        f"{alpha:.2f})"
+        f"significant at alpha = {alpha:.2f}: the CI excludes 0 and {which} < {alpha:.2f}"
+        if significant
+        else f"not significant at alpha = {alpha:.2f} (that needs a CI excluding 0 and {which} "
+        f"< {alpha:.2f})"
     )
-    print(
+    holm_line = f"  Holm-adjusted over {m} comparisons: p = {holm_p:.3g}\n" if m > 1 else ""
+    return (
         f"{args.metric} on {args.split}, {r.n_users} users, per-user mean over each model's runs\n"
         f"  {label_a}: {r.mean_a:.4f}  ({sources[label_a]})\n"
         f"  {label_b}: {r.mean_b:.4f}  ({sources[label_b]})\n"
         f"  difference {label_a} - {label_b}: {r.mean_diff:+.4f}, {pct}% paired bootstrap CI "
         f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}] ({r.n_resamples:,} resamples of users)\n"
         f"  Wilcoxon signed-rank (two-sided): p = {r.p_value:.3g}\n"
+        f"{holm_line}"
         f"  -> {verdict}"
     )
 
@@ -415,7 +436,13 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser(
         "compare", parents=[source, report], help="paired per-user test of two models"
     )
-    c.add_argument("models", nargs="*", metavar="MODEL", help="MODEL_A MODEL_B")
+    c.add_argument(
+        "models",
+        nargs="*",
+        metavar="MODEL",
+        help="MODEL_A MODEL_B [MODEL_C ...]: A against each other model; with several, one "
+        "family: Holm-adjusted p, CIs at 1 - 0.05 / m",
+    )
     c.add_argument(
         "--metric",
         default=MAIN_METRIC,

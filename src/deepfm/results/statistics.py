@@ -187,6 +187,18 @@ def paired_test(
     )
 
 
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of m p-values (one family of comparisons), in their
+    order: the k-th smallest is multiplied by m - k + 1, made non-decreasing, capped at 1.
+    p_adjusted < alpha controls the family-wise error rate at alpha."""
+    p = np.asarray(p_values, dtype=np.float64)
+    order = np.argsort(p, kind="stable")
+    scaled = (len(p) - np.arange(len(p))) * p[order]
+    adjusted = np.empty_like(p)
+    adjusted[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    return adjusted.tolist()
+
+
 def _listing(words: Sequence[str], last: str) -> str:
     """['a', 'b', 'c'], 'or' -> 'a, b or c'."""
     return f"{', '.join(words[:-1])} {last} {words[-1]}" if len(words) > 1 else "".join(words)
