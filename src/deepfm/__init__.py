@@ -11,7 +11,15 @@ __version__ = "0.1.0"
 #   strict mode gives the same bits on every run and on every Intel CPU with AVX2;
 # - torch's own vectorised kernels (sums, softmax): AVX-512 and AVX2 versions add in other
 #   orders; AVX2 on every machine that has it.
+# - the thread count: MKL and OpenMP may otherwise use fewer threads than asked for in a call
+#   (MKL_DYNAMIC is on by default), which changes how sums are split (Intel's reproducibility
+#   conditions ask for both off).
 # A value already set in the environment wins (and is recorded in metrics/eval.json).
-REPRODUCIBLE_KERNELS = {"MKL_CBWR": "AVX2,STRICT", "ATEN_CPU_CAPABILITY": "avx2"}
+REPRODUCIBLE_KERNELS = {
+    "MKL_CBWR": "AVX2,STRICT",
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "MKL_DYNAMIC": "FALSE",
+    "OMP_DYNAMIC": "FALSE",
+}
 for _name, _value in REPRODUCIBLE_KERNELS.items():
     os.environ.setdefault(_name, _value)

@@ -77,6 +77,7 @@ def environment(num_threads: int) -> dict:
         "kernels": {
             "mkl_cbwr": os.environ.get("MKL_CBWR", "AUTO"),
             "aten": torch.backends.cpu.get_cpu_capability(),
+            "dynamic_threads": {v: os.environ.get(v, "") for v in ("MKL_DYNAMIC", "OMP_DYNAMIC")},
         },
     }
 
