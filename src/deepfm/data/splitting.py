@@ -459,10 +459,55 @@ def split_dataset(
         for name, r in (("val", rows.val), ("test", rows.test))
     }
     seen = np.sort(np.r_[rows.val, rows.between])  # by user, then protocol order
-    summary = {
+    summary = _summary(users, num_items, len(user_idx), rows, label, train_i, held, n_unrated,
+                       num_negatives, filled, examples, history_length, sequence, tie_break,
+                       cut)  # fmt: skip
+    if scalers:  # how each dense field was filled and scaled (fitted on train only)
+        summary["dense_scalers"] = scalers
+    return SplitResult(
+        train_users=train_u,
+        train_items=train_i,
+        train_labels=label[in_train],
+        train_history=big.get("train_history"),
+        val=held["val"],
+        test=held["test"],
+        features=features,
+        user_ids=_id_array(users["user_id"]),
+        item_ids=_id_array(items["item_id"]),
+        schema=Schema(tuple(schema_fields), num_users, num_items),
+        summary=summary,
+        latest=latest,
+        vocabs=vocabs,
+        test_seen=_pairs(user_idx, item_idx, seen),
+        after_test=_pairs(user_idx, item_idx, rows.after),
+    )
+
+
+def _summary(
+    users,
+    num_items,
+    num_rows,
+    rows,
+    label,
+    train_i,
+    held,
+    n_unrated,
+    num_negatives,
+    filled,
+    examples,
+    history_length,
+    sequence,
+    tie_break,
+    cut,
+) -> dict:
+    """The split's summary.json: sizes, what the cut left out, short candidate lists, how full
+    the histories are."""
+    num_users, in_train = len(users), rows.in_train
+    train_u_count = int(in_train.sum())
+    return {
         "num_users": num_users,
         "num_items": num_items,
-        "num_interactions": len(user_idx),
+        "num_interactions": num_rows,
         "cut": cut,
         "train_rows": int(in_train.sum()),
         "train_positives": int(label[in_train].sum()),
@@ -487,7 +532,7 @@ def split_dataset(
         "mean_history_filled": {
             name: round(n_filled / n_rows, 3) if n_rows else 0.0
             for name, n_filled, n_rows in (
-                ("train", filled, len(train_u)),
+                ("train", filled, train_u_count),
                 *(
                     (s, int((examples[s][:, :history_length] > 0).sum()), len(examples[s]))
                     for s in ("val", "test")
@@ -495,25 +540,6 @@ def split_dataset(
             )
         },
     }
-    if scalers:  # how each dense field was filled and scaled (fitted on train only)
-        summary["dense_scalers"] = scalers
-    return SplitResult(
-        train_users=train_u,
-        train_items=train_i,
-        train_labels=label[in_train],
-        train_history=big.get("train_history"),
-        val=held["val"],
-        test=held["test"],
-        features=features,
-        user_ids=_id_array(users["user_id"]),
-        item_ids=_id_array(items["item_id"]),
-        schema=Schema(tuple(schema_fields), num_users, num_items),
-        summary=summary,
-        latest=latest,
-        vocabs=vocabs,
-        test_seen=_pairs(user_idx, item_idx, seen),
-        after_test=_pairs(user_idx, item_idx, rows.after),
-    )
 
 
 def _ordered(interactions, users, items, seed: int, tie_break: str, cut: str):
