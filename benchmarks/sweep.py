@@ -2,18 +2,34 @@
 
 Each trial = params.yaml + overrides, trained for `train.epochs` with early stopping turned
 off (min_epochs = epochs), scored by validation full-ranking NDCG@10: the best epoch's value
-and the mean of the last 10 epochs (less noisy). Trials run in parallel processes, which is
-what makes a GPU worth it for models this small.
+and the mean of the validations in the last 10 epochs (less noisy). Trials run in parallel
+processes (size --jobs x --threads to the cores).
 
-    python benchmarks/sweep.py benchmarks/grids/deepfm.yaml [more grids] --seeds 1 2 \
-        --jobs 8 --device cuda [--final-seeds 1 2 3 4 5]
+    python benchmarks/sweep.py benchmarks/grids/causal/sasrec.yaml [more grids] --seeds 1 \
+        --jobs 2 --threads 1 [--device cuda] [--final-seeds 1 2 3 4 5]
+    python benchmarks/sweep.py benchmarks/grids/causal/*.yaml --seeds 1 --summary
 
-A grid file is a YAML list of override mappings, e.g. `- {train: {learning_rate: 0.001}}`.
+A grid file is either a YAML list of override mappings (`- {train: {learning_rate: 0.001}}`)
+or a declared search with a fixed budget, the same for every model:
+
+    model: sasrec
+    trials: 20            # the budget: `include` first, then distinct seeded random draws
+    seed: 0               # of the draws (not of training)
+    include: [{}]         # e.g. today's defaults ({} = params.yaml as it is)
+    space:
+      sasrec.dropout: [0.1, 0.2, 0.5]
+      split.history_length: [10, 50]
+      objective: [{deepfm.loss: bce}, {deepfm.loss: bce_grouped, deepfm.catalogue_weight: 0.5}]
+
+(`objective` is a joint choice: a value that is a mapping sets several keys together.)
+
 Trials train on the existing data/split/ (made with params.yaml's seed), so --seeds vary the
-training randomness only, and overrides of what preprocess / split read are refused.
-Results go to <out-dir>/sweep.jsonl (one line per trial) and, with --final-seeds, the chosen
-trial of each grid rerun per seed with val and test metrics to <out-dir>/final.jsonl and its
-per-user ranks to <out-dir>/ranks/.
+training randomness only; an override of `split` builds that split from data/processed/, and
+overrides of what fetch / preprocess read are refused. Each finished trial is appended to
+<out-dir>/<grid>.jsonl at once (commit it: a sweep outlives a session only in git), and a rerun
+skips the trials already there, so an interrupted sweep resumes. --final-seeds reruns each
+grid's chosen trial per seed with val and test metrics (<out-dir>/<grid>.final.jsonl, per-user
+ranks in <out-dir>/ranks/).
 """
 
 from __future__ import annotations
@@ -22,6 +38,7 @@ import argparse
 import copy
 import json
 import multiprocessing as mp
+import random
 import time
 from pathlib import Path
 
@@ -162,6 +179,53 @@ def _key(override: dict) -> str:
     return json.dumps(override, sort_keys=True)
 
 
+def nested(dotted: dict) -> dict:
+    """{"train.learning_rate": 0.001} -> {"train": {"learning_rate": 0.001}}."""
+    out: dict = {}
+    for name, value in dotted.items():
+        *parents, leaf = name.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def expand_grid(grid: Path) -> list[dict]:
+    """The grid file's trials as override mappings (see the module docstring)."""
+    spec = yaml.safe_load(grid.read_text())
+    if isinstance(spec, list):
+        return [o or {} for o in spec]
+    missing = {"model", "trials", "space"} - set(spec)
+    if missing:
+        raise SystemExit(f"{grid}: a declared search needs {', '.join(sorted(missing))}")
+    space = {name: list(values) for name, values in spec["space"].items()}
+    size = 1
+    for values in space.values():
+        size *= len(values)
+    budget = spec["trials"]
+    chosen = [nested(o) for o in spec.get("include", [])]
+    if budget > size + len(chosen):
+        raise SystemExit(f"{grid}: {budget} trials asked for, the space holds {size}")
+    rng = random.Random(spec.get("seed", 0))
+    seen = {_key(o) for o in chosen}
+    while len(chosen) < budget:
+        draw = nested(_flat({name: rng.choice(values) for name, values in space.items()}))
+        if _key(draw) not in seen:
+            seen.add(_key(draw))
+            chosen.append(draw)
+    return [merge(o, {"model": spec["model"]}) for o in chosen]
+
+
+def _flat(draw: dict) -> dict:
+    """A joint choice (a value that is itself a mapping of dotted names, e.g. a loss with its
+    weight) contributes its entries; any other value is the named key's."""
+    out: dict = {}
+    for name, value in draw.items():
+        out.update(value if isinstance(value, dict) else {name: value})
+    return out
+
+
 def summarize(results: list[dict]) -> list[tuple[float, float, float, str]]:
     """Per override, means over seeds: (last-10 val full NDCG@10, best-epoch value, HR@10)."""
     groups: dict[str, list[dict]] = {}
@@ -173,6 +237,53 @@ def summarize(results: list[dict]) -> list[tuple[float, float, float, str]]:
         means = [sum(r[f] for r in rs) / len(rs) for f in fields]
         rows.append((*means, key))
     return sorted(rows, reverse=True)
+
+
+def read_done(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def print_summary(grid_name: str, results: list[dict], planned: int) -> dict:
+    """Prints the grid's table; returns the chosen override."""
+    table = summarize(results)
+    print(
+        f"\n[{grid_name}] {len(table)} of {planned} trials done; mean over seeds: validation "
+        "full-ranking NDCG@10 (last 10 epochs | best epoch | HR@10 last 10)"
+    )
+    for last10, best, hr, key in table:
+        print(f"  {last10:.4f} | {best:.4f} | {hr:.4f}  {key}")
+    return json.loads(table[0][3]) if table else {}
+
+
+def _report(grid_name: str, r: dict) -> None:
+    print(
+        f"[{grid_name}] {json.dumps(r['override']):<60} seed {r['seed']}: best "
+        f"{r.get('val_full_ndcg@10_best', float('nan')):.4f} @ {r['best_epoch']:>2}"
+        f", last10 {r.get('val_full_ndcg@10_last10', float('nan')):.4f} ({r['seconds']} s)",
+        flush=True,
+    )
+
+
+def run_finals(pool, chosen: dict, args) -> None:
+    ranks_dir = args.out_dir / "ranks"
+    ranks_dir.mkdir(exist_ok=True)
+    for grid_name, override in chosen.items():
+        finals = [
+            (override, s, args.device, args.threads, True, str(ranks_dir)) for s in args.final_seeds
+        ]
+        with open(args.out_dir / f"{grid_name}.final.jsonl", "w") as f:
+            for r in pool.imap(run_trial, finals):
+                f.write(json.dumps(r) + "\n")
+                f.flush()
+                t = r["test"]
+                print(
+                    f"[final] {r['model']:<17} seed {r['seed']}: test full_ndcg@10 "
+                    f"{t['full_ndcg@10']:.4f} hr@10 {t['hr@10']:.4f} (best epoch "
+                    f"{r['best_epoch']}, {r['seconds_per_epoch']:.2f} s/epoch)",
+                    flush=True,
+                )
 
 
 def main() -> None:
@@ -190,60 +301,42 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per trial")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--out-dir", type=Path, default=ROOT / "results" / "tuning")
+    ap.add_argument("--summary", action="store_true", help="print the tables; train nothing")
     args = ap.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    ranks_dir = args.out_dir / "ranks"
-    ranks_dir.mkdir(exist_ok=True)
-    ctx = mp.get_context("spawn")
-    trials, owner = [], []
+    planned: dict[str, list[tuple[dict, int]]] = {}
     for grid in args.grids:
-        for o in yaml.safe_load(grid.read_text()):
-            check_override(o or {}, grid)
-            for s in args.seeds:
-                trials.append((o or {}, s, args.device, args.threads, False, None))
-                owner.append(grid.stem)
-    by_grid: dict[str, list[dict]] = {g.stem: [] for g in args.grids}
+        overrides = expand_grid(grid)
+        for o in overrides:
+            check_override(o, grid)
+        planned[grid.stem] = [(o, s) for o in overrides for s in args.seeds]
+    done = {g: read_done(args.out_dir / f"{g}.jsonl") for g in planned}
+    todo, owner = [], []
+    for grid_name, trials in planned.items():
+        finished = {(_key(r["override"]), r["seed"]) for r in done[grid_name]}
+        for o, s in trials:
+            if (_key(o), s) not in finished:
+                todo.append((o, s, args.device, args.threads, False, None))
+                owner.append(grid_name)
+    ctx = mp.get_context("spawn")
     with ctx.Pool(args.jobs) as pool:
-        with open(args.out_dir / "sweep.jsonl", "w") as f:
-            for grid_name, r in zip(owner, pool.imap(run_trial, trials), strict=True):
-                by_grid[grid_name].append(r)
-                f.write(json.dumps({"grid": grid_name, **r}) + "\n")
-                f.flush()
-                print(
-                    f"[{grid_name}] {json.dumps(r['override']):<60} seed {r['seed']}: best "
-                    f"{r.get('val_full_ndcg@10_best', float('nan')):.4f} @ {r['best_epoch']:>2}"
-                    f", last10 {r.get('val_full_ndcg@10_last10', float('nan')):.4f} "
-                    f"({r['seconds']} s)",
-                    flush=True,
-                )
-        chosen = {}
-        for grid_name, results in by_grid.items():
-            print(
-                f"\n[{grid_name}] mean over seeds: validation full-ranking NDCG@10 "
-                "(last 10 epochs | best epoch | HR@10 last 10)"
+        if not args.summary:
+            print(f"{len(todo)} trials to run ({sum(map(len, done.values()))} done before)")
+            for grid_name, r in zip(owner, pool.imap(run_trial, todo), strict=True):
+                done[grid_name].append(r)
+                with open(args.out_dir / f"{grid_name}.jsonl", "a") as f:
+                    f.write(json.dumps({"grid": grid_name, **r}) + "\n")
+                _report(grid_name, r)
+        planned_keys = {g: {_key(o) for o, _ in t} for g, t in planned.items()}
+        chosen = {
+            g: print_summary(
+                g, [r for r in rs if _key(r["override"]) in planned_keys[g]], len(planned_keys[g])
             )
-            table = summarize(results)
-            for last10, best, hr, key in table:
-                print(f"  {last10:.4f} | {best:.4f} | {hr:.4f}  {key}")
-            chosen[grid_name] = json.loads(table[0][3])
-        if args.final_seeds:
-            finals = [
-                (o, s, args.device, args.threads, True, str(ranks_dir))
-                for o in chosen.values()
-                for s in args.final_seeds
-            ]
-            with open(args.out_dir / "final.jsonl", "w") as f:
-                for r in pool.imap(run_trial, finals):
-                    f.write(json.dumps(r) + "\n")
-                    f.flush()
-                    t = r["test"]
-                    print(
-                        f"[final] {r['model']:<17} seed {r['seed']}: test full_ndcg@10 "
-                        f"{t['full_ndcg@10']:.4f} hr@10 {t['hr@10']:.4f} (best epoch "
-                        f"{r['best_epoch']}, {r['seconds_per_epoch']:.2f} s/epoch)",
-                        flush=True,
-                    )
+            for g, rs in done.items()
+        }
+        if args.final_seeds and not args.summary:
+            run_finals(pool, chosen, args)
     print(f"chosen by validation: {json.dumps(chosen)}")
 
 
