@@ -311,7 +311,7 @@ def test_each_mistake_is_one_line_with_the_fix(world, other_dataset, capsys, tmp
     (tmp_path / "unknown.csv").write_text("user_id,item_id\n1,2\n1,61\n")
     for argv, message in cases:
         code, out, err = run(argv, capsys)
-        assert code == 2, argv
+        assert code == 1, argv
         assert out == "" and err.count("\n") == 1 and err.startswith("error: "), (argv, err)
         assert message in err, (argv, err)
 
@@ -325,7 +325,7 @@ def test_the_command_runs_as_a_module_without_a_traceback(world, tmp_path):
     bad = subprocess.run([*base, "recommend", "--user", "3", "--checkpoint",
                           str(tmp_path / "x.pt")], capture_output=True, text=True,
                          cwd=REPO, check=False)  # fmt: skip
-    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.returncode == 1 and bad.stdout == ""
     assert bad.stderr.startswith(f"error: checkpoint {tmp_path / 'x.pt'} not found")
     assert "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
@@ -382,11 +382,11 @@ def test_score_under_ctr_encodes_raw_fields_as_the_split_did(click_log, capsys, 
     # recommend is top-K only; a row without every field is refused
     code, _, err = run(["recommend", "--user", 0, "--checkpoint", click_log.checkpoint,
                         "--split", click_log.split], capsys)  # fmt: skip
-    assert code == 2 and "`recommend` ranks items for a user (the top-K protocol)" in err
+    assert code == 1 and "`recommend` ranks items for a user (the top-K protocol)" in err
     rows.drop(columns=["C7"]).to_csv(tmp_path / "short.csv", index=False)
     code, _, err = run(["score", tmp_path / "short.csv", "--checkpoint", click_log.checkpoint,
                         "--split", click_log.split], capsys)  # fmt: skip
-    assert code == 2 and "short.csv has no column C7 (its columns: I1, " in err
+    assert code == 1 and "short.csv has no column C7 (its columns: I1, " in err
 
 
 # --- a top-K dataset with a context field (the device of each rating) --------------------
@@ -440,7 +440,7 @@ def test_a_context_field_is_the_users_last_unless_the_file_gives_it(tmp_path):
 def test_deepfm_report_hands_its_arguments_to_the_results_cli(tmp_path, capsys):
     bad = tmp_path / "exp.json"
     bad.write_text("not json")
-    assert command.main(["report", "table", "--from-json", str(bad)]) == 2
+    assert command.main(["report", "table", "--from-json", str(bad)]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: cannot read {bad} as `dvc exp show --json` output")
     with pytest.raises(SystemExit):
@@ -448,3 +448,33 @@ def test_deepfm_report_hands_its_arguments_to_the_results_cli(tmp_path, capsys):
     assert capsys.readouterr().out.startswith(
         "usage: deepfm report [-h] {table,compare,figures,export}"
     )
+
+
+def test_version_licence_and_citation_agree():
+    import deepfm
+
+    done = subprocess.run([sys.executable, "-m", "deepfm", "--version"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0 and done.stdout == f"deepfm {deepfm.__version__}\n"
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["version"] == deepfm.__version__ and project["license"] == {"text": "MIT"}
+    assert (REPO / "LICENSE").read_text().startswith("MIT License\n")
+    citation = yaml.safe_load((REPO / "CITATION.cff").read_text())
+    assert citation["cff-version"] == "1.2.0" and citation["license"] == "MIT"
+    assert str(citation["version"]) == deepfm.__version__
+    assert {"title", "message", "authors", "type"} <= set(citation)
+    titles = " / ".join(r["title"] for r in citation["references"])
+    for paper in ("DeepFM", "xDeepFM", "AutoInt", "Self-Attentive Sequential", "Embarrassingly",
+                  "MovieLens Datasets"):  # fmt: skip
+        assert paper in titles
+    assert all(r["doi"].startswith("10.") and r["authors"] for r in citation["references"])
+
+
+def test_usage_errors_exit_2_and_runtime_errors_exit_1(capsys, tmp_path):
+    for argv in (["recommend", "--frobnicate"], ["nonsense"], ["report", "table", "--bad"]):
+        with pytest.raises(SystemExit) as exit_:
+            command.main(argv)
+        assert exit_.value.code == 2, argv
+        assert capsys.readouterr().err.splitlines()[-1].startswith(("deepfm", "usage")), argv
+    code = command.main(["info", "--checkpoint", str(tmp_path / "none.pt")])
+    assert code == 1 and capsys.readouterr().err.startswith("error: checkpoint ")

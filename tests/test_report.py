@@ -1075,16 +1075,18 @@ def test_cli_table(tmp_path, capsys):
 def test_cli_errors(tmp_path, capsys):
     src = tmp_path / "show.json"
     src.write_text(EXP_SHOW_JSON)
-    assert cli.main(["compare", "deepfm", "xdeepfm", "--from-json", str(src)]) == 2
+    assert cli.main(["compare", "deepfm", "xdeepfm", "--from-json", str(src)]) == 1
     err = capsys.readouterr().err.splitlines()[-1]
     assert err.startswith("error: no finished experiment with model=xdeepfm")
     assert "dvc exp run --queue -S model=xdeepfm" in err
     empty = tmp_path / "empty.json"
     workspace, baseline = json.loads(EXP_SHOW_JSON)[:2]
     empty.write_text(json.dumps([workspace, {**baseline, "experiments": []}]))
-    assert cli.main(["table", "--from-json", str(empty), "--out", ""]) == 2
+    assert cli.main(["table", "--from-json", str(empty), "--out", ""]) == 1
     assert "error: no finished experiments found" in capsys.readouterr().err
-    assert cli.main(["table", "--rev", "abc1234", "--all-commits", "--out", ""]) == 2
+    with pytest.raises(SystemExit) as exit_:  # a usage error: argparse's code 2
+        cli.main(["table", "--rev", "abc1234", "--all-commits", "--out", ""])
+    assert exit_.value.code == 2
     assert "--rev and --all-commits exclude each other" in capsys.readouterr().err
 
 
@@ -1104,7 +1106,7 @@ def test_cli_passes_rev_to_dvc(monkeypatch):
     assert seen["cmd"][-2:] == ["--rev", "131041c"]
     # --rev repeats: runs of several baseline commits (dvc exp show takes each)
     monkeypatch.setattr(cli, "exp_show_json", lambda *a: seen.update(revs=a[2]) or [])
-    assert cli.main(["table", "--rev", "aaa1111", "--rev", "bbb2222", "--out", ""]) == 2
+    assert cli.main(["table", "--rev", "aaa1111", "--rev", "bbb2222", "--out", ""]) == 1
     assert seen["revs"] == ["aaa1111", "bbb2222"]
 
 
@@ -1118,7 +1120,7 @@ def test_cli_compare_rank_files(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "full_ndcg@10 on test, 4 users" in out
     assert "Wilcoxon signed-rank (two-sided): p = " in out
-    assert cli.main(["compare", "--ranks-a", str(files["a"]), "--ranks-b", str(files["c"])]) == 2
+    assert cli.main(["compare", "--ranks-a", str(files["a"]), "--ranks-b", str(files["c"])]) == 1
     assert "evaluated on different users" in capsys.readouterr().err
 
 
@@ -1213,7 +1215,7 @@ def test_cli_compare_and_table_on_ctr_runs(tmp_path, capsys):
     assert "(200 resamples of rows)" in out and "-> significant: the CI excludes 0" in out
     files["c"] = tmp_path / "c.parquet"
     _ctr_rows(1 - labels, labels * 1.0).to_parquet(files["c"])
-    assert cli.main(["compare", "--ranks-a", str(files["a"]), "--ranks-b", str(files["c"])]) == 2
+    assert cli.main(["compare", "--ranks-a", str(files["a"]), "--ranks-b", str(files["c"])]) == 1
     assert "were scored on other rows" in capsys.readouterr().err
 
 
@@ -1414,7 +1416,7 @@ def test_an_interrupted_export_leaves_the_old_records(tmp_path, dvc_source, monk
         return fake_ranks(rev)
 
     monkeypatch.setattr(cli, "read_ranks_at", ranks_at)
-    assert cli.main(["export", str(out), "--from-json", dvc_source]) == 2
+    assert cli.main(["export", str(out), "--from-json", dvc_source]) == 1
     err = capsys.readouterr().err.splitlines()[-1]
     assert err == "error: cannot read metrics/eval_ranks.parquet of experiment hulky-rams"
     assert [str(p.relative_to(out)) for p in out.rglob("*")] == ["deepfm", "deepfm/1-old.json"]
@@ -1427,7 +1429,7 @@ def test_records_errors(tmp_path, dvc_source, capsys):
     (empty / "deepfm").mkdir()
     (empty / "deepfm" / "1-abc.curves.json").write_text("{}")  # curves are no record
     for command in (["table", "--out", ""], ["compare", "deepfm", "fm"], ["figures"]):
-        assert cli.main([*command, "--records", str(empty)]) == 2
+        assert cli.main([*command, "--records", str(empty)]) == 1
         assert capsys.readouterr().err == (
             f"error: no run records in {empty}: write them where the DVC experiments are, with "
             f"`deepfm report export {empty}` (same run options as `table`), and commit them\n"
@@ -1446,7 +1448,7 @@ def test_records_errors(tmp_path, dvc_source, capsys):
     assert cli.main(["export", str(runs), "--from-json", dvc_source]) == 0
     capsys.readouterr()
     assert (
-        cli.main(["table", "--out", "", "--records", str(runs), "--where", "train.epochs=9"]) == 2
+        cli.main(["table", "--out", "", "--records", str(runs), "--where", "train.epochs=9"]) == 1
     )
     assert capsys.readouterr().err.endswith(
         f"error: no run of the records in {runs} is selected: see the notes above, --where, "
@@ -1489,3 +1491,27 @@ def test_compare_with_several_models_is_one_holm_family(dvc_source, capsys):
         assert got == pytest.approx(p_holm, rel=1e-2)
         assert "Holm-adjusted p over the 2 comparisons of deepfm" in block
     assert "Holm" not in alone[0]
+
+
+def test_a_fresh_clone_reads_the_committed_records(tmp_path, dvc_source, monkeypatch, capsys):
+    """No experiment of HEAD and no source named: table and compare read results/runs (what a
+    fresh clone has), and say so; a named source never falls back; export never reads them."""
+    assert cli.main(["export", str(tmp_path / "results" / "runs"), "--from-json", dvc_source]) == 0
+    assert cli.main(["table", "--from-json", dvc_source]) == 0
+    expected = capsys.readouterr().out
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "exp_show_json", lambda *a: [])  # a clone has no experiments
+    assert cli.main(["table"]) == 0
+    printed = capsys.readouterr()
+    assert printed.out == expected
+    assert printed.err.startswith(
+        "no finished DVC experiment based on HEAD: reading the committed run records in "
+        "results/runs/ (--records DIR names others)\n"
+    )
+    assert not (tmp_path / "reports").exists()  # the table writes a file only with --out
+    assert cli.main(["compare", "deepfm", "itempop", "--resamples", "200"]) == 0
+    assert "full_ndcg@10 on test, 942 users" in capsys.readouterr().out
+    assert cli.main(["table", "--rev", "abc1234"]) == 1
+    assert "error: no finished experiments found" in capsys.readouterr().err
+    assert cli.main(["export", str(tmp_path / "again")]) == 1
+    assert not (tmp_path / "again").exists()

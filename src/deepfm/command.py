@@ -18,6 +18,8 @@ import os
 import sys
 from pathlib import Path
 
+from deepfm import __version__
+
 
 def _paths() -> dict[str, str]:
     from deepfm.results.runs import pipeline_paths
@@ -205,6 +207,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="deepfm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    p.add_argument("--version", action="version", version=f"deepfm {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     model = argparse.ArgumentParser(add_help=False)
@@ -280,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except (ServingError, CheckpointError, ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 1  # a runtime failure; argparse exits 2 for a usage error
     except BrokenPipeError:  # `deepfm score big.csv | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0

@@ -1,6 +1,6 @@
 """Results over DVC experiments (run from the repository root, venv active).
 
-    deepfm report table [--out reports/results.md] [--metrics M ...] [--from-json FILE]
+    deepfm report table [--out FILE.md] [--metrics M ...] [--from-json FILE]
     deepfm report compare MODEL_A MODEL_B [--metric full_ndcg@10]
     deepfm report compare --ranks-a A.parquet [...] --ranks-b B.parquet [...]
     deepfm report figures [--out reports/figures] [--from-json FILE]
@@ -52,6 +52,7 @@ from deepfm.results.statistics import (
     summarize,
 )
 
+RECORDS = Path("results/runs")  # where `export` writes by default: committed with the results
 QUEUE_HINT = (
     "run a sweep first, e.g. `dvc exp run --queue -S model=deepfm,itempop -S seed=1,2,3,4,5` "
     "then `dvc queue start`"
@@ -102,23 +103,36 @@ def read_source(args: argparse.Namespace) -> Source:
     read by dvc.api at its rev."""
     if args.records:
         return Source(*read_records(args.records))
-    if args.rev and args.all_commits:
-        raise ReportError("--rev and --all-commits exclude each other: choose one baseline or all")
     rows = parse_exp_show(exp_show_json(args.from_json, args.all_commits, args.rev))
     return Source(rows, read_ranks_at, read_curves_at)
 
 
 def _select(args: argparse.Namespace) -> tuple[Source, Selection, dict[str, str]]:
     """(every run of the source and its readers, the runs that count, the --where filter);
-    prints the selection's notes."""
+    prints the selection's notes. With no finished experiment of HEAD (a fresh clone) and
+    no source named, the committed run records in RECORDS are read instead."""
     source = read_source(args)
     where = parse_where(args.where)
-    selection = select_runs(
-        source.rows,
-        include_baselines=args.include_baselines,
-        include_workspace=args.include_workspace,
-        where=where,
-    )
+
+    def select(rows: pd.DataFrame) -> Selection:
+        return select_runs(
+            rows,
+            include_baselines=args.include_baselines,
+            include_workspace=args.include_workspace,
+            where=where,
+        )
+
+    selection = select(source.rows)
+    named = args.records or args.from_json or args.rev or args.all_commits
+    if selection.runs.empty and not named and args.command != "export" and RECORDS.is_dir():
+        print(
+            f"no finished DVC experiment based on HEAD: reading the committed run records in "
+            f"{RECORDS}/ (--records DIR names others)",
+            file=sys.stderr,
+        )
+        args.records = str(RECORDS)
+        source = read_source(args)
+        selection = select(source.rows)
     for note in selection.notes:
         print(note, file=sys.stderr)
     return source, selection, where
@@ -379,7 +393,7 @@ def cmd_figures(args: argparse.Namespace) -> None:
     for note in notes:
         print(f"not drawn: {note}", file=sys.stderr)
     for path in written:
-        print(f"wrote {path}")
+        print(f"wrote {path}", file=sys.stderr)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -429,7 +443,7 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--split", default="test", choices=("test", "val"))
 
     t = sub.add_parser("table", parents=[source, report], help="mean ± std over seeds per model")
-    t.add_argument("--out", default="reports/results.md", help="markdown file ('' = none)")
+    t.add_argument("--out", default="", metavar="FILE", help="also write the markdown here")
     t.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS), metavar="METRIC")
     t.set_defaults(func=cmd_table, usage_error=t.error)
 
@@ -467,25 +481,27 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument(
         "dir",
         nargs="?",
-        default="results/runs",
+        default=str(RECORDS),
         metavar="DIR",
-        help="folder of the records, replaced whole (default results/runs)",
+        help=f"folder of the records, replaced whole (default {RECORDS})",
     )
-    e.set_defaults(func=cmd_export, records=None)  # exports from DVC only
+    e.set_defaults(func=cmd_export, records=None, usage_error=e.error)  # from DVC only
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.rev and args.all_commits:
+        args.usage_error("--rev and --all-commits exclude each other: choose one baseline or all")
     if args.records and (args.from_json or args.rev or args.all_commits):
         args.usage_error(
             "--records reads run records, not DVC: drop --from-json, --rev and --all-commits"
         )
     try:
         args.func(args)
-    except ReportError as e:
+    except (ReportError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 1  # a runtime failure; argparse exits 2 for a usage error
     return 0
 
 

@@ -40,7 +40,7 @@ def pipeline_paths(dvc_yaml: str = "dvc.yaml") -> dict[str, str]:
     for entry in spec.get("vars") or []:
         if isinstance(entry, dict) and "paths" in entry:
             return {str(k): str(v) for k, v in entry["paths"].items()}
-    raise ValueError(f"{dvc_yaml} has no `vars: - paths:` block naming the pipeline's artefacts.")
+    raise ReportError(f"{dvc_yaml} has no `vars: - paths:` block naming the pipeline's artefacts.")
 
 
 def metric_files() -> tuple[str, str, str]:
