@@ -101,6 +101,7 @@ def run_trial(args: tuple) -> dict:
     seconds = out.seconds_per_epoch
     result = {
         "override": override, "seed": seed, "model": cfg.model, "device": device,
+        "threads": threads, "commit": _commit(),
         "best_epoch": out.best_epoch, "epochs_run": out.epochs_run,
         "parameters": out.num_parameters,
         "seconds_per_epoch": sum(seconds) / max(1, len(seconds)),
@@ -143,6 +144,17 @@ def run_trial(args: tuple) -> dict:
 
 
 _SPLITS: dict = {}
+
+
+def _commit() -> str:
+    """The code a trial ran (HEAD, "+dirty" with uncommitted changes under src/)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout
+
+    dirty = git("status", "--porcelain", "--", "src", "params.yaml").strip()
+    return git("rev-parse", "--short", "HEAD").strip() + ("+dirty" if dirty else "")
 
 
 def _split_for(override: dict, base: dict, parse_config):
