@@ -70,6 +70,8 @@ def test_a_rerun_skips_the_trials_already_recorded(tmp_path, monkeypatch):
         ran.append((override["train"]["epochs"], seed))
         return {"override": override, "seed": seed, "best_epoch": 1, "seconds": 0.0,
                 "val_full_ndcg@10_best": 0.1 * override["train"]["epochs"],
+                "val_full_ndcg@10_final": 0.1 * override["train"]["epochs"],
+                "val_hr@10_final": 0.2,
                 "val_full_ndcg@10_last10": 0.1 * override["train"]["epochs"],
                 "val_hr@10_last10": 0.2}  # fmt: skip
 
