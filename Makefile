@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-12)
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test lint lock clean mutation figures
+.PHONY: install repro test lint lock clean mutation figures results
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (set PYTHON=...)")'
@@ -22,6 +22,11 @@ repro: install  ## fetch -> preprocess -> split -> train -> eval (set MOVIELENS_
 # FIGURES_ARGS: e.g. --rev <commit> or --all-commits (the experiments of another baseline)
 figures: install  ## PNGs of the experiments present (else the workspace run) -> reports/figures/
 	$(BIN)/deepfm report figures $(FIGURES_ARGS)
+
+# The headline: every model x seeds 1-5 x both tie-breaks as DVC experiments (hours on 2 cores),
+# then results/runs*/ records, reports/results.md and the figures. RESULTS_ARGS: e.g. --dry-run
+results: install  ## the documented sweep, its records, table and figures
+	$(BIN)/deepfm report sweep $(RESULTS_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -35,6 +35,7 @@ import pandas as pd
 from deepfm.evaluation.metrics import row_keys
 from deepfm.io import atomic_path
 from deepfm.results import ReportError
+from deepfm.results.headline import SEEDS, TIE_BREAKS
 from deepfm.results.records import CurvesReader, RanksReader, read_records, write_records
 from deepfm.results.rendering import render_markdown
 from deepfm.results.runs import Selection, parse_exp_show, pipeline_paths, select_runs
@@ -402,6 +403,47 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {written} run record(s) to {args.dir}", file=sys.stderr)
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    """Queue and run the headline sweep, then export, table and draw it (`make results`)."""
+    import yaml
+
+    from deepfm.config import MODEL_SECTIONS
+    from deepfm.results.headline import make_plan, run_plan
+
+    params = yaml.safe_load(Path(args.params).read_text(encoding="utf-8"))
+    unknown = sorted(set(args.models or []) - set(MODEL_SECTIONS))
+    if unknown:
+        raise ReportError(f"unknown model(s) {unknown}; registered: {', '.join(MODEL_SECTIONS)}")
+    plan = make_plan(
+        list(args.models or MODEL_SECTIONS), args.seeds, args.tie_breaks,
+        default_threads=params["train"]["num_threads"] or 1, threads=args.threads,
+    )  # fmt: skip
+    print(
+        f"{len(plan.experiments)} experiments, {plan.jobs} at a time with {plan.threads} "
+        "torch thread(s) each",
+        file=sys.stderr,
+    )
+    if args.dry_run:
+        print("\n".join(" ".join(argv) for argv in plan.experiments))
+        print(f"dvc queue start -j {plan.jobs}")
+        return
+    run_plan(plan)
+    for tie_break in args.tie_breaks:  # one (model, seed) has a run per tie-break: a folder each
+        records = records_for(args.records, tie_break)
+        where = ["--where", f"split.tie_break={tie_break}"]
+        table = ["--out", args.table] if tie_break == TIE_BREAKS[0] else []
+        for argv in (["export", records, *where], ["table", "--records", records, *table]):
+            sub = parser().parse_args(argv)
+            sub.func(sub)
+    sub = parser().parse_args(["figures", "--records", records_for(args.records, TIE_BREAKS[0])])
+    sub.func(sub)
+
+
+def records_for(records: str, tie_break: str) -> str:
+    """The records folder of a tie-break: the headline's (item_id) is `records` itself."""
+    return records if tie_break == TIE_BREAKS[0] else f"{records}-{tie_break}"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="deepfm report", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -486,17 +528,41 @@ def parser() -> argparse.ArgumentParser:
         help=f"folder of the records, replaced whole (default {RECORDS})",
     )
     e.set_defaults(func=cmd_export, records=None, usage_error=e.error)  # from DVC only
+
+    w = sub.add_parser(
+        "sweep",
+        help="queue and run the headline sweep (models x seeds x tie-breaks), then export, "
+        "table and figures (make results)",
+    )
+    w.add_argument("--models", nargs="+", metavar="MODEL", help="default: every registered one")
+    w.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    w.add_argument("--tie-breaks", nargs="+", default=list(TIE_BREAKS), choices=TIE_BREAKS)
+    w.add_argument(
+        "--threads", type=int, help="torch threads per run (default: params.yaml's; "
+        "another value reproduces itself, not dvc.lock)",
+    )  # fmt: skip
+    w.add_argument("--params", default="params.yaml", metavar="FILE")
+    w.add_argument("--records", default=str(RECORDS), metavar="DIR")
+    w.add_argument("--table", default="reports/results.md", metavar="FILE")
+    w.add_argument("--dry-run", action="store_true", help="print the plan; queue nothing")
+    w.set_defaults(func=cmd_sweep, usage_error=w.error)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "sweep":  # none of the run-source options below
+        return _run(args)
     if args.rev and args.all_commits:
         args.usage_error("--rev and --all-commits exclude each other: choose one baseline or all")
     if args.records and (args.from_json or args.rev or args.all_commits):
         args.usage_error(
             "--records reads run records, not DVC: drop --from-json, --rev and --all-commits"
         )
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         args.func(args)
     except (ReportError, FileNotFoundError) as e:
