@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import multiprocessing as mp
 import random
@@ -90,11 +91,14 @@ def run_trial(args: tuple) -> dict:
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw = merge(base, override)
     raw["seed"] = seed
-    raw["train"]["device"] = device
-    raw["train"]["num_threads"] = threads
-    if not final:
-        raw["train"]["min_epochs"] = raw["train"]["epochs"]
+    own = (raw.get(raw["model"]) or {}).get("train")
+    if own is not None:  # the model's own train keys replace `train`'s: the trial's win over both
+        own.update(override.get("train", {}))
     cfg = parse_config(raw, require_all=True)
+    settings = {"device": device, "num_threads": threads}
+    if not final:  # a search trial runs its whole schedule
+        settings["min_epochs"] = cfg.train.epochs
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **settings))
     split = _split_for(override, base, parse_config)
     curve = Curve()
     start = time.perf_counter()

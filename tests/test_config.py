@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import yaml
 
@@ -165,3 +167,28 @@ def test_overrides_are_applied_as_dvc_exp_run_set_does_and_checked():
         load_config(REPO / "params.yaml", ["train.batch_sise=4"])
     with pytest.raises(ConfigError, match="'seed' is not a section"):
         load_config(REPO / "params.yaml", ["seed.x=1"])
+
+
+def test_a_models_own_train_keys_replace_the_shared_ones_when_it_is_chosen():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    shared = parse_config(raw, require_all=True).train
+    raw["sasrec"]["train"] = {"epochs": 40, "min_epochs": 40, "learning_rate": 0.001}
+    other = parse_config(raw, require_all=True)  # another model is chosen: no effect
+    assert other.train == shared
+    raw["model"] = "sasrec"
+    cfg = parse_config(raw, require_all=True)
+    assert (cfg.train.epochs, cfg.train.min_epochs, cfg.train.learning_rate) == (40, 40, 0.001)
+    assert cfg.train.batch_size == shared.batch_size  # the keys it does not name stay shared
+    assert "train" not in vars(cfg.model_params)
+    cases = [
+        ({"epochs": 0}, "'sasrec.train.epochs' is 0; it must be >= 1"),
+        ({"epoch": 3}, "unknown key 'sasrec.train.epoch'. Did you mean 'epochs'?"),
+        (5, "'sasrec.train' must map train keys to this model's values"),
+    ]
+    for own, message in cases:
+        raw["sasrec"]["train"] = own
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            parse_config(raw, require_all=True)
+    raw["model"] = "deepfm"  # a section is checked even when its model is not chosen
+    with pytest.raises(ConfigError, match=re.escape(cases[-1][1])):
+        parse_config(raw, require_all=True)

@@ -445,6 +445,25 @@ def _build(cls, raw, prefix: str, require_all: bool = False):
     return cls(**values)
 
 
+def _own_train(model: str, block) -> dict:
+    """The train keys a model's section names (`<model>.train`), each checked as `train`'s."""
+    own = block.get("train") if isinstance(block, dict) else None
+    if own is None:
+        return {}
+    if not isinstance(own, dict):
+        raise ConfigError(
+            f"params.yaml: '{model}.train' must map train keys to this model's values, e.g. "
+            f"'{model}: {{train: {{epochs: 40}}}}'; got {own!r}."
+        )
+    hints = typing.get_type_hints(TrainConfig)
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for key, value in own.items():
+        if key not in fields:
+            raise _unknown_key_error(f"{model}.train.{key}", list(fields))
+        _check_value(f"{model}.train.{key}", value, hints[key], fields[key].metadata)
+    return own
+
+
 def parse_config(raw: dict, *, require_all: bool = False) -> Config:
     """Validate a params mapping (as loaded from YAML) and return the typed Config.
 
@@ -474,10 +493,19 @@ def parse_config(raw: dict, *, require_all: bool = False) -> Config:
             values[name] = _check_value(name, raw[name], hints[name], fields[name].metadata)
         elif require_all:
             raise _missing_key_error(name, fields[name].default)
+    # a model's section may name train keys of its own (`sasrec: {train: {epochs: 40}}`):
+    # they replace the shared `train` keys when that model is chosen
+    own_train = {name: _own_train(name, raw.get(name)) for name in MODEL_SECTIONS}
+    chosen = values.get("model", Config.model)
     for name, cls in {**sections, **MODEL_SECTIONS}.items():
         if require_all and name not in raw:
             raise ConfigError(f"params.yaml: missing section '{name}'; add it with its keys.")
-        section = _build(cls, raw.get(name), name, require_all)
+        block = raw.get(name)
+        if name in MODEL_SECTIONS and isinstance(block, dict):
+            block = {k: v for k, v in block.items() if k != "train"}
+        if name == "train" and isinstance(block, dict):
+            block = {**block, **own_train.get(chosen, {})}
+        section = _build(cls, block, name, require_all)
         if name in sections:
             values[name] = section
         else:
