@@ -344,7 +344,7 @@ def test_cli_figures_from_experiments(tmp_path, monkeypatch, capsys, saved):
     assert sorted(read) == ["exp-aaa1", "exp-aaa2", "exp-bbb1", "exp-bbb2"]
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.png" for n in NAMES)
     for name in NAMES:
-        assert f"wrote {out / name}.png" in printed.out
+        assert f"wrote {out / name}.png" in printed.err  # stdout is for results
         assert_valid_png(out / f"{name}.png", name)
     footer = saved["models_ci"].get_supxlabel()
     assert footer == "toy, 4 DVC experiments of c0ffeec, 2026-12-01"
@@ -419,7 +419,7 @@ def test_cli_figures_with_no_run_at_all(tmp_path, capsys):
     bare[0]["data"]["metrics"] = {}  # the workspace has not been evaluated
     show = tmp_path / "show.json"
     show.write_text(json.dumps(bare))
-    assert cli.main(["figures", "--from-json", str(show), "--out", str(tmp_path / "f")]) == 2
+    assert cli.main(["figures", "--from-json", str(show), "--out", str(tmp_path / "f")]) == 1
     err = capsys.readouterr().err
     assert "error: no finished experiments and no evaluated workspace run" in err
     assert "dvc repro" in err
