@@ -14,7 +14,8 @@ from the runs that `deepfm.results.runs.select_runs` keeps (or the workspace run
 
 `*_table` functions compute what a figure shows (the tests check them by hand); `plot_*` draw
 it on a new Figure; `render` writes every figure the runs allow. No pyplot: Figures are not
-registered globally, so nothing leaks and no backend is chosen for the caller.
+registered globally, so nothing leaks and no backend is chosen for the caller. A model has one
+colour (MODEL_COLORS) in every figure.
 """
 
 from __future__ import annotations
@@ -64,13 +65,33 @@ class RunFiles:
     ranks: pd.DataFrame | None = None
 
 
-def model_colors(models: Sequence[str]) -> dict[str, tuple]:
-    """One colour per model, the same in every figure (sorted names, tab10 then tab20)."""
-    import matplotlib
+# One colour per registered model (deepfm.config.MODEL_SECTIONS; a test keeps the two in step),
+# the same in every figure whichever models are drawn. Okabe-Ito's colour-blind safe palette
+# without its black and yellow (black reads as text; yellow vanishes on white), and Tol's indigo,
+# wine and brown: any two differ by CIELAB dE > 17 with normal, deuteranopic or protanopic
+# vision (the test checks > 10). Named, not indexed by the registry's order, so adding a model
+# moves no colour.
+MODEL_COLORS = {
+    "deepfm": "#0072B2",  # blue
+    "sasrec": "#D55E00",  # vermillion
+    "item_cooccurrence": "#009E73",  # bluish green
+    "ease": "#E69F00",  # orange
+    "fm": "#56B4E9",  # sky blue
+    "lr": "#CC79A7",  # reddish purple
+    "itempop": "#332288",  # indigo
+    "xdeepfm": "#882255",  # wine
+    "attention_deepfm": "#661100",  # brown
+}
+# A name outside the registry (a renamed model in old records): grey shades, by sorted name
+SPARE_COLORS = ("#7F7F7F", "#4D4D4D", "#B0B0B0")
 
-    names = sorted(set(models))
-    cmap = matplotlib.colormaps["tab10" if len(names) <= 10 else "tab20"]
-    return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
+
+def model_colors(models: Sequence[str]) -> dict[str, str]:
+    """{model: its colour}: MODEL_COLORS's, the same in every figure and whatever the other
+    models drawn; a model outside the registry gets a grey (by its place among such names)."""
+    unknown = sorted(set(models) - set(MODEL_COLORS))
+    spare = {name: SPARE_COLORS[i % len(SPARE_COLORS)] for i, name in enumerate(unknown)}
+    return {name: MODEL_COLORS.get(name) or spare[name] for name in models}
 
 
 def _legend_name(model: str, seeds: Sequence) -> str:
