@@ -281,9 +281,32 @@ def test_val_curves_draw_the_mean_the_band_and_a_flat_line_for_no_training(runs,
     (span,) = ndcg.patches  # itempop's seeds: 0.032 to 0.034, across the whole axis
     box = span.get_path().transformed(span.get_patch_transform()).get_extents()
     assert (box.y0, box.y1) == pytest.approx((0.032, 0.034))
-    assert fig.axes[3].get_title() == "training loss (per example)"
-    assert [line.get_label() for line in fig.axes[3].lines] == ["deepfm (2 seeds)"]
+    assert deepfm.get_marker() == "o"  # 5 points: marked, so 4 or 5 read as points
+    assert fig.axes[3].get_title() == "training loss, relative to each model's epoch 1"
+    labels = [line.get_label() for line in fig.axes[3].lines]
+    assert [label for label in labels if not label.startswith("_")] == ["deepfm (2 seeds)"]
     assert "min–max over seeds" in fig.get_suptitle()
+
+
+def test_the_loss_panel_divides_each_run_s_loss_by_its_first_epoch(runs, files):
+    """Objectives differ in level (BCE ~0.3, SASRec's softmax ~6): each run's loss over its
+    own epoch-1 value, then the mean and band over seeds; a dotted line at 1."""
+    files[runs["name"].iloc[0]].curves["train/loss"] *= 20  # another objective, 20x the level
+    loss = plot_val_curves(runs, files).axes[3]
+    assert loss.get_ylabel() == "loss / the model's epoch-1 loss"
+    line, one = loss.lines
+    per_seed = [(0.5 / (np.arange(5) + 1) + 0.01 * s) / (0.5 + 0.01 * s) for s in (1, 2)]
+    assert line.get_ydata() == pytest.approx(np.mean(per_seed, axis=0))
+    assert line.get_ydata()[0] == pytest.approx(1.0)
+    assert list(one.get_ydata()) == [1.0, 1.0]
+    (band,) = [c for c in loss.collections if isinstance(c, PolyCollection)]
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert ys.max() == pytest.approx(1.0) and ys.min() == pytest.approx(per_seed[0][-1])
+
+
+def test_relative_loss_of_a_zero_first_epoch_is_not_drawn():
+    assert figures.relative_loss(pd.Series([2.0, 1.0], index=[1, 0])).tolist() == [1.0, 2.0]
+    assert figures.relative_loss(pd.Series([0.0, 1.0])).isna().all()
 
 
 # Machado et al. (2009), severity 1: linear RGB as seen with deuteranopia and protanopia
