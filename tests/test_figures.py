@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import html
+import itertools
 import json
 import os
 import re
@@ -16,12 +17,15 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.collections import PolyCollection
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
+from deepfm.config import MODEL_SECTIONS
 from deepfm.evaluation import metrics as M
 from deepfm.results import ReportError, cli, figures
 from deepfm.results.figures import (
+    MODEL_COLORS,
     SIZES,
     RunFiles,
     at_k_table,
@@ -277,9 +281,97 @@ def test_val_curves_draw_the_mean_the_band_and_a_flat_line_for_no_training(runs,
     (span,) = ndcg.patches  # itempop's seeds: 0.032 to 0.034, across the whole axis
     box = span.get_path().transformed(span.get_patch_transform()).get_extents()
     assert (box.y0, box.y1) == pytest.approx((0.032, 0.034))
-    assert fig.axes[3].get_title() == "training loss (per example)"
-    assert [line.get_label() for line in fig.axes[3].lines] == ["deepfm (2 seeds)"]
+    assert deepfm.get_marker() == "o"  # 5 points: marked, so 4 or 5 read as points
+    assert fig.axes[3].get_title() == "training loss, relative to each model's epoch 1"
+    labels = [line.get_label() for line in fig.axes[3].lines]
+    assert [label for label in labels if not label.startswith("_")] == ["deepfm (2 seeds)"]
     assert "min–max over seeds" in fig.get_suptitle()
+
+
+def test_the_loss_panel_divides_each_run_s_loss_by_its_first_epoch(runs, files):
+    """Objectives differ in level (BCE ~0.3, SASRec's softmax ~6): each run's loss over its
+    own epoch-1 value, then the mean and band over seeds; a dotted line at 1."""
+    files[runs["name"].iloc[0]].curves["train/loss"] *= 20  # another objective, 20x the level
+    loss = plot_val_curves(runs, files).axes[3]
+    assert loss.get_ylabel() == "loss / the model's epoch-1 loss"
+    line, one = loss.lines
+    per_seed = [(0.5 / (np.arange(5) + 1) + 0.01 * s) / (0.5 + 0.01 * s) for s in (1, 2)]
+    assert line.get_ydata() == pytest.approx(np.mean(per_seed, axis=0))
+    assert line.get_ydata()[0] == pytest.approx(1.0)
+    assert list(one.get_ydata()) == [1.0, 1.0]
+    (band,) = [c for c in loss.collections if isinstance(c, PolyCollection)]
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert ys.max() == pytest.approx(1.0) and ys.min() == pytest.approx(per_seed[0][-1])
+
+
+def test_relative_loss_of_a_zero_first_epoch_is_not_drawn():
+    assert figures.relative_loss(pd.Series([2.0, 1.0], index=[1, 0])).tolist() == [1.0, 2.0]
+    assert figures.relative_loss(pd.Series([0.0, 1.0])).isna().all()
+
+
+# Machado et al. (2009), severity 1: linear RGB as seen with deuteranopia and protanopia
+CVD = {
+    "normal": np.eye(3),
+    "deuteranopia": np.array(
+        [[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413],
+         [-0.011820, 0.042940, 0.968881]]
+    ),
+    "protanopia": np.array(
+        [[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216],
+         [-0.003882, -0.048116, 1.051998]]
+    ),
+}  # fmt: skip
+
+
+def lab(color, vision: str) -> np.ndarray:
+    """CIELAB (D65) of a colour as seen with `vision`: distances in it are perceptual."""
+    c = np.asarray(to_rgb(color))
+    srgb = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    linear = np.clip(CVD[vision] @ srgb, 0, 1)
+    xyz = (
+        np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
+        @ linear
+        / np.array([0.95047, 1.0, 1.08883])
+    )
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def test_every_registered_model_has_a_colour_told_apart_also_with_colour_blindness():
+    """Every model of the registry has its colour, and any two differ by ΔE > 10 with normal,
+    deuteranopic and protanopic vision (tab10 by sorted name, on the results' 7 models, gave
+    ItemPop and LR a purple and a brown hard to tell apart, and DeepFM and ItemPop ΔE 6 with
+    protanopia)."""
+    assert set(MODEL_COLORS) == set(MODEL_SECTIONS)
+    colors = figures.model_colors(list(MODEL_SECTIONS))  # as the figures draw them
+    for vision in CVD:
+        for a, b in itertools.combinations(MODEL_SECTIONS, 2):
+            distance = np.linalg.norm(lab(colors[a], vision) - lab(colors[b], vision))
+            assert distance > 10, (vision, a, b, distance)
+
+
+def test_a_model_has_the_same_colour_in_every_figure_whatever_else_is_drawn(runs, files):
+    """DeepFM's colour is MODEL_COLORS's in all four figures, and ItemPop's does not change
+    when it is drawn alone (a colour by place among the models drawn would)."""
+    assert figures.model_colors(["itempop"]) == {"itempop": MODEL_COLORS["itempop"]}
+    both = figures.model_colors(runs["model"])
+    assert both == {m: MODEL_COLORS[m] for m in ("deepfm", "itempop")}
+    assert figures.model_colors(["zz_old", "aa_old"]) == {"zz_old": "#4D4D4D", "aa_old": "#7F7F7F"}
+    table = user_ci_table(runs, files, n_resamples=50)
+    seen = {
+        "val_curves": plot_val_curves(runs, files).axes[0].lines[0].get_color(),
+        "metrics_at_k": figures.plot_metrics_at_k(runs).axes[0].lines[0].get_color(),
+        "models_ci": figures.plot_models_ci(table).axes[0].lines[-1].get_color(),
+        "rank_distribution": figures.plot_rank_distribution(runs, files)
+        .axes[0]
+        .patches[0]
+        .get_facecolor(),
+    }
+    for figure, color in seen.items():
+        assert to_rgb(color) == to_rgb(MODEL_COLORS["deepfm"]), figure
+    alone = runs[runs["model"] == "itempop"]
+    flat = plot_val_curves(alone, files).axes[0].lines[0]
+    assert to_rgb(flat.get_color()) == to_rgb(MODEL_COLORS["itempop"])
 
 
 def test_rank_bins_cover_every_rank_once():
@@ -344,7 +436,7 @@ def test_cli_figures_from_experiments(tmp_path, monkeypatch, capsys, saved):
     assert sorted(read) == ["exp-aaa1", "exp-aaa2", "exp-bbb1", "exp-bbb2"]
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.png" for n in NAMES)
     for name in NAMES:
-        assert f"wrote {out / name}.png" in printed.out
+        assert f"wrote {out / name}.png" in printed.err  # stdout is for results
         assert_valid_png(out / f"{name}.png", name)
     footer = saved["models_ci"].get_supxlabel()
     assert footer == "toy, 4 DVC experiments of c0ffeec, 2026-12-01"
@@ -419,7 +511,7 @@ def test_cli_figures_with_no_run_at_all(tmp_path, capsys):
     bare[0]["data"]["metrics"] = {}  # the workspace has not been evaluated
     show = tmp_path / "show.json"
     show.write_text(json.dumps(bare))
-    assert cli.main(["figures", "--from-json", str(show), "--out", str(tmp_path / "f")]) == 2
+    assert cli.main(["figures", "--from-json", str(show), "--out", str(tmp_path / "f")]) == 1
     err = capsys.readouterr().err
     assert "error: no finished experiments and no evaluated workspace run" in err
     assert "dvc repro" in err

@@ -1,9 +1,10 @@
 """Figures of the results: PNGs drawn by matplotlib's Agg renderer (no display, no network),
 from the runs that `deepfm.results.runs.select_runs` keeps (or the workspace run alone).
 
-- val_curves.png: validation metrics and the training loss per epoch; per model a line (the
-  mean over its seeds) and a band from the lowest to the highest seed. A model without training
-  (ItemPop, EASE, ...) is a dashed horizontal line at its one validation value.
+- val_curves.png: validation metrics and the training loss (each run's relative to its first
+  epoch) per epoch; per model a line (the mean over its seeds, with markers where it has few
+  points) and a band from the lowest to the highest seed. A model without training (ItemPop,
+  EASE, ...) is a dashed horizontal line at its one validation value.
 - metrics_at_k.png: HR@K and NDCG@K against K (eval.ks) on one split, full ranking and
   sampled candidates; mean over seeds, bars from the lowest to the highest seed.
 - models_ci.png: each model's mean over users (each user's value first averaged over the
@@ -14,7 +15,8 @@ from the runs that `deepfm.results.runs.select_runs` keeps (or the workspace run
 
 `*_table` functions compute what a figure shows (the tests check them by hand); `plot_*` draw
 it on a new Figure; `render` writes every figure the runs allow. No pyplot: Figures are not
-registered globally, so nothing leaks and no backend is chosen for the caller.
+registered globally, so nothing leaks and no backend is chosen for the caller. A model has one
+colour (MODEL_COLORS) in every figure.
 """
 
 from __future__ import annotations
@@ -64,13 +66,36 @@ class RunFiles:
     ranks: pd.DataFrame | None = None
 
 
-def model_colors(models: Sequence[str]) -> dict[str, tuple]:
-    """One colour per model, the same in every figure (sorted names, tab10 then tab20)."""
-    import matplotlib
+# One colour per registered model (deepfm.config.MODEL_SECTIONS; a test keeps the two in step),
+# the same in every figure whichever models are drawn. Okabe-Ito's colour-blind safe palette
+# without its black and yellow (black reads as text; yellow vanishes on white), and Tol's indigo,
+# wine and brown: any two differ by CIELAB dE > 17 with normal, deuteranopic or protanopic
+# vision (the test checks > 10). Named, not indexed by the registry's order, so adding a model
+# moves no colour.
+MODEL_COLORS = {
+    "deepfm": "#0072B2",  # blue
+    "sasrec": "#D55E00",  # vermillion
+    "item_cooccurrence": "#009E73",  # bluish green
+    "ease": "#E69F00",  # orange
+    "fm": "#56B4E9",  # sky blue
+    "lr": "#CC79A7",  # reddish purple
+    "itempop": "#332288",  # indigo
+    "xdeepfm": "#882255",  # wine
+    "attention_deepfm": "#661100",  # brown
+}
+# A name outside the registry (a renamed model in old records): grey shades, by sorted name
+SPARE_COLORS = ("#7F7F7F", "#4D4D4D", "#B0B0B0")
+# A curve with at most this many points gets visible markers: validated every 5th epoch, a
+# 20-epoch run has 4 points, and they should read as points on a curve, not as a line
+FEW_POINTS = 12
 
-    names = sorted(set(models))
-    cmap = matplotlib.colormaps["tab10" if len(names) <= 10 else "tab20"]
-    return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
+
+def model_colors(models: Sequence[str]) -> dict[str, str]:
+    """{model: its colour}: MODEL_COLORS's, the same in every figure and whatever the other
+    models drawn; a model outside the registry gets a grey (by its place among such names)."""
+    unknown = sorted(set(models) - set(MODEL_COLORS))
+    spare = {name: SPARE_COLORS[i % len(SPARE_COLORS)] for i, name in enumerate(unknown)}
+    return {name: MODEL_COLORS.get(name) or spare[name] for name in models}
 
 
 def _legend_name(model: str, seeds: Sequence) -> str:
@@ -104,6 +129,14 @@ def curve_band(series: Sequence[pd.Series]) -> pd.DataFrame:
     return out.sort_index()
 
 
+def relative_loss(series: pd.Series) -> pd.Series:
+    """A run's training loss divided by its first epoch's (its lowest step's) value: 1 at the
+    start, 0.8 where it fell by a fifth. NaN throughout if that value is not positive."""
+    series = series.astype(np.float64).sort_index()
+    first = series.iloc[0] if len(series) else np.nan
+    return series / first if np.isfinite(first) and first > 0 else series * np.nan
+
+
 def curve_metrics(files: Mapping[str, RunFiles]) -> list[str]:
     """The validation metrics to draw: the first three of CURVE_METRICS that some run has."""
     have = {key for f in files.values() for key in f.curves}
@@ -114,12 +147,22 @@ def curve_tables(
     runs: pd.DataFrame, files: Mapping[str, RunFiles]
 ) -> dict[str, dict[str, pd.DataFrame]]:
     """{curve key: {model: curve_band over its runs}} for the validation metrics to draw and
-    the training loss; a model appears under a key only if one of its runs logged it."""
+    the training loss, each run's relative to its first epoch (relative_loss); a model appears
+    under a key only if one of its runs logged it."""
     out: dict[str, dict[str, pd.DataFrame]] = {}
     for key in [f"val/{m}" for m in curve_metrics(files)] + [LOSS]:
         per_model = {}
         for model, group in runs.groupby("model", sort=True):
             series = [files[n].curves[key] for n in group["name"] if key in files[n].curves]
+            if key == LOSS:
+                # Each model's loss over its own first epoch, not the raw levels: the objectives
+                # differ (DeepFM's, FM's and LR's BCE ~0.1-0.5, SASRec's softmax over the
+                # catalogue ~5-7), so their levels compare nothing. A log axis would still
+                # stack them by level, decades apart, and flatten each one's fall (SASRec's 6.8
+                # -> 5.3 is a tenth of a decade); relative, every curve starts at 1 and the
+                # panel shows what does compare: how far and how fast each loss fell, and
+                # whether it has levelled off.
+                series = [relative_loss(s) for s in series]
             if series:
                 per_model[model] = curve_band(series)
         out[key] = per_model
@@ -145,7 +188,11 @@ def plot_val_curves(
             color = colors[model]
             if _trained(t):
                 epoch = t.index.to_numpy() + 1  # dvclive's step is epoch - 1
-                (line,) = ax.plot(epoch, t["mean"], color=color, marker=".", label=names[model])
+                few = len(t) <= FEW_POINTS  # validated every 5th epoch: 4 points, not a dot
+                (line,) = ax.plot(
+                    epoch, t["mean"], color=color, marker="o" if few else ".", ms=5 if few else 4,
+                    label=names[model],
+                )  # fmt: skip
                 if (t["n"] > 1).any():
                     ax.fill_between(epoch, t["low"], t["high"], color=color, alpha=0.2, lw=0)
             else:  # fitted in closed form: its one validation value
@@ -155,9 +202,12 @@ def plot_val_curves(
                     ax.axhspan(t["low"].iloc[0], t["high"].iloc[0], color=color, alpha=0.15)
             handles.setdefault(line.get_label(), line)
         metric = key.split("/", 1)[1]
-        ax.set_title(
-            "training loss (per example)" if key == LOSS else f"validation {metric_label(metric)}"
-        )
+        if key == LOSS:
+            ax.set_title("training loss, relative to each model's epoch 1")
+            ax.set_ylabel("loss / the model's epoch-1 loss")
+            ax.axhline(1.0, color="0.5", ls=":", lw=1)
+        else:
+            ax.set_title(f"validation {metric_label(metric)}")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
