@@ -597,16 +597,19 @@ def test_page_html_keeps_headings_images_and_code():
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="no headless Chromium (/usr/bin/chromium)")
-def test_the_docs_page_shows_every_figure_in_headless_chromium(tmp_path):
-    """docs/figures.md, as HTML, in headless Chromium: every figure of reports/figures/ is on
-    the page and has loaded (natural width > 0 after the page settled), and the screenshot is
-    not blank. FIGURES_SCREENSHOT=<file.png> keeps the screenshot to look at."""
-    docs = REPO / "docs"
-    markdown = (docs / "figures.md").read_text(encoding="utf-8")
+@pytest.mark.parametrize("name", ["docs/figures.md", "README.md"])
+def test_the_pages_show_every_figure_in_headless_chromium(tmp_path, name):
+    """docs/figures.md (every figure of reports/figures/) and the README, as HTML, in headless
+    Chromium: each image is on the page and has loaded (its natural width after the page
+    settled), and the screenshot is not blank. FIGURES_SCREENSHOT=<file.png> keeps it."""
+    markdown_file = REPO / name
+    markdown = markdown_file.read_text(encoding="utf-8")
     sources = [src for _, src in IMAGE.findall(markdown)]
-    assert sorted(Path(s).name for s in sources) == sorted(f"{n}.png" for n in NAMES)
-    page = tmp_path / "figures.html"
-    page.write_text(page_html(markdown, docs.as_uri() + "/"), encoding="utf-8")
+    if name == "docs/figures.md":
+        assert sorted(Path(s).name for s in sources) == sorted(f"{n}.png" for n in NAMES)
+    assert sources and all(Path(s).stem in SIZES for s in sources), sources
+    page = tmp_path / "page.html"
+    page.write_text(page_html(markdown, markdown_file.parent.as_uri() + "/"), encoding="utf-8")
 
     def chromium(*args: str) -> str:
         profile = tmp_path / f"profile-{len(list(tmp_path.iterdir()))}"
