@@ -41,19 +41,15 @@ def _examples(users, items, labels, history):
     ]
 
 
-@pytest.mark.parametrize("observed", [False, True])
-def test_pointwise_epoch_holds_the_right_examples_with_their_own_history(split, observed):
+def test_pointwise_epoch_holds_the_right_examples_with_their_own_history(split):
     k = 3
     rated = _rated(split)
-    objective = Pointwise(
-        split, rated, seed=5, negatives_per_positive=k, observed_negatives=observed, device="cpu"
-    )
+    objective = Pointwise(split, rated, seed=5, negatives_per_positive=k, device="cpu")
     users, items, labels, history = _all(objective.batches(2, 97, torch.Generator().manual_seed(0)))
     got = _examples(users, items, labels, history)
     rated_in_train = rated.contains(users.numpy(), items.numpy())
     h = split.train_history
     pos = np.flatnonzero(split.train_labels == 1)
-    obs = np.flatnonzero(split.train_labels == 0)
 
     def rows(r, label):
         return Counter(
@@ -61,10 +57,9 @@ def test_pointwise_epoch_holds_the_right_examples_with_their_own_history(split, 
             for i in r
         )
 
-    # the train rows: every positive once with label 1; the observed negatives only when the
-    # switch is on, with label 0; each with its own history row
+    # the train rows: every positive once with label 1, with its own history row
     from_train = Counter(e for e, seen in zip(got, rated_in_train, strict=True) if seen)
-    assert from_train == rows(pos, 1) + (rows(obs, 0) if observed else Counter())
+    assert from_train == rows(pos, 1)
     # sampled negatives: k per positive, label 0, each with that positive's user and history
     # (a user's history differs from one positive to the next, so the pair names the positive)
     sampled = [e for e, seen in zip(got, rated_in_train, strict=True) if not seen]
@@ -73,7 +68,7 @@ def test_pointwise_epoch_holds_the_right_examples_with_their_own_history(split, 
     assert per_positive == Counter(
         {(int(split.train_users[r]), tuple(h[r].tolist())): k for r in pos}
     )
-    assert len(got) == len(pos) * (1 + k) + (len(obs) if observed else 0)
+    assert len(got) == len(pos) * (1 + k)
 
 
 def test_sampled_softmax_groups_hold_each_positive_and_its_own_negatives(split):
@@ -81,9 +76,7 @@ def test_sampled_softmax_groups_hold_each_positive_and_its_own_negatives(split):
     objective = SampledSoftmax(split, rated, seed=5, negatives_per_positive=3, device="cpu")
     users, items, history = _all(objective.batches(2, 50, torch.Generator().manual_seed(0)))
     # the same items as the pointwise epoch draws for the same seed and epoch, grouped
-    pu, pi, py, prow = epoch_examples(
-        split, rated, seed=5, epoch=2, negatives_per_positive=3, observed_negatives=False
-    )
+    pu, pi, py, prow = epoch_examples(split, rated, seed=5, epoch=2, negatives_per_positive=3)
     pos = py == 1
     expected = {
         (int(u), int(i)): sorted(pi[~pos][prow[~pos] == r].tolist())
@@ -154,9 +147,7 @@ def test_sasrec_trains_through_the_loop_and_reloads(split, tmp_path):
 def test_grouped_bce_is_pointwise_bce_over_whole_groups_with_as_many_steps(split):
     rated = _rated(split)
     grouped = GroupedPointwise(split, rated, seed=5, negatives_per_positive=3, device="cpu")
-    pointwise = Pointwise(
-        split, rated, seed=5, negatives_per_positive=3, observed_negatives=False, device="cpu"
-    )
+    pointwise = Pointwise(split, rated, seed=5, negatives_per_positive=3, device="cpu")
     batches = list(grouped.batches(2, 40, torch.Generator().manual_seed(0)))
     assert all(b[1].shape[1] == 4 for b in batches) and len(batches[0][0]) == 10  # 40 pairs
     flat = list(pointwise.batches(2, 40, torch.Generator().manual_seed(0)))
@@ -264,21 +255,15 @@ def test_catalogue_weight_reaches_the_objective_and_needs_bce_grouped(split):
 
 
 @pytest.mark.parametrize("loss", ["sampled_softmax", "bce_grouped"])
-def test_grouped_losses_refuse_observed_negatives_and_zero_negatives(split, loss):
+def test_grouped_losses_refuse_zero_negatives(split, loss):
     rated = _rated(split)
-    both = parse_config({"deepfm": {"loss": loss}, "train": {"observed_negatives": True}})
-    with pytest.raises(TrainingError, match=r"observed_negatives.*needs loss bce"):
-        make_objective(both, split, rated, "cpu")
     none = parse_config({"deepfm": {"loss": loss}, "train": {"negatives_per_positive": 0}})
     with pytest.raises(TrainingError, match=rf"loss {loss} needs.*negatives_per_positive >= 1"):
         make_objective(none, split, rated, "cpu")
 
 
-def test_rated_targets_refuse_observed_negatives_and_reach_every_objective(split):
+def test_rated_targets_reach_every_objective(split):
     rated = _rated(split)
-    both = parse_config({"train": {"targets": "rated", "observed_negatives": True}})
-    with pytest.raises(TrainingError, match=r"targets is 'rated'.*observed_negatives to false"):
-        make_objective(both, split, rated, "cpu")
     n_rows, n_pos = len(split.train_labels), int((split.train_labels == 1).sum())
     assert n_pos < n_rows
     gen = torch.Generator().manual_seed(0)

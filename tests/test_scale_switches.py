@@ -120,18 +120,15 @@ def test_device_negatives_refuse_a_user_who_rated_everything():
         _draw(rated, np.array([1, 0]), 2, seed=0)
 
 
-@pytest.mark.parametrize(("observed", "targets"), [(False, "positives"), (True, "positives"),
-                                                   (False, "rated")])  # fmt: skip
-def test_device_epochs_hold_what_the_host_epoch_holds_with_other_negatives(
-    split, observed, targets
-):
+@pytest.mark.parametrize("targets", ["positives", "rated"])
+def test_device_epochs_hold_what_the_host_epoch_holds_with_other_negatives(split, targets):
     rated = _rated(split)
-    kw = dict(seed=5, negatives_per_positive=3, observed_negatives=observed, targets=targets)
+    kw = dict(seed=5, negatives_per_positive=3, targets=targets)
     host = epoch_examples(split, rated, epoch=2, **kw)
     device = DeviceEpochs(split, rated, device="cpu", **kw)
     got = [t.numpy() for t in device.examples(2)]
     assert [len(a) for a in got] == [len(a) for a in host]
-    # the same layout: the targets, their negatives in the same slots, then observed rows
+    # the same layout: the targets, then their negatives in the same slots
     negative = np.zeros(len(host[0]), bool)
     n_targets = int((host[2] == 1).sum())
     negative[n_targets : n_targets * 4] = True
@@ -150,7 +147,7 @@ def test_device_epochs_hold_what_the_host_epoch_holds_with_other_negatives(
 def test_device_epochs_reach_the_pointwise_and_sampled_softmax_batches(split):
     rated = _rated(split)
     kw = dict(seed=5, negatives_per_positive=3, device="cpu", device_epochs=True)
-    pointwise = Pointwise(split, rated, observed_negatives=False, **kw)
+    pointwise = Pointwise(split, rated, **kw)
     batches = list(pointwise.batches(1, 64, torch.Generator().manual_seed(0)))
     users, items, labels = (torch.cat([b[k] for b in batches]) for k in range(3))
     draws = pointwise.on_device.negatives(1)

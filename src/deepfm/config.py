@@ -77,7 +77,6 @@ class TrainConfig:
     # training negatives drawn with probability proportional to (the item's train ratings +
     # 1) ** this; 0 = uniform over the unrated items (evaluation candidates stay uniform)
     negative_popularity: float = field(default=0.0, metadata=_range(0.0, 2.0))
-    observed_negatives: bool = False
     # which train rows are label-1 training targets: the positives (rating >= threshold), or
     # every rated row (implicit feedback: "what the user rates next"); evaluation always
     # holds out positives (docs/protocol.md)

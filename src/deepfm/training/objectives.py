@@ -8,8 +8,8 @@ loop.py is the same for all of them, so checkpoints, resume and the non-finite-l
 hold for every model.
 
 - `Pointwise`: BCE over the training targets (label 1: train positives, or every train
-  rating with `train.targets: rated`), `negatives_per_positive` sampled negatives each
-  (label 0) and optionally the observed negatives (label 0).
+  rating with `train.targets: rated`) and `negatives_per_positive` sampled negatives each
+  (label 0).
 - `SampledSoftmax`: a softmax over each positive and its own sampled negatives (the shared
   negatives of a positive's group): the loss ranks the positive first among them.
 - `GroupedPointwise`: Pointwise's BCE (labels 1, 0, ..., 0), each batch holding whole
@@ -54,12 +54,11 @@ class TrainingError(RuntimeError):
 
 class Pointwise:
     def __init__(
-        self, split, rated, *, seed, negatives_per_positive, observed_negatives, device,
-        targets="positives", device_epochs=False, negative_popularity=0.0,
+        self, split, rated, *, seed, negatives_per_positive, device, targets="positives",
+        device_epochs=False, negative_popularity=0.0,
     ):  # fmt: skip
         self.split, self.rated, self.seed, self.device = split, rated, seed, device
         self.negatives = negatives_per_positive
-        self.observed = observed_negatives
         self.targets = targets
         self.popularity = negative_popularity
         self.history = _history(split, device)
@@ -67,8 +66,7 @@ class Pointwise:
         if device_epochs:
             self.on_device = DeviceEpochs(
                 split, rated, seed=seed, negatives_per_positive=negatives_per_positive,
-                observed_negatives=observed_negatives, targets=targets, device=device,
-                negative_popularity=negative_popularity,
+                targets=targets, device=device, negative_popularity=negative_popularity,
             )  # fmt: skip
 
     def batches(
@@ -83,7 +81,6 @@ class Pointwise:
                 seed=self.seed,
                 epoch=epoch,
                 negatives_per_positive=self.negatives,
-                observed_negatives=self.observed,
                 targets=self.targets,
                 negative_popularity=self.popularity,
             )
@@ -157,10 +154,9 @@ class SampledSoftmax:
 class GroupedPointwise(SampledSoftmax):
     """BCE over each target (label 1) and its negatives_per_positive sampled negatives
     (label 0), batched by group; train.batch_size still counts pairs (a step takes
-    batch_size // (1 + n) groups), so an epoch takes about as many steps as Pointwise's
-    (observed negatives are refused by make_objective). catalogue_weight w > 0 adds w x a
-    softmax over the whole catalogue of the model's factorised part
-    (`group_and_catalogue_logits`)."""
+    batch_size // (1 + n) groups), so an epoch takes about as many steps as Pointwise's.
+    catalogue_weight w > 0 adds w x a softmax over the whole catalogue of the model's
+    factorised part (`group_and_catalogue_logits`)."""
 
     name = "bce_grouped"
 
@@ -344,17 +340,6 @@ def make_objective(cfg, split: SplitResult | CTRSplit, rated: RatedIndex | None,
                 f"each row's given label: set {cfg.model}.loss to bce."
             )
         return GivenLabels(split, device, tc.device_epochs)
-    if loss != "bce" and tc.observed_negatives:
-        raise TrainingError(
-            f"{cfg.model}.loss is {loss!r}, which groups each target with items sampled for "
-            "it; train.observed_negatives (label-0 rows of their own) needs loss bce. Set one "
-            "of them back."
-        )
-    if tc.targets == "rated" and tc.observed_negatives:
-        raise TrainingError(
-            "train.targets is 'rated', so every rated row is a label-1 target and there are "
-            "no observed negatives left: set train.observed_negatives to false."
-        )
     catalogue_weight = getattr(cfg.model_params, "catalogue_weight", 0.0)
     if catalogue_weight and loss != "bce_grouped":
         raise TrainingError(
@@ -381,7 +366,6 @@ def make_objective(cfg, split: SplitResult | CTRSplit, rated: RatedIndex | None,
         rated,
         seed=cfg.seed,
         negatives_per_positive=tc.negatives_per_positive,
-        observed_negatives=tc.observed_negatives,
         device=device,
         targets=tc.targets,
         device_epochs=tc.device_epochs,
