@@ -99,21 +99,6 @@ def test_device_negatives_are_never_rated_about_uniform_and_seeded():
     assert not torch.equal(_draw(rated, query, 40, seed=3)[1], neg_i)
 
 
-def test_device_negatives_by_popularity_follow_the_host_distribution():
-    # user 0 rated nothing; the others rated items 0 (three times) and 1 (once)
-    rated = RatedIndex(np.array([1, 2, 3, 1]), np.array([0, 0, 0, 1]), 4, 5)
-    cdf = torch.from_numpy(rated.item_cdf(1.0))
-    t = torch.from_numpy
-    _, drawn = sample_negatives_torch(
-        t(np.array([0, 1])), 100_000, t(rated.keys), t(rated.counts()), 5,
-        torch.Generator().manual_seed(0), cdf,
-    )  # fmt: skip
-    weights = np.array([4.0, 2.0, 1.0, 1.0, 1.0])
-    share = np.bincount(drawn[:100_000].numpy(), minlength=5) / 100_000
-    np.testing.assert_allclose(share, weights / weights.sum(), atol=0.006)
-    assert not np.isin(drawn[100_000:].numpy(), [0, 1]).any()  # user 1's rated items
-
-
 def test_device_negatives_refuse_a_user_who_rated_everything():
     rated = RatedIndex(np.array([0, 0, 1]), np.array([0, 1, 0]), 2, 2)
     with pytest.raises(ValueError, match="user index 0 rated every item"):
@@ -189,32 +174,3 @@ def test_compiled_training_steps_match_the_eager_ones(split, tmp_path):
 def test_compile_under_several_processes_is_refused():
     with pytest.raises(ConfigError, match=r"'train\.compile_mode' is 'default' with"):
         parse_config({"train": {"compile_mode": "default", "processes": 2}})
-
-
-@pytest.mark.parametrize("device_epochs", [False, True])
-def test_popularity_negatives_reach_every_objective_and_favour_popular_items(split, device_epochs):
-    from deepfm.training.objectives import make_objective
-
-    rated = _rated(split)
-    popularity = np.bincount(split.train_items, minlength=split.schema.num_items)
-    top = np.argsort(popularity)[-len(popularity) // 10 :]  # the 10% most rated items
-    shares = {}
-    for power in (0.0, 2.0):  # a strong tilt: a small sample from a flat synthetic catalogue
-        for loss in ("bce", "sampled_softmax"):
-            cfg = parse_config(
-                {"deepfm": {"loss": loss},
-                 "train": {"negative_popularity": power, "device_epochs": device_epochs}}
-            )  # fmt: skip
-            objective = make_objective(cfg, split, rated, "cpu")
-            batches = list(objective.batches(1, 256, torch.Generator().manual_seed(0)))
-            if loss == "bce":
-                users, items, labels = (torch.cat([b[k] for b in batches]) for k in range(3))
-                neg_u, neg_i = users[labels == 0].numpy(), items[labels == 0].numpy()
-            else:
-                groups = torch.cat([b[1] for b in batches])
-                neg_u = np.repeat(torch.cat([b[0] for b in batches]).numpy(), 4)
-                neg_i = groups[:, 1:].reshape(-1).numpy()
-            assert not rated.contains(neg_u, neg_i).any()
-            shares[power, loss] = np.isin(neg_i, top).mean()
-    for loss in ("bce", "sampled_softmax"):
-        assert shares[2.0, loss] > 2 * shares[0.0, loss]

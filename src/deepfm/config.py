@@ -73,10 +73,8 @@ class TrainConfig:
     scheduler: Literal["none", "plateau", "cosine"] = "cosine"
     plateau_factor: float = field(default=0.5, metadata=_range(0.0, 1.0, lo_open=True))
     plateau_patience: int = field(default=2, metadata=_range(0, 10_000))
+    # training negatives per target, uniform over the user's unrated items
     negatives_per_positive: int = field(default=4, metadata=_range(0, 1000))
-    # training negatives drawn with probability proportional to (the item's train ratings +
-    # 1) ** this; 0 = uniform over the unrated items (evaluation candidates stay uniform)
-    negative_popularity: float = field(default=0.0, metadata=_range(0.0, 2.0))
     # which train rows are label-1 training targets: the positives (rating >= threshold), or
     # every rated row (implicit feedback: "what the user rates next"); evaluation always
     # holds out positives (docs/protocol.md)

@@ -25,12 +25,10 @@ def epoch_examples(
     epoch: int,
     negatives_per_positive: int,
     targets: str = "positives",
-    negative_popularity: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(users, items, labels, rows) for one epoch: the training targets (train positives, or
-    every train rating with targets="rated"; label 1) and fresh negatives drawn from items
-    the user did not rate in train (uniform, or by popularity: negative_popularity; seeded by
-    seed and epoch; label 0).
+    every train rating with targets="rated"; label 1) and fresh negatives drawn uniformly
+    from items the user did not rate in train (seeded by seed and epoch; label 0).
 
     rows: the train row whose history an example carries (split.train_history[rows]): a
     target's own, and the target's for the negatives drawn for it (they compete at the same
@@ -39,11 +37,7 @@ def epoch_examples(
     pos_rows = target_rows(split, targets)
     pos_u, pos_i = split.train_users[pos_rows], split.train_items[pos_rows]
     neg_u, neg_i = sample_negatives(
-        pos_u,
-        negatives_per_positive,
-        rated,
-        rng_for(seed, "train-negatives", epoch),
-        popularity=negative_popularity,
+        pos_u, negatives_per_positive, rated, rng_for(seed, "train-negatives", epoch)
     )
     return (
         np.concatenate([pos_u, neg_u]).astype(np.int64),
@@ -60,13 +54,11 @@ def sample_negatives_torch(
     user_counts: torch.Tensor,
     num_items: int,
     generator: torch.Generator,
-    cdf: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """data.sampling.sample_negatives on the tensors' device (train.device_epochs): `keys`
-    are RatedIndex's sorted keys and `user_counts` its counts(), as int64 tensors there,
-    `generator` a torch generator of that device and `cdf` RatedIndex.item_cdf there (None:
-    uniform). The same rejection sampling; other random numbers. Here, not in data.sampling,
-    so that the data stages never import torch."""
+    are RatedIndex's sorted keys and `user_counts` its counts(), as int64 tensors there, and
+    `generator` a torch generator of that device. The same rejection sampling; other random
+    numbers. Here, not in data.sampling, so that the data stages never import torch."""
     full = user_counts[users] >= num_items
     if bool(full.any()):
         raise ValueError(
@@ -83,11 +75,7 @@ def sample_negatives_torch(
     device = users.device
 
     def draw(n: int) -> torch.Tensor:
-        if cdf is None:
-            return torch.randint(num_items, (n,), generator=generator, device=device)
-        uniform = torch.rand(n, generator=generator, device=device, dtype=cdf.dtype)
-        picks = torch.searchsorted(cdf, uniform * cdf[-1], right=True)
-        return picks.clamp_(max=num_items - 1)
+        return torch.randint(num_items, (n,), generator=generator, device=device)
 
     neg_items = draw(len(neg_users))
     todo = torch.nonzero(rated(neg_users, neg_items)).flatten()
@@ -114,7 +102,6 @@ class DeviceEpochs:
         negatives_per_positive: int,
         targets: str = "positives",
         device="cpu",
-        negative_popularity: float = 0.0,
     ):
         def put(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.asarray(a, dtype=np.int64)).to(device)
@@ -124,8 +111,6 @@ class DeviceEpochs:
         self.rows, self.users = put(rows), put(split.train_users[rows])
         self.items = put(split.train_items[rows])
         self.keys, self.user_counts = put(rated.keys), put(rated.counts())
-        cdf = rated.item_cdf(negative_popularity)
-        self.cdf = None if cdf is None else torch.from_numpy(cdf).to(device)
         self.num_items = rated.num_items
 
     def negatives(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,9 +118,8 @@ class DeviceEpochs:
         seed = int(rng_for(self.seed, "train-negatives-device", epoch).integers(2**62))
         generator = torch.Generator(device=self.device).manual_seed(seed)
         return sample_negatives_torch(
-            self.users, self.per_target, self.keys, self.user_counts, self.num_items, generator,
-            self.cdf,
-        )  # fmt: skip
+            self.users, self.per_target, self.keys, self.user_counts, self.num_items, generator
+        )
 
     def examples(self, epoch: int) -> tuple[torch.Tensor, ...]:
         """(users, items, labels, rows) of one epoch, as epoch_examples returns them."""

@@ -55,18 +55,17 @@ class TrainingError(RuntimeError):
 class Pointwise:
     def __init__(
         self, split, rated, *, seed, negatives_per_positive, device, targets="positives",
-        device_epochs=False, negative_popularity=0.0,
+        device_epochs=False,
     ):  # fmt: skip
         self.split, self.rated, self.seed, self.device = split, rated, seed, device
         self.negatives = negatives_per_positive
         self.targets = targets
-        self.popularity = negative_popularity
         self.history = _history(split, device)
         self.on_device = None
         if device_epochs:
             self.on_device = DeviceEpochs(
                 split, rated, seed=seed, negatives_per_positive=negatives_per_positive,
-                targets=targets, device=device, negative_popularity=negative_popularity,
+                targets=targets, device=device,
             )  # fmt: skip
 
     def batches(
@@ -82,7 +81,6 @@ class Pointwise:
                 epoch=epoch,
                 negatives_per_positive=self.negatives,
                 targets=self.targets,
-                negative_popularity=self.popularity,
             )
             tensors = tuple(torch.from_numpy(a).to(self.device) for a in arrays)
         return with_history(iterate_batches(tensors, batch_size, shuffle, shard), self.history)
@@ -98,7 +96,7 @@ class SampledSoftmax:
 
     def __init__(
         self, split, rated, *, seed, negatives_per_positive, device, targets="positives",
-        device_epochs=False, negative_popularity=0.0,
+        device_epochs=False,
     ):  # fmt: skip
         if negatives_per_positive < 1:
             raise TrainingError(
@@ -108,13 +106,12 @@ class SampledSoftmax:
         self.split, self.rated, self.seed, self.device = split, rated, seed, device
         self.negatives = negatives_per_positive
         self.targets = targets
-        self.popularity = negative_popularity
         self.history = _history(split, device)
         self.on_device = None
         if device_epochs:
             self.on_device = DeviceEpochs(
                 split, rated, seed=seed, negatives_per_positive=negatives_per_positive,
-                targets=targets, device=device, negative_popularity=negative_popularity,
+                targets=targets, device=device,
             )  # fmt: skip
 
     def batches(
@@ -130,11 +127,7 @@ class SampledSoftmax:
             users = self.split.train_users[rows].astype(np.int64)
             # the same stream as Pointwise's negatives: one epoch draws the same items for both
             _, neg = sample_negatives(
-                users,
-                self.negatives,
-                self.rated,
-                rng_for(self.seed, "train-negatives", epoch),
-                popularity=self.popularity,
+                users, self.negatives, self.rated, rng_for(self.seed, "train-negatives", epoch)
             )
             items = np.concatenate(
                 [self.split.train_items[rows, None].astype(np.int64), neg.reshape(len(rows), -1)],
@@ -351,8 +344,7 @@ def make_objective(cfg, split: SplitResult | CTRSplit, rated: RatedIndex | None,
         grouped = {} if loss == "sampled_softmax" else {"catalogue_weight": catalogue_weight}
         return (SampledSoftmax if loss == "sampled_softmax" else GroupedPointwise)(
             split, rated, seed=cfg.seed, negatives_per_positive=tc.negatives_per_positive,
-            device=device, targets=tc.targets, device_epochs=tc.device_epochs,
-            negative_popularity=tc.negative_popularity, **grouped,
+            device=device, targets=tc.targets, device_epochs=tc.device_epochs, **grouped,
         )  # fmt: skip
     if loss == "shared_softmax":
         return SharedSoftmax(
@@ -369,5 +361,4 @@ def make_objective(cfg, split: SplitResult | CTRSplit, rated: RatedIndex | None,
         device=device,
         targets=tc.targets,
         device_epochs=tc.device_epochs,
-        negative_popularity=tc.negative_popularity,
     )
