@@ -40,8 +40,6 @@ def test_checkpoint_round_trip_weights_only(split, tmp_path):
         "history_pooling": "mean",
         "history_layers": 1,
         "loss": "bce",
-        "shared_negatives": 256,
-        "shared_popularity": 0.0,
         "field_dims": {"gender": 2},
         "transition_items": 0,
         "transition_symmetric": False,

@@ -12,7 +12,7 @@ from deepfm.config import ConfigError, TrainConfig, parse_config
 from deepfm.data.batches import DeviceEpochs, epoch_examples, sample_negatives_torch
 from deepfm.data.sampling import RatedIndex
 from deepfm.training.loop import train
-from deepfm.training.objectives import Pointwise, SampledSoftmax
+from deepfm.training.objectives import GroupedPointwise, Pointwise
 from deepfm.training.optim import make_optimizer, make_scheduler, scaled_learning_rate
 
 
@@ -129,7 +129,7 @@ def test_device_epochs_hold_what_the_host_epoch_holds_with_other_negatives(split
     assert not np.array_equal(device.examples(3)[1].numpy()[negative], neg_i)
 
 
-def test_device_epochs_reach_the_pointwise_and_sampled_softmax_batches(split):
+def test_device_epochs_reach_the_pointwise_and_grouped_batches(split):
     rated = _rated(split)
     kw = dict(seed=5, negatives_per_positive=3, device="cpu", device_epochs=True)
     pointwise = Pointwise(split, rated, **kw)
@@ -137,8 +137,8 @@ def test_device_epochs_reach_the_pointwise_and_sampled_softmax_batches(split):
     users, items, labels = (torch.cat([b[k] for b in batches]) for k in range(3))
     draws = pointwise.on_device.negatives(1)
     assert Counter(items[labels == 0].tolist()) == Counter(draws[1].tolist())
-    softmax = SampledSoftmax(split, rated, **kw)
-    for users, group, _history in softmax.batches(1, 64, torch.Generator().manual_seed(0)):
+    grouped = GroupedPointwise(split, rated, **kw)
+    for users, group, _history in grouped.batches(1, 64, torch.Generator().manual_seed(0)):
         u = np.repeat(users.numpy(), group.shape[1] - 1)
         assert not rated.contains(u, group[:, 1:].reshape(-1).numpy()).any()
         assert rated.contains(users.numpy(), group[:, 0].numpy()).all()

@@ -149,14 +149,8 @@ class OrderAware:
     history_layers: int = field(default=1, metadata=_range(1, 16))
     # pointwise BCE over positives and sampled negatives (bce_grouped: the same, each batch
     # holding whole groups of a target and its own negatives, so the user side and its
-    # history encoder run once per target); a softmax over each positive and its
-    # train.negatives_per_positive sampled negatives (sampled_softmax); or a softmax over
-    # each target and shared_negatives items drawn once per batch (shared_softmax)
-    loss: Literal["bce", "bce_grouped", "sampled_softmax", "shared_softmax"] = "bce"
-    shared_negatives: int = field(default=256, metadata=_range(1, 1 << 24))
-    # shared_softmax's draw: 0 = K distinct uniform items; b > 0 = with replacement, by
-    # (train ratings + 1) ** b (b = 1: the distribution of in-batch negatives), log-Q corrected
-    shared_popularity: float = field(default=0.0, metadata=_range(0.0, 10.0))
+    # history encoder run once per target)
+    loss: Literal["bce", "bce_grouped"] = "bce"
     # an embedding size per field (e.g. {gender: 2, item_id: 64}), projected to embed_dim
     # where FM / CIN need one width; fields not named use embed_dim
     field_dims: dict[str, int] = field(default_factory=dict, metadata=_range(1, 1024))

@@ -57,14 +57,6 @@ class RatedIndex:
     def counts(self) -> np.ndarray:
         return np.diff(self.indptr)
 
-    def item_cdf(self, power: float) -> np.ndarray | None:
-        """Cumulative weights (train ratings of the item + 1) ** power over the items, for
-        negatives drawn by popularity; None for power 0 (uniform: drawn without it)."""
-        if power == 0:
-            return None
-        ratings = np.bincount(self.keys % self.num_items, minlength=self.num_items)
-        return np.cumsum((ratings + 1.0) ** power)
-
 
 def sample_negatives(
     users: np.ndarray,

@@ -209,20 +209,6 @@ class RankingModel(nn.Module):
         )
         return logits.reshape(b, g)
 
-    def candidate_logits(
-        self,
-        users: torch.Tensor,
-        items: torch.Tensor,
-        shared: torch.Tensor,
-        history: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """(B,) aligned (user, item) pairs and (K,) items shared by every row -> (B, 1 + K)
-        logits, each row's own item first (the shared-negative softmax). By default the pairs
-        are expanded (group_logits); models whose parts are additive over the user and item
-        fields override it with a version that scores the shared items once per side."""
-        groups = torch.cat([items[:, None], shared[None, :].expand(len(items), -1)], dim=1)
-        return self.group_logits(users, groups, history)
-
     @torch.no_grad()
     def score_matrix(
         self,
