@@ -41,8 +41,6 @@ def test_checkpoint_round_trip_weights_only(split, tmp_path):
         "history_layers": 1,
         "loss": "bce",
         "field_dims": {"gender": 2},
-        "transition_items": 0,
-        "transition_symmetric": False,
         "cooccurrence_window": 0,
         "cooccurrence_weight": 1.0,
         "cooccurrence_learned": False,

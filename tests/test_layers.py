@@ -317,66 +317,6 @@ def test_lookup_rows_uses_the_fast_deterministic_backward_of_each_device():
     assert out.shape == (3, 2, 3) and out.grad_fn.name() == "EmbeddingBackward0"
 
 
-@pytest.mark.parametrize("symmetric", [False, True])
-def test_item_transition_matches_a_loop_and_its_matrix_form(symmetric):
-    from deepfm.models.layers import ItemTransition
-
-    torch.manual_seed(0)
-    vocab, positions = 7, 3
-    layer = ItemTransition(vocab, positions, symmetric)
-    with torch.no_grad():
-        layer.weight.normal_()
-        layer.position.copy_(torch.tensor([1.0, 0.5, -2.0]))
-    history = torch.tensor([[3, 1, 4, 6], [2, 0, 0, 0], [0, 0, 0, 0], [5, 5, 6, 1]])
-    candidates = torch.tensor([1, 6, 2, 3])
-
-    weight, position = layer.weight.detach(), layer.position.detach()
-
-    def cell(a, b):
-        if symmetric:
-            a, b = min(a, b), max(a, b)
-        return float(weight[a, b])
-
-    expected = [
-        sum(
-            float(position[p]) * cell(int(h[p]), int(c))
-            for p in range(positions)  # the 4th history position is beyond `positions`
-            if h[p] > 0  # padding adds nothing
-        )
-        for h, c in zip(history, candidates, strict=True)
-    ]
-    out = layer(history, candidates)
-    torch.testing.assert_close(out, torch.tensor(expected))
-    every = torch.arange(vocab)
-    matrix = layer.matrix(history, every)
-    pairs = layer(history.repeat_interleave(vocab, 0), every.repeat(len(history)))
-    torch.testing.assert_close(matrix, pairs.view(len(history), vocab))
-    if symmetric:  # a -> b and b -> a share one weight
-        a, b = torch.tensor([[2]]), torch.tensor([5])
-        assert torch.equal(layer(a, b), layer(b[:, None], a[0]))
-    out.sum().backward()
-    assert layer.cells.weight.grad.abs().sum() > 0 and layer.position.grad.abs().sum() > 0
-
-
-def test_item_transition_refuses_a_table_too_large():
-    from deepfm.models.layers import ItemTransition
-
-    with pytest.raises(ValueError, match="set transition_items to 0"):
-        ItemTransition(10_000, 3)
-
-
-def test_item_transition_starts_at_zero_without_drawing_random_numbers():
-    # the model's other weights then start as they do without the table
-    from deepfm.models.layers import ItemTransition
-
-    torch.manual_seed(0)
-    expected = torch.rand(3)
-    torch.manual_seed(0)
-    layer = ItemTransition(40, 2)
-    assert torch.equal(torch.rand(3), expected)
-    assert not layer.weight.any() and torch.equal(layer.position.detach(), torch.ones(2))
-
-
 def _cooccurrence_reference(sequences, user, history, candidate, window):
     """The co-occurrence score of `candidate` by loops over every OTHER user's sequence."""
     counts: dict[tuple[int, int], float] = {}

@@ -79,7 +79,7 @@ SMALL_PARAMS = {
 ORDER_AWARE = {
     "deepfm+order": DeepFMConfig(
         embed_dim=4, dnn_hidden=[16, 8], dropout=0.0, recent_items=2, history_pooling="position",
-        transition_items=3, transition_symmetric=True, cooccurrence_window=2,
+        cooccurrence_window=2,
     ),
     "deepfm+transformer": DeepFMConfig(
         embed_dim=4, dnn_hidden=[16, 8], dropout=0.1, recent_items=1,
@@ -87,12 +87,11 @@ ORDER_AWARE = {
     ),
     "xdeepfm+order": XDeepFMConfig(
         embed_dim=4, cin_layers=[6, 5], dnn_hidden=[16, 8], recent_items=2,
-        history_pooling="position", transition_items=2,
+        history_pooling="position",
     ),
     "attention_deepfm+order": AttentionDeepFMConfig(
         embed_dim=4, attention_layers=1, attention_heads=2, attention_dim=3, dnn_hidden=[16, 8],
-        recent_items=1, target_attention=True, transition_items=4, transition_symmetric=True,
-        cooccurrence_window=3, cooccurrence_learned=True,
+        recent_items=1, target_attention=True, cooccurrence_window=3, cooccurrence_learned=True,
     ),
 }  # fmt: skip
 CASES = {**SMALL_PARAMS, **ORDER_AWARE}

@@ -154,11 +154,6 @@ class OrderAware:
     # an embedding size per field (e.g. {gender: 2, item_id: 64}), projected to embed_dim
     # where FM / CIN need one width; fields not named use embed_dim
     field_dims: dict[str, int] = field(default_factory=dict, metadata=_range(1, 1024))
-    # the n most recent history items each add a learned weight T[item, candidate] to the
-    # logit (a full-rank item-to-item transition table: layers.ItemTransition); 0 = off
-    transition_items: int = field(default=0, metadata=_range(0, 1000))
-    # one weight per unordered pair: T[a, b] = T[b, a]
-    transition_symmetric: bool = False
     # n > 0: + a * log(the item co-occurrence score of the candidate against the history),
     # pairs counted within n positions of the users' train sequences, each user's own pairs
     # left out of that user's scores (layers.CooccurrenceScore); 0 = off

@@ -116,28 +116,14 @@ class RankingModel(nn.Module):
     def add_first_order(self, schema: Schema, order=None) -> None:
         """The first-order (logistic-regression) part every model but ItemPop has: a bias and
         one weight per feature value (a 1-dim FeatureEmbedding). `order`, the DeepFM family's
-        OrderAware params, may add two terms of (history, candidate) pairs: with
-        transition_items = n, one weight per (history item, candidate item) pair over the n
-        most recent history items (layers.ItemTransition: a crossed feature's first-order
-        weights); with cooccurrence_window = n, a weight on the log of the item co-occurrence
-        score, learned or a fixed score-level blend (layers.CooccurrenceScore, counted by
-        `prepare`)."""
-        from deepfm.models.layers import CooccurrenceScore, FeatureEmbedding, ItemTransition
+        OrderAware params, may add a term of (history, candidate) pairs: with
+        cooccurrence_window = n, a weight on the log of the item co-occurrence score, learned
+        or a fixed score-level blend (layers.CooccurrenceScore, counted by `prepare`)."""
+        from deepfm.models.layers import CooccurrenceScore, FeatureEmbedding
 
         self.linear = FeatureEmbedding(schema, 1, init_std=0.0)
         self.bias = nn.Parameter(torch.zeros(()))
-        transition_items = order.transition_items if order is not None else 0
         cooccurrence_window = order.cooccurrence_window if order is not None else 0
-        self.transition = None
-        if transition_items:
-            if transition_items > self.history_length:
-                raise ValueError(
-                    f"transition_items is {transition_items} but the history field holds "
-                    f"{self.history_length} items (split.history_length): lower "
-                    "transition_items or raise split.history_length."
-                )
-            vocab = schema.field("item_id").vocab_size
-            self.transition = ItemTransition(vocab, transition_items, order.transition_symmetric)
         self.cooccurrence = None
         if cooccurrence_window:
             if not self.history_length:
@@ -168,8 +154,6 @@ class RankingModel(nn.Module):
     ) -> torch.Tensor:
         """(B,) bias + first-order term of aligned pairs."""
         out = self.bias + self.embed(self.linear, users, items, history).sum(dim=(1, 2))
-        if self.transition is not None:
-            out = out + self.transition(self.history_of(history), self.item_id_codes()[items])
         if self.cooccurrence is not None:
             codes = self.item_id_codes()[items]
             out = out + self.cooccurrence(users, self.history_of(history), codes)
@@ -179,13 +163,10 @@ class RankingModel(nn.Module):
         self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None
     ) -> torch.Tensor:
         """(U, I) bias + first-order term: a user part plus an item part (plus the
-        transition and co-occurrence terms, (U, I) matrices of their own)."""
+        co-occurrence term, a (U, I) matrix of its own)."""
         lin_u = self.embed_side(self.linear, "user", users, history).sum(dim=(1, 2))
         lin_i = self.embed_side(self.linear, "item", items).sum(dim=(1, 2))
         out = lin_u[:, None] + lin_i[None, :] + self.bias
-        if self.transition is not None:
-            codes = self.item_id_codes()[items]
-            out = out + self.transition.matrix(self.history_of(history), codes)
         if self.cooccurrence is not None:
             codes = self.item_id_codes()[items]
             out = out + self.cooccurrence.matrix(users, self.history_of(history), codes)

@@ -6,7 +6,6 @@ from deepfm.models.layers.dnn import DNN
 from deepfm.models.layers.embedding import FeatureEmbedding
 from deepfm.models.layers.fm_interaction import FMInteraction, fm_interaction, fm_interaction_matrix
 from deepfm.models.layers.target_attention import TargetAttention
-from deepfm.models.layers.transition import ItemTransition
 
 __all__ = [
     "CIN",
@@ -16,7 +15,6 @@ __all__ = [
     "FMInteraction",
     "FeatureEmbedding",
     "FieldAttention",
-    "ItemTransition",
     "TargetAttention",
     "field_attention_stack",
     "fm_interaction",

@@ -28,7 +28,7 @@ the baseline's up to the normaliser (R - R_u instead of R).
 
 State: the users' own pair counts (sorted keys (u * V + a) * V + b and their counts) are the
 checkpoint's part; N and R, their sums over users, are rebuilt from it. N is dense V x V
-(11 MB for ML-100K), so it is refused above MAX_CELLS, as ItemTransition is.
+(11 MB for ML-100K), so it is refused above MAX_CELLS.
 """
 
 from __future__ import annotations
