@@ -41,9 +41,6 @@ def test_checkpoint_round_trip_weights_only(split, tmp_path):
         "history_layers": 1,
         "loss": "bce",
         "field_dims": {"gender": 2},
-        "cooccurrence_window": 0,
-        "cooccurrence_weight": 1.0,
-        "cooccurrence_learned": False,
         "catalogue_weight": 0.0,
     }
     assert loaded.embedding.own_tables["gender"].weight.shape[1] == 2

@@ -1,7 +1,6 @@
 import dataclasses
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -315,86 +314,3 @@ def test_lookup_rows_uses_the_fast_deterministic_backward_of_each_device():
     meta = torch.empty(4, 3, device="meta", requires_grad=True)
     out = lookup_rows(meta, codes.to("meta"))
     assert out.shape == (3, 2, 3) and out.grad_fn.name() == "EmbeddingBackward0"
-
-
-def _cooccurrence_reference(sequences, user, history, candidate, window):
-    """The co-occurrence score of `candidate` by loops over every OTHER user's sequence."""
-    counts: dict[tuple[int, int], float] = {}
-    for other, seq in sequences.items():
-        if other == user:
-            continue
-        for i, a in enumerate(seq):
-            for j, b in enumerate(seq):
-                if i != j and abs(i - j) <= window and a > 0 and b > 0:
-                    counts[a, b] = counts.get((a, b), 0.0) + 1.0
-    score = 0.0
-    for p, h in enumerate(history):
-        row = sum(c for (a, _), c in counts.items() if a == h)
-        if h > 0 and row > 0:
-            score += counts.get((h, candidate), 0.0) / row / (p + 1)
-    return score
-
-
-def test_cooccurrence_score_leaves_the_users_own_pairs_out():
-    from deepfm.models.layers import CooccurrenceScore
-    from deepfm.models.layers.cooccurrence import EPS
-
-    vocab, window = 9, 2
-    sequences = {0: [1, 2, 3, 4, 2], 1: [2, 3, 5], 2: [4, 1, 3, 8, 7, 6], 3: [6]}
-    users = np.concatenate([np.full(len(s), u) for u, s in sequences.items()])
-    codes = np.concatenate([s for s in sequences.values()])
-    layer = CooccurrenceScore(vocab, positions=3, window=window)
-    layer.fit(users, codes)
-    history = torch.tensor([[4, 3, 2], [3, 2, 0], [8, 3, 1], [6, 0, 0], [0, 0, 0]])
-    batch_users = torch.tensor([0, 1, 2, 3, 0])
-    every = torch.arange(vocab)
-    matrix = layer.score_matrix(batch_users, history)
-    for row, (u, h) in enumerate(zip(batch_users.tolist(), history.tolist(), strict=True)):
-        for c in range(vocab):
-            expected = _cooccurrence_reference(sequences, u, h, c, window)
-            pair = layer.score(batch_users[row : row + 1], history[row : row + 1], every[c : c + 1])
-            assert pair.item() == pytest.approx(expected, abs=1e-6), (row, c)
-            assert matrix[row, c].item() == pytest.approx(expected, abs=1e-6), (row, c)
-    # user 3's 6 follows 7 only in user 2's sequence; user 2's own 7 -> 6 is not its score
-    assert layer.score(torch.tensor([2]), torch.tensor([[7, 0, 0]]), torch.tensor([6])) == 0
-    assert layer.score(torch.tensor([3]), torch.tensor([[7, 0, 0]]), torch.tensor([6])) > 0
-    # the logit term: weight * log(s + EPS), one weight, zero at the start
-    assert layer.weight.item() == 0.0
-    with torch.no_grad():
-        layer.weight.fill_(0.5)
-    torch.testing.assert_close(
-        layer.matrix(batch_users, history, every), 0.5 * torch.log(matrix + EPS)
-    )
-    out = layer(batch_users, history, torch.tensor([3, 5, 7, 2, 1]))
-    out.sum().backward()
-    assert layer.weight.grad.abs() > 0
-    # the checkpoint holds the users' pair counts; the rest is rebuilt from them
-    assert set(layer.state_dict()) == {"pair_keys", "pair_counts", "weight"}
-    fresh = CooccurrenceScore(vocab, positions=3, window=window)
-    fresh.load_state_dict(layer.state_dict())
-    torch.testing.assert_close(fresh.score_matrix(batch_users, history), matrix)
-
-
-def test_a_fixed_cooccurrence_weight_scores_outside_training_only():
-    from deepfm.models.layers import CooccurrenceScore
-
-    layer = CooccurrenceScore(6, positions=2, window=1, weight=1.5, learned=False)
-    layer.fit(np.array([0, 0, 0, 1, 1]), np.array([1, 2, 3, 2, 3]))
-    users, history, cand = (
-        torch.tensor([0, 1]),
-        torch.tensor([[2, 1], [3, 0]]),
-        torch.tensor([3, 2]),
-    )
-    assert not list(layer.parameters()) and set(layer.state_dict()) >= {"weight"}
-    assert torch.equal(layer(users, history, cand), torch.zeros(2))  # training mode
-    layer.eval()
-    expected = 1.5 * torch.log(layer.score(users, history, cand) + 1e-3)
-    torch.testing.assert_close(layer(users, history, cand), expected)
-    assert (expected != 1.5 * math.log(1e-3)).all()  # both candidates co-occur
-
-
-def test_cooccurrence_score_refuses_a_table_too_large():
-    from deepfm.models.layers import CooccurrenceScore
-
-    with pytest.raises(ValueError, match="set cooccurrence_window to 0"):
-        CooccurrenceScore(10_000, 3, 2)

@@ -79,7 +79,6 @@ SMALL_PARAMS = {
 ORDER_AWARE = {
     "deepfm+order": DeepFMConfig(
         embed_dim=4, dnn_hidden=[16, 8], dropout=0.0, recent_items=2, history_pooling="position",
-        cooccurrence_window=2,
     ),
     "deepfm+transformer": DeepFMConfig(
         embed_dim=4, dnn_hidden=[16, 8], dropout=0.1, recent_items=1,
@@ -91,7 +90,7 @@ ORDER_AWARE = {
     ),
     "attention_deepfm+order": AttentionDeepFMConfig(
         embed_dim=4, attention_layers=1, attention_heads=2, attention_dim=3, dnn_hidden=[16, 8],
-        recent_items=1, target_attention=True, cooccurrence_window=3, cooccurrence_learned=True,
+        recent_items=1, target_attention=True,
     ),
 }  # fmt: skip
 CASES = {**SMALL_PARAMS, **ORDER_AWARE}
@@ -125,7 +124,6 @@ def test_forward_shapes_gradients_and_score_matrix(canonical, case, history_leng
     items = torch.from_numpy(split.train_items[:32].astype(np.int64))
     history = torch.from_numpy(split.train_history[:32]) if history_length else None
     if model.trainable:
-        model.prepare(split)
         out = model(users, items, history)
         assert out.shape == (32,)
         out.sum().backward()

@@ -162,7 +162,6 @@ def test_grouped_bce_is_pointwise_bce_over_whole_groups_with_as_many_steps(split
             "history_pooling": "transformer",
             "history_layers": 1,
             "recent_items": 1,
-            "cooccurrence_window": 2,
         },
     ],
 )
@@ -172,7 +171,6 @@ def test_deepfm_group_logits_equal_the_expanded_pairs_with_their_gradients(split
     )
     torch.manual_seed(0)
     model = build_model("deepfm", split.schema, feature_tensors(split), cfg.model_params)
-    model.prepare(split)
     model.train()
     objective = GroupedPointwise(split, _rated(split), seed=1, negatives_per_positive=4,
                                  device="cpu")  # fmt: skip

@@ -154,15 +154,6 @@ class OrderAware:
     # an embedding size per field (e.g. {gender: 2, item_id: 64}), projected to embed_dim
     # where FM / CIN need one width; fields not named use embed_dim
     field_dims: dict[str, int] = field(default_factory=dict, metadata=_range(1, 1024))
-    # n > 0: + a * log(the item co-occurrence score of the candidate against the history),
-    # pairs counted within n positions of the users' train sequences, each user's own pairs
-    # left out of that user's scores (layers.CooccurrenceScore); 0 = off
-    cooccurrence_window: int = field(default=0, metadata=_range(0, 10_000))
-    cooccurrence_weight: float = field(default=1.0, metadata=_range(-100.0, 100.0))  # a
-    # false: a fixed and the term added to the scores outside training only (a score-level
-    # blend, a chosen on validation); true: the term in the training logit, a learned from
-    # cooccurrence_weight
-    cooccurrence_learned: bool = False
 
 
 @dataclass(frozen=True)

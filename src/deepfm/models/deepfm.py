@@ -23,7 +23,7 @@ class DeepFM(RankingModel):
             dropout=params.dropout,
         )
         # after the embedding: keeps the initialisation order
-        self.add_first_order(schema, params)
+        self.add_first_order(schema)
         self.dnn = DNN(
             self.embedding.num_fields * params.embed_dim,
             list(params.dnn_hidden),
