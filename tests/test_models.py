@@ -67,7 +67,7 @@ SMALL_PARAMS = {
     "deepfm": DeepFMConfig(embed_dim=4, dnn_hidden=[16, 8], dropout=0.0),
     "ease": EASEConfig(l2=5.0),
     "fm": FMConfig(embed_dim=4),
-    "item_cooccurrence": ItemCooccurrenceConfig(window=2, distance_weight=True, recency_power=0.5),
+    "item_cooccurrence": ItemCooccurrenceConfig(window=2, recency_power=0.5),
     "itempop": ItemPopConfig(),
     "lr": LRConfig(),
     "sasrec": SASRecConfig(embed_dim=4, num_layers=2, num_heads=2, dropout=0.0, max_len=8),

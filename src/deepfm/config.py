@@ -184,7 +184,6 @@ class ItemCooccurrenceConfig:
     window: int = field(default=3, metadata=_range(1, 10_000))
     # forward: a -> b only (what follows a); both: also b -> a
     direction: Literal["forward", "both"] = "both"
-    distance_weight: bool = False  # a pair counts 1 / distance instead of 1
     normalise: Literal["row", "none"] = "row"  # row: each item's row of counts sums to 1
     # history position p (0 = most recent) weighs 1 / (p + 1) ** recency_power
     recency_power: float = field(default=1.0, metadata=_range(0.0, 100.0))
