@@ -111,8 +111,6 @@ def step(name: str, args: tuple, queue) -> None:
             cfg.models["deepfm"],
             recent_items=0,
             history_pooling="mean",
-            transition_items=0,
-            cooccurrence_window=0,
             embed_dim=int(dim),
         )
         tc = dataclasses.replace(cfg.train, sparse_embeddings=updates == "sparse")

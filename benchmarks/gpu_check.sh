@@ -22,11 +22,11 @@ echo "== 1. every model, 3 epochs on $device"
 python benchmarks/gpu_train_check.py --epochs 3 --out "$out/models.json" --train device="$device" \
   --models deepfm xdeepfm attention_deepfm sasrec fm lr itempop item_cooccurrence ease \
   || echo "FAILED: models"
-echo "== 1b. DeepFM: sampled softmax, device epochs, bf16 (CUDA only)"
+echo "== 1b. DeepFM: grouped BCE, device epochs, bf16 (CUDA only)"
 amp=false
 [ "$device" = cuda ] && amp=true
 python benchmarks/gpu_train_check.py --epochs 3 --out "$out/variants.json" --models deepfm \
-  --model-params loss=sampled_softmax --train device="$device" device_epochs=true amp="$amp" \
+  --model-params loss=bce_grouped --train device="$device" device_epochs=true amp="$amp" \
   || echo "FAILED: variants"
 python benchmarks/gpu_train_check.py --epochs 3 --models deepfm --train device="$device" \
   device_epochs=true || echo "FAILED: device epochs"

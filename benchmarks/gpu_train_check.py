@@ -6,7 +6,7 @@ calls the package's `train` as the train stage does, without dvclive, so it runs
 torch, numpy, pandas, pyarrow and pyyaml are installed (gpu_check.sh runs it).
 
     python benchmarks/gpu_train_check.py --models deepfm sasrec --epochs 3 \
-        [--train device=cuda batch_size=65536 ...] [--model-params loss=sampled_softmax]
+        [--train device=cuda batch_size=65536 ...] [--model-params loss=bce_grouped]
         [--out FILE.json]
 """
 

@@ -67,12 +67,6 @@ MUTATIONS = [
         "np.tile(pos_rows, negatives_per_positive)",
     ),
     Mutation(
-        "observed negatives get label 1",
-        "src/deepfm/data/batches.py",
-        "parts_y.append(np.zeros(len(obs_rows), np.float32))",
-        "parts_y.append(np.ones(len(obs_rows), np.float32))",
-    ),
-    Mutation(
         "attention softmax over the wrong axis",
         "src/deepfm/models/layers/attention.py",
         "torch.softmax(scores, dim=-2)",

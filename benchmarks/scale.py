@@ -149,9 +149,7 @@ def negatives_step(split_dir: str, seed: int) -> dict:
     split = read_split(Path(split_dir))
     t = time.perf_counter()
     rated = RatedIndex.of_train(split)
-    ex = epoch_examples(
-        split, rated, seed=seed, epoch=1, negatives_per_positive=4, observed_negatives=False
-    )
+    ex = epoch_examples(split, rated, seed=seed, epoch=1, negatives_per_positive=4)
     return {
         "negatives_s": time.perf_counter() - t,
         "negatives_peak_mb": peak_rss_mb(),

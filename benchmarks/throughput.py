@@ -69,8 +69,6 @@ def bench_model(name: str, cfg, split, rated, device, repeats: int) -> dict:
             seed=cfg.seed,
             epoch=epoch,
             negatives_per_positive=tc.negatives_per_positive,
-            negative_popularity=tc.negative_popularity,
-            observed_negatives=tc.observed_negatives,
             targets=tc.targets,
         )
 

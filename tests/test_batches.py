@@ -11,16 +11,14 @@ from deepfm.data.sampling import RatedIndex
 def test_epoch_examples_dtypes_and_sizes(split):
     s = split.schema
     rated = RatedIndex(split.train_users, split.train_items, s.num_users, s.num_items)
-    for observed in (False, True):
-        users, items, labels, rows = epoch_examples(
-            split, rated, seed=1, epoch=1, negatives_per_positive=2, observed_negatives=observed
-        )
-        assert users.dtype == items.dtype == rows.dtype == np.int64
-        assert labels.dtype == np.float32  # BCE targets match float32 logits
-        n_pos = int((split.train_labels == 1).sum())
-        n_obs = int((split.train_labels != 1).sum()) if observed else 0
-        assert len(users) == len(items) == len(labels) == len(rows) == 3 * n_pos + n_obs
-        assert labels.sum() == n_pos
+    users, items, labels, rows = epoch_examples(
+        split, rated, seed=1, epoch=1, negatives_per_positive=2
+    )
+    assert users.dtype == items.dtype == rows.dtype == np.int64
+    assert labels.dtype == np.float32  # BCE targets match float32 logits
+    n_pos = int((split.train_labels == 1).sum())
+    assert len(users) == len(items) == len(labels) == len(rows) == 3 * n_pos
+    assert labels.sum() == n_pos
 
 
 def test_shuffle_depends_only_on_the_given_generator():
@@ -53,11 +51,10 @@ def test_history_is_gathered_by_row_or_absent():
 def test_rated_targets_make_every_train_row_a_label_1_example(split):
     s = split.schema
     rated = RatedIndex(split.train_users, split.train_items, s.num_users, s.num_items)
-    assert (split.train_labels == 0).any()  # the fixture has observed negatives to promote
+    assert (split.train_labels == 0).any()  # the fixture has rows below the label threshold
     users, items, labels, rows = epoch_examples(
-        split, rated, seed=1, epoch=1, negatives_per_positive=2, observed_negatives=False,
-        targets="rated",
-    )  # fmt: skip
+        split, rated, seed=1, epoch=1, negatives_per_positive=2, targets="rated"
+    )
     n = len(split.train_labels)
     assert len(labels) == 3 * n and labels.sum() == n
     target = labels == 1
@@ -72,7 +69,5 @@ def test_rated_targets_make_every_train_row_a_label_1_example(split):
     np.testing.assert_array_equal(rows[~target], np.repeat(np.arange(n), 2))
     assert not rated.contains(users[~target], items[~target]).any()
     # the same negative stream as positives-only training, drawn for more rows
-    *_, labels_pos, _ = epoch_examples(
-        split, rated, seed=1, epoch=1, negatives_per_positive=2, observed_negatives=False
-    )
+    *_, labels_pos, _ = epoch_examples(split, rated, seed=1, epoch=1, negatives_per_positive=2)
     assert labels_pos.sum() == (split.train_labels == 1).sum() < n

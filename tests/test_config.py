@@ -22,7 +22,7 @@ def test_repo_params_load_and_are_complete():
         ({"trian": {}}, r"unknown key 'trian'.*Did you mean 'train'"),
         ({"train": {"epochs": "ten"}}, r"'train\.epochs' is 'ten' \(str\); it must be an integer"),
         ({"train": {"epochs": 2.5}}, r"'train\.epochs' is 2\.5.*integer"),
-        ({"train": {"observed_negatives": 1}}, r"'train\.observed_negatives'.*true or false"),
+        ({"train": {"sparse_embeddings": 1}}, r"'train\.sparse_embeddings'.*true or false"),
         ({"train": {"epochs": 0}}, r"'train\.epochs' is 0; it must be >= 1"),
         ({"train": {"learning_rate": 0}}, r"'train\.learning_rate' is 0\.0; it must be > 0"),
         ({"train": {"optimizer": "adagrad"}}, r"'train\.optimizer' is 'adagrad'; allowed: 'adam'"),

@@ -40,14 +40,7 @@ def test_checkpoint_round_trip_weights_only(split, tmp_path):
         "history_pooling": "mean",
         "history_layers": 1,
         "loss": "bce",
-        "shared_negatives": 256,
-        "shared_popularity": 0.0,
         "field_dims": {"gender": 2},
-        "transition_items": 0,
-        "transition_symmetric": False,
-        "cooccurrence_window": 0,
-        "cooccurrence_weight": 1.0,
-        "cooccurrence_learned": False,
         "catalogue_weight": 0.0,
     }
     assert loaded.embedding.own_tables["gender"].weight.shape[1] == 2

@@ -67,7 +67,7 @@ SMALL_PARAMS = {
     "deepfm": DeepFMConfig(embed_dim=4, dnn_hidden=[16, 8], dropout=0.0),
     "ease": EASEConfig(l2=5.0),
     "fm": FMConfig(embed_dim=4),
-    "item_cooccurrence": ItemCooccurrenceConfig(window=2, distance_weight=True, recency_power=0.5),
+    "item_cooccurrence": ItemCooccurrenceConfig(window=2, recency_power=0.5),
     "itempop": ItemPopConfig(),
     "lr": LRConfig(),
     "sasrec": SASRecConfig(embed_dim=4, num_layers=2, num_heads=2, dropout=0.0, max_len=8),
@@ -79,7 +79,6 @@ SMALL_PARAMS = {
 ORDER_AWARE = {
     "deepfm+order": DeepFMConfig(
         embed_dim=4, dnn_hidden=[16, 8], dropout=0.0, recent_items=2, history_pooling="position",
-        transition_items=3, transition_symmetric=True, cooccurrence_window=2,
     ),
     "deepfm+transformer": DeepFMConfig(
         embed_dim=4, dnn_hidden=[16, 8], dropout=0.1, recent_items=1,
@@ -87,12 +86,11 @@ ORDER_AWARE = {
     ),
     "xdeepfm+order": XDeepFMConfig(
         embed_dim=4, cin_layers=[6, 5], dnn_hidden=[16, 8], recent_items=2,
-        history_pooling="position", transition_items=2,
+        history_pooling="position",
     ),
     "attention_deepfm+order": AttentionDeepFMConfig(
         embed_dim=4, attention_layers=1, attention_heads=2, attention_dim=3, dnn_hidden=[16, 8],
-        recent_items=1, target_attention=True, transition_items=4, transition_symmetric=True,
-        cooccurrence_window=3, cooccurrence_learned=True,
+        recent_items=1, target_attention=True,
     ),
 }  # fmt: skip
 CASES = {**SMALL_PARAMS, **ORDER_AWARE}
@@ -126,7 +124,6 @@ def test_forward_shapes_gradients_and_score_matrix(canonical, case, history_leng
     items = torch.from_numpy(split.train_items[:32].astype(np.int64))
     history = torch.from_numpy(split.train_history[:32]) if history_length else None
     if model.trainable:
-        model.prepare(split)
         out = model(users, items, history)
         assert out.shape == (32,)
         out.sum().backward()

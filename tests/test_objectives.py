@@ -19,8 +19,6 @@ from deepfm.training.objectives import (
     GroupedPointwise,
     NextItemSoftmax,
     Pointwise,
-    SampledSoftmax,
-    SharedSoftmax,
     make_objective,
 )
 
@@ -41,19 +39,15 @@ def _examples(users, items, labels, history):
     ]
 
 
-@pytest.mark.parametrize("observed", [False, True])
-def test_pointwise_epoch_holds_the_right_examples_with_their_own_history(split, observed):
+def test_pointwise_epoch_holds_the_right_examples_with_their_own_history(split):
     k = 3
     rated = _rated(split)
-    objective = Pointwise(
-        split, rated, seed=5, negatives_per_positive=k, observed_negatives=observed, device="cpu"
-    )
+    objective = Pointwise(split, rated, seed=5, negatives_per_positive=k, device="cpu")
     users, items, labels, history = _all(objective.batches(2, 97, torch.Generator().manual_seed(0)))
     got = _examples(users, items, labels, history)
     rated_in_train = rated.contains(users.numpy(), items.numpy())
     h = split.train_history
     pos = np.flatnonzero(split.train_labels == 1)
-    obs = np.flatnonzero(split.train_labels == 0)
 
     def rows(r, label):
         return Counter(
@@ -61,10 +55,9 @@ def test_pointwise_epoch_holds_the_right_examples_with_their_own_history(split, 
             for i in r
         )
 
-    # the train rows: every positive once with label 1; the observed negatives only when the
-    # switch is on, with label 0; each with its own history row
+    # the train rows: every positive once with label 1, with its own history row
     from_train = Counter(e for e, seen in zip(got, rated_in_train, strict=True) if seen)
-    assert from_train == rows(pos, 1) + (rows(obs, 0) if observed else Counter())
+    assert from_train == rows(pos, 1)
     # sampled negatives: k per positive, label 0, each with that positive's user and history
     # (a user's history differs from one positive to the next, so the pair names the positive)
     sampled = [e for e, seen in zip(got, rated_in_train, strict=True) if not seen]
@@ -73,17 +66,15 @@ def test_pointwise_epoch_holds_the_right_examples_with_their_own_history(split, 
     assert per_positive == Counter(
         {(int(split.train_users[r]), tuple(h[r].tolist())): k for r in pos}
     )
-    assert len(got) == len(pos) * (1 + k) + (len(obs) if observed else 0)
+    assert len(got) == len(pos) * (1 + k)
 
 
-def test_sampled_softmax_groups_hold_each_positive_and_its_own_negatives(split):
+def test_grouped_batches_hold_each_target_and_its_own_negatives(split):
     rated = _rated(split)
-    objective = SampledSoftmax(split, rated, seed=5, negatives_per_positive=3, device="cpu")
-    users, items, history = _all(objective.batches(2, 50, torch.Generator().manual_seed(0)))
+    objective = GroupedPointwise(split, rated, seed=5, negatives_per_positive=3, device="cpu")
+    users, items, history = _all(objective.batches(2, 200, torch.Generator().manual_seed(0)))
     # the same items as the pointwise epoch draws for the same seed and epoch, grouped
-    pu, pi, py, prow = epoch_examples(
-        split, rated, seed=5, epoch=2, negatives_per_positive=3, observed_negatives=False
-    )
+    pu, pi, py, prow = epoch_examples(split, rated, seed=5, epoch=2, negatives_per_positive=3)
     pos = py == 1
     expected = {
         (int(u), int(i)): sorted(pi[~pos][prow[~pos] == r].tolist())
@@ -96,22 +87,6 @@ def test_sampled_softmax_groups_hold_each_positive_and_its_own_negatives(split):
     for u, g, h in zip(users, items, history, strict=True):
         assert h.tolist() == split.train_history[rows[(int(u), int(g[0]))]].tolist()
         assert not rated.contains(np.full(3, int(u)), g[1:].numpy()).any()
-
-
-def test_sampled_softmax_loss_ranks_the_positive_against_its_group(split):
-    cfg = parse_config({"deepfm": {"embed_dim": 4, "dnn_hidden": [8], "dropout": 0.0}})
-    torch.manual_seed(0)
-    model = build_model("deepfm", split.schema, feature_tensors(split), cfg.model_params).eval()
-    objective = SampledSoftmax(split, _rated(split), seed=1, negatives_per_positive=4, device="cpu")
-    batch = next(objective.batches(1, 16, torch.Generator().manual_seed(0)))
-    loss, n = objective.loss(model, batch)
-    users, items, history = batch
-    manual = []
-    for u, group, h in zip(users, items, history, strict=True):
-        logits = model(u.repeat(5), group, h.repeat(5, 1))
-        manual.append(-torch.log_softmax(logits, 0)[0])
-    assert n == 16
-    torch.testing.assert_close(loss, torch.stack(manual).mean())
 
 
 def test_next_item_softmax_is_cross_entropy_over_the_catalogue(split):
@@ -154,9 +129,7 @@ def test_sasrec_trains_through_the_loop_and_reloads(split, tmp_path):
 def test_grouped_bce_is_pointwise_bce_over_whole_groups_with_as_many_steps(split):
     rated = _rated(split)
     grouped = GroupedPointwise(split, rated, seed=5, negatives_per_positive=3, device="cpu")
-    pointwise = Pointwise(
-        split, rated, seed=5, negatives_per_positive=3, observed_negatives=False, device="cpu"
-    )
+    pointwise = Pointwise(split, rated, seed=5, negatives_per_positive=3, device="cpu")
     batches = list(grouped.batches(2, 40, torch.Generator().manual_seed(0)))
     assert all(b[1].shape[1] == 4 for b in batches) and len(batches[0][0]) == 10  # 40 pairs
     flat = list(pointwise.batches(2, 40, torch.Generator().manual_seed(0)))
@@ -189,7 +162,6 @@ def test_grouped_bce_is_pointwise_bce_over_whole_groups_with_as_many_steps(split
             "history_pooling": "transformer",
             "history_layers": 1,
             "recent_items": 1,
-            "cooccurrence_window": 2,
         },
     ],
 )
@@ -199,7 +171,6 @@ def test_deepfm_group_logits_equal_the_expanded_pairs_with_their_gradients(split
     )
     torch.manual_seed(0)
     model = build_model("deepfm", split.schema, feature_tensors(split), cfg.model_params)
-    model.prepare(split)
     model.train()
     objective = GroupedPointwise(split, _rated(split), seed=1, negatives_per_positive=4,
                                  device="cpu")  # fmt: skip
@@ -263,157 +234,22 @@ def test_catalogue_weight_reaches_the_objective_and_needs_bce_grouped(split):
         make_objective(wrong, split, rated, "cpu")
 
 
-@pytest.mark.parametrize("loss", ["sampled_softmax", "bce_grouped"])
-def test_grouped_losses_refuse_observed_negatives_and_zero_negatives(split, loss):
+def test_grouped_bce_refuses_zero_negatives(split):
     rated = _rated(split)
-    both = parse_config({"deepfm": {"loss": loss}, "train": {"observed_negatives": True}})
-    with pytest.raises(TrainingError, match=r"observed_negatives.*needs loss bce"):
-        make_objective(both, split, rated, "cpu")
-    none = parse_config({"deepfm": {"loss": loss}, "train": {"negatives_per_positive": 0}})
-    with pytest.raises(TrainingError, match=rf"loss {loss} needs.*negatives_per_positive >= 1"):
+    none = parse_config({"deepfm": {"loss": "bce_grouped"}, "train": {"negatives_per_positive": 0}})
+    with pytest.raises(TrainingError, match=r"loss bce_grouped needs.*negatives_per_positive >= 1"):
         make_objective(none, split, rated, "cpu")
 
 
-def test_rated_targets_refuse_observed_negatives_and_reach_every_objective(split):
+def test_rated_targets_reach_every_objective(split):
     rated = _rated(split)
-    both = parse_config({"train": {"targets": "rated", "observed_negatives": True}})
-    with pytest.raises(TrainingError, match=r"targets is 'rated'.*observed_negatives to false"):
-        make_objective(both, split, rated, "cpu")
     n_rows, n_pos = len(split.train_labels), int((split.train_labels == 1).sum())
     assert n_pos < n_rows
     gen = torch.Generator().manual_seed(0)
-    for section, want in (({"deepfm": {"loss": "sampled_softmax"}}, "deepfm"), ({}, "deepfm")):
+    for section, want in (({"deepfm": {"loss": "bce_grouped"}}, "deepfm"), ({}, "deepfm")):
         for targets, count in (("positives", n_pos), ("rated", n_rows)):
             cfg = parse_config({**section, "train": {"targets": targets}})
             objective = make_objective(cfg, split, rated, "cpu")
             seen = sum(len(b[0]) for b in objective.batches(0, 64, gen))
             per_target = 1 if section else 1 + cfg.train.negatives_per_positive
             assert seen == count * per_target, (want, targets)
-
-
-def test_shared_softmax_batches_hold_every_target_once_and_k_distinct_items_per_batch(split):
-    rated = _rated(split)
-    objective = SharedSoftmax(
-        split, rated, seed=3, shared_negatives=7, targets="rated", device="cpu"
-    )
-    batches = list(objective.batches(1, 50, torch.Generator().manual_seed(0)))
-    users = torch.cat([b[0] for b in batches])
-    items = torch.cat([b[1] for b in batches])
-    history = torch.cat([b[3] for b in batches])
-    # every train rating is a target once, with its own history row
-    want = Counter(
-        (int(u), int(i), tuple(h.tolist()))
-        for u, i, h in zip(split.train_users, split.train_items, split.train_history, strict=True)
-    )
-    got = Counter(
-        (int(u), int(i), tuple(h.tolist())) for u, i, h in zip(users, items, history, strict=True)
-    )
-    assert got == want
-    for b in batches:
-        shared = b[2]
-        assert len(shared) == 7 and len(set(shared.tolist())) == 7
-        assert int(shared.min()) >= 0 and int(shared.max()) < split.schema.num_items
-    # seeded by (seed, epoch): the same draws again, others the next epoch
-    again = [b[2] for b in objective.batches(1, 50, torch.Generator().manual_seed(0))]
-    assert all(torch.equal(a, b[2]) for a, b in zip(again, batches, strict=True))
-    other = [b[2] for b in objective.batches(2, 50, torch.Generator().manual_seed(0))]
-    assert not all(torch.equal(a, b[2]) for a, b in zip(other, batches, strict=True))
-
-
-def test_shared_softmax_loss_ranks_each_target_against_the_unrated_shared_items(split):
-    cfg = parse_config({"deepfm": {"embed_dim": 4, "dnn_hidden": [8], "dropout": 0.0}})
-    torch.manual_seed(0)
-    model = build_model("deepfm", split.schema, feature_tensors(split), cfg.model_params).eval()
-    rated = _rated(split)
-    objective = SharedSoftmax(split, rated, seed=1, shared_negatives=40, device="cpu")
-    batch = next(objective.batches(1, 16, torch.Generator().manual_seed(0)))
-    loss, n = objective.loss(model, batch)
-    users, items, shared, history = batch
-    manual, masked = [], 0
-    for u, i, h in zip(users, items, history, strict=True):
-        unrated = [
-            int(j) for j in shared if not rated.contains(np.array([int(u)]), np.array([int(j)]))[0]
-        ]
-        masked += len(shared) - len(unrated)
-        group = torch.tensor([int(i), *unrated])
-        logits = model(u.repeat(len(group)), group, h.repeat(len(group), 1))
-        manual.append(-torch.log_softmax(logits, 0)[0])
-    assert n == 16 and masked > 0  # the mask was exercised
-    torch.testing.assert_close(loss, torch.stack(manual).mean())
-
-
-@pytest.mark.parametrize(
-    "section",
-    [
-        {},
-        {"recent_items": 2, "history_pooling": "position"},
-        {"history_pooling": "transformer", "history_layers": 1},
-    ],
-)
-def test_deepfm_candidate_logits_equal_the_expanded_pairs_with_their_gradients(split, section):
-    # training mode, BatchNorm on: the batch statistics must be those of all the pairs
-    cfg = parse_config(
-        {"deepfm": {"embed_dim": 4, "dnn_hidden": [8, 4], "dropout": 0.0, **section}}
-    )
-    torch.manual_seed(0)
-    model = build_model("deepfm", split.schema, feature_tensors(split), cfg.model_params).train()
-    objective = SharedSoftmax(split, _rated(split), seed=1, shared_negatives=9, device="cpu")
-    users, items, shared, history = next(objective.batches(0, 32, torch.Generator().manual_seed(0)))
-    fast = model.candidate_logits(users, items, shared, history)
-    grads = torch.autograd.grad(fast.pow(2).sum(), model.dnn.first.weight)
-    slow = RankingModel.candidate_logits(model, users, items, shared, history)
-    slow_grads = torch.autograd.grad(slow.pow(2).sum(), model.dnn.first.weight)
-    assert fast.shape == (32, 10)
-    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(grads[0], slow_grads[0], rtol=1e-4, atol=1e-5)
-
-
-def test_shared_softmax_trains_the_deepfm_family_and_refuses_more_items_than_exist(split, tmp_path):
-    for model in ("deepfm", "attention_deepfm"):
-        cfg = parse_config(
-            {"model": model, "seed": 2, model: {"embed_dim": 4, "loss": "shared_softmax",
-                                                "shared_negatives": 16},
-             "train": {"epochs": 2, "min_epochs": 2, "batch_size": 64, "num_threads": 1}}
-        )  # fmt: skip
-        assert isinstance(make_objective(cfg, split, _rated(split), "cpu"), SharedSoftmax)
-        out = train(cfg, split, tmp_path / f"{model}.pt", progress=False)
-        assert out.epochs_run == 2 and np.isfinite(out.kept_val["full_ndcg@10"])
-    too_many = split.schema.num_items + 1
-    cfg = parse_config({"deepfm": {"loss": "shared_softmax", "shared_negatives": too_many}})
-    with pytest.raises(TrainingError, match=rf"shared_negatives is {too_many}.*lower it"):
-        make_objective(cfg, split, _rated(split), "cpu")
-
-
-def test_shared_softmax_by_popularity_draws_popular_items_and_corrects_by_log_q(split):
-    cfg = parse_config({"deepfm": {"embed_dim": 4, "dnn_hidden": [8], "dropout": 0.0}})
-    torch.manual_seed(0)
-    model = build_model("deepfm", split.schema, feature_tensors(split), cfg.model_params).eval()
-    rated = _rated(split)
-    k = 30
-    objective = SharedSoftmax(
-        split, rated, seed=1, shared_negatives=k, device="cpu", popularity=1.0
-    )
-    ratings = np.bincount(split.train_items, minlength=split.schema.num_items) + 1.0
-    q = ratings / ratings.sum()
-    # the draw follows (ratings + 1) ** b: at b = 3, far from uniform, the empirical item
-    # frequencies of 20 epochs' draws sit near it
-    skewed = SharedSoftmax(split, rated, seed=1, shared_negatives=k, device="cpu", popularity=3.0)
-    drawn = np.concatenate(
-        [b[2].numpy() for e in range(20) for b in skewed.batches(e, 64, torch.Generator())]
-    )
-    q3 = ratings**3 / (ratings**3).sum()
-    empirical = np.bincount(drawn, minlength=len(q3)) / len(drawn)
-    uniform = np.full(len(q3), 1 / len(q3))
-    assert np.abs(empirical - q3).sum() < 0.3 * np.abs(uniform - q3).sum()
-    users, items, shared, history = next(objective.batches(1, 16, torch.Generator().manual_seed(0)))
-    loss, _ = objective.loss(model, (users, items, shared, history))
-    manual = []
-    for u, i, h in zip(users, items, history, strict=True):
-        keep = [
-            int(j) for j in shared if not rated.contains(np.array([int(u)]), np.array([int(j)]))[0]
-        ]
-        group = torch.tensor([int(i), *keep])
-        logits = model(u.repeat(len(group)), group, h.repeat(len(group), 1))
-        logits = logits - torch.log(torch.tensor(k * q[group.numpy()], dtype=torch.float32))
-        manual.append(-torch.log_softmax(logits, 0)[0])
-    torch.testing.assert_close(loss, torch.stack(manual).mean())

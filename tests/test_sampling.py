@@ -77,31 +77,6 @@ def test_rated_index_lookups_at_the_edges():
     assert empty.counts().tolist() == [0, 0]
 
 
-@pytest.mark.parametrize("power", [0.5, 1.0])
-def test_popularity_negatives_follow_train_ratings_and_skip_rated_items(power):
-    # user 0 rated nothing; users 1-3 rated items 0 and 1 (item 0 three times, item 1 once
-    # among them, items 2-4 never); user 1's own items are never its negatives
-    users = np.array([1, 2, 3, 1])
-    items = np.array([0, 0, 0, 1])
-    rated = RatedIndex(users, items, num_users=4, num_items=5)
-    weights = (np.array([3, 1, 0, 0, 0]) + 1.0) ** power
-    _, drawn = sample_negatives(np.array([0]), 200_000, rated, np.random.default_rng(0), power)
-    share = np.bincount(drawn, minlength=5) / len(drawn)
-    np.testing.assert_allclose(share, weights / weights.sum(), atol=0.005)
-    _, own = sample_negatives(np.array([1]), 50_000, rated, np.random.default_rng(1), power)
-    assert not np.isin(own, [0, 1]).any()
-    rest = weights[2:] / weights[2:].sum()  # the unrated items keep their relative weights
-    np.testing.assert_allclose(np.bincount(own, minlength=5)[2:] / len(own), rest, atol=0.01)
-
-
-def test_popularity_zero_is_the_uniform_draw():
-    rated = RatedIndex(np.array([0, 1]), np.array([2, 3]), num_users=2, num_items=9)
-    users = np.array([0, 1, 0])
-    a = sample_negatives(users, 7, rated, np.random.default_rng(5))
-    b = sample_negatives(users, 7, rated, np.random.default_rng(5), popularity=0.0)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
-
-
 def test_rated_index_of_train_holds_the_train_pairs_of_a_split():
     from types import SimpleNamespace
 

@@ -12,7 +12,7 @@ from deepfm.config import ConfigError, TrainConfig, parse_config
 from deepfm.data.batches import DeviceEpochs, epoch_examples, sample_negatives_torch
 from deepfm.data.sampling import RatedIndex
 from deepfm.training.loop import train
-from deepfm.training.objectives import Pointwise, SampledSoftmax
+from deepfm.training.objectives import GroupedPointwise, Pointwise
 from deepfm.training.optim import make_optimizer, make_scheduler, scaled_learning_rate
 
 
@@ -99,39 +99,21 @@ def test_device_negatives_are_never_rated_about_uniform_and_seeded():
     assert not torch.equal(_draw(rated, query, 40, seed=3)[1], neg_i)
 
 
-def test_device_negatives_by_popularity_follow_the_host_distribution():
-    # user 0 rated nothing; the others rated items 0 (three times) and 1 (once)
-    rated = RatedIndex(np.array([1, 2, 3, 1]), np.array([0, 0, 0, 1]), 4, 5)
-    cdf = torch.from_numpy(rated.item_cdf(1.0))
-    t = torch.from_numpy
-    _, drawn = sample_negatives_torch(
-        t(np.array([0, 1])), 100_000, t(rated.keys), t(rated.counts()), 5,
-        torch.Generator().manual_seed(0), cdf,
-    )  # fmt: skip
-    weights = np.array([4.0, 2.0, 1.0, 1.0, 1.0])
-    share = np.bincount(drawn[:100_000].numpy(), minlength=5) / 100_000
-    np.testing.assert_allclose(share, weights / weights.sum(), atol=0.006)
-    assert not np.isin(drawn[100_000:].numpy(), [0, 1]).any()  # user 1's rated items
-
-
 def test_device_negatives_refuse_a_user_who_rated_everything():
     rated = RatedIndex(np.array([0, 0, 1]), np.array([0, 1, 0]), 2, 2)
     with pytest.raises(ValueError, match="user index 0 rated every item"):
         _draw(rated, np.array([1, 0]), 2, seed=0)
 
 
-@pytest.mark.parametrize(("observed", "targets"), [(False, "positives"), (True, "positives"),
-                                                   (False, "rated")])  # fmt: skip
-def test_device_epochs_hold_what_the_host_epoch_holds_with_other_negatives(
-    split, observed, targets
-):
+@pytest.mark.parametrize("targets", ["positives", "rated"])
+def test_device_epochs_hold_what_the_host_epoch_holds_with_other_negatives(split, targets):
     rated = _rated(split)
-    kw = dict(seed=5, negatives_per_positive=3, observed_negatives=observed, targets=targets)
+    kw = dict(seed=5, negatives_per_positive=3, targets=targets)
     host = epoch_examples(split, rated, epoch=2, **kw)
     device = DeviceEpochs(split, rated, device="cpu", **kw)
     got = [t.numpy() for t in device.examples(2)]
     assert [len(a) for a in got] == [len(a) for a in host]
-    # the same layout: the targets, their negatives in the same slots, then observed rows
+    # the same layout: the targets, then their negatives in the same slots
     negative = np.zeros(len(host[0]), bool)
     n_targets = int((host[2] == 1).sum())
     negative[n_targets : n_targets * 4] = True
@@ -147,16 +129,16 @@ def test_device_epochs_hold_what_the_host_epoch_holds_with_other_negatives(
     assert not np.array_equal(device.examples(3)[1].numpy()[negative], neg_i)
 
 
-def test_device_epochs_reach_the_pointwise_and_sampled_softmax_batches(split):
+def test_device_epochs_reach_the_pointwise_and_grouped_batches(split):
     rated = _rated(split)
     kw = dict(seed=5, negatives_per_positive=3, device="cpu", device_epochs=True)
-    pointwise = Pointwise(split, rated, observed_negatives=False, **kw)
+    pointwise = Pointwise(split, rated, **kw)
     batches = list(pointwise.batches(1, 64, torch.Generator().manual_seed(0)))
     users, items, labels = (torch.cat([b[k] for b in batches]) for k in range(3))
     draws = pointwise.on_device.negatives(1)
     assert Counter(items[labels == 0].tolist()) == Counter(draws[1].tolist())
-    softmax = SampledSoftmax(split, rated, **kw)
-    for users, group, _history in softmax.batches(1, 64, torch.Generator().manual_seed(0)):
+    grouped = GroupedPointwise(split, rated, **kw)
+    for users, group, _history in grouped.batches(1, 64, torch.Generator().manual_seed(0)):
         u = np.repeat(users.numpy(), group.shape[1] - 1)
         assert not rated.contains(u, group[:, 1:].reshape(-1).numpy()).any()
         assert rated.contains(users.numpy(), group[:, 0].numpy()).all()
@@ -192,32 +174,3 @@ def test_compiled_training_steps_match_the_eager_ones(split, tmp_path):
 def test_compile_under_several_processes_is_refused():
     with pytest.raises(ConfigError, match=r"'train\.compile_mode' is 'default' with"):
         parse_config({"train": {"compile_mode": "default", "processes": 2}})
-
-
-@pytest.mark.parametrize("device_epochs", [False, True])
-def test_popularity_negatives_reach_every_objective_and_favour_popular_items(split, device_epochs):
-    from deepfm.training.objectives import make_objective
-
-    rated = _rated(split)
-    popularity = np.bincount(split.train_items, minlength=split.schema.num_items)
-    top = np.argsort(popularity)[-len(popularity) // 10 :]  # the 10% most rated items
-    shares = {}
-    for power in (0.0, 2.0):  # a strong tilt: a small sample from a flat synthetic catalogue
-        for loss in ("bce", "sampled_softmax"):
-            cfg = parse_config(
-                {"deepfm": {"loss": loss},
-                 "train": {"negative_popularity": power, "device_epochs": device_epochs}}
-            )  # fmt: skip
-            objective = make_objective(cfg, split, rated, "cpu")
-            batches = list(objective.batches(1, 256, torch.Generator().manual_seed(0)))
-            if loss == "bce":
-                users, items, labels = (torch.cat([b[k] for b in batches]) for k in range(3))
-                neg_u, neg_i = users[labels == 0].numpy(), items[labels == 0].numpy()
-            else:
-                groups = torch.cat([b[1] for b in batches])
-                neg_u = np.repeat(torch.cat([b[0] for b in batches]).numpy(), 4)
-                neg_i = groups[:, 1:].reshape(-1).numpy()
-            assert not rated.contains(neg_u, neg_i).any()
-            shares[power, loss] = np.isin(neg_i, top).mean()
-    for loss in ("bce", "sampled_softmax"):
-        assert shares[2.0, loss] > 2 * shares[0.0, loss]

@@ -242,58 +242,6 @@ def test_cuda_requested_without_gpu_is_a_clear_error(split, tmp_path, monkeypatc
         train(_cfg(device="cuda"), split, tmp_path / "m.pt", progress=False)
 
 
-def _cooccurrence_cfg(**deepfm):
-    return parse_config(
-        {
-            "seed": 3,
-            "train": {"epochs": 3, "min_epochs": 1, "batch_size": 64, "num_threads": 1},
-            "deepfm": {"embed_dim": 4, "dnn_hidden": [8], **deepfm},
-        }
-    )
-
-
-def test_the_learned_cooccurrence_term_is_counted_trained_saved_and_resumed(split, tmp_path):
-    from deepfm.data.sampling import RatedIndex
-    from deepfm.evaluation.ranking import evaluate_held_out
-
-    cfg = _cooccurrence_cfg(
-        cooccurrence_window=3, cooccurrence_weight=0.5, cooccurrence_learned=True
-    )
-    out = train(cfg, split, tmp_path / "m.pt", progress=False)
-    model, _ = load_model(tmp_path / "m.pt")
-    assert model.cooccurrence.weight.item() != 0.5  # trained from its start
-    assert model.cooccurrence.counts.sum() > 0  # rebuilt from the saved pair counts
-    rated = RatedIndex.of_train(split)
-    again = evaluate_held_out(model, split.val, rated, ks=[10], batch_users=7)
-    assert again.metrics["full_ndcg@10"] == pytest.approx(out.kept_val["full_ndcg@10"], abs=1e-6)
-
-    resume = _interrupted_after(1, cfg, split, tmp_path / "r")
-    (tmp_path / "r" / "m.pt").unlink(missing_ok=True)
-    train(cfg, split, tmp_path / "r" / "m.pt", progress=False, resume_path=resume)
-    a, b = load_checkpoint(tmp_path / "m.pt"), load_checkpoint(tmp_path / "r" / "m.pt")
-    for key in a["state_dict"]:
-        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
-
-
-def test_the_blended_cooccurrence_term_stays_out_of_training(split, tmp_path):
-    # a fixed weight: the network trains exactly as without the term, which joins the scores
-    # of validation and test only
-    plain = Recorder()
-    train(_cooccurrence_cfg(), split, tmp_path / "plain.pt", live=plain, progress=False)
-    blend = Recorder()
-    cfg = _cooccurrence_cfg(cooccurrence_window=3, cooccurrence_weight=2.0)
-    train(cfg, split, tmp_path / "blend.pt", live=blend, progress=False)
-    a, b = load_checkpoint(tmp_path / "plain.pt"), load_checkpoint(tmp_path / "blend.pt")
-    for key in a["state_dict"]:
-        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
-    assert b["state_dict"]["cooccurrence.weight"] == 2.0
-    assert [r["train/loss"] for r in blend.rows] == [r["train/loss"] for r in plain.rows]
-    pairs = zip(plain.rows, blend.rows, strict=True)
-    assert any(r["val/full_ndcg@10"] != q["val/full_ndcg@10"] for r, q in pairs)  # it ranks
-    model, _ = load_model(tmp_path / "blend.pt")
-    assert model.num_parameters() == load_model(tmp_path / "plain.pt")[0].num_parameters()
-
-
 def test_itempop_needs_no_training(split, tmp_path):
     cfg = parse_config({"model": "itempop"})
     out = train(cfg, split, tmp_path / "m.pt", progress=False)
@@ -321,9 +269,7 @@ def test_bfloat16_autocast_steps_train(split):
     labels = torch.from_numpy(split.train_labels[:256].astype("float32"))
     history = torch.from_numpy(split.train_history[:256])
     batches = [(users, items, labels, history)] * 20
-    bce = Pointwise(
-        split, None, seed=0, negatives_per_positive=1, observed_negatives=False, device="cpu"
-    )
+    bce = Pointwise(split, None, seed=0, negatives_per_positive=1, device="cpu")
     first = loop.train_steps(model, optimizer, batches[:1], bce, amp=True)
     last = loop.train_steps(model, optimizer, batches, bce, amp=True)
     assert math.isfinite(first) and last < first

@@ -73,11 +73,8 @@ class TrainConfig:
     scheduler: Literal["none", "plateau", "cosine"] = "cosine"
     plateau_factor: float = field(default=0.5, metadata=_range(0.0, 1.0, lo_open=True))
     plateau_patience: int = field(default=2, metadata=_range(0, 10_000))
+    # training negatives per target, uniform over the user's unrated items
     negatives_per_positive: int = field(default=4, metadata=_range(0, 1000))
-    # training negatives drawn with probability proportional to (the item's train ratings +
-    # 1) ** this; 0 = uniform over the unrated items (evaluation candidates stay uniform)
-    negative_popularity: float = field(default=0.0, metadata=_range(0.0, 2.0))
-    observed_negatives: bool = False
     # which train rows are label-1 training targets: the positives (rating >= threshold), or
     # every rated row (implicit feedback: "what the user rates next"); evaluation always
     # holds out positives (docs/protocol.md)
@@ -152,31 +149,11 @@ class OrderAware:
     history_layers: int = field(default=1, metadata=_range(1, 16))
     # pointwise BCE over positives and sampled negatives (bce_grouped: the same, each batch
     # holding whole groups of a target and its own negatives, so the user side and its
-    # history encoder run once per target); a softmax over each positive and its
-    # train.negatives_per_positive sampled negatives (sampled_softmax); or a softmax over
-    # each target and shared_negatives items drawn once per batch (shared_softmax)
-    loss: Literal["bce", "bce_grouped", "sampled_softmax", "shared_softmax"] = "bce"
-    shared_negatives: int = field(default=256, metadata=_range(1, 1 << 24))
-    # shared_softmax's draw: 0 = K distinct uniform items; b > 0 = with replacement, by
-    # (train ratings + 1) ** b (b = 1: the distribution of in-batch negatives), log-Q corrected
-    shared_popularity: float = field(default=0.0, metadata=_range(0.0, 10.0))
+    # history encoder run once per target)
+    loss: Literal["bce", "bce_grouped"] = "bce"
     # an embedding size per field (e.g. {gender: 2, item_id: 64}), projected to embed_dim
     # where FM / CIN need one width; fields not named use embed_dim
     field_dims: dict[str, int] = field(default_factory=dict, metadata=_range(1, 1024))
-    # the n most recent history items each add a learned weight T[item, candidate] to the
-    # logit (a full-rank item-to-item transition table: layers.ItemTransition); 0 = off
-    transition_items: int = field(default=0, metadata=_range(0, 1000))
-    # one weight per unordered pair: T[a, b] = T[b, a]
-    transition_symmetric: bool = False
-    # n > 0: + a * log(the item co-occurrence score of the candidate against the history),
-    # pairs counted within n positions of the users' train sequences, each user's own pairs
-    # left out of that user's scores (layers.CooccurrenceScore); 0 = off
-    cooccurrence_window: int = field(default=0, metadata=_range(0, 10_000))
-    cooccurrence_weight: float = field(default=1.0, metadata=_range(-100.0, 100.0))  # a
-    # false: a fixed and the term added to the scores outside training only (a score-level
-    # blend, a chosen on validation); true: the term in the training logit, a learned from
-    # cooccurrence_weight
-    cooccurrence_learned: bool = False
 
 
 @dataclass(frozen=True)
@@ -207,7 +184,6 @@ class ItemCooccurrenceConfig:
     window: int = field(default=3, metadata=_range(1, 10_000))
     # forward: a -> b only (what follows a); both: also b -> a
     direction: Literal["forward", "both"] = "both"
-    distance_weight: bool = False  # a pair counts 1 / distance instead of 1
     normalise: Literal["row", "none"] = "row"  # row: each item's row of counts sums to 1
     # history position p (0 = most recent) weighs 1 / (p + 1) ** recency_power
     recency_power: float = field(default=1.0, metadata=_range(0.0, 100.0))

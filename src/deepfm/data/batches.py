@@ -24,43 +24,26 @@ def epoch_examples(
     seed: int,
     epoch: int,
     negatives_per_positive: int,
-    observed_negatives: bool,
     targets: str = "positives",
-    negative_popularity: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(users, items, labels, rows) for one epoch: the training targets (train positives, or
-    every train rating with targets="rated"; label 1), fresh negatives drawn from items the
-    user did not rate in train (uniform, or by popularity: negative_popularity; seeded by
-    seed and epoch) and,
-    optionally, the observed negatives (rated below the threshold) with label 0.
+    every train rating with targets="rated"; label 1) and fresh negatives drawn uniformly
+    from items the user did not rate in train (seeded by seed and epoch; label 0).
 
     rows: the train row whose history an example carries (split.train_history[rows]): a
-    positive's own, the positive's for the negatives drawn for it (they compete at the same
-    moment), an observed negative's own. Rows rather than histories keep an epoch's arrays
-    at one integer per example; `with_history` gathers a batch's history."""
+    target's own, and the target's for the negatives drawn for it (they compete at the same
+    moment). Rows rather than histories keep an epoch's arrays at one integer per example;
+    `with_history` gathers a batch's history."""
     pos_rows = target_rows(split, targets)
     pos_u, pos_i = split.train_users[pos_rows], split.train_items[pos_rows]
     neg_u, neg_i = sample_negatives(
-        pos_u,
-        negatives_per_positive,
-        rated,
-        rng_for(seed, "train-negatives", epoch),
-        popularity=negative_popularity,
+        pos_u, negatives_per_positive, rated, rng_for(seed, "train-negatives", epoch)
     )
-    parts_u, parts_i = [pos_u, neg_u], [pos_i, neg_i]
-    parts_r = [pos_rows, np.repeat(pos_rows, negatives_per_positive)]
-    parts_y = [np.ones(len(pos_u), np.float32), np.zeros(len(neg_u), np.float32)]
-    if observed_negatives:
-        obs_rows = np.flatnonzero(split.train_labels != 1)
-        parts_u.append(split.train_users[obs_rows])
-        parts_i.append(split.train_items[obs_rows])
-        parts_r.append(obs_rows)
-        parts_y.append(np.zeros(len(obs_rows), np.float32))
     return (
-        np.concatenate(parts_u).astype(np.int64),
-        np.concatenate(parts_i).astype(np.int64),
-        np.concatenate(parts_y),
-        np.concatenate(parts_r).astype(np.int64),
+        np.concatenate([pos_u, neg_u]).astype(np.int64),
+        np.concatenate([pos_i, neg_i]).astype(np.int64),
+        np.concatenate([np.ones(len(pos_u), np.float32), np.zeros(len(neg_u), np.float32)]),
+        np.concatenate([pos_rows, np.repeat(pos_rows, negatives_per_positive)]).astype(np.int64),
     )
 
 
@@ -71,13 +54,11 @@ def sample_negatives_torch(
     user_counts: torch.Tensor,
     num_items: int,
     generator: torch.Generator,
-    cdf: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """data.sampling.sample_negatives on the tensors' device (train.device_epochs): `keys`
-    are RatedIndex's sorted keys and `user_counts` its counts(), as int64 tensors there,
-    `generator` a torch generator of that device and `cdf` RatedIndex.item_cdf there (None:
-    uniform). The same rejection sampling; other random numbers. Here, not in data.sampling,
-    so that the data stages never import torch."""
+    are RatedIndex's sorted keys and `user_counts` its counts(), as int64 tensors there, and
+    `generator` a torch generator of that device. The same rejection sampling; other random
+    numbers. Here, not in data.sampling, so that the data stages never import torch."""
     full = user_counts[users] >= num_items
     if bool(full.any()):
         raise ValueError(
@@ -94,11 +75,7 @@ def sample_negatives_torch(
     device = users.device
 
     def draw(n: int) -> torch.Tensor:
-        if cdf is None:
-            return torch.randint(num_items, (n,), generator=generator, device=device)
-        uniform = torch.rand(n, generator=generator, device=device, dtype=cdf.dtype)
-        picks = torch.searchsorted(cdf, uniform * cdf[-1], right=True)
-        return picks.clamp_(max=num_items - 1)
+        return torch.randint(num_items, (n,), generator=generator, device=device)
 
     neg_items = draw(len(neg_users))
     todo = torch.nonzero(rated(neg_users, neg_items)).flatten()
@@ -113,8 +90,8 @@ class DeviceEpochs:
     items and rows and the rated keys go to the device once; each epoch draws its negatives
     there with a torch generator seeded by (seed, epoch), so no epoch waits on the host, and
     every process of a multi-process run draws the same epoch. The layout is
-    epoch_examples' (targets, then their negatives entry-major, then observed negatives), the
-    random numbers are not: another stream than numpy's."""
+    epoch_examples' (targets, then their negatives entry-major), the random numbers are not:
+    another stream than numpy's."""
 
     def __init__(
         self,
@@ -123,10 +100,8 @@ class DeviceEpochs:
         *,
         seed: int,
         negatives_per_positive: int,
-        observed_negatives: bool = False,
         targets: str = "positives",
         device="cpu",
-        negative_popularity: float = 0.0,
     ):
         def put(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.asarray(a, dtype=np.int64)).to(device)
@@ -136,37 +111,23 @@ class DeviceEpochs:
         self.rows, self.users = put(rows), put(split.train_users[rows])
         self.items = put(split.train_items[rows])
         self.keys, self.user_counts = put(rated.keys), put(rated.counts())
-        cdf = rated.item_cdf(negative_popularity)
-        self.cdf = None if cdf is None else torch.from_numpy(cdf).to(device)
         self.num_items = rated.num_items
-        self.observed = None
-        if observed_negatives:
-            obs = np.flatnonzero(split.train_labels != 1)
-            self.observed = (put(split.train_users[obs]), put(split.train_items[obs]), put(obs))
 
     def negatives(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This epoch's (users, items): negatives_per_positive per target, entry-major."""
         seed = int(rng_for(self.seed, "train-negatives-device", epoch).integers(2**62))
         generator = torch.Generator(device=self.device).manual_seed(seed)
         return sample_negatives_torch(
-            self.users, self.per_target, self.keys, self.user_counts, self.num_items, generator,
-            self.cdf,
-        )  # fmt: skip
+            self.users, self.per_target, self.keys, self.user_counts, self.num_items, generator
+        )
 
     def examples(self, epoch: int) -> tuple[torch.Tensor, ...]:
         """(users, items, labels, rows) of one epoch, as epoch_examples returns them."""
         neg_u, neg_i = self.negatives(epoch)
-        parts_u, parts_i = [self.users, neg_u], [self.items, neg_i]
-        parts_r = [self.rows, self.rows.repeat_interleave(self.per_target)]
         ones = torch.ones(len(self.users), device=self.device)
-        parts_y = [ones, torch.zeros(len(neg_u), device=self.device)]
-        if self.observed is not None:
-            obs_u, obs_i, obs_r = self.observed
-            parts_u.append(obs_u)
-            parts_i.append(obs_i)
-            parts_r.append(obs_r)
-            parts_y.append(torch.zeros(len(obs_u), device=self.device))
-        return tuple(torch.cat(p) for p in (parts_u, parts_i, parts_y, parts_r))
+        labels = torch.cat([ones, torch.zeros(len(neg_u), device=self.device)])
+        rows = torch.cat([self.rows, self.rows.repeat_interleave(self.per_target)])
+        return torch.cat([self.users, neg_u]), torch.cat([self.items, neg_i]), labels, rows
 
 
 def target_rows(split: SplitResult, targets: str) -> np.ndarray:

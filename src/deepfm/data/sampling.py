@@ -1,5 +1,4 @@
-"""Training negatives: over the items a user did not rate in train, uniform or weighted by
-popularity (train.negative_popularity), vectorized.
+"""Training negatives: uniform over the items a user did not rate in train, vectorized.
 
 Rejection sampling against a sorted array of rated (user, item) keys: draw for every slot
 at once, look all draws up with one searchsorted, redraw only the rejected slots. The
@@ -58,38 +57,24 @@ class RatedIndex:
     def counts(self) -> np.ndarray:
         return np.diff(self.indptr)
 
-    def item_cdf(self, power: float) -> np.ndarray | None:
-        """Cumulative weights (train ratings of the item + 1) ** power over the items, for
-        negatives drawn by popularity; None for power 0 (uniform: drawn without it)."""
-        if power == 0:
-            return None
-        ratings = np.bincount(self.keys % self.num_items, minlength=self.num_items)
-        return np.cumsum((ratings + 1.0) ** power)
-
 
 def sample_negatives(
     users: np.ndarray,
     per_user: int,
     rated: RatedIndex,
     rng: np.random.Generator,
-    popularity: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`per_user` items for each entry of `users`, from that user's unrated items (with
-    replacement): uniform, or with probability proportional to (train ratings + 1) **
-    popularity. Returns (users repeated, items), both int64, entry-major order."""
+    """`per_user` items for each entry of `users`, uniform over that user's unrated items
+    (with replacement). Returns (users repeated, items), both int64, entry-major order."""
     full = rated.counts()[users] >= rated.num_items
     if full.any():
         raise ValueError(
             f"user index {int(users[np.flatnonzero(full)[0]])} rated every item; no negative "
             "can be drawn. Drop such users or lower train.negatives_per_positive to 0."
         )
-    cdf = rated.item_cdf(popularity)
 
     def draw(n: int) -> np.ndarray:
-        if cdf is None:
-            return rng.integers(0, rated.num_items, size=n)
-        picks = np.searchsorted(cdf, rng.random(n) * cdf[-1], side="right")
-        return np.minimum(picks, rated.num_items - 1)  # a draw of exactly cdf[-1]
+        return rng.integers(0, rated.num_items, size=n)
 
     neg_users = np.repeat(users.astype(np.int64), per_user)
     neg_items = draw(len(neg_users))

@@ -42,7 +42,7 @@ class AttentionDeepFM(RankingModel):
             dropout=params.dropout,
         )
         # after the embedding: keeps the initialisation order
-        self.add_first_order(schema, params)
+        self.add_first_order(schema)
         self.attention = field_attention_stack(
             params.attention_layers,
             params.embed_dim,

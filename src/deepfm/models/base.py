@@ -16,7 +16,6 @@ None; a model that reads the history alone takes `history_of(history)`.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -113,83 +112,27 @@ class RankingModel(nn.Module):
             dim=1,
         )
 
-    def add_first_order(self, schema: Schema, order=None) -> None:
+    def add_first_order(self, schema: Schema) -> None:
         """The first-order (logistic-regression) part every model but ItemPop has: a bias and
-        one weight per feature value (a 1-dim FeatureEmbedding). `order`, the DeepFM family's
-        OrderAware params, may add two terms of (history, candidate) pairs: with
-        transition_items = n, one weight per (history item, candidate item) pair over the n
-        most recent history items (layers.ItemTransition: a crossed feature's first-order
-        weights); with cooccurrence_window = n, a weight on the log of the item co-occurrence
-        score, learned or a fixed score-level blend (layers.CooccurrenceScore, counted by
-        `prepare`)."""
-        from deepfm.models.layers import CooccurrenceScore, FeatureEmbedding, ItemTransition
+        one weight per feature value (a 1-dim FeatureEmbedding)."""
+        from deepfm.models.layers import FeatureEmbedding
 
         self.linear = FeatureEmbedding(schema, 1, init_std=0.0)
         self.bias = nn.Parameter(torch.zeros(()))
-        transition_items = order.transition_items if order is not None else 0
-        cooccurrence_window = order.cooccurrence_window if order is not None else 0
-        self.transition = None
-        if transition_items:
-            if transition_items > self.history_length:
-                raise ValueError(
-                    f"transition_items is {transition_items} but the history field holds "
-                    f"{self.history_length} items (split.history_length): lower "
-                    "transition_items or raise split.history_length."
-                )
-            vocab = schema.field("item_id").vocab_size
-            self.transition = ItemTransition(vocab, transition_items, order.transition_symmetric)
-        self.cooccurrence = None
-        if cooccurrence_window:
-            if not self.history_length:
-                raise ValueError(
-                    "cooccurrence_window scores the candidate against the history field, and "
-                    "this split has none: set split.history_length > 0 (top-K protocol) or "
-                    "cooccurrence_window to 0."
-                )
-            self.cooccurrence = CooccurrenceScore(
-                schema.field("item_id").vocab_size,
-                self.history_length,
-                cooccurrence_window,
-                order.cooccurrence_weight,
-                order.cooccurrence_learned,
-            )
-
-    def prepare(self, split) -> None:
-        """Fit what a trainable model counts from its train split before training (the
-        co-occurrence counts); a no-op for the rest."""
-        if getattr(self, "cooccurrence", None) is None:
-            return
-        mask = split.sequence_mask()
-        codes = self.item_id_codes().cpu().numpy()[split.train_items[mask]]
-        self.cooccurrence.fit(split.train_users[mask].astype(np.int64), codes)
 
     def first_order(
         self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None
     ) -> torch.Tensor:
         """(B,) bias + first-order term of aligned pairs."""
-        out = self.bias + self.embed(self.linear, users, items, history).sum(dim=(1, 2))
-        if self.transition is not None:
-            out = out + self.transition(self.history_of(history), self.item_id_codes()[items])
-        if self.cooccurrence is not None:
-            codes = self.item_id_codes()[items]
-            out = out + self.cooccurrence(users, self.history_of(history), codes)
-        return out
+        return self.bias + self.embed(self.linear, users, items, history).sum(dim=(1, 2))
 
     def first_order_matrix(
         self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """(U, I) bias + first-order term: a user part plus an item part (plus the
-        transition and co-occurrence terms, (U, I) matrices of their own)."""
+        """(U, I) bias + first-order term: a user part plus an item part."""
         lin_u = self.embed_side(self.linear, "user", users, history).sum(dim=(1, 2))
         lin_i = self.embed_side(self.linear, "item", items).sum(dim=(1, 2))
-        out = lin_u[:, None] + lin_i[None, :] + self.bias
-        if self.transition is not None:
-            codes = self.item_id_codes()[items]
-            out = out + self.transition.matrix(self.history_of(history), codes)
-        if self.cooccurrence is not None:
-            codes = self.item_id_codes()[items]
-            out = out + self.cooccurrence.matrix(users, self.history_of(history), codes)
-        return out
+        return lin_u[:, None] + lin_i[None, :] + self.bias
 
     def forward(
         self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None
@@ -208,20 +151,6 @@ class RankingModel(nn.Module):
             None if history is None else history.repeat_interleave(g, dim=0),
         )
         return logits.reshape(b, g)
-
-    def candidate_logits(
-        self,
-        users: torch.Tensor,
-        items: torch.Tensor,
-        shared: torch.Tensor,
-        history: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """(B,) aligned (user, item) pairs and (K,) items shared by every row -> (B, 1 + K)
-        logits, each row's own item first (the shared-negative softmax). By default the pairs
-        are expanded (group_logits); models whose parts are additive over the user and item
-        fields override it with a version that scores the shared items once per side."""
-        groups = torch.cat([items[:, None], shared[None, :].expand(len(items), -1)], dim=1)
-        return self.group_logits(users, groups, history)
 
     @torch.no_grad()
     def score_matrix(

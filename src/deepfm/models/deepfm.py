@@ -23,7 +23,7 @@ class DeepFM(RankingModel):
             dropout=params.dropout,
         )
         # after the embedding: keeps the initialisation order
-        self.add_first_order(schema, params)
+        self.add_first_order(schema)
         self.dnn = DNN(
             self.embedding.num_fields * params.embed_dim,
             list(params.dnn_hidden),
@@ -68,28 +68,6 @@ class DeepFM(RankingModel):
             None if history is None else history.repeat_interleave(g, dim=0),
         )
         return (first + fm_interaction(emb) + self.dnn(emb.flatten(1))).view(b, g)
-
-    def candidate_logits(
-        self,
-        users: torch.Tensor,
-        items: torch.Tensor,
-        shared: torch.Tensor,
-        history: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """(B, 1 + K) training logits, equal to the expanded pairs' (RankingModel's), with
-        each side embedded once: the shared items' embeddings, first-order and FM parts are
-        computed for K items, not B * K pairs."""
-        eu = self.embed_side(self.embedding, "user", users, history)  # (B, Fu, k)
-        own = self.embed_side(self.embedding, "item", items)  # (B, Fi, k)
-        es = self.embed_side(self.embedding, "item", shared)  # (K, Fi, k)
-        own_part = self.first_order(users, items, history) + fm_interaction(
-            torch.cat([eu, own], dim=1)
-        )
-        shared_part = self.first_order_matrix(users, shared, history) + fm_interaction_matrix(
-            eu, es
-        )
-        deep = self.dnn.forward_candidates(eu.flatten(1), own.flatten(1), es.flatten(1))
-        return torch.cat([own_part[:, None], shared_part], dim=1) + deep
 
     @torch.no_grad()
     def score_matrix(

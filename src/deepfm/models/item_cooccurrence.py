@@ -4,10 +4,10 @@ scored against the history field. No training.
 Fit. A user's sequence is their train rows that `SplitResult.sequence_mask()` keeps (the
 positives, or every rating: `split.sequence`), in the protocol's (timestamp, tie-break)
 order. Every pair (a -> b) with b at most `window` positions after a in the same sequence
-adds 1 (or 1 / distance with `distance_weight`) to C[a, b], and with `direction: both` also
-to C[b, a]. C is indexed by item_id code (V x V, V the item_id vocabulary; code 0, padding
-and every item unseen in train, has an all-zero row and column). `normalise: row` divides
-each row by its sum, so C[a] is a distribution over what comes near a.
+adds 1 to C[a, b], and with `direction: both` also to C[b, a]. C is indexed by item_id
+code (V x V, V the item_id vocabulary; code 0, padding and every item unseen in train, has
+an all-zero row and column). `normalise: row` divides each row by its sum, so C[a] is a
+distribution over what comes near a.
 
 Score. score(u, i) = sum over the first `recent` history positions p (0 = most recent; 0 =
 all) of w(p) * C[history[p], code(i)], w(p) = 1 / (p + 1) ** recency_power, plus
@@ -30,7 +30,7 @@ from deepfm.config import ItemCooccurrenceConfig
 from deepfm.data.schema import Schema
 from deepfm.data.splitting import SplitResult
 from deepfm.models.base import RankingModel
-from deepfm.models.layers.cooccurrence import cooccurrence_user_pairs
+from deepfm.models.layers.cooccurrence import cooccurrence_pairs
 
 
 def recency_weights(length: int, recent: int, power: float) -> torch.Tensor:
@@ -54,10 +54,10 @@ class ItemCooccurrence(RankingModel):
         mask = split.sequence_mask()
         users, items = split.train_users[mask], split.train_items[mask]
         codes = self.item_id_codes().cpu().numpy()[items]
-        _, a, b, w = cooccurrence_user_pairs(users, codes, p.window, p.direction, p.distance_weight)
+        a, b = cooccurrence_pairs(users, codes, p.window, p.direction)
         v = self.vocab
         keys, inverse = np.unique(a * v + b, return_inverse=True)
-        sums = np.bincount(inverse, weights=w, minlength=len(keys))  # float64
+        sums = np.bincount(inverse, minlength=len(keys)).astype(np.float64)
         if p.normalise == "row":
             row_sums = np.bincount(keys // v, weights=sums, minlength=v)
             sums = sums / row_sums[keys // v]

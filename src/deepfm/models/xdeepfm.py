@@ -30,7 +30,7 @@ class XDeepFM(RankingModel):
             dropout=params.dropout,
         )
         # after the embedding: keeps the initialisation order
-        self.add_first_order(schema, params)
+        self.add_first_order(schema)
         self.cin = CIN(self.embedding.num_fields, list(params.cin_layers), params.cin_split_half)
         self.dnn = DNN(
             self.embedding.num_fields * params.embed_dim,

@@ -245,7 +245,6 @@ def _train(
         save_checkpoint(model_path, checkpoint_payload(cfg, model, 0, val, data))
         state = LoopState(best_val=val, kept_val=val)
         return _outcome(state, 0, "no training (fitted in closed form)", threads, device, model)
-    model.prepare(split)  # counts from the train split (co-occurrence); every rank alike
 
     if tc.sparse_embeddings:
         use_sparse_gradients(model)

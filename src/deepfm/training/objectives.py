@@ -8,17 +8,13 @@ loop.py is the same for all of them, so checkpoints, resume and the non-finite-l
 hold for every model.
 
 - `Pointwise`: BCE over the training targets (label 1: train positives, or every train
-  rating with `train.targets: rated`), `negatives_per_positive` sampled negatives each
-  (label 0) and optionally the observed negatives (label 0).
-- `SampledSoftmax`: a softmax over each positive and its own sampled negatives (the shared
-  negatives of a positive's group): the loss ranks the positive first among them.
+  rating with `train.targets: rated`) and `negatives_per_positive` sampled negatives each
+  (label 0).
 - `GroupedPointwise`: Pointwise's BCE (labels 1, 0, ..., 0), each batch holding whole
   groups of a target and its own negatives, so a model that embeds the user side once per
   group (`group_logits`) runs its history encoder once per target, not once per pair.
   DeepFM's `catalogue_weight` w adds w x a softmax over the whole catalogue of the logit's
   factorised part (first-order + FM), NextItemSoftmax's objective on that part.
-- `SharedSoftmax`: a softmax over each target and K negatives its whole batch shares (a
-  sampled approximation of the full softmax, scored once per side where the model allows).
 - `GivenLabels`: BCE over the rows of the ctr protocol, each with its given 0/1 label (no
   sampling; users and items are the placeholder 0, the row's fields its context codes).
 - `NextItemSoftmax`: a full softmax over the catalogue for each train positive, given its
@@ -54,21 +50,18 @@ class TrainingError(RuntimeError):
 
 class Pointwise:
     def __init__(
-        self, split, rated, *, seed, negatives_per_positive, observed_negatives, device,
-        targets="positives", device_epochs=False, negative_popularity=0.0,
+        self, split, rated, *, seed, negatives_per_positive, device, targets="positives",
+        device_epochs=False,
     ):  # fmt: skip
         self.split, self.rated, self.seed, self.device = split, rated, seed, device
         self.negatives = negatives_per_positive
-        self.observed = observed_negatives
         self.targets = targets
-        self.popularity = negative_popularity
         self.history = _history(split, device)
         self.on_device = None
         if device_epochs:
             self.on_device = DeviceEpochs(
                 split, rated, seed=seed, negatives_per_positive=negatives_per_positive,
-                observed_negatives=observed_negatives, targets=targets, device=device,
-                negative_popularity=negative_popularity,
+                targets=targets, device=device,
             )  # fmt: skip
 
     def batches(
@@ -83,9 +76,7 @@ class Pointwise:
                 seed=self.seed,
                 epoch=epoch,
                 negatives_per_positive=self.negatives,
-                observed_negatives=self.observed,
                 targets=self.targets,
-                negative_popularity=self.popularity,
             )
             tensors = tuple(torch.from_numpy(a).to(self.device) for a in arrays)
         return with_history(iterate_batches(tensors, batch_size, shuffle, shard), self.history)
@@ -96,33 +87,41 @@ class Pointwise:
         return F.binary_cross_entropy_with_logits(logits, labels), len(labels)
 
 
-class SampledSoftmax:
-    name = "sampled_softmax"
+class GroupedPointwise:
+    """BCE over each target (label 1) and its negatives_per_positive sampled negatives
+    (label 0), batched by group: a batch holds whole groups, (B,) users and (B, 1 + n) items,
+    the target first, so a model that embeds the user side once per group (`group_logits`)
+    runs its history encoder once per target. The negatives are Pointwise's: one epoch draws
+    the same items for both. train.batch_size still counts pairs (a step takes
+    batch_size // (1 + n) groups), so an epoch takes about as many steps as Pointwise's.
+    catalogue_weight w > 0 adds w x a softmax over the whole catalogue of the model's
+    factorised part (`group_and_catalogue_logits`)."""
 
     def __init__(
         self, split, rated, *, seed, negatives_per_positive, device, targets="positives",
-        device_epochs=False, negative_popularity=0.0,
+        device_epochs=False, catalogue_weight=0.0,
     ):  # fmt: skip
         if negatives_per_positive < 1:
             raise TrainingError(
-                f"loss {self.name} needs train.negatives_per_positive >= 1 (the negatives "
+                "loss bce_grouped needs train.negatives_per_positive >= 1 (the negatives "
                 "grouped with each target)."
             )
         self.split, self.rated, self.seed, self.device = split, rated, seed, device
         self.negatives = negatives_per_positive
         self.targets = targets
-        self.popularity = negative_popularity
+        self.catalogue_weight = catalogue_weight
         self.history = _history(split, device)
         self.on_device = None
         if device_epochs:
             self.on_device = DeviceEpochs(
                 split, rated, seed=seed, negatives_per_positive=negatives_per_positive,
-                targets=targets, device=device, negative_popularity=negative_popularity,
+                targets=targets, device=device,
             )  # fmt: skip
 
     def batches(
         self, epoch: int, batch_size: int, shuffle: torch.Generator, shard=None
     ) -> Iterator:
+        groups = max(1, batch_size // (1 + self.negatives))
         if self.on_device is not None:
             d = self.on_device
             _, neg = d.negatives(epoch)
@@ -133,45 +132,15 @@ class SampledSoftmax:
             users = self.split.train_users[rows].astype(np.int64)
             # the same stream as Pointwise's negatives: one epoch draws the same items for both
             _, neg = sample_negatives(
-                users,
-                self.negatives,
-                self.rated,
-                rng_for(self.seed, "train-negatives", epoch),
-                popularity=self.popularity,
+                users, self.negatives, self.rated, rng_for(self.seed, "train-negatives", epoch)
             )
             items = np.concatenate(
                 [self.split.train_items[rows, None].astype(np.int64), neg.reshape(len(rows), -1)],
                 1,
             )
             tensors = tuple(torch.from_numpy(a).to(self.device) for a in (users, items, rows))
-        for u, i, r in iterate_batches(tensors, batch_size, shuffle, shard):
+        for u, i, r in iterate_batches(tensors, groups, shuffle, shard):
             yield u, i, None if self.history is None else self.history[r]
-
-    def loss(self, model, batch) -> tuple[torch.Tensor, int]:
-        users, items, history = batch  # items: (B, 1 + K), the positive first
-        logits = model.group_logits(users, items, history).float()
-        target = torch.zeros(len(users), dtype=torch.long, device=users.device)
-        return F.cross_entropy(logits, target), len(users)
-
-
-class GroupedPointwise(SampledSoftmax):
-    """BCE over each target (label 1) and its negatives_per_positive sampled negatives
-    (label 0), batched by group; train.batch_size still counts pairs (a step takes
-    batch_size // (1 + n) groups), so an epoch takes about as many steps as Pointwise's
-    (observed negatives are refused by make_objective). catalogue_weight w > 0 adds w x a
-    softmax over the whole catalogue of the model's factorised part
-    (`group_and_catalogue_logits`)."""
-
-    name = "bce_grouped"
-
-    def __init__(self, split, rated, *, catalogue_weight=0.0, **kwargs):
-        super().__init__(split, rated, **kwargs)
-        self.catalogue_weight = catalogue_weight
-
-    def batches(
-        self, epoch: int, batch_size: int, shuffle: torch.Generator, shard=None
-    ) -> Iterator:
-        return super().batches(epoch, max(1, batch_size // (1 + self.negatives)), shuffle, shard)
 
     def loss(self, model, batch) -> tuple[torch.Tensor, int]:
         users, items, history = batch  # items: (B, 1 + n), the target first
@@ -188,73 +157,6 @@ class GroupedPointwise(SampledSoftmax):
             next_item = F.cross_entropy(catalogue.float(), items[:, 0])
             loss = loss + self.catalogue_weight * next_item
         return loss, logits.numel()
-
-
-class SharedSoftmax:
-    """A softmax over each training target and K negatives shared by its whole batch (seeded
-    by seed, epoch and batch, the same on every rank), each masked out of the rows of users
-    who rated it in train (the target included), so a row ranks its target against unrated
-    items. The K items are distinct and uniform (popularity 0), or drawn with replacement
-    with probability q proportional to (train ratings + 1) ** popularity, as in-batch
-    negatives are; every logit then has log(K q) subtracted (the sampled-softmax correction,
-    Jean et al. 2015; Yi et al. 2019), which under uniform draws is one constant and changes
-    nothing. With K near the catalogue this is SASRec's full softmax; the model scores the
-    shared items once per side where its parts allow (RankingModel.candidate_logits)."""
-
-    def __init__(
-        self, split, rated, *, seed, shared_negatives, device, targets="positives",
-        popularity=0.0,
-    ):  # fmt: skip
-        if not popularity and shared_negatives > rated.num_items:
-            raise TrainingError(
-                f"shared_negatives is {shared_negatives} but the catalogue holds "
-                f"{rated.num_items} items: lower it to at most {rated.num_items}."
-            )
-        self.seed, self.device, self.k = seed, device, shared_negatives
-        self.num_items = rated.num_items
-        self.keys = torch.from_numpy(rated.keys).to(device)  # sorted user * num_items + item
-        self.cdf = rated.item_cdf(popularity)  # None: uniform
-        if self.cdf is None:
-            q = np.full(self.num_items, 1.0 / self.num_items)
-        else:
-            q = np.diff(self.cdf, prepend=0.0) / self.cdf[-1]
-        self.log_kq = torch.from_numpy(np.log(shared_negatives * q)).float().to(device)
-        self.history = _history(split, device)
-        self.tensors = _target_tensors(split, targets, device)
-
-    def batches(
-        self, epoch: int, batch_size: int, shuffle: torch.Generator, shard=None
-    ) -> Iterator:
-        rng = rng_for(self.seed, "shared-negatives", epoch)
-        for u, i, r in iterate_batches(self.tensors, batch_size, shuffle, shard):
-            if self.cdf is None:
-                shared = rng.choice(self.num_items, size=self.k, replace=False)
-            else:
-                shared = np.searchsorted(self.cdf, rng.random(self.k) * self.cdf[-1], "right")
-                shared = np.minimum(shared, self.num_items - 1)
-            yield u, i, torch.from_numpy(shared).to(self.device), self.history_rows(r)
-
-    def history_rows(self, rows: torch.Tensor) -> torch.Tensor | None:
-        return None if self.history is None else self.history[rows]
-
-    def rated_mask(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """(B, K) whether users[b] rated items[k] in train."""
-        query = users[:, None] * self.num_items + items[None, :]
-        pos = torch.searchsorted(self.keys, query).clamp_(max=len(self.keys) - 1)
-        return self.keys[pos] == query
-
-    def loss(self, model, batch) -> tuple[torch.Tensor, int]:
-        users, items, shared, history = batch
-        logits = model.candidate_logits(users, items, shared, history).float()
-        logits = logits - torch.cat(
-            [self.log_kq[items][:, None], self.log_kq[shared][None, :].expand(len(items), -1)], 1
-        )
-        masked = torch.cat(
-            [torch.zeros_like(users, dtype=torch.bool)[:, None], self.rated_mask(users, shared)], 1
-        )
-        logits = logits.masked_fill(masked, float("-inf"))
-        target = torch.zeros(len(users), dtype=torch.long, device=users.device)
-        return F.cross_entropy(logits, target), len(users)
 
 
 class NextItemSoftmax:
@@ -344,17 +246,6 @@ def make_objective(cfg, split: SplitResult | CTRSplit, rated: RatedIndex | None,
                 f"each row's given label: set {cfg.model}.loss to bce."
             )
         return GivenLabels(split, device, tc.device_epochs)
-    if loss != "bce" and tc.observed_negatives:
-        raise TrainingError(
-            f"{cfg.model}.loss is {loss!r}, which groups each target with items sampled for "
-            "it; train.observed_negatives (label-0 rows of their own) needs loss bce. Set one "
-            "of them back."
-        )
-    if tc.targets == "rated" and tc.observed_negatives:
-        raise TrainingError(
-            "train.targets is 'rated', so every rated row is a label-1 target and there are "
-            "no observed negatives left: set train.observed_negatives to false."
-        )
     catalogue_weight = getattr(cfg.model_params, "catalogue_weight", 0.0)
     if catalogue_weight and loss != "bce_grouped":
         raise TrainingError(
@@ -362,17 +253,11 @@ def make_objective(cfg, split: SplitResult | CTRSplit, rated: RatedIndex | None,
             f"bce_grouped, but {cfg.model}.loss is {loss!r}: set {cfg.model}.loss to "
             f"bce_grouped or {cfg.model}.catalogue_weight to 0."
         )
-    if loss in ("sampled_softmax", "bce_grouped"):
-        grouped = {} if loss == "sampled_softmax" else {"catalogue_weight": catalogue_weight}
-        return (SampledSoftmax if loss == "sampled_softmax" else GroupedPointwise)(
+    if loss == "bce_grouped":
+        return GroupedPointwise(
             split, rated, seed=cfg.seed, negatives_per_positive=tc.negatives_per_positive,
             device=device, targets=tc.targets, device_epochs=tc.device_epochs,
-            negative_popularity=tc.negative_popularity, **grouped,
-        )  # fmt: skip
-    if loss == "shared_softmax":
-        return SharedSoftmax(
-            split, rated, seed=cfg.seed, shared_negatives=cfg.model_params.shared_negatives,
-            device=device, targets=tc.targets, popularity=cfg.model_params.shared_popularity,
+            catalogue_weight=catalogue_weight,
         )  # fmt: skip
     if loss == "softmax":
         return NextItemSoftmax(split, rated, device=device, targets=tc.targets)
@@ -381,9 +266,7 @@ def make_objective(cfg, split: SplitResult | CTRSplit, rated: RatedIndex | None,
         rated,
         seed=cfg.seed,
         negatives_per_positive=tc.negatives_per_positive,
-        observed_negatives=tc.observed_negatives,
         device=device,
         targets=tc.targets,
         device_epochs=tc.device_epochs,
-        negative_popularity=tc.negative_popularity,
     )

@@ -10,7 +10,7 @@ from torch import nn
 
 from deepfm.config import TrainConfig
 from deepfm.evaluation.metrics import parse_key
-from deepfm.models.layers import FeatureEmbedding, ItemTransition
+from deepfm.models.layers import FeatureEmbedding
 
 
 class LazyAdam(torch.optim.Adam):
@@ -71,7 +71,7 @@ def summed_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def use_sparse_gradients(model: nn.Module) -> None:
     """Every embedding lookup of the model gets a row-sparse gradient (for LazyAdam)."""
     for module in model.modules():
-        if isinstance(module, FeatureEmbedding | ItemTransition):
+        if isinstance(module, FeatureEmbedding):
             module.sparse_gradients = True
             # FeatureEmbedding looks its tables up itself (never through their forward):
             # the flag only tells DDP to expect, and all-reduce, a sparse gradient for them

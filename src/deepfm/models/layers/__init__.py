@@ -1,22 +1,18 @@
 from deepfm.models.layers.attention import FieldAttention, field_attention_stack
 from deepfm.models.layers.causal import CausalTransformer
 from deepfm.models.layers.cin import CIN
-from deepfm.models.layers.cooccurrence import CooccurrenceScore
 from deepfm.models.layers.dnn import DNN
 from deepfm.models.layers.embedding import FeatureEmbedding
 from deepfm.models.layers.fm_interaction import FMInteraction, fm_interaction, fm_interaction_matrix
 from deepfm.models.layers.target_attention import TargetAttention
-from deepfm.models.layers.transition import ItemTransition
 
 __all__ = [
     "CIN",
     "DNN",
     "CausalTransformer",
-    "CooccurrenceScore",
     "FMInteraction",
     "FeatureEmbedding",
     "FieldAttention",
-    "ItemTransition",
     "TargetAttention",
     "field_attention_stack",
     "fm_interaction",

@@ -71,24 +71,6 @@ class DNN(nn.Module):
         """(B, in_dim) -> (B,) logits."""
         return self.layers(x).squeeze(-1)
 
-    def forward_candidates(
-        self, user_flat: torch.Tensor, own_flat: torch.Tensor, shared_flat: torch.Tensor
-    ) -> torch.Tensor:
-        """(B, Du) user inputs, (B, Di) each row's own candidate and (K, Di) candidates shared
-        by every row -> (B, 1 + K) logits of every (row, candidate) pair, own candidate first:
-        forward(cat([user, item])) of each pair, with the first Linear applied per side (it is
-        additive over its input blocks) instead of to B x (1 + K) concatenated inputs. Any
-        mode: in training, BatchNorm's statistics are those of all the pairs, as in one
-        forward over them."""
-        w, b = self.first.weight, self.first.bias
-        du = user_flat.shape[1]
-        hu = torch.addmm(b, user_flat, w[:, :du].T)  # (B, H)
-        h_own = own_flat @ w[:, du:].T  # (B, H)
-        h_shared = shared_flat @ w[:, du:].T  # (K, H)
-        n, k, width = len(hu), len(h_shared), hu.shape[1]
-        h = hu[:, None, :] + torch.cat([h_own[:, None, :], h_shared.expand(n, k, width)], dim=1)
-        return self.layers[1:](h.reshape(-1, width)).reshape(n, 1 + k)
-
     @torch.no_grad()
     def folded_linears(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Inference-mode (W, b) of each Linear with the BatchNorm after it folded in.
