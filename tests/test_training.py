@@ -390,3 +390,18 @@ def test_the_data_fingerprint_ignores_the_candidates_only(canonical):
     assert fingerprint(7, "random") != fingerprint(8, "random")
     flipped = coarse.assign(label=coarse.label.where(coarse.index != 0, 1 - coarse.label[0]))
     assert fingerprint(7, frame=flipped) != fingerprint(7)
+
+
+def test_a_checkpoint_naming_a_removed_switch_says_to_retrain(split, tmp_path):
+    from deepfm.io import save_checkpoint
+
+    train(_cfg(epochs=1), split, tmp_path / "m.pt")
+    payload = load_checkpoint(tmp_path / "m.pt")
+    payload["model_params"] = {**payload["model_params"], "transition_items": 0}
+    save_checkpoint(tmp_path / "old.pt", payload)
+    with pytest.raises(
+        ValueError,
+        match=r"old\.pt: its deepfm params name transition_items, "
+        r"which this version no longer has \(docs/tuning-log\.md\); retrain",
+    ):
+        load_model(tmp_path / "old.pt")

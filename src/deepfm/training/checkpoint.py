@@ -63,7 +63,14 @@ def load_model(path: Path) -> tuple[RankingModel, dict]:
     schema = Schema.from_dict(payload["schema"])
     state = payload["state_dict"]
     features = {k: state[k] for k in feature_names(schema)}
-    params = MODEL_SECTIONS[payload["model"]](**payload["model_params"])
+    section = MODEL_SECTIONS[payload["model"]]
+    gone = sorted(set(payload["model_params"]) - {f.name for f in dataclasses.fields(section)})
+    if gone:  # a switch removed since (docs/tuning-log.md, "Pruned")
+        raise ValueError(
+            f"{path}: its {payload['model']} params name {', '.join(gone)}, which this version "
+            "no longer has (docs/tuning-log.md); retrain with this version (dvc repro train)."
+        )
+    params = section(**payload["model_params"])
     model = build_model(payload["model"], schema, features, params)
     model.load_state_dict(state)
     model.eval()
