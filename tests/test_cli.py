@@ -446,7 +446,7 @@ def test_deepfm_report_hands_its_arguments_to_the_results_cli(tmp_path, capsys):
     with pytest.raises(SystemExit):
         command.main(["report", "-h"])
     assert capsys.readouterr().out.startswith(
-        "usage: deepfm report [-h] {table,compare,figures,export}"
+        "usage: deepfm report [-h] {table,compare,figures,export,sweep}"
     )
 
 

@@ -95,9 +95,9 @@ def test_metrics_file_is_complete(pipeline):
 
 # ItemPop on this split (no training; measured with the default params, the causal cut): the
 # floor the default model must clear by a margin, on both held-out splits.
-ITEMPOP = {
-    "test": {"full_ndcg@10": 0.0414, "hr@10": 0.1019, "auc": 0.7951},
-    "val": {"full_ndcg@10": 0.0378, "hr@10": 0.1136, "auc": 0.8254},
+ITEMPOP = {  # params.yaml's ItemPop (count: positives) on the default split, seed 42
+    "test": {"full_ndcg@10": 0.0352, "hr@10": 0.0924, "auc": 0.7920},
+    "val": {"full_ndcg@10": 0.0385, "hr@10": 0.0977, "auc": 0.8185},
 }
 
 
