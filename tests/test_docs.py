@@ -63,3 +63,18 @@ def test_relative_links_lead_to_files(path):
         if "://" in target or target.startswith("mailto:"):
             continue
         assert (page.parent / target).exists(), f"{path} links to {target}, which is missing"
+
+
+def test_the_readmes_box_quotes_the_default_run_and_the_tables_best_row(capsys, monkeypatch):
+    box = README.split("```")[1]
+    metrics = json.loads((REPO / "metrics" / "eval.json").read_text())
+    reproduce = re.search(r"reproduce\s+make repro .*test full NDCG@10 ([0-9.]+)", box)
+    assert reproduce and reproduce.group(1) == f"{metrics['test']['full_ndcg@10']:.4f}"
+    monkeypatch.chdir(REPO)
+    assert cli.main(["table", "--records", str(RECORDS)]) == 0
+    top = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1]
+    model, cell = top.split("|")[1].strip(), top.split("|")[5].strip()  # sorted by that cell
+    best = re.search(r"best\s+(\S+)\s+test full NDCG@10 (\S+ ± \S+)", box)
+    assert best and best.groups() == (model, cell), (best and best.groups(), top)
+    tests = re.search(r"test\s+make test\s+(\d+) tests", box)
+    assert tests, box
