@@ -435,7 +435,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         for argv in (["export", records, *where], ["table", "--records", records, *table]):
             sub = parser().parse_args(argv)
             sub.func(sub)
-    sub = parser().parse_args(["figures", "--records", records_for(args.records, TIE_BREAKS[0])])
+    headline = records_for(args.records, TIE_BREAKS[0])
+    sub = parser().parse_args(["figures", "--records", headline, "--out", args.figures])
     sub.func(sub)
 
 
@@ -544,6 +545,7 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--params", default="params.yaml", metavar="FILE")
     w.add_argument("--records", default=str(RECORDS), metavar="DIR")
     w.add_argument("--table", default="reports/results.md", metavar="FILE")
+    w.add_argument("--figures", default="reports/figures", metavar="DIR")
     w.add_argument("--dry-run", action="store_true", help="print the plan; queue nothing")
     w.set_defaults(func=cmd_sweep, usage_error=w.error)
     return p
