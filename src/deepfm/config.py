@@ -440,6 +440,28 @@ def _own_train(model: str, block) -> dict:
     return own
 
 
+def _sections(raw: dict, sections: dict, chosen: str, require_all: bool) -> dict:
+    """The split / train / eval sections and every model's ({"models": {name: section}}). A
+    model's section may name train keys of its own (`sasrec: {train: {epochs: 40}}`): they
+    replace the shared `train` keys when that model is the chosen one."""
+    own_train = {name: _own_train(name, raw.get(name)) for name in MODEL_SECTIONS}
+    out: dict[str, Any] = {"models": {}}
+    for name, cls in {**sections, **MODEL_SECTIONS}.items():
+        if require_all and name not in raw:
+            raise ConfigError(f"params.yaml: missing section '{name}'; add it with its keys.")
+        block = raw.get(name)
+        if name in MODEL_SECTIONS and isinstance(block, dict):
+            block = {k: v for k, v in block.items() if k != "train"}
+        if name == "train" and isinstance(block, dict):
+            block = {**block, **own_train.get(chosen, {})}
+        section = _build(cls, block, name, require_all)
+        if name in sections:
+            out[name] = section
+        else:
+            out["models"][name] = section
+    return out
+
+
 def parse_config(raw: dict, *, require_all: bool = False) -> Config:
     """Validate a params mapping (as loaded from YAML) and return the typed Config.
 
@@ -469,23 +491,7 @@ def parse_config(raw: dict, *, require_all: bool = False) -> Config:
             values[name] = _check_value(name, raw[name], hints[name], fields[name].metadata)
         elif require_all:
             raise _missing_key_error(name, fields[name].default)
-    # a model's section may name train keys of its own (`sasrec: {train: {epochs: 40}}`):
-    # they replace the shared `train` keys when that model is chosen
-    own_train = {name: _own_train(name, raw.get(name)) for name in MODEL_SECTIONS}
-    chosen = values.get("model", Config.model)
-    for name, cls in {**sections, **MODEL_SECTIONS}.items():
-        if require_all and name not in raw:
-            raise ConfigError(f"params.yaml: missing section '{name}'; add it with its keys.")
-        block = raw.get(name)
-        if name in MODEL_SECTIONS and isinstance(block, dict):
-            block = {k: v for k, v in block.items() if k != "train"}
-        if name == "train" and isinstance(block, dict):
-            block = {**block, **own_train.get(chosen, {})}
-        section = _build(cls, block, name, require_all)
-        if name in sections:
-            values[name] = section
-        else:
-            values.setdefault("models", {})[name] = section
+    values.update(_sections(raw, sections, values.get("model", Config.model), require_all))
     declared = raw.get("datasets")
     if require_all and not declared:
         raise ConfigError(

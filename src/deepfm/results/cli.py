@@ -445,12 +445,9 @@ def records_for(records: str, tie_break: str) -> str:
     return records if tie_break == TIE_BREAKS[0] else f"{records}-{tie_break}"
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="deepfm report", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _parents() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The options every report shares: which runs (`source`), and the records and split
+    the reports read (`report`)."""
     source = argparse.ArgumentParser(add_help=False)
     source.add_argument("--from-json", metavar="FILE", help="saved `dvc exp show --json` output")
     source.add_argument(
@@ -484,6 +481,38 @@ def parser() -> argparse.ArgumentParser:
         "--all-commits)",
     )
     report.add_argument("--split", default="test", choices=("test", "val"))
+    return source, report
+
+
+def _add_sweep(sub) -> None:
+    """`report sweep` (make results): its own options, none of the run-source ones."""
+    w = sub.add_parser(
+        "sweep",
+        help="queue and run the headline sweep (models x seeds x tie-breaks), then export, "
+        "table and figures (make results)",
+    )
+    w.add_argument("--models", nargs="+", metavar="MODEL", help="default: every registered one")
+    w.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    w.add_argument("--tie-breaks", nargs="+", default=list(TIE_BREAKS), choices=TIE_BREAKS)
+    w.add_argument(
+        "--threads", type=int, help="torch threads per run (default: params.yaml's; "
+        "another value reproduces itself, not dvc.lock)",
+    )  # fmt: skip
+    w.add_argument("--params", default="params.yaml", metavar="FILE")
+    w.add_argument("--records", default=str(RECORDS), metavar="DIR")
+    w.add_argument("--table", default="reports/results.md", metavar="FILE")
+    w.add_argument("--figures", default="reports/figures", metavar="DIR")
+    w.add_argument("--dry-run", action="store_true", help="print the plan; queue nothing")
+    w.set_defaults(func=cmd_sweep, usage_error=w.error)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="deepfm report", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    source, report = _parents()
 
     t = sub.add_parser("table", parents=[source, report], help="mean ± std over seeds per model")
     t.add_argument("--out", default="", metavar="FILE", help="also write the markdown here")
@@ -530,24 +559,7 @@ def parser() -> argparse.ArgumentParser:
     )
     e.set_defaults(func=cmd_export, records=None, usage_error=e.error)  # from DVC only
 
-    w = sub.add_parser(
-        "sweep",
-        help="queue and run the headline sweep (models x seeds x tie-breaks), then export, "
-        "table and figures (make results)",
-    )
-    w.add_argument("--models", nargs="+", metavar="MODEL", help="default: every registered one")
-    w.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
-    w.add_argument("--tie-breaks", nargs="+", default=list(TIE_BREAKS), choices=TIE_BREAKS)
-    w.add_argument(
-        "--threads", type=int, help="torch threads per run (default: params.yaml's; "
-        "another value reproduces itself, not dvc.lock)",
-    )  # fmt: skip
-    w.add_argument("--params", default="params.yaml", metavar="FILE")
-    w.add_argument("--records", default=str(RECORDS), metavar="DIR")
-    w.add_argument("--table", default="reports/results.md", metavar="FILE")
-    w.add_argument("--figures", default="reports/figures", metavar="DIR")
-    w.add_argument("--dry-run", action="store_true", help="print the plan; queue nothing")
-    w.set_defaults(func=cmd_sweep, usage_error=w.error)
+    _add_sweep(sub)
     return p
 
 
