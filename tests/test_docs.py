@@ -31,6 +31,12 @@ def test_the_readme_table_is_the_reports_output_from_the_records(capsys, monkeyp
     table = capsys.readouterr().out.strip()
     assert table.startswith("*Split: test") and table.count("\n| ") >= 7
     assert table in README, "README's table differs from `deepfm report table --records`"
+    results = (REPO / "docs/results.md").read_text(encoding="utf-8")
+    current = results.split("\n## ")[2]  # "Current results", after "How the tables ... made"
+    assert current.startswith("Current results") and table in current
+    header = table.splitlines()[2]
+    for page, text in (("README.md", README), ("docs/results.md's current section", current)):
+        assert text.count(header) == 1, f"{page} holds a results table besides the report's"
 
 
 def test_the_readmes_default_run_is_the_committed_metrics_and_inside_its_row():
