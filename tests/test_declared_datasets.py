@@ -376,3 +376,18 @@ def test_a_context_value_seen_only_in_held_out_rows_is_unknown(synthetic):
     assert again.schema.field("device").vocab_size == split.schema.field("device").vocab_size
     assert split.test.history[0, 0] > 0
     assert again.test.history[0, 0] == 0  # "fridge" was never seen in train
+
+
+def test_an_empty_cell_is_a_missing_value_not_the_text_nan(tmp_path):
+    """pandas' string dtype turns None into NaN, which a bag would read as the tag 'nan'."""
+    spec, raw = _write(
+        tmp_path,
+        HEADER + "u1,m1,7,1600000000,30,,,tv\nu2,m2,8,1600000001,,drama,a|b,\n",
+    )
+    interactions, _, items = canonical_tables(spec, raw)
+    tags = dict(zip(items.item_id, items.tags, strict=True))
+    assert list(tags["m1"]) == [] and list(tags["m2"]) == ["a", "b"]
+    category = dict(zip(items.item_id, items.category, strict=True))
+    assert category["m2"] == "drama" and pd.isna(category["m1"])  # missing: code 0
+    device = dict(zip(interactions.user_id, interactions.device, strict=True))
+    assert device["u1"] == "tv" and pd.isna(device["u2"])

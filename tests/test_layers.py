@@ -183,6 +183,36 @@ def test_feature_embedding_rejects_unknown_fields(split):
         FeatureEmbedding(split.schema, 4, field_dims={"gender": 0})
 
 
+@pytest.mark.parametrize("name", ["deepfm", "xdeepfm", "attention_deepfm"])
+def test_the_deepfm_family_draws_its_field_embeddings_first(split, name):
+    # add_field_embeddings: the embedding, then the first-order part, before any other module,
+    # so that torch's generator gives every model the initial weights it always had
+    from deepfm.config import MODEL_SECTIONS
+    from deepfm.data.batches import feature_tensors
+    from deepfm.models import build_model
+
+    params = MODEL_SECTIONS[name](
+        embed_dim=4, dnn_hidden=[8], recent_items=2, field_dims={"gender": 2}
+    )
+    torch.manual_seed(0)
+    model = build_model(name, split.schema, feature_tensors(split), params)
+    assert [child for child, _ in model.named_children()][:2] == ["embedding", "linear"]
+    torch.manual_seed(0)
+    embedding = FeatureEmbedding(
+        split.schema,
+        4,
+        field_dims={"gender": 2},
+        recent_items=2,
+        history_pooling=params.history_pooling,
+        dropout=params.dropout,
+    )
+    linear = FeatureEmbedding(split.schema, 1, init_std=0.0)
+    for built, alone in ((model.embedding, embedding), (model.linear, linear)):
+        assert built.state_dict().keys() == alone.state_dict().keys()
+        for key, value in built.state_dict().items():
+            assert torch.equal(value, alone.state_dict()[key]), key
+
+
 @pytest.mark.parametrize("split_half", [True, False])
 def test_cin_score_pairs_equals_forward_on_every_pair(split_half):
     torch.manual_seed(0)

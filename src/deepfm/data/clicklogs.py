@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from deepfm.data.movielens import ParseError, _check_field_counts
+from deepfm.data.movielens import ParseError, _check_field_counts, raise_first_bad_line
 
 CRITEO_INTS = [f"I{i}" for i in range(1, 14)]
 CRITEO_CATS = [f"C{i}" for i in range(1, 27)]
@@ -77,24 +77,24 @@ def _integers(frame: pd.DataFrame, column: str, path: Path, first_line: int) -> 
     text = frame[column]
     values = pd.to_numeric(text, errors="coerce").to_numpy(np.float64)
     bad = (np.isnan(values) & (text != "").to_numpy()) | (values % 1 > 0)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ParseError(
-            f"{path}, line {i + first_line}: {column} is {text.iloc[i]!r}; expected an integer "
-            "or an empty field."
-        )
+    raise_first_bad_line(
+        bad,
+        path,
+        first_line,
+        lambda i: f"{column} is {text.iloc[i]!r}; expected an integer or an empty field.",
+    )
     return values
 
 
 def _labels(frame: pd.DataFrame, column: str, path: Path, first_line: int) -> np.ndarray:
     labels = _integers(frame, column, path, first_line)
     bad = ~np.isin(labels, (0, 1))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ParseError(
-            f"{path}, line {i + first_line}: {column} is {frame[column].iloc[i]!r}; a click "
-            "label is 0 or 1."
-        )
+    raise_first_bad_line(
+        bad,
+        path,
+        first_line,
+        lambda i: f"{column} is {frame[column].iloc[i]!r}; a click label is 0 or 1.",
+    )
     return labels.astype(np.int8)
 
 
@@ -161,13 +161,12 @@ def parse_avazu(path: Path, data: bytes | None = None, offset: int = 0) -> pd.Da
     frame = _read(path, ",", AVAZU_COLUMNS, header=True, data=data, offset=offset)
     hour = frame["hour"]
     when = pd.to_datetime(hour, format="%y%m%d%H", errors="coerce")
-    bad = when.isna().to_numpy()
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ParseError(
-            f"{path}, line {i + 1 + max(offset, 1)}: hour is {hour.iloc[i]!r}; expected "
-            "YYMMDDHH, e.g. 14102100."
-        )
+    raise_first_bad_line(
+        when.isna().to_numpy(),
+        path,
+        1 + max(offset, 1),
+        lambda i: f"hour is {hour.iloc[i]!r}; expected YYMMDDHH, e.g. 14102100.",
+    )
     categorical = [c for c in AVAZU_COLUMNS if c not in ("id", "click", "hour")]
     columns = {c: frame[c].where(frame[c] != "", None).to_numpy(object) for c in categorical}
     columns["hour_of_day"] = when.dt.strftime("%H").to_numpy(object)

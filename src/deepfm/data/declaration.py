@@ -34,6 +34,24 @@ CANONICAL_COLUMNS = ("user_id", "item_id", "rating", "timestamp", "label")
 # sources read from a declared file (path + sha256) rather than a downloaded archive
 FILE_SOURCES = ("local", "criteo", "avazu")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+DATASET_KEYS = ("source", "protocol", "files", "columns", "label", "fields", "options")
+FIELD_OPTIONS = (
+    "source",
+    "kind",
+    "min_count",
+    "max_length",
+    "separator",
+    "bins",
+    "log_buckets",
+    "scaler",
+    "missing",
+)
+# the options (beyond source and kind) that each kind of field takes
+KIND_OPTIONS = {
+    "sparse": {"min_count", "bins", "log_buckets"},
+    "sequence": {"min_count", "max_length", "separator"},
+    "dense": {"scaler", "missing"},
+}
 
 
 class DeclarationError(ValueError):
@@ -128,36 +146,43 @@ def _number(value) -> bool:
 
 def parse_field(name: str, raw, key: str) -> FieldSpec:
     raw = _mapping(raw, key)
-    _only(
-        raw,
-        (
-            "source",
-            "kind",
-            "min_count",
-            "max_length",
-            "separator",
-            "bins",
-            "log_buckets",
-            "scaler",
-            "missing",
-        ),
-        key,
+    _only(raw, FIELD_OPTIONS, key)
+    source, kind = _field_source_and_kind(raw, key)
+    bins, separator, log_buckets, missing = _field_values(raw, key)
+    _check_field_role(name, source, kind, key)
+    return FieldSpec(
+        name=name,
+        source=source,
+        kind=kind,
+        min_count=_int(raw, "min_count", key, 1, 1),
+        max_length=_int(raw, "max_length", key, 0, 0),
+        separator=separator,
+        bins=tuple(float(b) for b in bins),
+        log_buckets=log_buckets,
+        scaler=_choice(raw, "scaler", key, "standard", SCALERS),
+        missing=float(missing) if _number(missing) else missing,
     )
+
+
+def _field_source_and_kind(raw: dict, key: str) -> tuple[str, str]:
+    """The field's source and kind, which it must give, and that its options are its kind's."""
     for required in ("source", "kind"):
         if required not in raw:
             raise _fail(key, f"lacks '{required}'; e.g. {{source: user, kind: sparse}}.")
     source = _choice(raw, "source", key, "", FIELD_SOURCES)
     kind = _choice(raw, "kind", key, "", FIELD_KINDS)
-    per_kind = {
-        "sparse": {"min_count", "bins", "log_buckets"},
-        "sequence": {"min_count", "max_length", "separator"},
-        "dense": {"scaler", "missing"},
-    }
-    for option in set(raw) - {"source", "kind"} - per_kind[kind]:
+    for option in set(raw) - {"source", "kind"} - KIND_OPTIONS[kind]:
         raise _fail(
             f"{key}.{option}",
-            f"does not apply to a {kind} field; its options: {', '.join(sorted(per_kind[kind]))}.",
+            f"does not apply to a {kind} field; its options: "
+            f"{', '.join(sorted(KIND_OPTIONS[kind]))}.",
         )
+    return source, kind
+
+
+def _field_values(raw: dict, key: str) -> tuple[list, str, bool, str | float]:
+    """The options whose values are checked here (bins, separator, log_buckets, missing),
+    defaults filled in."""
     bins = raw.get("bins", [])
     if not isinstance(bins, list) or not all(_number(b) for b in bins) or bins != sorted(bins):
         raise _fail(f"{key}.bins", f"is {bins!r}; it must be an increasing list of numbers.")
@@ -173,6 +198,11 @@ def parse_field(name: str, raw, key: str) -> FieldSpec:
     missing = raw.get("missing", "mean")
     if missing != "mean" and not _number(missing):
         raise _fail(f"{key}.missing", f"is {missing!r}; it must be 'mean' or a number.")
+    return bins, separator, log_buckets, missing
+
+
+def _check_field_role(name: str, source: str, kind: str, key: str) -> None:
+    """What a context field and the user and item ids must be."""
     if source == "context" and kind != "sparse":
         raise _fail(
             f"{key}.kind",
@@ -180,18 +210,6 @@ def parse_field(name: str, raw, key: str) -> FieldSpec:
         )
     if name in ("user_id", "item_id") and (kind != "sparse" or source != name[:4]):
         raise _fail(key, f"must be {{source: {name[:4]}, kind: sparse}}: it is the {name[:4]} id.")
-    return FieldSpec(
-        name=name,
-        source=source,
-        kind=kind,
-        min_count=_int(raw, "min_count", key, 1, 1),
-        max_length=_int(raw, "max_length", key, 0, 0),
-        separator=separator,
-        bins=tuple(float(b) for b in bins),
-        log_buckets=log_buckets,
-        scaler=_choice(raw, "scaler", key, "standard", SCALERS),
-        missing=float(missing) if _number(missing) else missing,
-    )
 
 
 def _parse_file(role: str, raw, key: str, fmt: str | None = None) -> FileSpec:
@@ -225,7 +243,7 @@ def parse_dataset(name: str, raw, registered: tuple[str, ...]) -> DatasetSpec:
     """One `datasets.<name>` block -> DatasetSpec. `registered`: the known release names."""
     key = f"datasets.{name}"
     raw = _mapping(raw, key)
-    _only(raw, ("source", "protocol", "files", "columns", "label", "fields", "options"), key)
+    _only(raw, DATASET_KEYS, key)
     source = raw.get("source")
     protocol, ctr_split, ctr_fractions, ctr_group = _parse_protocol(
         raw.get("protocol", "topk"), key
@@ -236,96 +254,13 @@ def parse_dataset(name: str, raw, registered: tuple[str, ...]) -> DatasetSpec:
             f"is {source!r}; use 'local' (your own files) or a registered release: "
             f"{', '.join(registered)}.",
         )
-
-    label = _mapping(raw.get("label"), f"{key}.label")
-    _only(label, ("threshold", "column"), f"{key}.label")
-    if len(label) != 1:
-        raise _fail(
-            f"{key}.label",
-            "must hold exactly one rule: {threshold: 4} (label = rating >= 4, any numeric "
-            "scale) or {column: clicked} (a given 0/1 label).",
-        )
-    threshold = label.get("threshold")
-    if "threshold" in label and not _number(threshold):
-        raise _fail(f"{key}.label.threshold", f"is {threshold!r}; it must be a number.")
-    label_column = label.get("column")
-    if "column" in label and (not isinstance(label_column, str) or not label_column):
-        raise _fail(f"{key}.label.column", f"is {label_column!r}; name the 0/1 label column.")
-
+    threshold, label_column = _parse_label(raw.get("label"), key)
     fields_raw = _mapping(raw.get("fields"), f"{key}.fields")
     fields = tuple(parse_field(n, r, f"{key}.fields.{n}") for n, r in fields_raw.items())
     if protocol == "ctr":
-        other = [f.name for f in fields if f.source != "context"]
-        if other or not fields:
-            raise _fail(
-                f"{key}.fields",
-                f"{'has ' + ', '.join(other) if other else 'is empty'}: under the ctr protocol "
-                "every field is a column of the row, {source: context, kind: sparse}.",
-            )
-        if label_column is None:
-            raise _fail(
-                f"{key}.label",
-                "must be {column: <its 0/1 click column>} under the ctr protocol: the label "
-                "is given per row.",
-            )
-        if ctr_group is not None and ctr_group not in {f.name for f in fields}:
-            raise _fail(
-                f"{key}.protocol.group",
-                f"is {ctr_group!r}, not a declared field; name the field whose values are "
-                f"the users (fields: {', '.join(f.name for f in fields)}).",
-            )
-    for required in ("user_id", "item_id") if protocol == "topk" else ():
-        if not any(f.name == required for f in fields):
-            raise _fail(
-                f"{key}.fields",
-                f"lacks '{required}'; add {required}: {{source: {required[:4]}, kind: sparse}}.",
-            )
-    if "history" in fields_raw:
-        raise _fail(
-            f"{key}.fields.history",
-            "is reserved: the history field is made by the split (split.history_length).",
-        )
-
-    files: dict[str, FileSpec] = {}
-    columns: dict[str, str] = {}
-    if source in FILE_SOURCES and source != "local":  # a click log: one declared file
-        files_raw = _mapping(raw.get("files"), f"{key}.files")
-        _only(files_raw, ("interactions",), f"{key}.files")
-        if "interactions" not in files_raw:
-            raise _fail(
-                f"{key}.files",
-                f"lacks 'interactions': {source} is not downloaded (its terms need a login); "
-                "give the path of your copy and its sha256.",
-            )
-        files = {
-            "interactions": _parse_file(
-                "interactions", files_raw["interactions"], f"{key}.files.interactions", source
-            )
-        }
-    elif source == "local":
-        files_raw = _mapping(raw.get("files"), f"{key}.files")
-        _only(files_raw, FILE_ROLES, f"{key}.files")
-        if "interactions" not in files_raw:
-            raise _fail(
-                f"{key}.files",
-                "lacks 'interactions'; e.g. interactions: {path: data.csv, sha256: <64 hex>}.",
-            )
-        files = {r: _parse_file(r, v, f"{key}.files.{r}") for r, v in files_raw.items()}
-        columns_raw = _mapping(raw.get("columns"), f"{key}.columns")
-        _only(columns_raw, CANONICAL_COLUMNS, f"{key}.columns")
-        for canonical, column in columns_raw.items():
-            if not isinstance(column, str) or not column:
-                raise _fail(f"{key}.columns.{canonical}", f"is {column!r}; name a file column.")
-        columns = {c: columns_raw.get(c, c) for c in CANONICAL_COLUMNS}
-        if label_column is not None:
-            columns["label"] = label_column
-    if source != "local" and raw.get("columns"):
-        raise _fail(f"{key}.columns", f"applies to source: local only; {source} has a parser.")
-    if source not in FILE_SOURCES and raw.get("files"):
-        raise _fail(
-            f"{key}.files",
-            f"applies to source: local only; {source} is fetched from its registered archive.",
-        )
+        _check_ctr_fields(fields, label_column, ctr_group, key)
+    _check_fields(fields, protocol, key)
+    files, columns = _parse_files(raw, source, label_column, key)
     options = _mapping(raw.get("options"), f"{key}.options")
     return DatasetSpec(
         name=name,
@@ -341,6 +276,127 @@ def parse_dataset(name: str, raw, registered: tuple[str, ...]) -> DatasetSpec:
         ctr_fractions=ctr_fractions,
         ctr_group=ctr_group,
     )
+
+
+def _parse_label(raw, key: str) -> tuple[Any, str | None]:
+    """The label rule: (threshold, None) or (None, column)."""
+    label = _mapping(raw, f"{key}.label")
+    _only(label, ("threshold", "column"), f"{key}.label")
+    if len(label) != 1:
+        raise _fail(
+            f"{key}.label",
+            "must hold exactly one rule: {threshold: 4} (label = rating >= 4, any numeric "
+            "scale) or {column: clicked} (a given 0/1 label).",
+        )
+    threshold = label.get("threshold")
+    if "threshold" in label and not _number(threshold):
+        raise _fail(f"{key}.label.threshold", f"is {threshold!r}; it must be a number.")
+    label_column = label.get("column")
+    if "column" in label and (not isinstance(label_column, str) or not label_column):
+        raise _fail(f"{key}.label.column", f"is {label_column!r}; name the 0/1 label column.")
+    return threshold, label_column
+
+
+def _check_ctr_fields(fields, label_column: str | None, group: str | None, key: str) -> None:
+    """Under the ctr protocol every field is a column of the row, the label is given per row,
+    and the group names a field."""
+    other = [f.name for f in fields if f.source != "context"]
+    if other or not fields:
+        raise _fail(
+            f"{key}.fields",
+            f"{'has ' + ', '.join(other) if other else 'is empty'}: under the ctr protocol "
+            "every field is a column of the row, {source: context, kind: sparse}.",
+        )
+    if label_column is None:
+        raise _fail(
+            f"{key}.label",
+            "must be {column: <its 0/1 click column>} under the ctr protocol: the label "
+            "is given per row.",
+        )
+    if group is not None and group not in {f.name for f in fields}:
+        raise _fail(
+            f"{key}.protocol.group",
+            f"is {group!r}, not a declared field; name the field whose values are "
+            f"the users (fields: {', '.join(f.name for f in fields)}).",
+        )
+
+
+def _check_fields(fields, protocol: str, key: str) -> None:
+    """The ids that the topk protocol ranks by, and no field named as the split's own."""
+    for required in ("user_id", "item_id") if protocol == "topk" else ():
+        if not any(f.name == required for f in fields):
+            raise _fail(
+                f"{key}.fields",
+                f"lacks '{required}'; add {required}: {{source: {required[:4]}, kind: sparse}}.",
+            )
+    if any(f.name == "history" for f in fields):
+        raise _fail(
+            f"{key}.fields.history",
+            "is reserved: the history field is made by the split (split.history_length).",
+        )
+
+
+def _parse_files(
+    raw: dict, source, label_column: str | None, key: str
+) -> tuple[dict[str, FileSpec], dict[str, str]]:
+    """(files, columns): a click log's one declared file, or a local dataset's files and the
+    file column of each canonical column; none for a registered release."""
+    files: dict[str, FileSpec] = {}
+    columns: dict[str, str] = {}
+    if source in FILE_SOURCES and source != "local":  # a click log: one declared file
+        files = _click_log_files(raw, source, key)
+    elif source == "local":
+        files = _local_files(raw, key)
+        columns = _local_columns(raw, label_column, key)
+    if source != "local" and raw.get("columns"):
+        raise _fail(f"{key}.columns", f"applies to source: local only; {source} has a parser.")
+    if source not in FILE_SOURCES and raw.get("files"):
+        raise _fail(
+            f"{key}.files",
+            f"applies to source: local only; {source} is fetched from its registered archive.",
+        )
+    return files, columns
+
+
+def _click_log_files(raw: dict, source: str, key: str) -> dict[str, FileSpec]:
+    files_raw = _mapping(raw.get("files"), f"{key}.files")
+    _only(files_raw, ("interactions",), f"{key}.files")
+    if "interactions" not in files_raw:
+        raise _fail(
+            f"{key}.files",
+            f"lacks 'interactions': {source} is not downloaded (its terms need a login); "
+            "give the path of your copy and its sha256.",
+        )
+    return {
+        "interactions": _parse_file(
+            "interactions", files_raw["interactions"], f"{key}.files.interactions", source
+        )
+    }
+
+
+def _local_files(raw: dict, key: str) -> dict[str, FileSpec]:
+    files_raw = _mapping(raw.get("files"), f"{key}.files")
+    _only(files_raw, FILE_ROLES, f"{key}.files")
+    if "interactions" not in files_raw:
+        raise _fail(
+            f"{key}.files",
+            "lacks 'interactions'; e.g. interactions: {path: data.csv, sha256: <64 hex>}.",
+        )
+    return {r: _parse_file(r, v, f"{key}.files.{r}") for r, v in files_raw.items()}
+
+
+def _local_columns(raw: dict, label_column: str | None, key: str) -> dict[str, str]:
+    """The file column of each canonical column: as mapped under `columns`, else its own
+    name; the label's is the label rule's column."""
+    columns_raw = _mapping(raw.get("columns"), f"{key}.columns")
+    _only(columns_raw, CANONICAL_COLUMNS, f"{key}.columns")
+    for canonical, column in columns_raw.items():
+        if not isinstance(column, str) or not column:
+            raise _fail(f"{key}.columns.{canonical}", f"is {column!r}; name a file column.")
+    columns = {c: columns_raw.get(c, c) for c in CANONICAL_COLUMNS}
+    if label_column is not None:
+        columns["label"] = label_column
+    return columns
 
 
 def _parse_protocol(raw, key: str) -> tuple[str, str, tuple[float, float, float], str | None]:

@@ -13,6 +13,7 @@ expected.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,9 @@ def read_file(path: Path, spec: FileSpec) -> pd.DataFrame:
         raise ParseError(f"{path}: not utf-8 text ({e}); save it as utf-8.") from None
     except (OSError, ValueError) as e:
         raise ParseError(f"{path}: cannot be read as {spec.format} ({e}).") from None
-    frame = frame.apply(lambda c: c.str.strip())
+    # object columns: pandas' string dtype would turn the None of an empty cell into NaN,
+    # which a bag reads as the text 'nan'
+    frame = frame.apply(lambda c: c.str.strip()).astype(object)
     return frame.where(frame != "", None)
 
 
@@ -128,79 +131,102 @@ def field_values(values: pd.Series, f: FieldSpec, path: Path, spec: FileSpec) ->
     )
 
 
+@dataclass
+class _File:
+    """A declared file as read_file gives it, with what its errors name: its path, and its
+    declaration (whose format numbers the lines)."""
+
+    frame: pd.DataFrame
+    path: Path
+    spec: FileSpec
+
+
 def _side_table(
     side: str,
     ids: np.ndarray,
     fields: list[FieldSpec],
-    interactions: pd.DataFrame,
+    interactions: _File,
     inter_ids: np.ndarray,
-    inter_path: Path,
-    inter_spec: FileSpec,
-    side_frame: pd.DataFrame | None,
-    side_path: Path | None,
-    side_spec: FileSpec | None,
+    side_file: _File | None,
 ) -> pd.DataFrame:
-    """users or items: one row per id in `ids` (sorted), with its declared fields."""
-    id_col = f"{side}_id"
-    table = pd.DataFrame({id_col: ids})
+    """users or items: one row per id in `ids` (sorted), with its declared fields, each from
+    the side's file when it has the column, else from the interactions file (inter_ids: the
+    side's id on each of its rows)."""
+    table = pd.DataFrame({f"{side}_id": ids})
     side_ids = None
-    if side_frame is not None:
-        side_ids = _ids(
-            _column(side_frame, id_col, side_path, f"the {side}s file needs its {id_col}."),
-            id_col,
-            side_path,
-            side_spec,
-        )
-        dup = pd.Series(side_ids).duplicated().to_numpy()
-        if dup.any():
-            i = int(np.flatnonzero(dup)[0])
-            raise ParseError(
-                f"{side_path}, {_line(i, side_spec)}: {id_col} {side_ids[i]} appears twice."
-            )
-        missing = ~np.isin(ids, side_ids)
-        if missing.any():
-            raise ParseError(
-                f"{inter_path}: {id_col} {ids[np.flatnonzero(missing)[0]]} is not in "
-                f"{side_path}; every {side} of an interaction must be listed there."
-            )
+    if side_file is not None:
+        side_ids = _listed_ids(side, ids, side_file, interactions.path)
     for f in fields:
-        if side_frame is not None and f.name in side_frame.columns:
-            values = field_values(side_frame[f.name], f, side_path, side_spec)
+        if side_file is not None and f.name in side_file.frame.columns:
+            values = field_values(side_file.frame[f.name], f, side_file.path, side_file.spec)
             where = pd.Index(side_ids).get_indexer(ids)
             table[f.name] = values.iloc[where].to_numpy()
-            continue
-        values = field_values(
-            _column(
-                interactions,
-                f.name,
-                inter_path,
-                f"the declared {side} field {f.name!r} must be a column of the "
-                f"{side}s file or of the interactions file.",
-            ),
-            f,
-            inter_path,
-            inter_spec,
-        )
-        # one value per user (item): each id's first row, and every other row must agree
-        keys = values.map(lambda v: tuple(v) if isinstance(v, list) else v).to_numpy()
-        codes, uniques = pd.factorize(inter_ids, sort=True)
-        first_row = np.full(len(uniques), len(codes))
-        np.minimum.at(first_row, codes, np.arange(len(codes)))
-        expected = keys[first_row[codes]]
-        got, want = pd.Series(keys, dtype=object), pd.Series(expected, dtype=object)
-        same = (got == want).to_numpy() | (got.isna() & want.isna()).to_numpy()
-        if not same.all():
-            i = int(np.flatnonzero(~same)[0])
-            raise ParseError(
-                f"{inter_path}, {_line(i, inter_spec)}: {f.name} is {_show(keys[i])} but "
-                f"an earlier row of {id_col} {inter_ids[i]} has {_show(expected[i])}; a {side} "
-                f"field holds one value per {side}. Give it in a {side}s file, or fix the row."
-            )
-        picked = keys[first_row[pd.Index(uniques).get_indexer(ids)]]
-        if f.kind == "sequence":
-            picked = np.array([list(v) for v in picked] + [None], dtype=object)[:-1]
-        table[f.name] = picked
+        else:
+            table[f.name] = _one_value_per_id(side, ids, f, interactions, inter_ids)
     return table
+
+
+def _listed_ids(side: str, ids: np.ndarray, side_file: _File, inter_path: Path) -> np.ndarray:
+    """The ids of the side's file, one row each, in file order; every id of an interaction
+    (`ids`) must be there."""
+    id_col = f"{side}_id"
+    path, spec = side_file.path, side_file.spec
+    side_ids = _ids(
+        _column(side_file.frame, id_col, path, f"the {side}s file needs its {id_col}."),
+        id_col,
+        path,
+        spec,
+    )
+    dup = pd.Series(side_ids).duplicated().to_numpy()
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0])
+        raise ParseError(f"{path}, {_line(i, spec)}: {id_col} {side_ids[i]} appears twice.")
+    missing = ~np.isin(ids, side_ids)
+    if missing.any():
+        raise ParseError(
+            f"{inter_path}: {id_col} {ids[np.flatnonzero(missing)[0]]} is not in "
+            f"{path}; every {side} of an interaction must be listed there."
+        )
+    return side_ids
+
+
+def _one_value_per_id(
+    side: str, ids: np.ndarray, f: FieldSpec, interactions: _File, inter_ids: np.ndarray
+) -> np.ndarray:
+    """A side field given in the interactions file: the value of each of `ids` on its first
+    row; every other row of that id must agree."""
+    id_col = f"{side}_id"
+    path, spec = interactions.path, interactions.spec
+    values = field_values(
+        _column(
+            interactions.frame,
+            f.name,
+            path,
+            f"the declared {side} field {f.name!r} must be a column of the "
+            f"{side}s file or of the interactions file.",
+        ),
+        f,
+        path,
+        spec,
+    )
+    keys = values.map(lambda v: tuple(v) if isinstance(v, list) else v).to_numpy()
+    codes, uniques = pd.factorize(inter_ids, sort=True)
+    first_row = np.full(len(uniques), len(codes))
+    np.minimum.at(first_row, codes, np.arange(len(codes)))
+    expected = keys[first_row[codes]]
+    got, want = pd.Series(keys, dtype=object), pd.Series(expected, dtype=object)
+    same = (got == want).to_numpy() | (got.isna() & want.isna()).to_numpy()
+    if not same.all():
+        i = int(np.flatnonzero(~same)[0])
+        raise ParseError(
+            f"{path}, {_line(i, spec)}: {f.name} is {_show(keys[i])} but "
+            f"an earlier row of {id_col} {inter_ids[i]} has {_show(expected[i])}; a {side} "
+            f"field holds one value per {side}. Give it in a {side}s file, or fix the row."
+        )
+    picked = keys[first_row[pd.Index(uniques).get_indexer(ids)]]
+    if f.kind == "sequence":
+        picked = np.array([list(v) for v in picked] + [None], dtype=object)[:-1]
+    return picked
 
 
 def load_local(spec: DatasetSpec, raw: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -220,41 +246,9 @@ def _load_local(spec: DatasetSpec, raw: Path) -> tuple[pd.DataFrame, pd.DataFram
     inter_path = raw / raw_name("interactions", inter_spec)
     if not inter_path.is_file():
         raise ParseError(f"{inter_path} not found: run the fetch stage first (dvc repro fetch).")
-    frame = read_file(inter_path, inter_spec)
-    cols = spec.columns
-    hint = f"map it with datasets.{spec.name}.columns"
-
-    def column(name: str) -> pd.Series:
-        return _column(frame, cols[name], inter_path, f"{hint}.{name}: <its column name>.")
-
-    if spec.protocol == "ctr":  # rows, not users and items: placeholders, file order as time
-        user_ids = item_ids = np.zeros(len(frame), dtype=np.int64)
-        timestamps = (
-            _timestamps(column("timestamp"), cols["timestamp"], inter_path, inter_spec)
-            if cols["timestamp"] in frame.columns
-            else np.arange(len(frame), dtype=np.int64)
-        )
-    else:
-        user_ids = _ids(column("user_id"), cols["user_id"], inter_path, inter_spec)
-        item_ids = _ids(column("item_id"), cols["item_id"], inter_path, inter_spec)
-        timestamps = _timestamps(column("timestamp"), cols["timestamp"], inter_path, inter_spec)
-    if spec.label_column is not None:
-        label = _numbers(column("label"), cols["label"], inter_path, inter_spec, False)
-        bad = (label != 0) & (label != 1)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise ParseError(
-                f"{inter_path}, {_line(i, inter_spec)}: {cols['label']} is "
-                f"{frame[cols['label']].iloc[i]!r}; a given label must be 0 or 1."
-            )
-        rating = (
-            _numbers(column("rating"), cols["rating"], inter_path, inter_spec, False)
-            if cols["rating"] in frame.columns
-            else label.copy()
-        )
-    else:
-        rating = _numbers(column("rating"), cols["rating"], inter_path, inter_spec, False)
-        label = rating >= spec.label_threshold
+    inter = _File(read_file(inter_path, inter_spec), inter_path, inter_spec)
+    user_ids, item_ids, timestamps = _ids_and_timestamps(spec, inter)
+    label, rating = _label_and_rating(spec, inter)
     interactions = pd.DataFrame(
         {
             "user_id": user_ids,
@@ -271,30 +265,14 @@ def _load_local(spec: DatasetSpec, raw: Path) -> tuple[pd.DataFrame, pd.DataFram
             f"{inter_path}, {_line(i, inter_spec)}: user {user_ids[i]} and item {item_ids[i]} "
             "appear a second time; keep one row per (user, item)."
         )
-
     tables = {}
     for side, ids in (("user", user_ids), ("item", item_ids)):
-        side_spec = spec.files.get(f"{side}s")
-        side_path = side_frame = None
-        if side_spec is not None:
-            side_path = raw / raw_name(f"{side}s", side_spec)
-            side_frame = read_file(side_path, side_spec)
+        side_file = _side_file(spec, raw, side)
         fields = [f for f in spec.fields if f.source == side and f.name != f"{side}_id"]
-        tables[side] = _side_table(
-            side,
-            np.sort(pd.unique(ids)),
-            fields,
-            frame,
-            ids,
-            inter_path,
-            inter_spec,
-            side_frame,
-            side_path,
-            side_spec,
-        )
+        tables[side] = _side_table(side, np.sort(pd.unique(ids)), fields, inter, ids, side_file)
     for f in (f for f in spec.fields if f.source == "context"):
         values = _column(
-            frame,
+            inter.frame,
             f.name,
             inter_path,
             f"the declared context field {f.name!r} must be a column of the interactions file.",
@@ -302,3 +280,73 @@ def _load_local(spec: DatasetSpec, raw: Path) -> tuple[pd.DataFrame, pd.DataFram
         interactions[f.name] = field_values(values, f, inter_path, inter_spec).to_numpy()
     interactions = interactions.sort_values(["user_id", "timestamp", "item_id"], kind="stable")
     return interactions.reset_index(drop=True), tables["user"], tables["item"]
+
+
+def _mapped_column(spec: DatasetSpec, inter: _File, name: str) -> pd.Series:
+    """The interactions file's column that holds canonical column `name` (as mapped under
+    datasets.<name>.columns)."""
+    hint = f"map it with datasets.{spec.name}.columns"
+    return _column(
+        inter.frame, spec.columns[name], inter.path, f"{hint}.{name}: <its column name>."
+    )
+
+
+def _ids_and_timestamps(spec: DatasetSpec, inter: _File) -> tuple[np.ndarray, ...]:
+    """Each row's user id, item id and unix seconds."""
+    cols = spec.columns
+    if spec.protocol == "ctr":  # rows, not users and items: placeholders, file order as time
+        user_ids = item_ids = np.zeros(len(inter.frame), dtype=np.int64)
+        timestamps = (
+            _mapped_timestamps(spec, inter)
+            if cols["timestamp"] in inter.frame.columns
+            else np.arange(len(inter.frame), dtype=np.int64)
+        )
+    else:
+        path, file_spec = inter.path, inter.spec
+        user_ids = _ids(_mapped_column(spec, inter, "user_id"), cols["user_id"], path, file_spec)
+        item_ids = _ids(_mapped_column(spec, inter, "item_id"), cols["item_id"], path, file_spec)
+        timestamps = _mapped_timestamps(spec, inter)
+    return user_ids, item_ids, timestamps
+
+
+def _mapped_timestamps(spec: DatasetSpec, inter: _File) -> np.ndarray:
+    column = _mapped_column(spec, inter, "timestamp")
+    return _timestamps(column, spec.columns["timestamp"], inter.path, inter.spec)
+
+
+def _mapped_numbers(spec: DatasetSpec, inter: _File, name: str) -> np.ndarray:
+    """Canonical column `name` (label or rating) as numbers, none missing."""
+    column = _mapped_column(spec, inter, name)
+    return _numbers(column, spec.columns[name], inter.path, inter.spec, allow_missing=False)
+
+
+def _label_and_rating(spec: DatasetSpec, inter: _File) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's label, given (0 or 1) or rating >= threshold, and its rating (the label
+    itself when a given label comes without ratings)."""
+    if spec.label_column is None:
+        rating = _mapped_numbers(spec, inter, "rating")
+        return rating >= spec.label_threshold, rating
+    label = _mapped_numbers(spec, inter, "label")
+    bad = (label != 0) & (label != 1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        column = spec.columns["label"]
+        raise ParseError(
+            f"{inter.path}, {_line(i, inter.spec)}: {column} is "
+            f"{inter.frame[column].iloc[i]!r}; a given label must be 0 or 1."
+        )
+    rating = (
+        _mapped_numbers(spec, inter, "rating")
+        if spec.columns["rating"] in inter.frame.columns
+        else label.copy()
+    )
+    return label, rating
+
+
+def _side_file(spec: DatasetSpec, raw: Path, side: str) -> _File | None:
+    """The side's declared file (users / items), read; None when none is declared."""
+    side_spec = spec.files.get(f"{side}s")
+    if side_spec is None:
+        return None
+    side_path = raw / raw_name(f"{side}s", side_spec)
+    return _File(read_file(side_path, side_spec), side_path, side_spec)

@@ -133,15 +133,39 @@ def _read_table(
     return frame
 
 
+def raise_first_bad_line(
+    bad: np.ndarray, path: Path, first_line: int, problem: Callable[[int], str]
+) -> None:
+    """The slow path of a malformed file (the ratings and click-log parsers'): a ParseError
+    naming the file, the line of the first row where `bad` holds (row i is line
+    i + first_line) and problem(i), what is wrong with that row's value."""
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ParseError(f"{path}, line {i + first_line}: {problem(i)}")
+
+
 def _to_int(frame: pd.DataFrame, column: str, path: Path, dtype=np.int64) -> np.ndarray:
     values = pd.to_numeric(frame[column].str.strip(), errors="coerce")
     bad = values.isna().to_numpy() | (values.to_numpy() % 1 != 0)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ParseError(
-            f"{path}, line {i + 1}: {column} {frame[column].iloc[i]!r} is not an integer."
-        )
+    raise_first_bad_line(
+        bad, path, 1, lambda i: f"{column} {frame[column].iloc[i]!r} is not an integer."
+    )
     return values.to_numpy().astype(dtype)
+
+
+def _checked_ratings(text: pd.Series, rating_range, path: Path, first_line: int) -> np.ndarray:
+    """A text column of ratings -> float64; the first that is not a number in rating_range
+    names its line (row i is line i + first_line)."""
+    lo, hi = rating_range
+    rating = pd.to_numeric(text.str.strip(), errors="coerce").to_numpy(np.float64)
+    bad = np.isnan(rating) | (rating < lo) | (rating > hi)
+    raise_first_bad_line(
+        bad,
+        path,
+        first_line,
+        lambda i: f"rating {text.iloc[i]!r} is not a number in [{lo:g}, {hi:g}].",
+    )
+    return rating
 
 
 RATING_COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
@@ -181,14 +205,7 @@ def parse_ratings(path: Path, sep: str, *, rating_range=(1.0, 5.0)) -> pd.DataFr
         pass
     # slow path, only for a malformed file: find and name the first bad line
     frame = _read_table(path, sep, RATING_COLUMNS, "latin-1", data=data)
-    rating = pd.to_numeric(frame["rating"].str.strip(), errors="coerce").to_numpy(np.float64)
-    bad = np.isnan(rating) | (rating < lo) | (rating > hi)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ParseError(
-            f"{path}, line {i + 1}: rating {frame['rating'].iloc[i]!r} is not a number in "
-            f"[{lo:g}, {hi:g}]."
-        )
+    rating = _checked_ratings(frame["rating"], rating_range, path, first_line=1)
     out = pd.DataFrame(
         {
             "user_id": _to_int(frame, "user_id", path, np.int32),
@@ -420,14 +437,7 @@ def parse_ratings_csv(path: Path, *, rating_range=HALF_STAR_RANGE) -> pd.DataFra
     _check_field_counts(data, b",", len(RATING_COLUMNS), path)
     frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, **read)
     lines = np.arange(2, len(frame) + 2)
-    rating = pd.to_numeric(frame["rating"].str.strip(), errors="coerce").to_numpy(np.float64)
-    bad = np.isnan(rating) | (rating < lo) | (rating > hi)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ParseError(
-            f"{path}, line {lines[i]}: rating {frame['rating'].iloc[i]!r} is not a number in "
-            f"[{lo:g}, {hi:g}]."
-        )
+    rating = _checked_ratings(frame["rating"], rating_range, path, first_line=2)
     out = pd.DataFrame(
         {
             "user_id": _csv_ints(frame, "user_id", path, np.int32, lines),

@@ -5,9 +5,10 @@ same files."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -143,47 +144,85 @@ def split_ctr_stream(
     them so); otherwise the whole table is split in memory."""
     import pyarrow.parquet as pq
 
-    names = [f.name for f in fields if f.source == "context"]
     context = [f for f in fields if f.source == "context"]
     source = pq.ParquetFile(table_path)
     n = source.metadata.num_rows
     bounds = _parts(n, fractions)
-    n_train = bounds["train"][1]
-
-    def batches():
-        start = 0
-        for batch in source.iter_batches(batch_size=batch_rows, columns=[*names, "label",
-                                                                         "timestamp"]):  # fmt: skip
-            frame = batch.to_pandas()
-            yield start, frame
-            start += len(frame)
-
+    batches = _Batches(source, [*(f.name for f in context), "label", "timestamp"], batch_rows)
     if method == "order":
-        last = None
-        for _, frame in batches():
-            t = frame["timestamp"].to_numpy()
-            if (last is not None and len(t) and t[0] < last) or (np.diff(t) < 0).any():
-                table = pd.read_parquet(table_path)
-                result = split_ctr(
-                    table, fields, seed=seed, method=method, fractions=fractions, group=group
-                )
-                write_ctr_split(result, out_dir)
-                return result.summary
-            last = t[-1] if len(t) else last
+        if not _in_timestamp_order(batches):
+            table = pd.read_parquet(table_path)
+            result = split_ctr(
+                table, fields, seed=seed, method=method, fractions=fractions, group=group
+            )
+            write_ctr_split(result, out_dir)
+            return result.summary
         position = None  # row j sits at position j
     else:
         order = rng_for(seed, "ctr-split").permutation(n)
         position = np.empty(n, dtype=np.int64)
         position[order] = np.arange(n)
+    vocabs = _train_vocabularies(batches, context, position, bounds["train"][1])
+    schema = Schema(
+        tuple(
+            Field(f.name, "context", "sparse", len(vocabs[f.name]) + 1, column)
+            for column, f in enumerate(context)
+        ),
+        1,
+        1,
+    )
+    with atomic_dir(out_dir) as tmp:
+        _write_rows(tmp, batches, context, vocabs, position, bounds, group)
+        labels = {name: np.load(tmp / f"{name}_labels.npy", mmap_mode="r") for name in bounds}
+        summary = _summary(method, labels, schema)
+        del labels  # unmap before the folder moves into place
+        write_json(tmp / "context_vocab.json", context_vocabularies(context, vocabs))
+        write_json(tmp / "schema.json", schema.to_dict())
+        write_json(tmp / "summary.json", summary)
+    return summary
 
-    def positions(start: int, count: int) -> np.ndarray:
-        rows = np.arange(start, start + count)
-        return rows if position is None else position[rows]
 
-    # pass 1: the values of every field on the train rows
-    counts: dict[str, list[pd.Series]] = {name: [] for name in names}
-    for start, frame in batches():
-        train = positions(start, len(frame)) < n_train
+@dataclass
+class _Batches:
+    """The canonical parquet's `columns`, read batch by batch: one pass over the file per
+    iteration."""
+
+    source: Any  # a pyarrow.parquet.ParquetFile
+    columns: list[str]
+    batch_rows: int
+
+    def __iter__(self) -> Iterator[tuple[int, pd.DataFrame]]:
+        """(the batch's first row, the batch), in file order."""
+        start = 0
+        for batch in self.source.iter_batches(batch_size=self.batch_rows, columns=self.columns):
+            frame = batch.to_pandas()
+            yield start, frame
+            start += len(frame)
+
+
+def _in_timestamp_order(batches: _Batches) -> bool:
+    """Whether the rows' timestamps never decrease: then the file's row order is the split's."""
+    last = None
+    for _, frame in batches:
+        t = frame["timestamp"].to_numpy()
+        if (last is not None and len(t) and t[0] < last) or (np.diff(t) < 0).any():
+            return False
+        last = t[-1] if len(t) else last
+    return True
+
+
+def _positions(position: np.ndarray | None, start: int, count: int) -> np.ndarray:
+    """The split-order positions of rows start .. start + count (position None: their own)."""
+    rows = np.arange(start, start + count)
+    return rows if position is None else position[rows]
+
+
+def _train_vocabularies(batches: _Batches, context, position, n_train: int) -> dict:
+    """Pass 1: each field's vocabulary, fitted on the values of the train rows (the first
+    n_train positions) only."""
+    counts: dict[str, list[pd.Series]] = {f.name: [] for f in context}
+    for start, frame in batches:
+        train = _positions(position, start, len(frame)) < n_train
         for f in context:
             values = _bucketed(frame[f.name], f)[train]
             counts[f.name].append(values.value_counts(dropna=True))
@@ -194,51 +233,42 @@ def split_ctr_stream(
         total = pd.concat(counts[f.name]).groupby(level=0).sum() if counts[f.name] else None
         kept = [] if total is None else total.index[total.to_numpy() >= f.min_count]
         vocabs[f.name] = fit_vocab(pd.Series(kept, dtype=object))
-    schema = Schema(
-        tuple(
-            Field(f.name, "context", "sparse", len(vocabs[f.name]) + 1, column)
-            for column, f in enumerate(context)
-        ),
-        1,
-        1,
-    )
+    return vocabs
 
-    # pass 2: encode and write each batch's rows at their positions
-    with atomic_dir(out_dir) as tmp:
+
+def _write_rows(tmp: Path, batches: _Batches, context, vocabs, position, bounds, group) -> None:
+    """Pass 2: each batch's rows encoded and written at their positions into the parts'
+    <part>_codes / _labels (/ _groups) files in `tmp`."""
+    _create_row_files(tmp, bounds, len(context), group)
+    for start, frame in batches:
+        pos = _positions(position, start, len(frame))
+        codes = np.zeros((len(frame), len(context)), dtype=np.int32)
+        for column, f in enumerate(context):
+            codes[:, column] = encode_arrow(_bucketed(frame[f.name], f), vocabs[f.name])
+        labels = frame["label"].to_numpy().astype(np.float32)
+        groups = None if group is None else group_ids(frame[group])
         for name, (lo, hi) in bounds.items():
-            for kind, shape, dtype in (("codes", (hi - lo, len(context)), np.int32),
-                                       ("labels", (hi - lo,), np.float32)):  # fmt: skip
-                np.lib.format.open_memmap(tmp / f"{name}_{kind}.npy", "w+", dtype, shape).flush()
-            if group is not None and name != "train":
-                shape = (hi - lo,)
-                np.lib.format.open_memmap(
-                    tmp / f"{name}_groups.npy", "w+", np.uint64, shape
-                ).flush()
-        for start, frame in batches():
-            pos = positions(start, len(frame))
-            codes = np.zeros((len(frame), len(context)), dtype=np.int32)
-            for column, f in enumerate(context):
-                codes[:, column] = encode_arrow(_bucketed(frame[f.name], f), vocabs[f.name])
-            labels = frame["label"].to_numpy().astype(np.float32)
-            groups = None if group is None else group_ids(frame[group])
-            for name, (lo, hi) in bounds.items():
-                mine = (pos >= lo) & (pos < hi)
-                if mine.any():
-                    parts = [("codes", codes[mine]), ("labels", labels[mine])]
-                    if groups is not None and name != "train":
-                        parts.append(("groups", groups[mine]))
-                    for kind, values in parts:
-                        target = np.load(tmp / f"{name}_{kind}.npy", mmap_mode="r+")
-                        target[pos[mine] - lo] = values
-                        target.flush()
-                        del target  # unmap: the written pages leave this process
-        labels = {name: np.load(tmp / f"{name}_labels.npy", mmap_mode="r") for name in bounds}
-        summary = _summary(method, labels, schema)
-        del labels  # unmap before the folder moves into place
-        write_json(tmp / "context_vocab.json", context_vocabularies(context, vocabs))
-        write_json(tmp / "schema.json", schema.to_dict())
-        write_json(tmp / "summary.json", summary)
-    return summary
+            mine = (pos >= lo) & (pos < hi)
+            if mine.any():
+                parts = [("codes", codes[mine]), ("labels", labels[mine])]
+                if groups is not None and name != "train":
+                    parts.append(("groups", groups[mine]))
+                for kind, values in parts:
+                    target = np.load(tmp / f"{name}_{kind}.npy", mmap_mode="r+")
+                    target[pos[mine] - lo] = values
+                    target.flush()
+                    del target  # unmap: the written pages leave this process
+
+
+def _create_row_files(tmp: Path, bounds, num_fields: int, group: str | None) -> None:
+    """Each part's empty .npy files, of their final shape, for _write_rows to fill."""
+    for name, (lo, hi) in bounds.items():
+        for kind, shape, dtype in (("codes", (hi - lo, num_fields), np.int32),
+                                   ("labels", (hi - lo,), np.float32)):  # fmt: skip
+            np.lib.format.open_memmap(tmp / f"{name}_{kind}.npy", "w+", dtype, shape).flush()
+        if group is not None and name != "train":
+            shape = (hi - lo,)
+            np.lib.format.open_memmap(tmp / f"{name}_groups.npy", "w+", np.uint64, shape).flush()
 
 
 def write_ctr_split(result: CTRSplit, out_dir: Path) -> None:

@@ -391,50 +391,172 @@ def split_dataset(
     rating but the held-out ones). folder: where write_split will write (split_processed's
     out_dir): the largest arrays go straight to their files there, block by block, and the
     result maps them (read-only)."""
+    _check_choices(sequence, tie_break, cut)
+    user_idx, item_idx, label, order = _ordered(interactions, users, items, seed, tie_break, cut)
+    rows = protocol_rows(user_idx, label, min_positives, cut)
+    ratings = _Ratings(user_idx, item_idx, label, rows)
+    # Encoders see the train split only: a user or item that occurs only in val/test is unknown.
+    train_u, train_i = user_idx[rows.in_train], item_idx[rows.in_train]
+    encoded, context_codes = _encode(fields, interactions, users, items, order, rows.in_train,
+                                     train_u, train_i)  # fmt: skip
+    del order
+    big = _BigArrays(folder)
+    histories = _histories(big, ratings, encoded, context_codes, history_length, sequence,
+                           len(users))  # fmt: skip
+    del context_codes
+    n_unrated = _draw_candidates(big, ratings, cut, len(items), num_negatives, seed)
+    held = _held_out(ratings, big, histories.examples)
+    summary = _summary(users, len(items), ratings, train_i, held, n_unrated, num_negatives,
+                       histories, history_length, sequence, tie_break, cut)  # fmt: skip
+    if encoded.scalers:  # how each dense field was filled and scaled (fitted on train only)
+        summary["dense_scalers"] = encoded.scalers
+    seen = np.sort(np.r_[rows.val, rows.between])  # by user, then protocol order
+    return SplitResult(
+        train_users=train_u,
+        train_items=train_i,
+        train_labels=label[rows.in_train],
+        train_history=big.get("train_history"),
+        val=held["val"],
+        test=held["test"],
+        features=encoded.features,
+        user_ids=_id_array(users["user_id"]),
+        item_ids=_id_array(items["item_id"]),
+        schema=_schema(encoded, history_length, len(users), len(items)),
+        summary=summary,
+        latest=histories.latest,
+        vocabs=encoded.vocabs,
+        test_seen=ratings.pairs(seen),
+        after_test=ratings.pairs(rows.after),
+    )
+
+
+def _check_choices(sequence: str, tie_break: str, cut: str) -> None:
     if sequence not in SEQUENCES or tie_break not in TIE_BREAKS or cut not in CUTS:
         raise ValueError(
             f"sequence must be one of {SEQUENCES} (got {sequence!r}), tie_break one of "
             f"{TIE_BREAKS} (got {tie_break!r}) and cut one of {CUTS} (got {cut!r})."
         )
-    num_users, num_items = len(users), len(items)
-    user_idx, item_idx, label, order = _ordered(interactions, users, items, seed, tie_break, cut)
-    rows = protocol_rows(user_idx, label, min_positives, cut)
-    in_train = rows.in_train
-    # Encoders see the train split only: a user or item that occurs only in val/test is unknown.
-    train_u, train_i = user_idx[in_train], item_idx[in_train]
+
+
+@dataclass
+class _Ratings:
+    """The interactions as the protocol reads them: rows in its order (_ordered), each row's
+    user and item index and label, and each row's role."""
+
+    user_idx: np.ndarray  # (n_rows,) int32
+    item_idx: np.ndarray  # (n_rows,) int32
+    label: np.ndarray  # (n_rows,) int8
+    rows: ProtocolRows
+
+    def pairs(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), 2) int32: the (user, item) of each of `rows`."""
+        return np.stack([self.user_idx[rows], self.item_idx[rows]], axis=1).astype(np.int32)
+
+
+def _ordered(interactions, users, items, seed: int, tie_break: str, cut: str):
+    """(user_idx, item_idx, label, order): the interactions' rows in the protocol's order,
+    (user, timestamp, tie-break), and `order`, their positions in the table."""
+    # int32 indices and codes throughout: at ML-32M size every int64 copy of a per-rating
+    # column costs 256 MB
+    user_idx = _index_of(users["user_id"], interactions["user_id"])
+    item_idx = _index_of(items["item_id"], interactions["item_id"])
+    if tie_break == "item_id":  # the items table is sorted by item_id: the same order
+        ties = item_idx
+    elif cut == "none":  # the older draw, kept so that `cut: none` numbers reproduce: a
+        # permutation of the whole table, which every added row reshuffles
+        ties = rng_for(seed, "tie-break").permutation(len(interactions))
+    else:
+        ties = tie_break_keys(seed, user_idx, item_idx)
+    order = np.lexsort((ties, interactions["timestamp"].to_numpy(), user_idx))
+    label = interactions["label"].to_numpy()[order].astype(np.int8)
+    return user_idx[order], item_idx[order], label, order
+
+
+@dataclass
+class _Encoded:
+    """The declared fields, encoded with encoders fitted on the train split only (a user,
+    item or context value that occurs only in val/test is unknown)."""
+
+    flat: list[Field]  # the users' and items' sparse and dense fields
+    bags: dict[str, list[Field]]  # their sequence fields, by side
+    features: dict[str, np.ndarray]  # SplitResult.features
+    scalers: dict  # the dense fields' fitted scalers
+    context_fields: list[Field]
+    vocabs: dict  # the context fields' vocabularies (SplitResult.vocabs)
+
+    @property
+    def item_id(self) -> Field:
+        return next(f for f in self.flat if f.name == "item_id")
+
+
+def _encode(
+    fields, interactions, users, items, order, in_train, train_u, train_i
+) -> tuple[_Encoded, np.ndarray]:
+    """The encoded fields, and the context fields' codes of every row, (n_rows, n_context)
+    int32 in the protocol's order: apart, so that the caller can free them once the examples
+    hold them. train_u / train_i: the train rows' user and item indices (what the user and
+    item fields' encoders are fitted on)."""
     flat, bags, features, scalers = encode_fields(
         fields,
         {"user": users, "item": items},
         {"user": np.unique(train_u), "item": np.unique(train_i)},
     )
     context_fields, context_codes, vocabs = encode_context(fields, interactions, order, in_train)
-    del order
-    # Each example's history holds the counted rows strictly before it: for a train example or
-    # the validation item, train rows only; for the test item also the validation item and
-    # the ratings between them, all known by then. No example ever sees a later rating.
-    item_id = next(f for f in flat if f.name == "item_id")
-    item_codes = features["item_features"][:, item_id.column].astype(np.int32)[item_idx]
+    return _Encoded(flat, bags, features, scalers, context_fields, vocabs), context_codes
+
+
+@dataclass
+class _Histories:
+    """What changes from one example to the next travels with the example: its history
+    codes, then its context codes (one (n, history_length + n_context) int32 matrix per
+    split; the train rows' is in _BigArrays' "train_history")."""
+
+    examples: dict[str, np.ndarray]  # "val" and "test"
+    train_filled: int  # how many of the train rows' history slots are filled (the summary)
+    latest: np.ndarray  # serving only: SplitResult.latest
+
+
+def _histories(big, ratings, encoded, context_codes, length, sequence, num_users) -> _Histories:
+    """Each example's history holds the counted rows strictly before it: for a train example or
+    the validation item, train rows only; for the test item also the validation item and
+    the ratings between them, all known by then. No example ever sees a later rating."""
+    user_idx, rows = ratings.user_idx, ratings.rows
+    item_id = encoded.item_id
+    item_codes = encoded.features["item_features"][:, item_id.column].astype(np.int32)
+    item_codes = item_codes[ratings.item_idx]
+    label = ratings.label
     rule = np.ones(len(label), dtype=bool) if sequence == "rated" else label == 1
-    counted = in_train & rule
-    before_test = (in_train | rows.known_before("test")) & rule
+    counted = rows.in_train & rule
+    before_test = (rows.in_train | rows.known_before("test")) & rule
     before_test[rows.val] = True
-    # what changes from one example to the next travels with the example: its history codes,
-    # then its context codes (one (n, history_length + n_context) int32 matrix per split)
     examples = {
-        "val": _examples(user_idx, item_codes, counted, history_length, context_codes, rows.val),
-        "test": _examples(
-            user_idx, item_codes, before_test, history_length, context_codes, rows.test
-        ),
+        "val": _examples(user_idx, item_codes, counted, length, context_codes, rows.val),
+        "test": _examples(user_idx, item_codes, before_test, length, context_codes, rows.test),
     }
     del before_test
-    big = _BigArrays(folder)
-    filled = _train_examples(big, user_idx, item_codes, counted, history_length, context_codes,
-                             in_train)  # fmt: skip
-    latest = _latest(user_idx, item_codes, rule, history_length, context_codes, num_users)
-    del item_codes, context_codes
-    # schema order: user sparse, user dense, the history, other user bags, then the item's
+    filled = _train_examples(big, user_idx, item_codes, counted, length, context_codes,
+                             rows.in_train)  # fmt: skip
+    latest = _latest(user_idx, item_codes, rule, length, context_codes, num_users)
+    return _Histories(examples, filled, latest)
+
+
+def _held_out(ratings: _Ratings, big, examples: dict[str, np.ndarray]) -> dict[str, HeldOut]:
+    """The validation and test items, with their candidates (drawn into `big`) and their
+    examples."""
+    return {
+        name: HeldOut(
+            ratings.user_idx[r], ratings.item_idx[r], big.get(f"{name}_candidates"), examples[name]
+        )
+        for name, r in (("val", ratings.rows.val), ("test", ratings.rows.test))
+    }
+
+
+def _schema(encoded: _Encoded, history_length: int, num_users: int, num_items: int) -> Schema:
+    """The split's fields, in schema order: user sparse, user dense, the context fields, the
+    history, other user bags, then the item's."""
+    flat, bags = encoded.flat, encoded.bags
     history_field = (
-        [Field("history", "user", "sequence", item_id.vocab_size, 0, history_length)]
+        [Field("history", "user", "sequence", encoded.item_id.vocab_size, 0, history_length)]
         if history_length
         else []
     )
@@ -443,58 +565,23 @@ def split_dataset(
     ]
     schema_fields = [
         *[f for f in flat if f.source == "user"],
-        *context_fields,
+        *encoded.context_fields,
         *user_bags,
         *[f for f in flat if f.source == "item"],
         *bags["item"],
     ]
-    known = {
-        name: rows.known_before(name) if cut == "causal" else np.ones(len(label), dtype=bool)
-        for name in ("val", "test")
-    }
-    n_unrated = _draw_candidates(big, user_idx, item_idx, rows, known, num_items, num_negatives,
-                                 seed)  # fmt: skip
-    held = {
-        name: HeldOut(user_idx[r], item_idx[r], big.get(f"{name}_candidates"), examples[name])
-        for name, r in (("val", rows.val), ("test", rows.test))
-    }
-    seen = np.sort(np.r_[rows.val, rows.between])  # by user, then protocol order
-    summary = _summary(users, num_items, len(user_idx), rows, label, train_i, held, n_unrated,
-                       num_negatives, filled, examples, history_length, sequence, tie_break,
-                       cut)  # fmt: skip
-    if scalers:  # how each dense field was filled and scaled (fitted on train only)
-        summary["dense_scalers"] = scalers
-    return SplitResult(
-        train_users=train_u,
-        train_items=train_i,
-        train_labels=label[in_train],
-        train_history=big.get("train_history"),
-        val=held["val"],
-        test=held["test"],
-        features=features,
-        user_ids=_id_array(users["user_id"]),
-        item_ids=_id_array(items["item_id"]),
-        schema=Schema(tuple(schema_fields), num_users, num_items),
-        summary=summary,
-        latest=latest,
-        vocabs=vocabs,
-        test_seen=_pairs(user_idx, item_idx, seen),
-        after_test=_pairs(user_idx, item_idx, rows.after),
-    )
+    return Schema(tuple(schema_fields), num_users, num_items)
 
 
 def _summary(
     users,
     num_items,
-    num_rows,
-    rows,
-    label,
+    ratings,
     train_i,
     held,
     n_unrated,
     num_negatives,
-    filled,
-    examples,
+    histories,
     history_length,
     sequence,
     tie_break,
@@ -502,12 +589,13 @@ def _summary(
 ) -> dict:
     """The split's summary.json: sizes, what the cut left out, short candidate lists, how full
     the histories are."""
-    num_users, in_train = len(users), rows.in_train
+    num_users, rows, label = len(users), ratings.rows, ratings.label
+    in_train, filled, examples = rows.in_train, histories.train_filled, histories.examples
     train_u_count = int(in_train.sum())
     return {
         "num_users": num_users,
         "num_items": num_items,
-        "num_interactions": num_rows,
+        "num_interactions": len(ratings.user_idx),
         "cut": cut,
         "train_rows": int(in_train.sum()),
         "train_positives": int(label[in_train].sum()),
@@ -542,25 +630,6 @@ def _summary(
     }
 
 
-def _ordered(interactions, users, items, seed: int, tie_break: str, cut: str):
-    """(user_idx, item_idx, label, order): the interactions' rows in the protocol's order,
-    (user, timestamp, tie-break), and `order`, their positions in the table."""
-    # int32 indices and codes throughout: at ML-32M size every int64 copy of a per-rating
-    # column costs 256 MB
-    user_idx = _index_of(users["user_id"], interactions["user_id"])
-    item_idx = _index_of(items["item_id"], interactions["item_id"])
-    if tie_break == "item_id":  # the items table is sorted by item_id: the same order
-        ties = item_idx
-    elif cut == "none":  # the older draw, kept so that `cut: none` numbers reproduce: a
-        # permutation of the whole table, which every added row reshuffles
-        ties = rng_for(seed, "tie-break").permutation(len(interactions))
-    else:
-        ties = tie_break_keys(seed, user_idx, item_idx)
-    order = np.lexsort((ties, interactions["timestamp"].to_numpy(), user_idx))
-    label = interactions["label"].to_numpy()[order].astype(np.int8)
-    return user_idx[order], item_idx[order], label, order
-
-
 def _train_examples(big, user_idx, item_codes, counted, length, context_codes, in_train) -> int:
     """The train rows' examples, one block of rows at a time, into their final place (a file,
     given a folder): the whole matrix (n_train x width) is the split's largest array. Returns
@@ -592,10 +661,16 @@ def _latest(user_idx, item_codes, rule, length, context_codes, num_users) -> np.
     ).astype(np.int32)
 
 
-def _draw_candidates(big, user_idx, item_idx, rows, known, num_items, num_negatives, seed):
+def _draw_candidates(big, ratings, cut, num_items, num_negatives, seed):
     """Each held-out item's sampled candidates into big's "<name>_candidates": items the user
-    had not rated by then (known[name]: the rows a live system knows then, the item itself
-    included). Returns, per split, each user's number of such items (the summary)."""
+    had not rated by then (under `cut: causal`, known_before(name): the rows a live system
+    knows then, the item itself included; under `cut: none`, every row). Returns, per split,
+    each user's number of such items (the summary)."""
+    user_idx, item_idx, rows = ratings.user_idx, ratings.item_idx, ratings.rows
+    known = {
+        name: rows.known_before(name) if cut == "causal" else np.ones(len(user_idx), dtype=bool)
+        for name in ("val", "test")
+    }
     n_unrated = {}
     for name, held_rows, stream in (("val", rows.val, 1), ("test", rows.test, 2)):
         mask = known[name]
@@ -613,11 +688,6 @@ def _draw_candidates(big, user_idx, item_idx, rows, known, num_items, num_negati
             big.put(f"{name}_candidates", done, block)
             done += len(block)
     return n_unrated
-
-
-def _pairs(user_idx: np.ndarray, item_idx: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """(len(rows), 2) int32: the (user, item) of each of `rows`."""
-    return np.stack([user_idx[rows], item_idx[rows]], axis=1).astype(np.int32)
 
 
 def _index_of(table_ids: pd.Series, ids: pd.Series) -> np.ndarray:

@@ -18,8 +18,8 @@ from deepfm.data.schema import Schema
 from deepfm.models.base import RankingModel
 from deepfm.models.layers import (
     DNN,
-    FeatureEmbedding,
     TargetAttention,
+    add_field_embeddings,
     field_attention_stack,
     fm_interaction,
 )
@@ -32,17 +32,7 @@ class AttentionDeepFM(RankingModel):
 
     def __init__(self, schema: Schema, features: dict, params: AttentionDeepFMConfig):
         super().__init__(schema, features)
-        self.embedding = FeatureEmbedding(
-            schema,
-            params.embed_dim,
-            field_dims=params.field_dims,
-            recent_items=params.recent_items,
-            history_pooling=params.history_pooling,
-            history_layers=params.history_layers,
-            dropout=params.dropout,
-        )
-        # after the embedding: keeps the initialisation order
-        self.add_first_order(schema)
+        add_field_embeddings(self, schema, params)  # first: keeps the initialisation order
         self.attention = field_attention_stack(
             params.attention_layers,
             params.embed_dim,

@@ -7,23 +7,13 @@ import torch
 from deepfm.config import DeepFMConfig
 from deepfm.data.schema import Schema
 from deepfm.models.base import RankingModel
-from deepfm.models.layers import DNN, FeatureEmbedding, fm_interaction, fm_interaction_matrix
+from deepfm.models.layers import DNN, add_field_embeddings, fm_interaction, fm_interaction_matrix
 
 
 class DeepFM(RankingModel):
     def __init__(self, schema: Schema, features: dict, params: DeepFMConfig):
         super().__init__(schema, features)
-        self.embedding = FeatureEmbedding(
-            schema,
-            params.embed_dim,
-            field_dims=params.field_dims,
-            recent_items=params.recent_items,
-            history_pooling=params.history_pooling,
-            history_layers=params.history_layers,
-            dropout=params.dropout,
-        )
-        # after the embedding: keeps the initialisation order
-        self.add_first_order(schema)
+        add_field_embeddings(self, schema, params)  # first: keeps the initialisation order
         self.dnn = DNN(
             self.embedding.num_fields * params.embed_dim,
             list(params.dnn_hidden),

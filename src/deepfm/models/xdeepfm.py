@@ -10,7 +10,7 @@ import torch
 from deepfm.config import XDeepFMConfig
 from deepfm.data.schema import Schema
 from deepfm.models.base import RankingModel
-from deepfm.models.layers import CIN, DNN, FeatureEmbedding
+from deepfm.models.layers import CIN, DNN, add_field_embeddings
 
 
 class XDeepFM(RankingModel):
@@ -20,17 +20,7 @@ class XDeepFM(RankingModel):
 
     def __init__(self, schema: Schema, features: dict, params: XDeepFMConfig):
         super().__init__(schema, features)
-        self.embedding = FeatureEmbedding(
-            schema,
-            params.embed_dim,
-            field_dims=params.field_dims,
-            recent_items=params.recent_items,
-            history_pooling=params.history_pooling,
-            history_layers=params.history_layers,
-            dropout=params.dropout,
-        )
-        # after the embedding: keeps the initialisation order
-        self.add_first_order(schema)
+        add_field_embeddings(self, schema, params)  # first: keeps the initialisation order
         self.cin = CIN(self.embedding.num_fields, list(params.cin_layers), params.cin_split_half)
         self.dnn = DNN(
             self.embedding.num_fields * params.embed_dim,

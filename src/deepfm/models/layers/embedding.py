@@ -55,35 +55,10 @@ class FeatureEmbedding(nn.Module):
     ):
         super().__init__()
         history = schema.field("history")
-        if (recent_items or history_pooling != "mean") and history is None:
-            raise ValueError(
-                "recent_items and history_pooling need the history field: set "
-                "split.history_length > 0, or recent_items: 0 and history_pooling: mean."
-            )
-        if history is not None and recent_items > history.length:
-            raise ValueError(
-                f"recent_items is {recent_items} but the history holds {history.length} items "
-                "(split.history_length): lower recent_items or raise split.history_length."
-            )
-        field_dims = dict(field_dims or {})
-        names = [f.name for f in schema.fields]
-        unknown = sorted(set(field_dims) - set(names))
-        if unknown:
-            raise ValueError(
-                f"field_dims names unknown fields {', '.join(unknown)}; fields: {', '.join(names)}."
-            )
-        dense = sorted(set(field_dims) & {f.name for f in schema.fields if f.kind == "dense"})
-        if dense:
-            raise ValueError(
-                f"field_dims names dense fields {', '.join(dense)}: a number has no table; "
-                "its vector always has the common size. Remove it from field_dims."
-            )
-        bad = {k: v for k, v in field_dims.items() if not isinstance(v, int) or v < 1}
-        if bad:
-            raise ValueError(f"field_dims sizes must be positive integers, got {bad}.")
-        # a field whose size equals `dim` needs no projection: it stays on the fast path
-        own = {name: size for name, size in field_dims.items() if size != dim}
-
+        _check_history_options(history, recent_items, history_pooling)
+        own = _own_sizes(schema, dim, field_dims)
+        # The order below is the order in which torch's generator draws the initial weights:
+        # changing it changes every model's starting point (and so its results).
         self.dim = dim
         self.sides: dict[str, dict] = {}
         self.tables = nn.ModuleDict()
@@ -91,34 +66,7 @@ class FeatureEmbedding(nn.Module):
         self.own_tables = nn.ModuleDict()
         self.projections = nn.ModuleDict()
         for side in ("user", "item"):
-            sparse = side_sparse(schema, side)
-            shared = [f for f in sparse if f.name not in own]
-            separate = [f for f in sparse if f.name in own]
-            sequence = schema.by_source(side, "sequence")
-            offsets = torch.tensor([0] + [f.vocab_size for f in shared], dtype=torch.long)
-            self.register_buffer(f"{side}_offsets", offsets.cumsum(0)[:-1], persistent=False)
-            if shared:
-                self.tables[side] = nn.Embedding(int(offsets.sum()), dim)
-            for f in separate:
-                self.own_tables[f.name] = nn.Embedding(f.vocab_size, own[f.name])
-            for f in sequence:
-                self.bags[f.name] = nn.Embedding(f.vocab_size, own.get(f.name, dim), padding_idx=0)
-            for f in [*separate, *sequence]:
-                if f.name in own:
-                    self.projections[f.name] = nn.Linear(own[f.name], dim, bias=False)
-            # sparse parts come out as [shared, separate]; `order` puts them back into column
-            # order. A side's fields leave as: sparse, dense, sequence (schema order).
-            produced = [*shared, *separate]
-            order = sorted(range(len(produced)), key=lambda p: sparse.index(produced[p]))
-            identity = order == list(range(len(order)))
-            self.register_buffer(
-                f"{side}_order", None if identity else torch.tensor(order), persistent=False
-            )
-            self.sides[side] = {
-                "shared_columns": [f.column for f in shared],
-                "separate": [(f.name, f.column) for f in separate],
-                "sequence": [(f.name, f.column) for f in sequence],
-            }
+            self._add_side(schema, side, own)
         self.recent = nn.ModuleList(
             nn.Embedding(history.vocab_size, dim, padding_idx=0) for _ in range(recent_items)
         )
@@ -129,17 +77,7 @@ class FeatureEmbedding(nn.Module):
         self.num_user_fields = self.side_width(schema, "user") + recent_items
         self.num_item_fields = self.side_width(schema, "item")
         self.num_fields = self.num_user_fields + self.num_item_fields
-        tables = [
-            *self.tables.values(),
-            *self.bags.values(),
-            *self.own_tables.values(),
-            *self.recent,
-        ]
-        for module in tables:
-            nn.init.normal_(module.weight, std=init_std)
-            if module.padding_idx is not None:
-                with torch.no_grad():
-                    module.weight[0].zero_()
+        self._init_tables(init_std)
         # a dense field's vector is its (scaled) value times a learned vector; made last, so
         # schemas without dense fields draw the same initial weights as before they existed
         self.dense = nn.ParameterDict(
@@ -153,6 +91,54 @@ class FeatureEmbedding(nn.Module):
         )
         if history_pooling == "transformer":
             self.history_encoder = HistoryEncoder(history.length, dim, history_layers, dropout)
+
+    def _add_side(self, schema: Schema, side: str, own: dict[str, int]) -> None:
+        """One side's tables: the shared table of its fields of the common size, a table (and
+        a projection up to `dim`) per field of its own size, a bag table per sequence field;
+        and the buffers and column lists that `side` reads them by."""
+        dim = self.dim
+        sparse = side_sparse(schema, side)
+        shared = [f for f in sparse if f.name not in own]
+        separate = [f for f in sparse if f.name in own]
+        sequence = schema.by_source(side, "sequence")
+        offsets = torch.tensor([0] + [f.vocab_size for f in shared], dtype=torch.long)
+        self.register_buffer(f"{side}_offsets", offsets.cumsum(0)[:-1], persistent=False)
+        if shared:
+            self.tables[side] = nn.Embedding(int(offsets.sum()), dim)
+        for f in separate:
+            self.own_tables[f.name] = nn.Embedding(f.vocab_size, own[f.name])
+        for f in sequence:
+            self.bags[f.name] = nn.Embedding(f.vocab_size, own.get(f.name, dim), padding_idx=0)
+        for f in [*separate, *sequence]:
+            if f.name in own:
+                self.projections[f.name] = nn.Linear(own[f.name], dim, bias=False)
+        # sparse parts come out as [shared, separate]; `order` puts them back into column
+        # order. A side's fields leave as: sparse, dense, sequence (schema order).
+        produced = [*shared, *separate]
+        order = sorted(range(len(produced)), key=lambda p: sparse.index(produced[p]))
+        identity = order == list(range(len(order)))
+        self.register_buffer(
+            f"{side}_order", None if identity else torch.tensor(order), persistent=False
+        )
+        self.sides[side] = {
+            "shared_columns": [f.column for f in shared],
+            "separate": [(f.name, f.column) for f in separate],
+            "sequence": [(f.name, f.column) for f in sequence],
+        }
+
+    def _init_tables(self, init_std: float) -> None:
+        """Every lookup table drawn again from N(0, init_std), padding rows zero."""
+        tables = [
+            *self.tables.values(),
+            *self.bags.values(),
+            *self.own_tables.values(),
+            *self.recent,
+        ]
+        for module in tables:
+            nn.init.normal_(module.weight, std=init_std)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[0].zero_()
 
     @staticmethod
     def side_width(schema: Schema, side: str) -> int:
@@ -236,6 +222,24 @@ class FeatureEmbedding(nn.Module):
         return lookup_rows(weight, codes)
 
 
+def add_field_embeddings(model: nn.Module, schema: Schema, params) -> None:
+    """The field embeddings of a DeepFM-family model (DeepFM, xDeepFM, Attention-DeepFM):
+    model.embedding, the FeatureEmbedding that `params` (the model's section: embed_dim,
+    field_dims, dropout and the order-aware switches) asks for, then the model's first-order
+    part (RankingModel.add_first_order). In that order: it is the order in which torch draws
+    their initial weights, so the models start where they always have."""
+    model.embedding = FeatureEmbedding(
+        schema,
+        params.embed_dim,
+        field_dims=params.field_dims,
+        recent_items=params.recent_items,
+        history_pooling=params.history_pooling,
+        history_layers=params.history_layers,
+        dropout=params.dropout,
+    )
+    model.add_first_order(schema)
+
+
 def lookup_rows(weight: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     """weight[codes] for any shape of codes, (...,) -> (..., dim), with the backward that is
     fast on the weight's device (the module docstring says why the two differ)."""
@@ -255,6 +259,44 @@ def side_sparse(schema: Schema, side: str) -> list:
             for f in schema.by_source("context", "sparse")
         ]
     return fields
+
+
+def _check_history_options(history, recent_items: int, history_pooling: str) -> None:
+    """recent_items and history_pooling read the history field: it must be there, and hold
+    at least recent_items items."""
+    if (recent_items or history_pooling != "mean") and history is None:
+        raise ValueError(
+            "recent_items and history_pooling need the history field: set "
+            "split.history_length > 0, or recent_items: 0 and history_pooling: mean."
+        )
+    if history is not None and recent_items > history.length:
+        raise ValueError(
+            f"recent_items is {recent_items} but the history holds {history.length} items "
+            "(split.history_length): lower recent_items or raise split.history_length."
+        )
+
+
+def _own_sizes(schema: Schema, dim: int, field_dims: dict[str, int] | None) -> dict[str, int]:
+    """The fields that field_dims gives a size other than `dim`, with that size (checked:
+    fields of the schema that have a table, positive sizes)."""
+    field_dims = dict(field_dims or {})
+    names = [f.name for f in schema.fields]
+    unknown = sorted(set(field_dims) - set(names))
+    if unknown:
+        raise ValueError(
+            f"field_dims names unknown fields {', '.join(unknown)}; fields: {', '.join(names)}."
+        )
+    dense = sorted(set(field_dims) & {f.name for f in schema.fields if f.kind == "dense"})
+    if dense:
+        raise ValueError(
+            f"field_dims names dense fields {', '.join(dense)}: a number has no table; "
+            "its vector always has the common size. Remove it from field_dims."
+        )
+    bad = {k: v for k, v in field_dims.items() if not isinstance(v, int) or v < 1}
+    if bad:
+        raise ValueError(f"field_dims sizes must be positive integers, got {bad}.")
+    # a field whose size equals `dim` needs no projection: it stays on the fast path
+    return {name: size for name, size in field_dims.items() if size != dim}
 
 
 class HistoryEncoder(nn.Module):
