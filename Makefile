@@ -38,7 +38,7 @@ test: lint  ## lint + unit tests + the real-pipeline integration test
 # The functions whose code produces reported numbers (fnmatch patterns over mutmut's names).
 MUTANTS := 'deepfm.data.splitting.*' 'deepfm.data.fields.*' 'deepfm.data.sampling.*' 'deepfm.data.batches.*' \
 	'deepfm.evaluation.ranking.*' 'deepfm.evaluation.metrics.*' \
-	'deepfm.training.checkpoint.x_run_fingerprint*' 'deepfm.training.checkpoint.x_*_resume*' \
+	'deepfm.training.resume.x_run_fingerprint*' 'deepfm.training.resume.x_*_resume*' \
 	'deepfm.results.statistics.x_summarize*' 'deepfm.results.statistics.x_bootstrap_mean_ci*' \
 	'deepfm.results.statistics.x_wilcoxon_p*' 'deepfm.results.statistics.x_paired_*' 'deepfm.results.statistics.x_*user*' \
 	'deepfm.results.statistics.x_mean_over_runs*' 'deepfm.results.statistics.x_parse_rank_metric*'

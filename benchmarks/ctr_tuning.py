@@ -38,8 +38,8 @@ from deepfm.data.canonical import canonical_tables, fetch_dataset  # noqa: E402
 from deepfm.data.declaration import parse_dataset  # noqa: E402
 from deepfm.data.rowsplit import split_ctr  # noqa: E402
 from deepfm.evaluation.rows import evaluate_rows  # noqa: E402
+from deepfm.models.checkpoint import load_model  # noqa: E402
 from deepfm.results.statistics import paired_row_test  # noqa: E402
-from deepfm.training.checkpoint import load_model  # noqa: E402
 from deepfm.training.loop import train  # noqa: E402
 from tests.conftest import criteo_declaration, make_criteo_file  # noqa: E402
 

@@ -80,13 +80,13 @@ MUTATIONS = [
     ),
     Mutation(
         "resume file of other params used anyway",
-        "src/deepfm/training/checkpoint.py",
+        "src/deepfm/training/resume.py",
         '        if saved.get("fingerprint") == fingerprint:\n',
         "        if True:\n",
     ),
     Mutation(
         "corrupt resume file silently ignored",
-        "src/deepfm/training/checkpoint.py",
+        "src/deepfm/training/resume.py",
         "    except Exception as e:\n        why = ",
         "    except Exception as e:\n        return None\n        why = ",
     ),

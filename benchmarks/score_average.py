@@ -21,7 +21,7 @@ from torch import nn
 from deepfm.data.sampling import RatedIndex
 from deepfm.data.splitting import read_split
 from deepfm.evaluation.ranking import evaluate_split
-from deepfm.training.checkpoint import check_checkpoint_data, load_model
+from deepfm.models.checkpoint import check_checkpoint_data, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

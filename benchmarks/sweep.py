@@ -84,7 +84,7 @@ def run_trial(args: tuple) -> dict:
     from deepfm.config import parse_config
     from deepfm.data.sampling import RatedIndex
     from deepfm.evaluation.ranking import evaluate_split
-    from deepfm.training.checkpoint import load_model
+    from deepfm.models.checkpoint import load_model
     from deepfm.training.loop import train
 
     torch.set_num_threads(threads)

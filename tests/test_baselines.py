@@ -251,7 +251,8 @@ def test_ease_scores_the_union_of_train_items_and_history(split, which):
 
 @pytest.mark.parametrize("name", ["ease", "item_cooccurrence"])
 def test_checkpoint_round_trip_and_training_loop(split, tmp_path, name):
-    from deepfm.training import checkpoint, loop
+    from deepfm.models import checkpoint
+    from deepfm.training import loop
 
     cfg = parse_config({"model": name})
     out = loop.train(cfg, split, tmp_path / "m.pt", progress=False)

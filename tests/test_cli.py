@@ -24,7 +24,7 @@ from deepfm.config import parse_config
 from deepfm.data.movielens import load_canonical
 from deepfm.data.splitting import read_split, split_dataset, write_split
 from deepfm.io import read_npy, write_npy
-from deepfm.training.checkpoint import data_fingerprint, load_model
+from deepfm.models.checkpoint import data_fingerprint, load_model
 from deepfm.training.loop import train
 from tests.conftest import ML_FIELDS, REPO, make_ml100k_files
 
@@ -398,7 +398,7 @@ def test_a_context_field_is_the_users_last_unless_the_file_gives_it(tmp_path):
     from deepfm.data.fields import encode_new_context
     from deepfm.io import save_checkpoint
     from deepfm.models import build_model
-    from deepfm.training.checkpoint import checkpoint_payload
+    from deepfm.models.checkpoint import checkpoint_payload
     from tests.conftest import make_synthetic_ratings, synthetic_declaration
 
     csv = make_synthetic_ratings(tmp_path / "r.csv", n_users=30, n_items=40, per_user=12)

@@ -19,7 +19,7 @@ from deepfm.data.movielens import ParseError
 from deepfm.data.rowsplit import split_ctr
 from deepfm.data.splitting import read_split, write_split
 from deepfm.evaluation.rows import evaluate_rows
-from deepfm.training.checkpoint import load_model
+from deepfm.models.checkpoint import load_model
 from deepfm.training.loop import TrainingError, train
 from deepfm.training.objectives import GivenLabels
 from tests.conftest import REPO, criteo_declaration, make_criteo_file
@@ -246,7 +246,7 @@ def test_ctr_refuses_ranking_models_and_ranking_monitors(criteo, tmp_path):
     with pytest.raises(TrainingError, match=r"model 'itempop' ranks items"):
         train(_cfg("itempop"), split, tmp_path / "m.pt")
     with pytest.raises(ConfigError, match=r"'train\.monitor' is 'gauc@10'"):
-        _cfg("deepfm", monitor="gauc@10")
+        train(_cfg("deepfm", monitor="gauc@10"), split, tmp_path / "m.pt")
 
 
 @pytest.mark.parametrize("source", ["criteo", "avazu"])

@@ -11,7 +11,7 @@ from deepfm.config import DeepFMConfig, parse_config
 from deepfm.data.batches import feature_tensors
 from deepfm.io import atomic_path, load_checkpoint, write_json
 from deepfm.models import build_model
-from deepfm.training.checkpoint import checkpoint_payload, load_model
+from deepfm.models.checkpoint import checkpoint_payload, load_model
 from tests.conftest import REPO
 
 
@@ -36,8 +36,8 @@ def test_checkpoint_round_trip_weights_only(split, tmp_path):
         "dnn_hidden": [8],
         "dropout": DeepFMConfig().dropout,
         "batch_norm": True,
-        "recent_items": 0,
-        "history_pooling": "mean",
+        "recent_items": DeepFMConfig().recent_items,
+        "history_pooling": DeepFMConfig().history_pooling,
         "history_layers": 1,
         "loss": "bce",
         "field_dims": {"gender": 2},

@@ -331,7 +331,7 @@ def test_per_user_values_average_to_the_metric():
 
 
 def test_the_registry_module_does_not_import_torch():
-    # config.py imports it to check train.monitor; the data stages must not pay for torch
+    # the report and the train.monitor check (training.monitor) read it; no torch for them
     import os
     import subprocess
     import sys

@@ -60,18 +60,26 @@ def test_dnn_shapes_and_he_init():
     assert abs(std - np.sqrt(2 / 64)) < 0.02
 
 
+# the DeepFM family without its order-aware switches (params.yaml turns them on)
+PLAIN = {"recent_items": 0, "history_pooling": "mean"}
 SMALL_PARAMS = {
     "attention_deepfm": AttentionDeepFMConfig(
-        embed_dim=4, attention_layers=2, attention_heads=2, attention_dim=3, dnn_hidden=[16, 8]
+        embed_dim=4,
+        attention_layers=2,
+        attention_heads=2,
+        attention_dim=3,
+        dnn_hidden=[16, 8],
+        target_attention=False,
+        **PLAIN,
     ),
-    "deepfm": DeepFMConfig(embed_dim=4, dnn_hidden=[16, 8], dropout=0.0),
+    "deepfm": DeepFMConfig(embed_dim=4, dnn_hidden=[16, 8], dropout=0.0, **PLAIN),
     "ease": EASEConfig(l2=5.0),
     "fm": FMConfig(embed_dim=4),
     "item_cooccurrence": ItemCooccurrenceConfig(window=2, recency_power=0.5),
     "itempop": ItemPopConfig(),
     "lr": LRConfig(),
     "sasrec": SASRecConfig(embed_dim=4, num_layers=2, num_heads=2, dropout=0.0, max_len=8),
-    "xdeepfm": XDeepFMConfig(embed_dim=4, cin_layers=[6, 5], dnn_hidden=[16, 8]),
+    "xdeepfm": XDeepFMConfig(embed_dim=4, cin_layers=[6, 5], dnn_hidden=[16, 8], **PLAIN),
 }
 
 

@@ -12,8 +12,8 @@ from deepfm.data.batches import epoch_examples, feature_tensors
 from deepfm.data.sampling import RatedIndex
 from deepfm.models import build_model
 from deepfm.models.base import RankingModel
+from deepfm.models.checkpoint import load_model
 from deepfm.models.layers import fm_interaction
-from deepfm.training.checkpoint import load_model
 from deepfm.training.loop import TrainingError, train
 from deepfm.training.objectives import (
     GroupedPointwise,

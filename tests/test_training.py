@@ -3,20 +3,23 @@ import math
 import pytest
 import torch
 
-from deepfm.config import parse_config
+from deepfm.config import ConfigError, parse_config
 from deepfm.io import load_checkpoint
-from deepfm.training import checkpoint, loop, optim
-from deepfm.training.checkpoint import load_model
+from deepfm.models.checkpoint import load_model
+from deepfm.training import loop, optim, resume
 from deepfm.training.loop import TrainingError, train
+from deepfm.training.monitor import check_monitor
 from deepfm.training.objectives import Pointwise
 from tests.conftest import Recorder
 
 
 def _cfg(**train):
-    base = {"epochs": 4, "min_epochs": 1, "patience": 10, "batch_size": 64, "num_threads": 1}
-    return parse_config(
-        {"seed": 3, "train": {**base, **train}, "deepfm": {"embed_dim": 4, "dnn_hidden": [8]}}
-    )
+    base = {
+        "epochs": 4, "min_epochs": 1, "patience": 10, "batch_size": 64, "num_threads": 1,
+        "val_every": 1, "targets": "positives",
+    }  # fmt: skip
+    small = {"embed_dim": 4, "dnn_hidden": [8], "recent_items": 0, "history_pooling": "mean"}
+    return parse_config({"seed": 3, "train": {**base, **train}, "deepfm": small})
 
 
 def test_training_learns_and_keeps_the_best_epoch(split, tmp_path):
@@ -246,7 +249,7 @@ def test_itempop_needs_no_training(split, tmp_path):
     cfg = parse_config({"model": "itempop"})
     out = train(cfg, split, tmp_path / "m.pt", progress=False)
     assert out.epochs_run == 0 and out.best_val["users"] == len(split.val.users)
-    assert checkpoint.load_model(tmp_path / "m.pt")[0].item_logits.abs().sum() > 0
+    assert load_model(tmp_path / "m.pt")[0].item_logits.abs().sum() > 0
 
 
 def test_amp_off_cuda_is_a_clear_error(split, tmp_path):
@@ -311,9 +314,9 @@ def test_train_amp_runs_the_forward_pass_in_bfloat16(split, tmp_path, monkeypatc
 def test_run_fingerprint_covers_params_and_every_training_array(split):
     import copy
 
-    base = checkpoint.run_fingerprint(_cfg(), split)
-    assert base == checkpoint.run_fingerprint(_cfg(), copy.deepcopy(split))
-    assert base != checkpoint.run_fingerprint(_cfg(learning_rate=0.01), split)
+    base = resume.run_fingerprint(_cfg(), split)
+    assert base == resume.run_fingerprint(_cfg(), copy.deepcopy(split))
+    assert base != resume.run_fingerprint(_cfg(learning_rate=0.01), split)
     arrays = ["train_users", "train_items", "train_labels", "train_history"]
     held = ["users", "items", "history"]
     features = ["user_features", "item_features", "item_genres"]
@@ -326,7 +329,7 @@ def test_run_fingerprint_covers_params_and_every_training_array(split):
             owner, attr = (changed.val, name[4:]) if name.startswith("val.") else (changed, name)
             array = getattr(owner, attr)
         array.flat[-1] = array.flat[-1] + 1
-        assert checkpoint.run_fingerprint(_cfg(), changed) != base, name
+        assert resume.run_fingerprint(_cfg(), changed) != base, name
 
 
 class SignalRecorder(Recorder):
@@ -374,7 +377,7 @@ def test_the_data_fingerprint_ignores_the_candidates_only(canonical):
     """Splits that differ only in their sampled candidates (another seed) share it; other rows
     (a seeded random tie-break among same-second ratings) or a flipped label do not."""
     from deepfm.data.splitting import split_dataset
-    from deepfm.training.checkpoint import data_fingerprint
+    from deepfm.models.checkpoint import data_fingerprint
     from tests.conftest import ML_FIELDS
 
     interactions, users, items = canonical
@@ -405,3 +408,52 @@ def test_a_checkpoint_naming_a_removed_switch_says_to_retrain(split, tmp_path):
         r"which this version no longer has \(docs/tuning-log\.md\); retrain",
     ):
         load_model(tmp_path / "old.pt")
+
+
+@pytest.mark.parametrize(
+    ("monitor", "ks", "expected"),
+    [
+        (
+            "full_ndcg",
+            [5, 10, 20],
+            r"'train\.monitor' is 'full_ndcg'; allowed: hr@5, ndcg@5, hr@10, ndcg@10, hr@20, "
+            r"ndcg@20, mrr, auc, logloss, full_hr@5, full_ndcg@5, full_hr@10, full_ndcg@10, "
+            r"full_hr@20, full_ndcg@20, full_mrr, gauc \(a @k metric's k must be in 'eval\.ks': "
+            r"\[5, 10, 20\]\)\.$",
+        ),
+        ("full_auc", [5, 10, 20], r"'train\.monitor' is 'full_auc'; allowed: hr@5"),
+        ("users", [5, 10, 20], r"'train\.monitor' is 'users'; allowed: hr@5"),
+        (
+            "ndcg@50",
+            [5, 10, 20],
+            r"'train\.monitor' is 'ndcg@50'; allowed: .*'eval\.ks': \[5, 10, 20\]",
+        ),
+        (  # the default monitor, full_ndcg@10, needs 10 in eval.ks
+            "full_ndcg@10",
+            [5, 20],
+            r"'train\.monitor' is 'full_ndcg@10'; allowed: hr@5, ndcg@5, hr@20, ndcg@20, mrr, "
+            r"auc, logloss, full_hr@5, .* 'eval\.ks': \[5, 20\]",
+        ),
+    ],
+)
+def test_a_monitor_that_validation_does_not_compute_is_refused(monitor, ks, expected):
+    with pytest.raises(ConfigError, match=expected):
+        check_monitor(monitor, ks)
+
+
+def test_monitor_accepts_every_validation_metric_at_eval_ks():
+    from deepfm.evaluation.metrics import keys
+
+    for name in keys([7, 30]):
+        check_monitor(name, [7, 30])
+    cfg = parse_config({})
+    assert cfg.train.monitor == "full_ndcg@10"
+    check_monitor(cfg.train.monitor, cfg.eval.ks)
+
+
+def test_a_bad_monitor_stops_train_before_any_work(split, tmp_path, monkeypatch):
+    """`dvc exp run -S train.monitor=...` reruns the train stage first: it fails there at
+    once, a ConfigError (the stage prints it and exits 2), before torch is even set up."""
+    monkeypatch.setattr(loop, "setup_torch", lambda *a: pytest.fail("train started work"))
+    with pytest.raises(ConfigError, match=r"'train\.monitor' is 'ndcg@50'; allowed: "):
+        train(_cfg(monitor="ndcg@50"), split, tmp_path / "m.pt", progress=False)

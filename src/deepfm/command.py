@@ -98,31 +98,18 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    import torch
-
     from deepfm.config import load_config
-    from deepfm.evaluation.protocol import evaluate_checkpoint
+    from deepfm.evaluation.protocol import evaluate_as_configured
     from deepfm.io import write_json, write_parquet
     from deepfm.serving import checkpoint_not_found, read_split_dir
-    from deepfm.utils import physical_cores
 
     cfg = load_config(args.params)
     checkpoint = _default(args, "checkpoint", "model")
     split_dir = _default(args, "split", "split")
     if not checkpoint.is_file():
         raise checkpoint_not_found(checkpoint)
-    threads = cfg.train.num_threads or physical_cores()  # as the eval stage: the same numbers
-    torch.set_num_threads(threads)
-    result = evaluate_checkpoint(
-        read_split_dir(split_dir),
-        checkpoint,
-        ks=cfg.eval.ks,
-        batch_users=cfg.eval.batch_users,
-        threads=threads,
-        sample_users=cfg.eval.sample_users,
-        seed=cfg.seed,
-        split_dir=split_dir,
-    )
+    # the eval stage's call: the same numbers for the same checkpoint
+    result = evaluate_as_configured(cfg, read_split_dir(split_dir), checkpoint, split_dir)
     m = result.metrics
     print(f"{checkpoint}: {m['model']}, epoch {m['checkpoint_epoch']}, on {split_dir}")
     keys = list(m["test"])
@@ -172,7 +159,7 @@ def render_card(card: dict) -> str:
         f"{data['items']:,} items",
         f"fields       {fields} (vocabulary sizes)",
         f"data hash    {data['fingerprint'] or 'not recorded (a checkpoint from before it was)'}"
-        " (sha256 of the training data: deepfm.training.checkpoint.data_fingerprint)",
+        " (sha256 of the training data: deepfm.models.checkpoint.data_fingerprint)",
     ]
     split = data.get("split")
     if split is not None:
@@ -276,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         return report(argv[1:])
     args = parser().parse_args(argv)
     from deepfm.config import ConfigError
+    from deepfm.models.checkpoint import CheckpointError
     from deepfm.serving import ServingError
-    from deepfm.training.checkpoint import CheckpointError
 
     try:
         args.func(args)

@@ -26,7 +26,7 @@ from deepfm.data.batches import history_tensor
 from deepfm.data.fields import encode_new_context
 from deepfm.data.splitting import CTRSplit, SplitResult, read_split
 from deepfm.models.base import RankingModel
-from deepfm.training.checkpoint import check_checkpoint_data, data_fingerprint, load_model
+from deepfm.models.checkpoint import check_checkpoint_data, data_fingerprint, load_model
 
 # Rows scored per forward pass by score_rows: bounds memory, not results.
 SCORE_BATCH = 1 << 16
@@ -73,7 +73,7 @@ def load(checkpoint: Path, split_dir: Path) -> Served:
 
 
 def load_checkpoint_model(checkpoint: Path) -> tuple[RankingModel, dict]:
-    """training.checkpoint.load_model, with a missing or unreadable file a ServingError."""
+    """models.checkpoint.load_model, with a missing or unreadable file a ServingError."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise checkpoint_not_found(checkpoint)

@@ -91,7 +91,7 @@ EXPECTED_ERRORS = {
     "deepfm.data.sources": "FetchError",
     "deepfm.data.movielens": "ParseError",
     "deepfm.training.loop": "TrainingError",
-    "deepfm.training.checkpoint": "CheckpointError",
+    "deepfm.models.checkpoint": "CheckpointError",
 }
 
 

@@ -5,29 +5,16 @@ trained here. `deepfm evaluate --checkpoint PATH` runs the same function on any 
 
 from pathlib import Path
 
-import torch
-
 from deepfm.config import load_config
 from deepfm.data.splitting import read_split
-from deepfm.evaluation.protocol import evaluate_checkpoint
+from deepfm.evaluation.protocol import evaluate_as_configured
 from deepfm.io import write_json, write_parquet
-from deepfm.utils import physical_cores, run_stage
+from deepfm.utils import run_stage
 
 
 def main(split: Path, model: Path, metrics: Path, ranks: Path) -> None:
     cfg = load_config()
-    threads = cfg.train.num_threads or physical_cores()
-    torch.set_num_threads(threads)
-    result = evaluate_checkpoint(
-        read_split(split),
-        model,
-        ks=cfg.eval.ks,
-        batch_users=cfg.eval.batch_users,
-        threads=threads,
-        sample_users=cfg.eval.sample_users,
-        seed=cfg.seed,
-        split_dir=split,
-    )
+    result = evaluate_as_configured(cfg, read_split(split), model, split_dir=split)
     write_json(metrics, result.metrics)
     write_parquet(ranks, result.ranks)
     print(f"eval: {result.summary}")

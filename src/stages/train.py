@@ -17,11 +17,13 @@ from deepfm.data.splitting import read_split
 from deepfm.io import write_json
 from deepfm.training import distributed
 from deepfm.training.loop import train
+from deepfm.training.monitor import check_monitor
 from deepfm.utils import run_stage
 
 
 def main(split: Path, model: Path, curves: Path, timing: Path) -> None:
     cfg = load_config()
+    check_monitor(cfg.train.monitor, cfg.eval.ks)  # before torchrun starts a process per rank
     if cfg.train.processes > 1 and not distributed.under_torchrun():
         args = ["--split", split, "--model", model, "--curves", curves, "--timing", timing]
         distributed.launch(cfg.train, Path(__file__), [str(a) for a in args])

@@ -8,13 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch
 
+from deepfm.config import Config
 from deepfm.data.sampling import RatedIndex
 from deepfm.data.splitting import CTRSplit, SplitResult
 from deepfm.evaluation.ranking import evaluate_split, user_sample
 from deepfm.evaluation.rows import evaluate_rows
-from deepfm.training.checkpoint import check_checkpoint_data, load_model
-from deepfm.utils import environment
+from deepfm.models.checkpoint import check_checkpoint_data, load_model
+from deepfm.utils import environment, physical_cores
 
 
 @dataclass
@@ -22,6 +24,26 @@ class CheckpointEvaluation:
     metrics: dict  # the content of metrics/eval.json: val, test, model, epoch, ...
     ranks: pd.DataFrame  # metrics/eval_ranks.parquet: per user (top-K) or per row (ctr)
     summary: str  # one line: the model and its main test metrics
+
+
+def evaluate_as_configured(
+    cfg: Config, data: SplitResult | CTRSplit, checkpoint: Path, split_dir: Path | str
+) -> CheckpointEvaluation:
+    """evaluate_checkpoint with what params.yaml sets: torch's threads (train.num_threads, 0:
+    the physical cores; the thread count changes the bits), eval.ks, eval.batch_users,
+    eval.sample_users and the seed. The eval stage and `deepfm evaluate` both call this."""
+    threads = cfg.train.num_threads or physical_cores()
+    torch.set_num_threads(threads)
+    return evaluate_checkpoint(
+        data,
+        checkpoint,
+        ks=cfg.eval.ks,
+        batch_users=cfg.eval.batch_users,
+        threads=threads,
+        sample_users=cfg.eval.sample_users,
+        seed=cfg.seed,
+        split_dir=split_dir,
+    )
 
 
 def evaluate_checkpoint(

@@ -1,8 +1,10 @@
 """The training loop: epochs of fresh negatives, validation every `val_every`, early stopping
 on the validation metric `train.monitor`.
 
-Plain PyTorch, no framework: one function a reader can hold in their head. The checkpoint and
-the resume state are in checkpoint.py, the optimizer and its schedule in optim.py.
+Plain PyTorch, no framework: `_train` reads as the run's steps in order (build the model and
+its validation, fit in closed form or set up training, resume, the epochs, finish), each step
+a function of its own. The checkpoint is in models/checkpoint.py, the resume state in
+resume.py, the optimizer and its schedule in optim.py.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
-from deepfm.config import Config
+from deepfm.config import Config, TrainConfig
 from deepfm.data.batches import feature_tensors
 from deepfm.data.sampling import RatedIndex
 from deepfm.data.splitting import CTRSplit, SplitResult
@@ -24,18 +28,19 @@ from deepfm.evaluation.ranking import evaluate_held_out, user_sample
 from deepfm.evaluation.rows import evaluate_rows
 from deepfm.io import save_checkpoint
 from deepfm.models import build_model
+from deepfm.models.base import RankingModel
+from deepfm.models.checkpoint import checkpoint_payload, data_fingerprint
 from deepfm.training import distributed
-from deepfm.training.checkpoint import (
-    LoopState,
-    checkpoint_payload,
-    data_fingerprint,
-    load_resume,
-    restore_resume,
-    run_fingerprint,
-    save_resume,
-)
 from deepfm.training.device import setup_torch
-from deepfm.training.objectives import TrainingError, make_objective
+from deepfm.training.monitor import check_monitor
+from deepfm.training.objectives import (
+    GivenLabels,
+    GroupedPointwise,
+    NextItemSoftmax,
+    Pointwise,
+    TrainingError,
+    make_objective,
+)
 from deepfm.training.optim import (
     clip_gradients,
     make_optimizer,
@@ -43,9 +48,27 @@ from deepfm.training.optim import (
     use_sparse_gradients,
 )
 from deepfm.training.progress import EpochProgress, log_row, log_timing
+from deepfm.training.resume import (
+    LoopState,
+    load_resume,
+    restore_resume,
+    run_fingerprint,
+    save_resume,
+)
 from deepfm.utils import deferred_interrupts
 
 CURVE_K = 10  # validation computes the @k metrics at this k (the curves) and the monitor's k
+
+Objective = Pointwise | GroupedPointwise | NextItemSoftmax | GivenLabels
+Scheduler = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
+
+
+class MetricLog(Protocol):
+    """What the loop logs curves and timings to: a dvclive.Live (tests: a recorder)."""
+
+    def log_metric(self, name: str, value: float) -> None: ...
+
+    def next_step(self) -> None: ...
 
 
 @dataclass
@@ -62,7 +85,67 @@ class TrainOutcome:
     kept_val: dict = field(default_factory=dict)
 
 
-def _check_ctr(cfg: Config, model, split: CTRSplit) -> None:
+@dataclass
+class Process:
+    """This training process: its torch threads and device, its place among the ranks of a
+    multi-process run (None: one plain process), and whether it is the one process that
+    validates, saves and logs."""
+
+    threads: int
+    device: torch.device
+    ranks: distributed.Ranks | None
+    main: bool
+
+
+@dataclass
+class Logs:
+    """Where a run reports: the curves, the timings, the person watching. On the processes
+    other than rank 0: nowhere."""
+
+    live: MetricLog | None
+    timing_live: MetricLog | None
+    report: EpochProgress
+
+
+@dataclass
+class Saves:
+    """What the main process saves after an epoch: the kept checkpoint (train.checkpoint: the
+    best or the last epoch) at model_path, the resume state at resume_path (if any)."""
+
+    model_path: Path
+    resume_path: Path | None
+    data: str  # the split's data_fingerprint, recorded in the checkpoint
+    fingerprint: str  # the run's run_fingerprint, recorded in the resume state
+    kept: dict | None = None  # the kept checkpoint's payload ({} on the other ranks)
+
+
+@dataclass
+class Validation:
+    """How this split is validated: `run` computes every validation metric of the model as
+    it is now; `sign` * the monitor's value is higher when better."""
+
+    run: Callable[[], dict]
+    monitor: str
+    sign: float
+    rated: RatedIndex | None  # top-K: every user's rated items, which training samples around
+
+
+@dataclass
+class Trainer:
+    """What the optimizer steps: the model (`step_model`: the same parameters, compiled or
+    not), its optimizer and schedule, the objective, DDP's wrapper under several processes,
+    and the generator that shuffles every epoch."""
+
+    model: RankingModel
+    step_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Scheduler | None
+    objective: Objective
+    parallel: distributed.Parallel | None
+    shuffle: torch.Generator
+
+
+def _check_ctr(cfg: Config, model: RankingModel, split: CTRSplit) -> None:
     """The ctr protocol scores rows by their given labels: only models that learn from the
     rows' fields apply, and the monitor is a row metric."""
     if not model.trainable:
@@ -134,15 +217,17 @@ def train_steps(
     return float(total) / max(count, 1) if total is not None else float("nan")
 
 
-def _outcome(state: LoopState, epochs_run, stop_reason, threads, device, model) -> TrainOutcome:
+def _outcome(
+    state: LoopState, epochs_run: int, stop_reason: str, process: Process, model: RankingModel
+) -> TrainOutcome:
     return TrainOutcome(
         state.best_epoch,
         state.best_val,
         epochs_run,
         stop_reason,
         state.seconds,
-        threads,
-        str(device),
+        process.threads,
+        str(process.device),
         model.num_parameters(),
         state.kept_epoch,
         state.kept_val,
@@ -151,11 +236,11 @@ def _outcome(state: LoopState, epochs_run, stop_reason, threads, device, model) 
 
 def train(
     cfg: Config,
-    split: SplitResult,
+    split: SplitResult | CTRSplit,
     model_path: Path,
     *,
-    live=None,
-    timing_live=None,
+    live: MetricLog | None = None,
+    timing_live: MetricLog | None = None,
     progress: bool | str | None = None,
     resume_path: Path | None = None,
 ) -> TrainOutcome:
@@ -173,16 +258,20 @@ def train(
     with the same arguments; rank 0 alone validates, writes model_path and resume_path and
     logs to live / timing_live (training.distributed).
     """
+    check_monitor(cfg.train.monitor, cfg.eval.ks)  # a bad -S train.monitor fails at once
     world = distributed.world_size(cfg.train)
     threads, device = setup_torch(cfg.train, cfg.seed, world, distributed.local_rank())
     distributed.check_supported(cfg.train, device, world)
     ranks = distributed.join(device) if distributed.under_torchrun() else None
+    process = Process(threads, device, ranks, main=ranks is None or ranks.main)
     signalled: list[threading.Event] = []  # _train's Ctrl-C / SIGTERM flag
     try:
-        return _train(
-            cfg, split, model_path, threads, device, ranks, live, timing_live, progress,
-            resume_path, signalled,
-        )  # fmt: skip
+        if not process.main:  # rank 0 alone logs and reports
+            live = timing_live = None
+            progress = False
+        mode = {None: "auto", True: "bar", False: "off"}.get(progress, progress)
+        logs = Logs(live, timing_live, EpochProgress(mode, cfg.train.epochs))
+        return _train(cfg, split, model_path, resume_path, process, logs, signalled)
     except Exception as e:
         if ranks is None or not distributed.is_comm_error(e):
             raise
@@ -194,165 +283,309 @@ def train(
 
 
 def _train(
-    cfg, split, model_path, threads, device, ranks, live, timing_live, progress, resume_path,
-    signalled,
-) -> TrainOutcome:  # fmt: skip
-    tc = cfg.train
-    main = ranks is None or ranks.main  # the process that validates, saves and logs
-    if not main:
-        live = timing_live = None
-        progress = False
-    mode = {None: "auto", True: "bar", False: "off"}.get(progress, progress)
-    report = EpochProgress(mode, tc.epochs)
+    cfg: Config,
+    split: SplitResult | CTRSplit,
+    model_path: Path,
+    resume_path: Path | None,
+    process: Process,
+    logs: Logs,
+    signalled: list[threading.Event],
+) -> TrainOutcome:
+    """The run's steps in order. The model is built before anything else draws from torch's
+    global generator (its initial weights are the first draws), and the shuffle generator
+    is made after the optimizer (_trainer): moving either changes every number of a run."""
     data = data_fingerprint(split)
     model = build_model(cfg.model, split.schema, feature_tensors(split), cfg.model_params).to(
-        device
+        process.device
     )
-    monitor = tc.monitor
+    validation = _validation(cfg, split, model, process.device)
+    if not model.trainable:
+        return _fit_closed_form(cfg, split, model, validation.run, process, logs, model_path, data)
+    trainer = _trainer(cfg, split, model, validation.rated, process)
+    saves = Saves(model_path, resume_path, data, run_fingerprint(cfg, split))
+    state = _resume(saves, trainer, process, logs)
+    stop_reason = _epochs(cfg, trainer, validation, state, process, logs, saves, signalled)
+    if resume_path is not None and process.main:
+        resume_path.unlink(missing_ok=True)
+    if saves.kept is None:  # checkpoint best, and no validation gave a comparable monitor
+        raise TrainingError(
+            f"no validation gave a finite {validation.monitor} (e.g. AUC of a validation split "
+            "with one class only), so train.checkpoint: best kept no epoch and no checkpoint "
+            "was written. Choose another train.monitor, or train.checkpoint: last."
+        )
+    return _outcome(state, state.epoch, stop_reason, process, model)
+
+
+def _validation(
+    cfg: Config, split: SplitResult | CTRSplit, model: RankingModel, device: torch.device
+) -> Validation:
+    """Validation by the split's protocol: every validation row scored (ctr), or the
+    validation users' held-out items ranked (top-K; a seeded sample of the users with
+    eval.sample_users) at CURVE_K and the monitor's k."""
+    monitor = cfg.train.monitor
     metric, _, monitor_k = parse_key(monitor)
-    sign = 1.0 if metric.higher_is_better else -1.0  # sign * value: higher is better
-    ks = sorted({CURVE_K, monitor_k or CURVE_K})
+    sign = 1.0 if metric.higher_is_better else -1.0
     if isinstance(split, CTRSplit):
         _check_ctr(cfg, model, split)
-        rated = None
 
-        def validate() -> dict:
+        def row_metrics() -> dict:
             return evaluate_rows(model, split.val, device=device).metrics
 
-    else:
-        if ROWS in metric.rankings and SAMPLED not in metric.rankings:
-            raise TrainingError(
-                f"params.yaml: 'train.monitor' is {monitor!r}, a metric of the ctr protocol; "
-                f"dataset {cfg.dataset!r} uses the top-K protocol: choose a ranking metric "
-                "(e.g. full_ndcg@10)."
-            )
-        rated = RatedIndex.of_train(split)
+        return Validation(row_metrics, monitor, sign, rated=None)
+    if ROWS in metric.rankings and SAMPLED not in metric.rankings:
+        raise TrainingError(
+            f"params.yaml: 'train.monitor' is {monitor!r}, a metric of the ctr protocol; "
+            f"dataset {cfg.dataset!r} uses the top-K protocol: choose a ranking metric "
+            "(e.g. full_ndcg@10)."
+        )
+    ks = sorted({CURVE_K, monitor_k or CURVE_K})
+    rated = RatedIndex.of_train(split)
+    sample = user_sample(len(split.val.users), cfg.eval.sample_users, cfg.seed)
+    val_users = split.val if sample is None else split.val.take(sample)
+    batch_users = cfg.eval.batch_users
 
-        sample = user_sample(len(split.val.users), cfg.eval.sample_users, cfg.seed)
-        val_users = split.val if sample is None else split.val.take(sample)
+    def ranking_metrics() -> dict:
+        return evaluate_held_out(
+            model, val_users, rated, ks=ks, batch_users=batch_users, device=device
+        ).metrics
 
-        def validate() -> dict:
-            return evaluate_held_out(
-                model, val_users, rated, ks=ks, batch_users=cfg.eval.batch_users, device=device
-            ).metrics
+    return Validation(ranking_metrics, monitor, sign, rated)
 
-    if not model.trainable:
-        if not main:  # rank 0 fits it alone
-            return _outcome(LoopState(), 0, "no training", threads, device, model)
-        model.fit(split)
-        val = validate()
-        log_row(live, {f"val/{k}": v for k, v in val.items() if k != "users"})
-        save_checkpoint(model_path, checkpoint_payload(cfg, model, 0, val, data))
-        state = LoopState(best_val=val, kept_val=val)
-        return _outcome(state, 0, "no training (fitted in closed form)", threads, device, model)
 
+def _fit_closed_form(
+    cfg: Config,
+    split: SplitResult | CTRSplit,
+    model: RankingModel,
+    validate: Callable[[], dict],
+    process: Process,
+    logs: Logs,
+    model_path: Path,
+    data: str,
+) -> TrainOutcome:
+    """A model with nothing to train (ItemPop, item co-occurrence, EASE): fitted once by rank
+    0, validated once, saved as epoch 0."""
+    if not process.main:
+        return _outcome(LoopState(), 0, "no training", process, model)
+    model.fit(split)
+    val = validate()
+    log_row(logs.live, {f"val/{k}": v for k, v in val.items() if k != "users"})
+    save_checkpoint(model_path, checkpoint_payload(cfg, model, 0, val, data))
+    state = LoopState(best_val=val, kept_val=val)
+    return _outcome(state, 0, "no training (fitted in closed form)", process, model)
+
+
+def _trainer(
+    cfg: Config,
+    split: SplitResult | CTRSplit,
+    model: RankingModel,
+    rated: RatedIndex | None,
+    process: Process,
+) -> Trainer:
+    """The optimizer, its schedule, the objective, DDP's wrapper and the shuffle generator,
+    made in this order (the generator is seeded last)."""
+    tc = cfg.train
     if tc.sparse_embeddings:
         use_sparse_gradients(model)
     optimizer = make_optimizer(model, tc)
     scheduler = make_scheduler(optimizer, tc)
-    objective = make_objective(cfg, split, rated, device)
-    parallel = ranks.wrap(model, objective, device) if ranks is not None else None
+    objective = make_objective(cfg, split, rated, process.device)
+    ranks = process.ranks
+    parallel = ranks.wrap(model, objective, process.device) if ranks is not None else None
     # the compiled module shares the model's parameters: checkpoints and evaluation use `model`
     step_model = model
     if tc.compile_mode != "none":
         step_model = torch.compile(model, mode=tc.compile_mode)
     shuffle = torch.Generator().manual_seed(cfg.seed)
-    state = LoopState()
-    kept = None
-    fingerprint = run_fingerprint(cfg, split)
-    saved = load_resume(resume_path, fingerprint, warn=main)  # every rank reads the same file
-    if saved is not None:
-        state, kept = restore_resume(
-            saved, model_path if main else None, model, optimizer, scheduler, shuffle
-        )
-        for row in state.history:  # DVC removed the curves too: replay them
-            log_row(live, row)
-        if main:
-            print(
-                f"resuming after epoch {state.epoch} (best so far: epoch {state.best_epoch})",
-                flush=True,
-            )
+    return Trainer(model, step_model, optimizer, scheduler, objective, parallel, shuffle)
 
-    stop_reason = f"reached train.epochs={tc.epochs}"
-    epoch = state.epoch
+
+def _resume(saves: Saves, trainer: Trainer, process: Process, logs: Logs) -> LoopState:
+    """Where the epochs start: an interrupted run's state (of the same fingerprint) put back
+    in place, weights, optimizer, schedule, generators, kept checkpoint and curves; else
+    epoch 0."""
+    saved = load_resume(saves.resume_path, saves.fingerprint, warn=process.main)  # every rank
+    if saved is None:
+        return LoopState()
+    state, saves.kept = restore_resume(
+        saved,
+        saves.model_path if process.main else None,
+        trainer.model,
+        trainer.optimizer,
+        trainer.scheduler,
+        trainer.shuffle,
+    )
+    for row in state.history:  # DVC removed the curves too: replay them
+        log_row(logs.live, row)
+    if process.main:
+        print(
+            f"resuming after epoch {state.epoch} (best so far: epoch {state.best_epoch})",
+            flush=True,
+        )
+    return state
+
+
+def _epochs(
+    cfg: Config,
+    trainer: Trainer,
+    validation: Validation,
+    state: LoopState,
+    process: Process,
+    logs: Logs,
+    saves: Saves,
+    signalled: list[threading.Event],
+) -> str:
+    """The epochs after state.epoch, until train.epochs or an early stop; after each, the
+    kept checkpoint and the resume state are saved. Returns why it stopped."""
+    tc = cfg.train
     # Ctrl-C sets a flag that train_steps checks between batches: an interrupt never lands
     # inside a save or a finalizer, and the resume file always holds whole epochs.
     with deferred_interrupts() as interrupted:
         signalled.append(interrupted)
         while state.epoch < tc.epochs:
             epoch = state.epoch + 1
-            start = time.perf_counter()
-            model.train()
-            if ranks is not None and ranks.world > 1:
-                ranks.seed_epoch(cfg.seed, epoch)  # dropout: a stream per rank and epoch
-            shard = parallel.shard if parallel is not None else None
-            batches = objective.batches(epoch, tc.batch_size, shuffle, shard)
-            train_loss = train_steps(
-                step_model, optimizer, report.batches(batches, epoch), objective, tc.grad_clip,
-                tc.amp, interrupted, parallel,
-            )  # fmt: skip
-            if not math.isfinite(train_loss):
-                raise TrainingError(
-                    f"epoch {epoch}: the training loss is {train_loss}; stopping. The best "
-                    f"checkpoint (epoch {state.best_epoch}) is kept. Lower train.learning_rate or "
-                    "set train.grad_clip."
-                )
-            train_seconds = time.perf_counter() - start
-            validated = epoch % tc.val_every == 0 or epoch == tc.epochs
-            val, val_seconds = {}, 0.0
-            if validated:
-                val_start = time.perf_counter()
-                if main:
-                    with distributed.all_cores(ranks, device):
-                        val = validate()
-                if ranks is not None:  # the others wait for rank 0's metrics
-                    val = ranks.share(val)
-                val_seconds = time.perf_counter() - val_start
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                if validated:  # plateau_patience counts validations
-                    scheduler.step(val[monitor])
-            elif scheduler is not None:
-                scheduler.step()
-
-            row = {
-                "train/loss": train_loss,
-                **{f"val/{k}": v for k, v in val.items() if k != "users"},
-                "train/lr": optimizer.param_groups[0]["lr"],
-            }
-            log_row(live, row)
-            log_timing(timing_live, train_seconds, val_seconds if validated else None)
-            report.epoch_done(epoch, train_loss, time.perf_counter() - start, val, monitor, CURVE_K)
-
-            state.epoch = epoch
-            state.history.append(row)
-            state.seconds.append(train_seconds)
-            if validated:
-                score = sign * val[monitor]
-                improved = score > state.best_score
-                if improved:
-                    state.best_score, state.best_epoch, state.best_val = score, epoch, val
-                if improved or tc.checkpoint == "last":
-                    state.kept_epoch, state.kept_val = epoch, val
-                    kept = checkpoint_payload(cfg, model, epoch, val, data) if main else {}
-                    if main:
-                        save_checkpoint(model_path, kept)
-            if resume_path is not None and main:
+            val = _epoch(epoch, cfg, trainer, validation, state, process, logs, interrupted)
+            if val is not None:
+                _keep(cfg, epoch, val, trainer.model, validation, state, process.main, saves)
+            if saves.resume_path is not None and process.main:
                 save_resume(
-                    resume_path, fingerprint, state, model, optimizer, scheduler, shuffle, kept
+                    saves.resume_path,
+                    saves.fingerprint,
+                    state,
+                    trainer.model,
+                    trainer.optimizer,
+                    trainer.scheduler,
+                    trainer.shuffle,
+                    saves.kept,
                 )
-            if ranks is not None:
-                ranks.barrier()  # the others wait for rank 0's saves here, not in a step
-            # stop only right after a validation, so the last epoch run is always a validated one
-            since_best = epoch - state.best_epoch
-            if validated and tc.min_epochs <= epoch < tc.epochs and since_best >= tc.patience:
-                stop_reason = f"early stop: no better {monitor} for {since_best} epochs"
-                break
-    if resume_path is not None and main:
-        resume_path.unlink(missing_ok=True)
-    if kept is None:  # checkpoint best, and no validation gave a comparable (finite) monitor
+            if process.ranks is not None:
+                process.ranks.barrier()  # the others wait for rank 0's saves here, not in a step
+            stop = _early_stop(tc, epoch, state.best_epoch, val is not None, validation.monitor)
+            if stop is not None:
+                return stop
+    return f"reached train.epochs={tc.epochs}"
+
+
+def _epoch(
+    epoch: int,
+    cfg: Config,
+    trainer: Trainer,
+    validation: Validation,
+    state: LoopState,
+    process: Process,
+    logs: Logs,
+    interrupted: threading.Event,
+) -> dict | None:
+    """One epoch: its training steps, a validation every train.val_every epochs (and after
+    the last), the schedule's step, the curves and the epoch's line; added to `state`.
+    Returns the validation metrics, or None in an epoch without validation."""
+    tc = cfg.train
+    start = time.perf_counter()
+    train_loss = _train_epoch(epoch, tc, cfg.seed, trainer, process.ranks, logs, interrupted)
+    if not math.isfinite(train_loss):
         raise TrainingError(
-            f"no validation gave a finite {monitor} (e.g. AUC of a validation split with one "
-            "class only), so train.checkpoint: best kept no epoch and no checkpoint was "
-            "written. Choose another train.monitor, or train.checkpoint: last."
+            f"epoch {epoch}: the training loss is {train_loss}; stopping. The best "
+            f"checkpoint (epoch {state.best_epoch}) is kept. Lower train.learning_rate or "
+            "set train.grad_clip."
         )
-    return _outcome(state, epoch, stop_reason, threads, device, model)
+    train_seconds = time.perf_counter() - start
+    validated = epoch % tc.val_every == 0 or epoch == tc.epochs
+    val, val_seconds = _validate(validation.run, process) if validated else ({}, 0.0)
+    _step_scheduler(trainer.scheduler, val if validated else None, validation.monitor)
+    row = {
+        "train/loss": train_loss,
+        **{f"val/{k}": v for k, v in val.items() if k != "users"},
+        "train/lr": trainer.optimizer.param_groups[0]["lr"],
+    }
+    log_row(logs.live, row)
+    log_timing(logs.timing_live, train_seconds, val_seconds if validated else None)
+    seconds = time.perf_counter() - start
+    logs.report.epoch_done(epoch, train_loss, seconds, val, validation.monitor, CURVE_K)
+    state.epoch = epoch
+    state.history.append(row)
+    state.seconds.append(train_seconds)
+    return val if validated else None
+
+
+def _train_epoch(
+    epoch: int,
+    tc: TrainConfig,
+    seed: int,
+    trainer: Trainer,
+    ranks: distributed.Ranks | None,
+    logs: Logs,
+    interrupted: threading.Event,
+) -> float:
+    """The epoch's optimizer steps over a fresh draw of batches; the mean training loss."""
+    trainer.model.train()
+    if ranks is not None and ranks.world > 1:
+        ranks.seed_epoch(seed, epoch)  # dropout: a stream per rank and epoch
+    parallel = trainer.parallel
+    shard = parallel.shard if parallel is not None else None
+    batches = trainer.objective.batches(epoch, tc.batch_size, trainer.shuffle, shard)
+    return train_steps(
+        trainer.step_model,
+        trainer.optimizer,
+        logs.report.batches(batches, epoch),
+        trainer.objective,
+        tc.grad_clip,
+        tc.amp,
+        interrupted,
+        parallel,
+    )
+
+
+def _validate(validate: Callable[[], dict], process: Process) -> tuple[dict, float]:
+    """The validation metrics on every rank (rank 0 computes them, on every core while the
+    others wait) and the seconds it took."""
+    start = time.perf_counter()
+    val = {}
+    if process.main:
+        with distributed.all_cores(process.ranks, process.device):
+            val = validate()
+    if process.ranks is not None:  # the others wait for rank 0's metrics
+        val = process.ranks.share(val)
+    return val, time.perf_counter() - start
+
+
+def _step_scheduler(scheduler: Scheduler | None, val: dict | None, monitor: str) -> None:
+    """The schedule's step at the end of an epoch; the plateau schedule steps only on a
+    validation (val None: none this epoch), so plateau_patience counts validations."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        if val is not None:
+            scheduler.step(val[monitor])
+    elif scheduler is not None:
+        scheduler.step()
+
+
+def _keep(
+    cfg: Config,
+    epoch: int,
+    val: dict,
+    model: RankingModel,
+    validation: Validation,
+    state: LoopState,
+    main: bool,
+    saves: Saves,
+) -> None:
+    """Record a validated epoch: the best so far by the monitor, and the checkpoint kept (the
+    best epoch, or every epoch with train.checkpoint: last), written by the main process."""
+    score = validation.sign * val[validation.monitor]
+    improved = score > state.best_score
+    if improved:
+        state.best_score, state.best_epoch, state.best_val = score, epoch, val
+    if improved or cfg.train.checkpoint == "last":
+        state.kept_epoch, state.kept_val = epoch, val
+        saves.kept = checkpoint_payload(cfg, model, epoch, val, saves.data) if main else {}
+        if main:
+            save_checkpoint(saves.model_path, saves.kept)
+
+
+def _early_stop(
+    tc: TrainConfig, epoch: int, best_epoch: int, validated: bool, monitor: str
+) -> str | None:
+    """Why to stop after this epoch, or None. Only right after a validation, so the last
+    epoch run is always a validated one, and never before train.min_epochs."""
+    since_best = epoch - best_epoch
+    if validated and tc.min_epochs <= epoch < tc.epochs and since_best >= tc.patience:
+        return f"early stop: no better {monitor} for {since_best} epochs"
+    return None
