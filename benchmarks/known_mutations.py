@@ -45,7 +45,7 @@ MUTATIONS = [
     Mutation(
         "test ranking keeps the validation item",
         "src/deepfm/evaluation/ranking.py",
-        'exclude = {"val": None, "test": split.val.items}',
+        'exclude = {"val": None, "test": rated_before}',
         'exclude = {"val": None, "test": None}',
     ),
     Mutation(

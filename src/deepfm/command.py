@@ -247,11 +247,8 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print the card as JSON")
     i.set_defaults(func=cmd_info)
     # listed for `deepfm -h`; main() hands `deepfm report ...` to deepfm.results.cli
-    sub.add_parser(
-        "report",
-        help="results over DVC experiments or run records: table | compare | figures | export "
-        "(report -h)",
-    )
+    report = "results over DVC experiments or run records: table | compare | figures | export"
+    sub.add_parser("report", help=f"{report} (report -h)")
     return p
 
 

@@ -328,9 +328,8 @@ def _describe_type(tp) -> str:
         return f"a list of {_describe_type(typing.get_args(tp)[0])}"
     if origin is dict:
         return f"a mapping of names to {_describe_type(typing.get_args(tp)[1])}"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
-        tp, str(tp)
-    )
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    return names.get(tp, str(tp))
 
 
 def _check_scalar(key: str, value, tp, meta) -> Any:

@@ -264,10 +264,7 @@ def score_rows(served: Served, frame: pd.DataFrame, name: str = "the file") -> p
 
 
 def model_card(
-    checkpoint: Path,
-    split_dir: Path | None = None,
-    metrics: Path | None = None,
-    lock: Path | None = None,
+    checkpoint: Path, split_dir: Path | None = None, metrics: Path | None = None, lock=None
 ) -> dict:
     """What a checkpoint is, as a dict (JSON): the model and its params, the data it was
     trained on (dataset, shape, data fingerprint; whether the split in `split_dir` matches;
@@ -279,6 +276,14 @@ def model_card(
     checkpoint = Path(checkpoint)
     model, payload = load_checkpoint_model(checkpoint)
     schema = payload["schema"]
+    fields = {f["name"]: f["vocab_size"] for f in schema["fields"]}
+    data = {
+        "dataset": payload.get("dataset"),
+        "users": schema["num_users"],
+        "items": schema["num_items"],
+        "fields": fields,
+        "fingerprint": payload.get("data"),
+    }
     card = {
         "checkpoint": str(checkpoint),
         "model": payload["model"],
@@ -287,13 +292,7 @@ def model_card(
         "seed": payload.get("seed"),
         "model_params": payload["model_params"],
         "validation": payload.get("val", {}),
-        "data": {
-            "dataset": payload.get("dataset"),
-            "users": schema["num_users"],
-            "items": schema["num_items"],
-            "fields": {f["name"]: f["vocab_size"] for f in schema["fields"]},
-            "fingerprint": payload.get("data"),
-        },
+        "data": data,
     }
     if split_dir is not None and (Path(split_dir) / "schema.json").is_file():
         split = read_split(split_dir)

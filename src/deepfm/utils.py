@@ -22,9 +22,14 @@ def rng_for(seed: int, purpose: str, *keys: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(purpose.encode()), *keys])
 
 
+def available_cores() -> int:
+    """The logical cores this process may use (a container's or taskset's limit, not the host's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def physical_cores() -> int:
     """Physical CPU cores available to this process (hyper-threads don't speed up matmuls)."""
-    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    logical = available_cores()
     try:
         with open("/proc/cpuinfo") as f:
             text = f.read()

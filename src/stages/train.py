@@ -40,13 +40,12 @@ def main(split: Path, model: Path, curves: Path, timing: Path) -> None:
         Live(str(timing), save_dvc_exp=False, dvcyaml=None) as timing_live,
     ):
         outcome = train(cfg, data, model, live=live, timing_live=timing_live, resume_path=resume)
+        seconds = outcome.seconds_per_epoch
         summary = {
             "model": cfg.model,
             "parameters": outcome.num_parameters,
             "epochs_run": outcome.epochs_run,
-            "seconds_per_epoch": round(
-                sum(outcome.seconds_per_epoch) / max(1, len(outcome.seconds_per_epoch)), 3
-            ),
+            "seconds_per_epoch": round(sum(seconds) / max(1, len(seconds)), 3),
             "threads": outcome.num_threads,  # per process
             "processes": cfg.train.processes,
             "device": outcome.device,

@@ -6,13 +6,14 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from deepfm.data.sampling import RatedIndex, sample_negatives
 from deepfm.data.splitting import SplitResult
 from deepfm.utils import rng_for
 
 
-def feature_tensors(split: SplitResult) -> dict[str, torch.Tensor]:
+def feature_tensors(split: SplitResult) -> dict[str, Tensor]:
     """The split's feature arrays as tensors, by buffer name (the model's lookup tables)."""
     return {name: torch.from_numpy(array) for name, array in split.features.items()}
 
@@ -48,13 +49,13 @@ def epoch_examples(
 
 
 def sample_negatives_torch(
-    users: torch.Tensor,
+    users: Tensor,
     per_user: int,
-    keys: torch.Tensor,
-    user_counts: torch.Tensor,
+    keys: Tensor,
+    user_counts: Tensor,
     num_items: int,
     generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[Tensor, Tensor]:
     """data.sampling.sample_negatives on the tensors' device (train.device_epochs): `keys`
     are RatedIndex's sorted keys and `user_counts` its counts(), as int64 tensors there, and
     `generator` a torch generator of that device. The same rejection sampling; other random
@@ -67,14 +68,14 @@ def sample_negatives_torch(
         )
     neg_users = users.repeat_interleave(per_user)
 
-    def rated(u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+    def rated(u: Tensor, i: Tensor) -> Tensor:
         query = u * num_items + i
         pos = torch.searchsorted(keys, query).clamp_(max=max(len(keys) - 1, 0))
         return keys[pos] == query if len(keys) else torch.zeros_like(query, dtype=torch.bool)
 
     device = users.device
 
-    def draw(n: int) -> torch.Tensor:
+    def draw(n: int) -> Tensor:
         return torch.randint(num_items, (n,), generator=generator, device=device)
 
     neg_items = draw(len(neg_users))
@@ -103,7 +104,7 @@ class DeviceEpochs:
         targets: str = "positives",
         device="cpu",
     ):
-        def put(a: np.ndarray) -> torch.Tensor:
+        def put(a: np.ndarray) -> Tensor:
             return torch.from_numpy(np.asarray(a, dtype=np.int64)).to(device)
 
         rows = target_rows(split, targets)
@@ -113,7 +114,7 @@ class DeviceEpochs:
         self.keys, self.user_counts = put(rated.keys), put(rated.counts())
         self.num_items = rated.num_items
 
-    def negatives(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def negatives(self, epoch: int) -> tuple[Tensor, Tensor]:
         """This epoch's (users, items): negatives_per_positive per target, entry-major."""
         seed = int(rng_for(self.seed, "train-negatives-device", epoch).integers(2**62))
         generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -121,7 +122,7 @@ class DeviceEpochs:
             self.users, self.per_target, self.keys, self.user_counts, self.num_items, generator
         )
 
-    def examples(self, epoch: int) -> tuple[torch.Tensor, ...]:
+    def examples(self, epoch: int) -> tuple[Tensor, ...]:
         """(users, items, labels, rows) of one epoch, as epoch_examples returns them."""
         neg_u, neg_i = self.negatives(epoch)
         ones = torch.ones(len(self.users), device=self.device)
@@ -138,8 +139,8 @@ def target_rows(split: SplitResult, targets: str) -> np.ndarray:
 
 
 def iterate_batches(
-    tensors: tuple[torch.Tensor, ...], batch_size: int, generator: torch.Generator, shard=None
-) -> Iterator[tuple[torch.Tensor, ...]]:
+    tensors: tuple[Tensor, ...], batch_size: int, generator: torch.Generator, shard=None
+) -> Iterator[tuple[Tensor, ...]]:
     """Shuffle once, then yield contiguous slices of the permuted tensors.
 
     shard (training.distributed.Shard, multi-process training): yield only this rank's
@@ -162,8 +163,8 @@ def iterate_batches(
 
 
 def with_history(
-    batches: Iterator[tuple[torch.Tensor, ...]], train_history: torch.Tensor | None
-) -> Iterator[tuple[torch.Tensor, ...]]:
+    batches: Iterator[tuple[Tensor, ...]], train_history: Tensor | None
+) -> Iterator[tuple[Tensor, ...]]:
     """(users, items, labels, rows) batches -> (users, items, labels, history) batches, the
     history gathered from the train rows; None for a split without a history field."""
     for users, items, labels, rows in batches:
@@ -171,6 +172,6 @@ def with_history(
         yield users, items, labels, history
 
 
-def history_tensor(history: np.ndarray, device) -> torch.Tensor | None:
+def history_tensor(history: np.ndarray, device) -> Tensor | None:
     """A split's (n, L) history codes as a tensor on `device`; None when L = 0 (no field)."""
     return torch.from_numpy(history).to(device) if history.shape[1] else None

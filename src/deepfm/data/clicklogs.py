@@ -100,16 +100,9 @@ def _labels(frame: pd.DataFrame, column: str, path: Path, first_line: int) -> np
 
 def _canonical(label: np.ndarray, timestamp: np.ndarray, columns: dict) -> pd.DataFrame:
     n = len(label)
-    return pd.DataFrame(
-        {
-            "user_id": np.zeros(n, np.int64),
-            "item_id": np.zeros(n, np.int64),
-            "rating": label.astype(np.float32),
-            "timestamp": timestamp,
-            "label": label,
-            **columns,
-        }
-    )
+    ids = {"user_id": np.zeros(n, np.int64), "item_id": np.zeros(n, np.int64)}
+    rows = {"rating": label.astype(np.float32), "timestamp": timestamp, "label": label}
+    return pd.DataFrame({**ids, **rows, **columns})
 
 
 def _criteo_fast(data: bytes, offset: int) -> pd.DataFrame | None:
@@ -121,14 +114,14 @@ def _criteo_fast(data: bytes, offset: int) -> pd.DataFrame | None:
     types = {**dict.fromkeys(["label", *CRITEO_INTS], pa.float64()),
              **dict.fromkeys(CRITEO_CATS, pa.string())}  # fmt: skip
     try:
-        table = pacsv.read_csv(
-            io.BytesIO(data),
-            read_options=pacsv.ReadOptions(column_names=CRITEO_COLUMNS),
-            parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False),
-            convert_options=pacsv.ConvertOptions(
-                column_types=types, null_values=[""], strings_can_be_null=True
-            ),
+        convert = pacsv.ConvertOptions(
+            column_types=types, null_values=[""], strings_can_be_null=True
         )
+        table = pacsv.read_csv(
+            io.BytesIO(data), read_options=pacsv.ReadOptions(column_names=CRITEO_COLUMNS),
+            parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False),
+            convert_options=convert,
+        )  # fmt: skip
     except (pa.ArrowInvalid, ValueError):
         return None
     frame = table.to_pandas()

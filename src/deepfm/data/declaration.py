@@ -212,7 +212,7 @@ def _check_field_role(name: str, source: str, kind: str, key: str) -> None:
         raise _fail(key, f"must be {{source: {name[:4]}, kind: sparse}}: it is the {name[:4]} id.")
 
 
-def _parse_file(role: str, raw, key: str, fmt: str | None = None) -> FileSpec:
+def _parse_file(raw, key: str, fmt: str | None = None) -> FileSpec:
     """fmt: the file's format when the source fixes it (a click log's own layout)."""
     raw = _mapping(raw, key)
     _only(raw, ("path", "sha256") if fmt else ("path", "sha256", "format", "separator"), key)
@@ -368,9 +368,7 @@ def _click_log_files(raw: dict, source: str, key: str) -> dict[str, FileSpec]:
             "give the path of your copy and its sha256.",
         )
     return {
-        "interactions": _parse_file(
-            "interactions", files_raw["interactions"], f"{key}.files.interactions", source
-        )
+        "interactions": _parse_file(files_raw["interactions"], f"{key}.files.interactions", source)
     }
 
 
@@ -382,7 +380,7 @@ def _local_files(raw: dict, key: str) -> dict[str, FileSpec]:
             f"{key}.files",
             "lacks 'interactions'; e.g. interactions: {path: data.csv, sha256: <64 hex>}.",
         )
-    return {r: _parse_file(r, v, f"{key}.files.{r}") for r, v in files_raw.items()}
+    return {r: _parse_file(v, f"{key}.files.{r}") for r, v in files_raw.items()}
 
 
 def _local_columns(raw: dict, label_column: str | None, key: str) -> dict[str, str]:

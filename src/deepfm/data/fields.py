@@ -106,12 +106,12 @@ def context_vocabularies(context: Sequence[FieldSpec], vocabs: dict) -> dict:
     """What encodes a context field's raw values as the split did, as JSON: per field its
     bucketing and its vocabulary (value j has code j + 1; anything else 0). Written with the
     split (context_vocab.json) so that new rows can be scored (`deepfm score`)."""
+    values = {
+        f.name: [v.item() if isinstance(v, np.generic) else v for v in vocabs[f.name]]
+        for f in context
+    }
     return {
-        f.name: {
-            "bins": list(f.bins),
-            "log_buckets": bool(f.log_buckets),
-            "values": [v.item() if isinstance(v, np.generic) else v for v in vocabs[f.name]],
-        }
+        f.name: {"bins": list(f.bins), "log_buckets": bool(f.log_buckets), "values": values[f.name]}
         for f in context
     }
 

@@ -171,12 +171,8 @@ def _listed_ids(side: str, ids: np.ndarray, side_file: _File, inter_path: Path) 
     (`ids`) must be there."""
     id_col = f"{side}_id"
     path, spec = side_file.path, side_file.spec
-    side_ids = _ids(
-        _column(side_file.frame, id_col, path, f"the {side}s file needs its {id_col}."),
-        id_col,
-        path,
-        spec,
-    )
+    column = _column(side_file.frame, id_col, path, f"the {side}s file needs its {id_col}.")
+    side_ids = _ids(column, id_col, path, spec)
     dup = pd.Series(side_ids).duplicated().to_numpy()
     if dup.any():
         i = int(np.flatnonzero(dup)[0])
@@ -197,18 +193,9 @@ def _one_value_per_id(
     row; every other row of that id must agree."""
     id_col = f"{side}_id"
     path, spec = interactions.path, interactions.spec
-    values = field_values(
-        _column(
-            interactions.frame,
-            f.name,
-            path,
-            f"the declared {side} field {f.name!r} must be a column of the "
-            f"{side}s file or of the interactions file.",
-        ),
-        f,
-        path,
-        spec,
-    )
+    hint = f"the declared {side} field {f.name!r} must be a column of the {side}s file or of "
+    column = _column(interactions.frame, f.name, path, hint + "the interactions file.")
+    values = field_values(column, f, path, spec)
     keys = values.map(lambda v: tuple(v) if isinstance(v, list) else v).to_numpy()
     codes, uniques = pd.factorize(inter_ids, sort=True)
     first_row = np.full(len(uniques), len(codes))
@@ -250,14 +237,9 @@ def _load_local(spec: DatasetSpec, raw: Path) -> tuple[pd.DataFrame, pd.DataFram
     user_ids, item_ids, timestamps = _ids_and_timestamps(spec, inter)
     label, rating = _label_and_rating(spec, inter)
     interactions = pd.DataFrame(
-        {
-            "user_id": user_ids,
-            "item_id": item_ids,
-            "rating": rating.astype(np.float32),
-            "timestamp": timestamps,
-            "label": label.astype(np.int8),
-        }
-    )
+        {"user_id": user_ids, "item_id": item_ids, "rating": rating.astype(np.float32),
+         "timestamp": timestamps, "label": label.astype(np.int8)}
+    )  # fmt: skip
     dup = interactions.duplicated(["user_id", "item_id"]).to_numpy()
     if spec.protocol == "topk" and dup.any():
         i = int(np.flatnonzero(dup)[0])
@@ -271,12 +253,8 @@ def _load_local(spec: DatasetSpec, raw: Path) -> tuple[pd.DataFrame, pd.DataFram
         fields = [f for f in spec.fields if f.source == side and f.name != f"{side}_id"]
         tables[side] = _side_table(side, np.sort(pd.unique(ids)), fields, inter, ids, side_file)
     for f in (f for f in spec.fields if f.source == "context"):
-        values = _column(
-            inter.frame,
-            f.name,
-            inter_path,
-            f"the declared context field {f.name!r} must be a column of the interactions file.",
-        )
+        hint = f"the declared context field {f.name!r} must be a column of the interactions file."
+        values = _column(inter.frame, f.name, inter_path, hint)
         interactions[f.name] = field_values(values, f, inter_path, inter_spec).to_numpy()
     interactions = interactions.sort_values(["user_id", "timestamp", "item_id"], kind="stable")
     return interactions.reset_index(drop=True), tables["user"], tables["item"]
@@ -296,11 +274,9 @@ def _ids_and_timestamps(spec: DatasetSpec, inter: _File) -> tuple[np.ndarray, ..
     cols = spec.columns
     if spec.protocol == "ctr":  # rows, not users and items: placeholders, file order as time
         user_ids = item_ids = np.zeros(len(inter.frame), dtype=np.int64)
-        timestamps = (
-            _mapped_timestamps(spec, inter)
-            if cols["timestamp"] in inter.frame.columns
-            else np.arange(len(inter.frame), dtype=np.int64)
-        )
+        timestamps = np.arange(len(inter.frame), dtype=np.int64)
+        if cols["timestamp"] in inter.frame.columns:
+            timestamps = _mapped_timestamps(spec, inter)
     else:
         path, file_spec = inter.path, inter.spec
         user_ids = _ids(_mapped_column(spec, inter, "user_id"), cols["user_id"], path, file_spec)
@@ -335,12 +311,9 @@ def _label_and_rating(spec: DatasetSpec, inter: _File) -> tuple[np.ndarray, np.n
             f"{inter.path}, {_line(i, inter.spec)}: {column} is "
             f"{inter.frame[column].iloc[i]!r}; a given label must be 0 or 1."
         )
-    rating = (
-        _mapped_numbers(spec, inter, "rating")
-        if spec.columns["rating"] in inter.frame.columns
-        else label.copy()
-    )
-    return label, rating
+    if spec.columns["rating"] in inter.frame.columns:
+        return label, _mapped_numbers(spec, inter, "rating")
+    return label, label.copy()
 
 
 def _side_file(spec: DatasetSpec, raw: Path, side: str) -> _File | None:

@@ -123,8 +123,8 @@ def _read_table(
             dtype=dtype,
             encoding=encoding,
             keep_default_na=False,
-            quoting=3,  # QUOTE_NONE: titles contain quotes
-            engine="c",
+            quoting=3,
+            engine="c",  # 3: QUOTE_NONE, titles hold quotes
         )
     except pd.errors.ParserError as e:
         raise ParseError(f"{path}: {e}; each line must have {len(names)} fields.") from None
@@ -159,12 +159,11 @@ def _checked_ratings(text: pd.Series, rating_range, path: Path, first_line: int)
     lo, hi = rating_range
     rating = pd.to_numeric(text.str.strip(), errors="coerce").to_numpy(np.float64)
     bad = np.isnan(rating) | (rating < lo) | (rating > hi)
-    raise_first_bad_line(
-        bad,
-        path,
-        first_line,
-        lambda i: f"rating {text.iloc[i]!r} is not a number in [{lo:g}, {hi:g}].",
-    )
+
+    def problem(i: int) -> str:
+        return f"rating {text.iloc[i]!r} is not a number in [{lo:g}, {hi:g}]."
+
+    raise_first_bad_line(bad, path, first_line, problem)
     return rating
 
 
@@ -175,30 +174,14 @@ def parse_ratings(path: Path, sep: str, *, rating_range=(1.0, 5.0)) -> pd.DataFr
     data, _ = _read_bytes(path, sep, len(RATING_COLUMNS))
     lo, hi = rating_range
     try:  # fast path: typed columns straight from the C parser (ML-20M: 20M rows)
-        typed = _read_table(
-            path,
-            sep,
-            RATING_COLUMNS,
-            "latin-1",
-            data=data,
-            dtype={
-                "user_id": np.int64,
-                "item_id": np.int64,
-                "rating": np.float64,
-                "timestamp": np.int64,
-            },
-        )
+        dtype = dict(user_id=np.int64, item_id=np.int64, rating=np.float64, timestamp=np.int64)
+        typed = _read_table(path, sep, RATING_COLUMNS, "latin-1", data=data, dtype=dtype)
         rating = typed["rating"].to_numpy()
         bad = np.isnan(rating) | (rating < lo) | (rating > hi)
         if not bad.any():
-            out = pd.DataFrame(
-                {
-                    "user_id": typed["user_id"].to_numpy().astype(np.int32),
-                    "item_id": typed["item_id"].to_numpy().astype(np.int32),
-                    "rating": rating.astype(np.float32),
-                    "timestamp": typed["timestamp"].to_numpy(),
-                }
-            )
+            ids = {c: typed[c].to_numpy().astype(np.int32) for c in ("user_id", "item_id")}
+            ts = typed["timestamp"].to_numpy()
+            out = pd.DataFrame({**ids, "rating": rating.astype(np.float32), "timestamp": ts})
             del typed
             return _check_duplicates(out, path)
     except (ValueError, OverflowError):
@@ -206,14 +189,9 @@ def parse_ratings(path: Path, sep: str, *, rating_range=(1.0, 5.0)) -> pd.DataFr
     # slow path, only for a malformed file: find and name the first bad line
     frame = _read_table(path, sep, RATING_COLUMNS, "latin-1", data=data)
     rating = _checked_ratings(frame["rating"], rating_range, path, first_line=1)
-    out = pd.DataFrame(
-        {
-            "user_id": _to_int(frame, "user_id", path, np.int32),
-            "item_id": _to_int(frame, "item_id", path, np.int32),
-            "rating": rating.astype(np.float32),
-            "timestamp": _to_int(frame, "timestamp", path, np.int64),
-        }
-    )
+    ids = {c: _to_int(frame, c, path, np.int32) for c in ("user_id", "item_id")}
+    ts = _to_int(frame, "timestamp", path, np.int64)
+    out = pd.DataFrame({**ids, "rating": rating.astype(np.float32), "timestamp": ts})
     return _check_duplicates(out, path)
 
 
@@ -241,9 +219,7 @@ def _check_ids(ratings: pd.DataFrame, column: str, known: np.ndarray, path: Path
 
 def _check_unique(frame: pd.DataFrame, column: str, path: Path) -> None:
     dup = frame[column].duplicated().to_numpy()
-    if dup.any():
-        i = int(np.flatnonzero(dup)[0])
-        raise ParseError(f"{path}, line {i + 1}: {column} {frame[column].iloc[i]} appears twice.")
+    raise_first_bad_line(dup, path, 1, lambda i: f"{column} {frame[column].iloc[i]} appears twice.")
 
 
 def parse_ml100k(raw: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -284,13 +260,11 @@ def parse_ml1m(raw: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     users_path = raw / "users.dat"
     u = _read_table(users_path, "::", ["user_id", "gender", "age", "occupation", "zip"], "latin-1")
     age = _to_int(u, "age", users_path, np.int16)
-    if not np.isin(age, list(AGE_BUCKETS)).all():
-        i = int(np.flatnonzero(~np.isin(age, list(AGE_BUCKETS)))[0])
-        raise ParseError(f"{users_path}, line {i + 1}: age code {age[i]} is not one of ML-1M's.")
+    bad = ~np.isin(age, list(AGE_BUCKETS))
+    raise_first_bad_line(bad, users_path, 1, lambda i: f"age code {age[i]} is not one of ML-1M's.")
     occ = _to_int(u, "occupation", users_path)
-    if ((occ < 0) | (occ >= len(ML1M_OCCUPATIONS))).any():
-        i = int(np.flatnonzero((occ < 0) | (occ >= len(ML1M_OCCUPATIONS)))[0])
-        raise ParseError(f"{users_path}, line {i + 1}: occupation code {occ[i]} is not 0..20.")
+    bad = (occ < 0) | (occ >= len(ML1M_OCCUPATIONS))
+    raise_first_bad_line(bad, users_path, 1, lambda i: f"occupation code {occ[i]} is not 0..20.")
     users = pd.DataFrame(
         {
             "user_id": _to_int(u, "user_id", users_path, np.int32),
@@ -412,16 +386,8 @@ def parse_ratings_csv(path: Path, *, rating_range=HALF_STAR_RANGE) -> pd.DataFra
     }
     try:  # fast path: typed columns straight from the C parser, which reads the file in
         # blocks (ML-32M: 32M rows, 877 MB), so the file is never held whole in memory
-        typed = pd.read_csv(
-            path,
-            dtype={
-                "user_id": np.int32,
-                "item_id": np.int32,
-                "rating": np.float32,
-                "timestamp": np.int64,
-            },
-            **read,
-        )
+        dtype = dict(user_id=np.int32, item_id=np.int32, rating=np.float32, timestamp=np.int64)
+        typed = pd.read_csv(path, dtype=dtype, **read)
         if typed.empty:
             raise pd.errors.EmptyDataError
         rating = typed["rating"].to_numpy()
@@ -438,14 +404,9 @@ def parse_ratings_csv(path: Path, *, rating_range=HALF_STAR_RANGE) -> pd.DataFra
     frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, **read)
     lines = np.arange(2, len(frame) + 2)
     rating = _checked_ratings(frame["rating"], rating_range, path, first_line=2)
-    out = pd.DataFrame(
-        {
-            "user_id": _csv_ints(frame, "user_id", path, np.int32, lines),
-            "item_id": _csv_ints(frame, "item_id", path, np.int32, lines),
-            "rating": rating.astype(np.float32),
-            "timestamp": _csv_ints(frame, "timestamp", path, np.int64, lines),
-        }
-    )
+    ids = {c: _csv_ints(frame, c, path, np.int32, lines) for c in ("user_id", "item_id")}
+    ts = _csv_ints(frame, "timestamp", path, np.int64, lines)
+    out = pd.DataFrame({**ids, "rating": rating.astype(np.float32), "timestamp": ts})
     return _check_duplicates_csv(out, path)
 
 
@@ -508,27 +469,19 @@ def parse_ml20m(raw: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     return ratings, _users_from_ratings(ratings), items
 
 
+# no users file from ML-10M on: users come from the ratings
+_CSV_FILES = {"ratings": "ratings.csv", "users": "ratings.csv", "items": "movies.csv"}
 PARSERS: dict[str, tuple[Callable[[Path], tuple], dict[str, str]]] = {
     # name -> (parser, the raw files that ratings/users/items come from, for error messages)
     "ml-100k": (parse_ml100k, {"ratings": "u.data", "users": "u.user", "items": "u.item"}),
     "ml-1m": (parse_ml1m, {"ratings": "ratings.dat", "users": "users.dat", "items": "movies.dat"}),
-    # no users file from ML-10M on: users come from the ratings
     "ml-10m": (
         parse_ml10m,
         {"ratings": "ratings.dat", "users": "ratings.dat", "items": "movies.dat"},
     ),
-    "ml-20m": (
-        parse_ml20m,
-        {"ratings": "ratings.csv", "users": "ratings.csv", "items": "movies.csv"},
-    ),
-    "ml-25m": (
-        parse_ml20m,
-        {"ratings": "ratings.csv", "users": "ratings.csv", "items": "movies.csv"},
-    ),
-    "ml-32m": (
-        parse_ml20m,
-        {"ratings": "ratings.csv", "users": "ratings.csv", "items": "movies.csv"},
-    ),
+    "ml-20m": (parse_ml20m, _CSV_FILES),
+    "ml-25m": (parse_ml20m, _CSV_FILES),
+    "ml-32m": (parse_ml20m, _CSV_FILES),
 }
 
 

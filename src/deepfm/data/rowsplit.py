@@ -82,10 +82,7 @@ def _summary(method: str, labels: dict[str, np.ndarray], schema: Schema) -> dict
 def _placeholders() -> dict[str, np.ndarray]:
     """One user and one item without fields: every model scores rows through its usual
     interface."""
-    return {
-        "user_features": np.zeros((1, 0), dtype=np.int64),
-        "item_features": np.zeros((1, 0), dtype=np.int64),
-    }
+    return {f"{side}_features": np.zeros((1, 0), dtype=np.int64) for side in ("user", "item")}
 
 
 def split_ctr(
@@ -111,14 +108,10 @@ def split_ctr(
     context, codes, vocabs = encode_context(fields, interactions, order, in_train)
     labels = interactions["label"].to_numpy()[order].astype(np.float32)
     groups = None if group is None else group_ids(interactions[group].iloc[order])
-    rows = {
-        name: Rows(
-            codes[lo:hi],
-            labels[lo:hi],
-            None if groups is None or name == "train" else groups[lo:hi],
-        )
-        for name, (lo, hi) in parts.items()
-    }
+    rows = {}
+    for name, (lo, hi) in parts.items():  # the train rows need no groups (no group AUC)
+        part_groups = None if groups is None or name == "train" else groups[lo:hi]
+        rows[name] = Rows(codes[lo:hi], labels[lo:hi], part_groups)
     schema = Schema(tuple(context), 1, 1)
     summary = _summary(method, {name: r.labels for name, r in rows.items()}, schema)
     return CTRSplit(**rows, features=_placeholders(), schema=schema, summary=summary, vocabs=vocabs)
@@ -163,14 +156,11 @@ def split_ctr_stream(
         position = np.empty(n, dtype=np.int64)
         position[order] = np.arange(n)
     vocabs = _train_vocabularies(batches, context, position, bounds["train"][1])
-    schema = Schema(
-        tuple(
-            Field(f.name, "context", "sparse", len(vocabs[f.name]) + 1, column)
-            for column, f in enumerate(context)
-        ),
-        1,
-        1,
+    columns = (
+        Field(f.name, "context", "sparse", len(vocabs[f.name]) + 1, column)
+        for column, f in enumerate(context)
     )
+    schema = Schema(tuple(columns), 1, 1)
     with atomic_dir(out_dir) as tmp:
         _write_rows(tmp, batches, context, vocabs, position, bounds, group)
         labels = {name: np.load(tmp / f"{name}_labels.npy", mmap_mode="r") for name in bounds}
@@ -295,10 +285,5 @@ def read_ctr_split(split_dir: Path, schema: Schema, summary: dict) -> CTRSplit:
         for name in ("train", "val", "test")
     }
     vocabs = split_dir / "context_vocab.json"
-    return CTRSplit(
-        **rows,
-        features=_placeholders(),
-        schema=schema,
-        summary=summary,
-        vocabs=read_json(vocabs) if vocabs.is_file() else {},
-    )
+    vocabs = read_json(vocabs) if vocabs.is_file() else {}
+    return CTRSplit(**rows, features=_placeholders(), schema=schema, summary=summary, vocabs=vocabs)

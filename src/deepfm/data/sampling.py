@@ -59,10 +59,7 @@ class RatedIndex:
 
 
 def sample_negatives(
-    users: np.ndarray,
-    per_user: int,
-    rated: RatedIndex,
-    rng: np.random.Generator,
+    users: np.ndarray, per_user: int, rated: RatedIndex, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """`per_user` items for each entry of `users`, uniform over that user's unrated items
     (with replacement). Returns (users repeated, items), both int64, entry-major order."""

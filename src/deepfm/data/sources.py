@@ -66,11 +66,16 @@ class DatasetSource:
         return [m for m, sha in self.members.items() if sha is None and m not in self.member_md5]
 
 
+def _grouplens(name: str, folder: str | None = None, **entry) -> DatasetSource:
+    """A release as GroupLens serves it: <name>.zip at files.grouplens.org, its files in the
+    zip's folder `name` unless named."""
+    url = f"https://files.grouplens.org/datasets/movielens/{name}.zip"
+    return DatasetSource(name=name, url=url, folder=folder or name, **entry)
+
+
 DATASETS: dict[str, DatasetSource] = {
-    "ml-100k": DatasetSource(
-        name="ml-100k",
-        url="https://files.grouplens.org/datasets/movielens/ml-100k.zip",
-        folder="ml-100k",
+    "ml-100k": _grouplens(
+        "ml-100k",
         members={
             "README": "4883b8cf340ed0059971b33f56ad3adc88a40792108ebca3d24aafc4c82e8b52",
             "u.data": "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490",
@@ -81,10 +86,8 @@ DATASETS: dict[str, DatasetSource] = {
             "u.user": "f120e114da2e8cf314fd28f99417c94ae9ddf1cb6db8ce0e4b5995d40e90e62c",
         },
     ),
-    "ml-1m": DatasetSource(
-        name="ml-1m",
-        url="https://files.grouplens.org/datasets/movielens/ml-1m.zip",
-        folder="ml-1m",
+    "ml-1m": _grouplens(
+        "ml-1m",
         members={
             "ratings.dat": "506d64ca44484487c11dc2d9a28de5c54948213e6b96285e298afe28d6ea4e0f",
             "movies.dat": "0140fc2356357c1a851d0f52e893a1e4d3696df632c4141cea8d5bc3d621f0b9",
@@ -99,9 +102,8 @@ DATASETS: dict[str, DatasetSource] = {
     # with the GroupLens md5 below it).
     # A re-zipped mirror copy therefore fails; to accept one, record each member's sha256
     # (sha256sum of the files a fetch of the official zip extracted) in `members`.
-    "ml-10m": DatasetSource(
-        name="ml-10m",
-        url="https://files.grouplens.org/datasets/movielens/ml-10m.zip",
+    "ml-10m": _grouplens(
+        "ml-10m",
         folder="ml-10M100K",  # the zip's folder is not named after the release
         members={"ratings.dat": None, "movies.dat": None},  # tags.dat is not read
         # 65,566,137 bytes. sha256: github.com/ISG-Siegen/OmniRec
@@ -112,10 +114,8 @@ DATASETS: dict[str, DatasetSource] = {
         # github.com/alibaba/FederatedScope (federatedscope/mf/dataset/movielens.py) and others.
         archive_md5="ce571fd55effeba0271552578f2648bd",
     ),
-    "ml-20m": DatasetSource(
-        name="ml-20m",
-        url="https://files.grouplens.org/datasets/movielens/ml-20m.zip",
-        folder="ml-20m",
+    "ml-20m": _grouplens(
+        "ml-20m",
         members={"ratings.csv": None, "movies.csv": None},  # tags, links, genome: not read
         # 198,702,078 bytes. sha256: github.com/tensorflow/datasets
         # (tensorflow_datasets/url_checksums/movielens.txt) and ISG-Siegen/OmniRec
@@ -125,10 +125,8 @@ DATASETS: dict[str, DatasetSource] = {
         # github.com/eli-osherovich/papers_with_code (datasets/movielens/dl_config.py) and others.
         archive_md5="cd245b17a1ae2cc31bb14903e1204af3",
     ),
-    "ml-25m": DatasetSource(
-        name="ml-25m",
-        url="https://files.grouplens.org/datasets/movielens/ml-25m.zip",
-        folder="ml-25m",
+    "ml-25m": _grouplens(
+        "ml-25m",
         members={"ratings.csv": None, "movies.csv": None},  # tags, links, genome: not read
         # 261,978,986 bytes. sha256: tensorflow/datasets (url_checksums/movielens.txt) and
         # ISG-Siegen/OmniRec (movielens_large.py).
@@ -146,10 +144,8 @@ DATASETS: dict[str, DatasetSource] = {
     #   movies.csv   b37ca1abc7798de741138ed252b62f69f7e37c84b8a8fab1b82d409b4c6c5cc2
     #   ml-32m.zip   e4a68655d7386b8f95f2f2424b2ff975dfdd15ffd59e0d864a14dca43e99d6ee
     #                (238,950,008 bytes; GroupLens' ml-32m.zip.md5 d472be332d4daa821edc399621853b57)
-    "ml-32m": DatasetSource(
-        name="ml-32m",
-        url="https://files.grouplens.org/datasets/movielens/ml-32m.zip",
-        folder="ml-32m",
+    "ml-32m": _grouplens(
+        "ml-32m",
         members={"ratings.csv": None, "movies.csv": None, "tags.csv": None, "links.csv": None},
         member_md5={
             "ratings.csv": "cf12b74f9ad4b94a011f079e26d4270a",

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from numpy.random import Generator
 
 from deepfm.data.declaration import FieldSpec
 from deepfm.data.fields import encode_context, encode_fields
@@ -64,9 +65,7 @@ class HeldOut:
 
     def take(self, rows: np.ndarray) -> HeldOut:
         """The held-out rows `rows` (positions), e.g. a sample of evaluation users."""
-        return HeldOut(
-            self.users[rows], self.items[rows], self.candidates[rows], self.history[rows]
-        )
+        return HeldOut(*(a[rows] for a in (self.users, self.items, self.candidates, self.history)))
 
 
 @dataclass
@@ -201,11 +200,7 @@ def tie_break_keys(seed: int, user_idx: np.ndarray, item_idx: np.ndarray) -> np.
 
 
 def recent_items(
-    user_idx: np.ndarray,
-    item_codes: np.ndarray,
-    counted: np.ndarray,
-    length: int,
-    rows: np.ndarray | None = None,
+    user_idx: np.ndarray, item_codes: np.ndarray, counted: np.ndarray, length: int, rows=None
 ) -> np.ndarray:
     """(n_rows, length): for every row (or only `rows`), the codes of the same user's `length`
     most recent counted rows strictly before it, most recent first, 0-padded.
@@ -223,10 +218,16 @@ def _recent(user_idx, item_codes, counted_rows, length, rows, counted=None) -> n
     if counted_rows is None:
         counted_rows = np.flatnonzero(counted)
     before = np.searchsorted(counted_rows, rows)  # counted rows above each row
-    out = np.zeros((len(rows), length), dtype=np.int32)
+    return _counted_back(user_idx, item_codes, counted_rows, before, user_idx[rows], length)
+
+
+def _counted_back(user_idx, item_codes, counted_rows, before, owners, length) -> np.ndarray:
+    """(len(before), length): the codes of the `length` counted rows before position `before`
+    of counted_rows, most recent first, 0 where that row is not of the user in `owners`."""
+    out = np.zeros((len(before), length), dtype=np.int32)
     for back in range(1, length + 1):
         source = counted_rows[np.maximum(before - back, 0)] if len(counted_rows) else before
-        same_user = (before - back >= 0) & (user_idx[source] == user_idx[rows])
+        same_user = (before - back >= 0) & (user_idx[source] == owners)
         out[:, back - 1] = np.where(same_user, item_codes[source], 0)
     return out
 
@@ -241,20 +242,11 @@ def latest_items(
     users = np.arange(num_users)
     # counted rows up to each user's last one: one past its position in counted_rows
     end = np.searchsorted(user_idx[counted_rows], users, side="right")
-    out = np.zeros((num_users, length), dtype=np.int32)
-    for back in range(1, length + 1):
-        source = counted_rows[np.maximum(end - back, 0)] if len(counted_rows) else end
-        same_user = (end - back >= 0) & (user_idx[source] == users)
-        out[:, back - 1] = np.where(same_user, item_codes[source], 0)
-    return out
+    return _counted_back(user_idx, item_codes, counted_rows, end, users, length)
 
 
 def sample_candidates(
-    users: np.ndarray,
-    rated_keys: np.ndarray,
-    num_items: int,
-    num_negatives: int,
-    rng: np.random.Generator,
+    users: np.ndarray, rated_keys: np.ndarray, num_items: int, num_negatives: int, rng: Generator
 ) -> np.ndarray:
     """For each user, `num_negatives` distinct items not in its rated set, uniformly at random.
 
@@ -276,11 +268,7 @@ def sample_candidates(
 
 
 def candidate_blocks(
-    users: np.ndarray,
-    rated_keys: np.ndarray,
-    num_items: int,
-    num_negatives: int,
-    rng: np.random.Generator,
+    users: np.ndarray, rated_keys: np.ndarray, num_items: int, num_negatives: int, rng: Generator
 ) -> Iterator[np.ndarray]:
     """sample_candidates, one block of consecutive users at a time, in order."""
     users = np.asarray(users, dtype=np.int64)
@@ -591,13 +579,16 @@ def _summary(
     the histories are."""
     num_users, rows, label = len(users), ratings.rows, ratings.label
     in_train, filled, examples = rows.in_train, histories.train_filled, histories.examples
-    train_u_count = int(in_train.sum())
+    train_rows = int(in_train.sum())
+    slots = {"train": (filled, train_rows)}  # (filled history slots, rows) per split
+    for s in ("val", "test"):
+        slots[s] = (int((examples[s][:, :history_length] > 0).sum()), len(examples[s]))
     return {
         "num_users": num_users,
         "num_items": num_items,
         "num_interactions": len(ratings.user_idx),
         "cut": cut,
-        "train_rows": int(in_train.sum()),
+        "train_rows": train_rows,
         "train_positives": int(label[in_train].sum()),
         "train_observed_negatives": int((label[in_train] == 0).sum()),
         "rows_between_validation_and_test": len(rows.between),
@@ -617,16 +608,7 @@ def _summary(
         "history_length": history_length,
         "sequence": sequence,
         "tie_break": tie_break,
-        "mean_history_filled": {
-            name: round(n_filled / n_rows, 3) if n_rows else 0.0
-            for name, n_filled, n_rows in (
-                ("train", filled, train_u_count),
-                *(
-                    (s, int((examples[s][:, :history_length] > 0).sum()), len(examples[s]))
-                    for s in ("val", "test")
-                ),
-            )
-        },
+        "mean_history_filled": {s: round(n / m, 3) if m else 0.0 for s, (n, m) in slots.items()},
     }
 
 
@@ -778,18 +760,19 @@ def _split_tables(cfg, processed_dir: Path, folder: Path | None) -> SplitResult 
             fractions=spec.ctr_fractions,
             group=spec.ctr_group,
         )
+    s = cfg.split
     return split_dataset(
         tables["interactions"],
         tables["users"],
         tables["items"],
-        fields=cfg.dataset_spec.fields,
+        fields=spec.fields,
         seed=cfg.seed,
-        min_positives=cfg.split.min_positives,
+        min_positives=s.min_positives,
         num_negatives=cfg.eval.num_negatives,
-        history_length=cfg.split.history_length,
-        sequence=cfg.split.sequence,
-        tie_break=cfg.split.tie_break,
-        cut=cfg.split.cut,
+        history_length=s.history_length,
+        sequence=s.sequence,
+        tie_break=s.tie_break,
+        cut=s.cut,
         folder=folder,
     )
 
@@ -881,15 +864,8 @@ def read_split(split_dir: Path) -> SplitResult | CTRSplit:
         return read_ctr_split(split_dir, schema, summary)
     arrays = {name: _read(split_dir, name) for name in _ARRAYS}
     features = {name: read_npy(split_dir / f"{name}.npy") for name in feature_names(schema)}
-    held = {
-        s: HeldOut(
-            read_npy(split_dir / f"{s}_users.npy"),
-            read_npy(split_dir / f"{s}_items.npy"),
-            _read(split_dir, f"{s}_candidates"),
-            read_npy(split_dir / f"{s}_history.npy"),
-        )
-        for s in ("val", "test")
-    }
+    parts = ("users", "items", "candidates", "history")  # HeldOut's fields; candidates mapped
+    held = {s: HeldOut(*(_read(split_dir, f"{s}_{p}") for p in parts)) for s in ("val", "test")}
     optional = {
         name: read_npy(split_dir / f"{name}.npy")
         for name in ("user_latest", "test_seen", "after_test")

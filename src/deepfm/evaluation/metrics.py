@@ -322,9 +322,7 @@ def per_user_values(metric: Metric, ranks: np.ndarray, k: int | None = None) -> 
 
 
 def compute(
-    ks: Sequence[int],
-    ranks: Mapping[str, np.ndarray],
-    pairs: Mapping[str, PooledPairs],
+    ks: Sequence[int], ranks: Mapping[str, np.ndarray], pairs: Mapping[str, PooledPairs]
 ) -> dict[str, float]:
     """Every registered metric at cutoffs ks, keyed and ordered as in eval.json.
 

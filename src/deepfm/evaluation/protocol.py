@@ -34,13 +34,14 @@ def evaluate_as_configured(
     eval.sample_users and the seed. The eval stage and `deepfm evaluate` both call this."""
     threads = cfg.train.num_threads or physical_cores()
     torch.set_num_threads(threads)
+    e = cfg.eval
     return evaluate_checkpoint(
         data,
         checkpoint,
-        ks=cfg.eval.ks,
-        batch_users=cfg.eval.batch_users,
+        ks=e.ks,
+        batch_users=e.batch_users,
         threads=threads,
-        sample_users=cfg.eval.sample_users,
+        sample_users=e.sample_users,
         seed=cfg.seed,
         split_dir=split_dir,
     )

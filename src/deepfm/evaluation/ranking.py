@@ -39,7 +39,7 @@ def evaluate_held_out(
     ks: list[int],
     batch_users: int = 256,
     also_exclude: RatedIndex | None = None,
-    device: torch.device | str = "cpu",
+    device="cpu",
 ) -> EvalResult:
     """Metrics for one held-out split.
 
@@ -134,19 +134,12 @@ def evaluate_split(
         held = {name: h.take(sample) for name, h in held.items()}
     seen = seen_before_test(split)
     num_users = len(train_rated.indptr) - 1
-    exclude = {
-        "val": None,
-        "test": RatedIndex(seen[:, 0], seen[:, 1], num_users, train_rated.num_items),
-    }
+    rated_before = RatedIndex(seen[:, 0], seen[:, 1], num_users, train_rated.num_items)
+    exclude = {"val": None, "test": rated_before}
+    options = dict(ks=ks, batch_users=batch_users, device=device)
     return {
         name: evaluate_held_out(
-            model,
-            held[name],
-            train_rated,
-            ks=ks,
-            batch_users=batch_users,
-            also_exclude=exclude[name],
-            device=device,
+            model, held[name], train_rated, also_exclude=exclude[name], **options
         )
         for name in which
     }

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import inspect
 
-import torch
+from torch import Tensor
 
 from deepfm.config import MODEL_SECTIONS
 from deepfm.data.schema import Schema
@@ -33,9 +33,7 @@ def _model_class(name: str) -> type[RankingModel]:
 MODELS: dict[str, type[RankingModel]] = {name: _model_class(name) for name in MODEL_SECTIONS}
 
 
-def build_model(
-    name: str, schema: Schema, features: dict[str, torch.Tensor], params
-) -> RankingModel:
+def build_model(name: str, schema: Schema, features: dict[str, Tensor], params) -> RankingModel:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; registered: {', '.join(sorted(MODELS))}.")
     if not isinstance(params, MODEL_SECTIONS[name]):

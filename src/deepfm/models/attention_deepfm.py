@@ -12,6 +12,7 @@ With `target_attention`, the history field is pooled by attention from the candi
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from deepfm.config import AttentionDeepFMConfig
 from deepfm.data.schema import Schema
@@ -34,10 +35,7 @@ class AttentionDeepFM(RankingModel):
         super().__init__(schema, features)
         add_field_embeddings(self, schema, params)  # first: keeps the initialisation order
         self.attention = field_attention_stack(
-            params.attention_layers,
-            params.embed_dim,
-            params.attention_heads,
-            params.attention_dim,
+            params.attention_layers, params.embed_dim, params.attention_heads, params.attention_dim
         )
         self.target_attention = None
         if params.target_attention:
@@ -53,21 +51,11 @@ class AttentionDeepFM(RankingModel):
             self.item_id_field = self.embedding.num_user_fields + self.embedding.field_position(
                 schema, "item", "item_id"
             )
-        width = (
-            params.attention_heads * params.attention_dim
-            if params.attention_layers
-            else params.embed_dim
-        )
-        self.dnn = DNN(
-            self.embedding.num_fields * width,
-            list(params.dnn_hidden),
-            params.dropout,
-            params.batch_norm,
-        )
+        heads = params.attention_heads * params.attention_dim  # the attention's output width
+        width = heads if params.attention_layers else params.embed_dim
+        self.dnn = DNN.over_fields(self.embedding.num_fields, width, params)
 
-    def forward(
-        self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, users: Tensor, items: Tensor, history: Tensor | None = None) -> Tensor:
         emb = self.embed(self.embedding, users, items, history)  # (B, F, k)
         if self.target_attention is not None:
             h = self.history_field

@@ -17,7 +17,7 @@ None; a model that reads the history alone takes `history_of(history)`.
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from deepfm.data.schema import Schema
 from deepfm.data.splitting import feature_names
@@ -32,7 +32,7 @@ class RankingModel(nn.Module):
     # model's per-pair activations, so models with big intermediates (CIN) lower it
     score_chunk = 1 << 18
 
-    def __init__(self, schema: Schema, features: dict[str, torch.Tensor]):
+    def __init__(self, schema: Schema, features: dict[str, Tensor]):
         super().__init__()
         self.schema = schema
         # one buffer per feature array the schema declares (deepfm.data.splitting.SplitResult)
@@ -45,18 +45,18 @@ class RankingModel(nn.Module):
         # the per-example matrix (`history`): the history codes, then the context codes
         self.uses_history = bool(self.history_length or self.num_context)
 
-    def history_of(self, history: torch.Tensor | None) -> torch.Tensor | None:
+    def history_of(self, history: Tensor | None) -> Tensor | None:
         """The history codes of a per-example matrix, without its context columns."""
         return None if history is None else history[:, : self.history_length]
 
-    def item_id_codes(self) -> torch.Tensor:
+    def item_id_codes(self) -> Tensor:
         """(num_items,) the item_id code of every item index (0: unseen in train), the
         vocabulary of the history field."""
         return self.item_features[:, self.schema.field("item_id").column]
 
     def side_inputs(
-        self, side: str, idx: torch.Tensor, history: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
+        self, side: str, idx: Tensor, history: Tensor | None = None
+    ) -> tuple[Tensor, list[Tensor], Tensor | None]:
         """One side's inputs for indices `idx`: the sparse codes (N, n_sparse), one (N, L)
         code matrix per sequence field in schema order (the history first, from `history`),
         and the dense values (N, n_dense) or None."""
@@ -88,29 +88,16 @@ class RankingModel(nn.Module):
         return codes, bags, dense
 
     def embed_side(
-        self,
-        embedding: nn.Module,
-        side: str,
-        idx: torch.Tensor,
-        history: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        self, embedding: nn.Module, side: str, idx: Tensor, history: Tensor | None = None
+    ) -> Tensor:
         return embedding.side(side, *self.side_inputs(side, idx, history))
 
     def embed(
-        self,
-        embedding: nn.Module,
-        users: torch.Tensor,
-        items: torch.Tensor,
-        history: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        self, embedding: nn.Module, users: Tensor, items: Tensor, history: Tensor | None = None
+    ) -> Tensor:
         """(B,) users, (B,) items -> (B, F, dim): user fields first, then item fields."""
-        return torch.cat(
-            [
-                self.embed_side(embedding, "user", users, history),
-                self.embed_side(embedding, "item", items),
-            ],
-            dim=1,
-        )
+        eu = self.embed_side(embedding, "user", users, history)
+        return torch.cat([eu, self.embed_side(embedding, "item", items)], dim=1)
 
     def add_first_order(self, schema: Schema) -> None:
         """The first-order (logistic-regression) part every model but ItemPop has: a bias and
@@ -120,46 +107,30 @@ class RankingModel(nn.Module):
         self.linear = FeatureEmbedding(schema, 1, init_std=0.0)
         self.bias = nn.Parameter(torch.zeros(()))
 
-    def first_order(
-        self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def first_order(self, users: Tensor, items: Tensor, history: Tensor | None = None) -> Tensor:
         """(B,) bias + first-order term of aligned pairs."""
         return self.bias + self.embed(self.linear, users, items, history).sum(dim=(1, 2))
 
     def first_order_matrix(
-        self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None
-    ) -> torch.Tensor:
+        self, users: Tensor, items: Tensor, history: Tensor | None = None
+    ) -> Tensor:
         """(U, I) bias + first-order term: a user part plus an item part."""
         lin_u = self.embed_side(self.linear, "user", users, history).sum(dim=(1, 2))
         lin_i = self.embed_side(self.linear, "item", items).sum(dim=(1, 2))
         return lin_u[:, None] + lin_i[None, :] + self.bias
 
-    def forward(
-        self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, users: Tensor, items: Tensor, history: Tensor | None = None) -> Tensor:
         raise NotImplementedError
 
-    def group_logits(
-        self, users: torch.Tensor, groups: torch.Tensor, history: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def group_logits(self, users: Tensor, groups: Tensor, history: Tensor | None = None) -> Tensor:
         """(B,) users and a (B, G) group of candidate items each -> (B, G) logits, in one
         forward pass over the B * G pairs (training mode included: BatchNorm sees them all)."""
-        b, g = groups.shape
-        logits = self(
-            users.repeat_interleave(g),
-            groups.reshape(-1),
-            None if history is None else history.repeat_interleave(g, dim=0),
-        )
-        return logits.reshape(b, g)
+        return self(*group_pairs(users, groups, history)).reshape(groups.shape)
 
     @torch.no_grad()
     def score_matrix(
-        self,
-        users: torch.Tensor,
-        items: torch.Tensor,
-        history: torch.Tensor | None = None,
-        chunk: int | None = None,
-    ) -> torch.Tensor:
+        self, users: Tensor, items: Tensor, history: Tensor | None = None, chunk: int | None = None
+    ) -> Tensor:
         """(U,) users (with their (U, L) history) x (I,) items -> (U, I) logits, by expanding
         pairs in chunks of `chunk` (default: the class's score_chunk)."""
         chunk = chunk or self.score_chunk
@@ -169,10 +140,20 @@ class RankingModel(nn.Module):
         parts = []
         for s in range(0, n_u * n_i, chunk):
             rows = pair_row[s : s + chunk]
-            parts.append(
-                self(users[rows], pair_i[s : s + chunk], None if history is None else history[rows])
-            )
+            h = None if history is None else history[rows]
+            parts.append(self(users[rows], pair_i[s : s + chunk], h))
         return torch.cat(parts).reshape(n_u, n_i)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def group_pairs(users: Tensor, groups: Tensor, history: Tensor | None) -> tuple:
+    """(B,) users with a (B, G) group of items each (and their (B, L) history) -> the B * G
+    aligned pairs (users, items, history), group by group."""
+    g = groups.shape[1]
+    return (
+        users.repeat_interleave(g),
+        groups.reshape(-1),
+        None if history is None else history.repeat_interleave(g, dim=0),
+    )

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 import torch
+from torch import Tensor
 
 from deepfm.config import EASEConfig
 from deepfm.data.schema import Schema
@@ -82,7 +83,7 @@ class EASE(RankingModel):
             self.user_items = torch.empty_like(stored, device=self.user_items.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def inputs(self, users: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
+    def inputs(self, users: Tensor, history: Tensor | None = None) -> Tensor:
         """(N, num_items) binary float32: row n = user n's train items and history items."""
         n = len(users)
         device = self.weights.device
@@ -100,9 +101,7 @@ class EASE(RankingModel):
             x[r, idx[r, c]] = 1.0
         return x
 
-    def forward(
-        self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, users: Tensor, items: Tensor, history: Tensor | None = None) -> Tensor:
         block = max(1, self.score_chunk // max(self.schema.num_items, 1))
         parts = []
         for s in range(0, len(users), block):
@@ -115,11 +114,7 @@ class EASE(RankingModel):
 
     @torch.no_grad()
     def score_matrix(
-        self,
-        users: torch.Tensor,
-        items: torch.Tensor,
-        history: torch.Tensor | None = None,
-        chunk: int | None = None,
-    ) -> torch.Tensor:
+        self, users: Tensor, items: Tensor, history: Tensor | None = None, chunk: int | None = None
+    ) -> Tensor:
         """x @ B over the whole catalogue, then the asked items' columns."""
         return (self.inputs(users, history) @ self.weights)[:, items]

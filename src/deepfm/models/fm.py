@@ -4,6 +4,7 @@ embeddings. DeepFM without the DNN, to show what the DNN adds."""
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from deepfm.config import FMConfig
 from deepfm.data.schema import Schema
@@ -17,20 +18,14 @@ class FM(RankingModel):
         self.embedding = FeatureEmbedding(schema, params.embed_dim, field_dims=params.field_dims)
         self.add_first_order(schema)  # after the embedding: keeps the initialisation order
 
-    def forward(
-        self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, users: Tensor, items: Tensor, history: Tensor | None = None) -> Tensor:
         emb = self.embed(self.embedding, users, items, history)  # (B, F, k)
         return self.first_order(users, items, history) + fm_interaction(emb)
 
     @torch.no_grad()
     def score_matrix(
-        self,
-        users: torch.Tensor,
-        items: torch.Tensor,
-        history: torch.Tensor | None = None,
-        chunk: int | None = None,
-    ) -> torch.Tensor:
+        self, users: Tensor, items: Tensor, history: Tensor | None = None, chunk: int | None = None
+    ) -> Tensor:
         """Exact: pairs within a side are a user (or item) part; pairs across sides sum to
         <sum of user fields, sum of item fields>, one matrix product."""
         eu = self.embed_side(self.embedding, "user", users, history)  # (U, Fu, k)

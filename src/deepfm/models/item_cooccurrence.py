@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from deepfm.config import ItemCooccurrenceConfig
 from deepfm.data.schema import Schema
@@ -33,7 +34,7 @@ from deepfm.models.base import RankingModel
 from deepfm.models.layers.cooccurrence import cooccurrence_pairs
 
 
-def recency_weights(length: int, recent: int, power: float) -> torch.Tensor:
+def recency_weights(length: int, recent: int, power: float) -> Tensor:
     """(min(length, recent or length),) float32: 1 / (p + 1) ** power."""
     n = length if recent == 0 else min(length, recent)
     return torch.from_numpy(1.0 / np.arange(1, n + 1, dtype=np.float64) ** power).float()
@@ -68,16 +69,14 @@ class ItemCooccurrence(RankingModel):
         prior = p.popularity_weight * counts / max(counts.max(initial=0.0), 1.0)
         self.item_prior.copy_(torch.from_numpy(prior).float())
 
-    def _weights(self, history: torch.Tensor | None) -> torch.Tensor | None:
+    def _weights(self, history: Tensor | None) -> Tensor | None:
         """Recency weights over the history's positions (context columns are not items)."""
         if history is None or self.history_length == 0:
             return None
         p = self.params
         return recency_weights(self.history_length, p.recent, p.recency_power).to(self.cooc.device)
 
-    def forward(
-        self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, users: Tensor, items: Tensor, history: Tensor | None = None) -> Tensor:
         codes = self.item_id_codes()[items]
         out = torch.zeros(len(items), device=self.cooc.device)
         weights = self._weights(history)
@@ -89,12 +88,8 @@ class ItemCooccurrence(RankingModel):
 
     @torch.no_grad()
     def score_matrix(
-        self,
-        users: torch.Tensor,
-        items: torch.Tensor,
-        history: torch.Tensor | None = None,
-        chunk: int | None = None,
-    ) -> torch.Tensor:
+        self, users: Tensor, items: Tensor, history: Tensor | None = None, chunk: int | None = None
+    ) -> Tensor:
         """sum_p w(p) C[history[:, p]] -> (U, V), then the items' code columns."""
         acc = torch.zeros(len(users), self.vocab, device=self.cooc.device)
         weights = self._weights(history)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from deepfm.config import ItemPopConfig
 from deepfm.data.schema import Schema
@@ -35,18 +36,12 @@ class ItemPop(RankingModel):
         p = (counts + a) / (n + 2 * a)
         self.item_logits.copy_(torch.from_numpy(np.log(p) - np.log1p(-p)).float())
 
-    def forward(
-        self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, users: Tensor, items: Tensor, history: Tensor | None = None) -> Tensor:
         return self.item_logits[items]
 
     @torch.no_grad()
     def score_matrix(
-        self,
-        users: torch.Tensor,
-        items: torch.Tensor,
-        history: torch.Tensor | None = None,
-        chunk: int | None = None,
-    ) -> torch.Tensor:
+        self, users: Tensor, items: Tensor, history: Tensor | None = None, chunk: int | None = None
+    ) -> Tensor:
         """Popularity ignores the user and the history."""
         return self.item_logits[items][None, :].expand(len(users), -1).clone()

@@ -7,6 +7,7 @@ items" plus "this item is liked by many users", i.e. a personalised popularity.
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from deepfm.config import LRConfig
 from deepfm.data.schema import Schema
@@ -18,18 +19,12 @@ class LR(RankingModel):
         super().__init__(schema, features)
         self.add_first_order(schema)
 
-    def forward(
-        self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, users: Tensor, items: Tensor, history: Tensor | None = None) -> Tensor:
         return self.first_order(users, items, history)
 
     @torch.no_grad()
     def score_matrix(
-        self,
-        users: torch.Tensor,
-        items: torch.Tensor,
-        history: torch.Tensor | None = None,
-        chunk: int | None = None,
-    ) -> torch.Tensor:
+        self, users: Tensor, items: Tensor, history: Tensor | None = None, chunk: int | None = None
+    ) -> Tensor:
         """Exact: the logit is a user part plus an item part."""
         return self.first_order_matrix(users, items, history)

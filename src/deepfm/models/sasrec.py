@@ -21,7 +21,7 @@ logit(u, i) = h_u . E[item_id(i)] (+ b[item_id(i)] with item_bias), with E the i
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from deepfm.config import SASRecConfig
 from deepfm.data.schema import Schema
@@ -55,42 +55,36 @@ class SASRec(RankingModel):
         self.input_dropout = nn.Dropout(params.dropout)
         self.encoder = CausalTransformer(d, params.num_layers, params.num_heads, params.dropout)
 
-    def user_state(self, history: torch.Tensor) -> torch.Tensor:
+    def user_state(self, history: Tensor) -> Tensor:
         """(B, L) item_id codes, most recent first, 0-padded -> (B, d) user states."""
         history = history.long()[:, : self.max_len]
         seq = history.flip(1)  # chronological, left-padded: the last column is the most recent
         valid = seq > 0
         n = seq.shape[1]
-        weight = self.item_embedding.weight
-        x = lookup_rows(weight, seq)
-        x = x * (valid.unsqueeze(-1) * self.scale)
+        x = lookup_rows(self.item_embedding.weight, seq) * (valid.unsqueeze(-1) * self.scale)
         # column j of the chronological row is n - 1 - j items back from the most recent
         x = x + self.position_embedding.weight[:n].flip(0)
         x = self.encoder(self.input_dropout(x), valid)
         return x[:, -1]
 
-    def _state(self, users: torch.Tensor, history: torch.Tensor | None) -> torch.Tensor:
+    def _state(self, users: Tensor, history: Tensor | None) -> Tensor:
         # side_inputs checks that there is one history row per user (same error as the others)
         history = self.side_inputs("user", users, history)[1][0]  # the history comes first
         return self.user_state(history)
 
-    def item_vectors(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def item_vectors(self, items: Tensor) -> tuple[Tensor, Tensor | None]:
         """(I,) item indices -> (I, d) output embeddings and (I,) biases (None without)."""
         codes = self.item_id_codes()[items]
         bias = None if self.item_bias is None else self.item_bias[codes]
         return lookup_rows(self.item_embedding.weight, codes), bias
 
-    def forward(
-        self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, users: Tensor, items: Tensor, history: Tensor | None = None) -> Tensor:
         h = self._state(users, history)
         e, b = self.item_vectors(items)
         logits = (h * e).sum(-1)
         return logits if b is None else logits + b
 
-    def catalogue_logits(
-        self, users: torch.Tensor, history: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def catalogue_logits(self, users: Tensor, history: Tensor | None = None) -> Tensor:
         """(B,) users with their (B, L) history -> (B, num_items) logits of every item index
         0..num_items-1: the full-softmax loss takes cross_entropy(these, target item index)."""
         h = self._state(users, history)
@@ -100,12 +94,8 @@ class SASRec(RankingModel):
 
     @torch.no_grad()
     def score_matrix(
-        self,
-        users: torch.Tensor,
-        items: torch.Tensor,
-        history: torch.Tensor | None = None,
-        chunk: int | None = None,
-    ) -> torch.Tensor:
+        self, users: Tensor, items: Tensor, history: Tensor | None = None, chunk: int | None = None
+    ) -> Tensor:
         """Exact U x I logits: one state per user, (U, d) @ (d, I)."""
         h = self._state(users, history)
         e, b = self.item_vectors(items)

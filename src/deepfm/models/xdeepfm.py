@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
 
 from deepfm.config import XDeepFMConfig
 from deepfm.data.schema import Schema
@@ -22,28 +23,17 @@ class XDeepFM(RankingModel):
         super().__init__(schema, features)
         add_field_embeddings(self, schema, params)  # first: keeps the initialisation order
         self.cin = CIN(self.embedding.num_fields, list(params.cin_layers), params.cin_split_half)
-        self.dnn = DNN(
-            self.embedding.num_fields * params.embed_dim,
-            list(params.dnn_hidden),
-            params.dropout,
-            params.batch_norm,
-        )
+        self.dnn = DNN.over_fields(self.embedding.num_fields, params.embed_dim, params)
 
-    def forward(
-        self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, users: Tensor, items: Tensor, history: Tensor | None = None) -> Tensor:
         emb = self.embed(self.embedding, users, items, history)  # (B, F, k)
         first = self.first_order(users, items, history)
         return first + self.cin(emb) + self.dnn(emb.flatten(1))
 
     @torch.no_grad()
     def score_matrix(
-        self,
-        users: torch.Tensor,
-        items: torch.Tensor,
-        history: torch.Tensor | None = None,
-        chunk: int | None = None,
-    ) -> torch.Tensor:
+        self, users: Tensor, items: Tensor, history: Tensor | None = None, chunk: int | None = None
+    ) -> Tensor:
         """Exact U x I logits from per-user and per-item parts: the linear term and the DNN's
         first Linear are additive as in DeepFM, and the CIN scores blocks of pairs without
         forming its per-pair field products (CIN.score_pairs)."""

@@ -114,16 +114,8 @@ def _select(args: argparse.Namespace) -> tuple[Source, Selection, dict[str, str]
     no source named, the committed run records in RECORDS are read instead."""
     source = read_source(args)
     where = parse_where(args.where)
-
-    def select(rows: pd.DataFrame) -> Selection:
-        return select_runs(
-            rows,
-            include_baselines=args.include_baselines,
-            include_workspace=args.include_workspace,
-            where=where,
-        )
-
-    selection = select(source.rows)
+    kinds = dict(include_baselines=args.include_baselines, include_workspace=args.include_workspace)
+    selection = select_runs(source.rows, **kinds, where=where)
     named = args.records or args.from_json or args.rev or args.all_commits
     if selection.runs.empty and not named and args.command != "export" and RECORDS.is_dir():
         print(
@@ -133,7 +125,7 @@ def _select(args: argparse.Namespace) -> tuple[Source, Selection, dict[str, str]
         )
         args.records = str(RECORDS)
         source = read_source(args)
-        selection = select(source.rows)
+        selection = select_runs(source.rows, **kinds, where=where)
     for note in selection.notes:
         print(note, file=sys.stderr)
     return source, selection, where
@@ -453,12 +445,8 @@ def _parents() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     source.add_argument(
         "--all-commits", action="store_true", help="experiments of every commit (dvc exp show -A)"
     )
-    source.add_argument(
-        "--rev",
-        metavar="COMMIT",
-        action="append",
-        help="experiments of this baseline commit (default HEAD); repeat for several",
-    )
+    rev = "experiments of this baseline commit (default HEAD); repeat for several"
+    source.add_argument("--rev", metavar="COMMIT", action="append", help=rev)
     source.add_argument(
         "--include-baselines", action="store_true", help="count baseline commits as runs too"
     )
@@ -522,17 +510,12 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser(
         "compare", parents=[source, report], help="paired per-user test of two models"
     )
+    models = "MODEL_A MODEL_B [MODEL_C ...]: A against each other model; with several, one family:"
     c.add_argument(
-        "models",
-        nargs="*",
-        metavar="MODEL",
-        help="MODEL_A MODEL_B [MODEL_C ...]: A against each other model; with several, one "
-        "family: Holm-adjusted p, CIs at 1 - 0.05 / m",
+        "models", nargs="*", metavar="MODEL", help=f"{models} Holm-adjusted p, CIs at 1 - 0.05 / m"
     )
     c.add_argument(
-        "--metric",
-        default=MAIN_METRIC,
-        help=f"{', '.join(per_user_metrics())}; full_ = full rank",
+        "--metric", default=MAIN_METRIC, help=f"{', '.join(per_user_metrics())}; full_ = full rank"
     )
     c.add_argument("--ranks-a", nargs="+", metavar="FILE", help="rank parquet file(s) of A")
     c.add_argument("--ranks-b", nargs="+", metavar="FILE", help="rank parquet file(s) of B")
@@ -550,13 +533,8 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser(
         "export", parents=[source], help="write the runs `table` takes as run records to commit"
     )
-    e.add_argument(
-        "dir",
-        nargs="?",
-        default=str(RECORDS),
-        metavar="DIR",
-        help=f"folder of the records, replaced whole (default {RECORDS})",
-    )
+    dir_help = f"folder of the records, replaced whole (default {RECORDS})"
+    e.add_argument("dir", nargs="?", default=str(RECORDS), metavar="DIR", help=dir_help)
     e.set_defaults(func=cmd_export, records=None, usage_error=e.error)  # from DVC only
 
     _add_sweep(sub)

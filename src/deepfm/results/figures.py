@@ -98,15 +98,14 @@ def model_colors(models: Sequence[str]) -> dict[str, str]:
     return {name: MODEL_COLORS.get(name) or spare[name] for name in models}
 
 
-def _legend_name(model: str, seeds: Sequence) -> str:
-    seeds = [s for s in seeds if s is not None and s == s]
-    if len(seeds) == 1:
-        return f"{model} (seed {seeds[0]})"
-    return f"{model} ({len(seeds)} seeds)"
-
-
-def _seeds(group: pd.DataFrame) -> list:
-    return list(group["seed"])
+def _legend_names(runs: pd.DataFrame) -> dict[str, str]:
+    """{model: its legend entry}: the model and its one seed, or how many seeds it has."""
+    names = {}
+    for model, group in runs.groupby("model", sort=True):
+        seeds = [s for s in group["seed"] if s is not None and s == s]
+        n = len(seeds)
+        names[model] = f"{model} (seed {seeds[0]})" if n == 1 else f"{model} ({n} seeds)"
+    return names
 
 
 # ---------------------------------------------------------------------- validation curves
@@ -118,15 +117,8 @@ def curve_band(series: Sequence[pd.Series]) -> pd.DataFrame:
     if not series:
         raise ValueError("no curves")
     frame = pd.concat([s.astype(np.float64) for s in series], axis=1)
-    out = pd.DataFrame(
-        {
-            "mean": frame.mean(axis=1),
-            "low": frame.min(axis=1),
-            "high": frame.max(axis=1),
-            "n": frame.count(axis=1),
-        }
-    )
-    return out.sort_index()
+    stats = {"mean": frame.mean(axis=1), "low": frame.min(axis=1), "high": frame.max(axis=1)}
+    return pd.DataFrame({**stats, "n": frame.count(axis=1)}).sort_index()
 
 
 def relative_loss(series: pd.Series) -> pd.Series:
@@ -179,7 +171,7 @@ def plot_val_curves(
 ) -> Figure:
     tables = curve_tables(runs, files)
     colors = model_colors(runs["model"])
-    names = {m: _legend_name(m, _seeds(g)) for m, g in runs.groupby("model", sort=True)}
+    names = _legend_names(runs)
     fig = Figure(figsize=SIZES["val_curves"], layout="constrained")
     axes = fig.subplots(2, 2).ravel()
     handles: dict[str, object] = {}
@@ -237,23 +229,14 @@ def at_k_table(runs: pd.DataFrame, split: str = "test") -> pd.DataFrame:
         if metric.cutoff:
             keys.append((col, metric.name, ranking, k))
     rows = []
+    columns = ["model", "ranking", "metric", "k", "mean", "low", "high", "n"]
     for model, group in runs.groupby("model", sort=True):
         for col, name, ranking, k in keys:
             values = pd.to_numeric(group[col], errors="coerce").dropna()
             if len(values):
-                rows.append(
-                    {
-                        "model": model,
-                        "ranking": ranking,
-                        "metric": name,
-                        "k": k,
-                        "mean": float(values.mean()),
-                        "low": float(values.min()),
-                        "high": float(values.max()),
-                        "n": len(values),
-                    }
-                )
-    columns = ["model", "ranking", "metric", "k", "mean", "low", "high", "n"]
+                row = (model, ranking, name, k, float(values.mean()), float(values.min()))
+                row += (float(values.max()), len(values))
+                rows.append(dict(zip(columns, row, strict=True)))
     return pd.DataFrame(rows, columns=columns).sort_values(["model", "ranking", "metric", "k"])
 
 
@@ -264,7 +247,7 @@ def plot_metrics_at_k(
     if table.empty:
         return None
     colors = model_colors(runs["model"])
-    names = {m: _legend_name(m, _seeds(g)) for m, g in runs.groupby("model", sort=True)}
+    names = _legend_names(runs)
     fig = Figure(figsize=SIZES["metrics_at_k"], layout="constrained")
     axes = fig.subplots(2, 2, sharex=True)
     ks = sorted(table["k"].unique())
@@ -317,18 +300,12 @@ def user_ci_table(
             low, high = bootstrap_mean_ci(
                 users, n_resamples=n_resamples, confidence=confidence, seed=seed
             )
+            run_means = [float(r["score"].mean()) for r in per_run]
             rows.append(
-                {
-                    "model": model,
-                    "metric": metric,
-                    "mean": float(users.mean()),
-                    "ci_low": low,
-                    "ci_high": high,
-                    "n_users": len(users),
-                    "n_runs": len(per_run),
-                    "run_means": [float(r["score"].mean()) for r in per_run],
-                }
-            )
+                {"model": model, "metric": metric, "mean": float(users.mean()), "ci_low": low,
+                 "ci_high": high, "n_users": len(users), "n_runs": len(per_run),
+                 "run_means": run_means}
+            )  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -408,7 +385,7 @@ def plot_rank_distribution(
 ) -> Figure:
     ranks = rank_table(runs, files, split)
     colors = model_colors(list(ranks))
-    names = {m: _legend_name(m, _seeds(g)) for m, g in runs.groupby("model", sort=True)}
+    names = _legend_names(runs)
     edges = rank_bins(int(max(r.max() for r in ranks.values())))
     fig = Figure(figsize=SIZES["rank_distribution"], layout="constrained")
     hist, ecdf = fig.subplots(1, 2, width_ratios=(3, 2))

@@ -10,7 +10,6 @@ of two runs on one core spin against each other, so the product never exceeds th
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from deepfm.results import ReportError
+from deepfm.utils import available_cores
 
 SEEDS = (1, 2, 3, 4, 5)
 TIE_BREAKS = ("item_id", "random")
@@ -28,11 +28,6 @@ class Plan:
     experiments: list[list[str]]  # one `dvc exp run --queue ...` argv per run
     jobs: int  # experiments side by side
     threads: int  # torch threads per experiment
-
-
-def cores() -> int:
-    """The cores this process may use (a container's or taskset's limit, not the host's)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def make_plan(
@@ -48,7 +43,7 @@ def make_plan(
     threads = default_threads if threads is None else threads
     if threads < 1:
         raise ReportError(f"--threads is {threads}: give 1 or more torch threads per run")
-    jobs = max(1, (available or cores()) // threads)
+    jobs = max(1, (available or available_cores()) // threads)
     extra = [] if threads == default_threads else ["-S", f"train.num_threads={threads}"]
     experiments = [
         ["dvc", "exp", "run", "--queue", "-S", f"model={m}", "-S", f"seed={s}",

@@ -81,12 +81,7 @@ def _status(entry: Mapping[str, Any], executor: Mapping[str, Any] | None) -> str
 
 
 def _row(
-    entry: Mapping[str, Any],
-    *,
-    kind: str,
-    baseline: str | None,
-    order: int,
-    executor: Mapping[str, Any] | None = None,
+    entry: Mapping[str, Any], *, kind: str, baseline: str | None, order: int, executor=None
 ) -> dict[str, Any]:
     rev = entry.get("rev")
     data = entry.get("data") or {}
@@ -147,16 +142,9 @@ def parse_exp_show(exp_show: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         rows.append(_row(entry, kind="baseline", baseline=rev, order=len(rows)))
         for group in entry.get("experiments") or []:
             revs = group.get("revs") or []
-            if revs:
-                rows.append(
-                    _row(
-                        revs[0],
-                        kind="experiment",
-                        baseline=rev,
-                        order=len(rows),
-                        executor=group.get("executor"),
-                    )
-                )
+            if revs:  # its tip
+                tip = {"kind": "experiment", "baseline": rev, "executor": group.get("executor")}
+                rows.append(_row(revs[0], order=len(rows), **tip))
     return pd.DataFrame(rows)
 
 

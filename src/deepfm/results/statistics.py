@@ -109,7 +109,6 @@ class PairedResult:
     p_value: float  # Wilcoxon signed-rank, two-sided
     confidence: float
     n_resamples: int
-    unit: str = "rows"
 
     @property
     def significant(self) -> bool:
@@ -156,12 +155,7 @@ def wilcoxon_p(diff: np.ndarray) -> float:
 
 
 def paired_test(
-    a: np.ndarray,
-    b: np.ndarray,
-    *,
-    n_resamples: int = 10_000,
-    confidence: float = 0.95,
-    seed: int = 0,
+    a: np.ndarray, b: np.ndarray, *, n_resamples: int = 10_000, confidence: float = 0.95, seed=0
 ) -> PairedResult:
     """Per-user scores of two models on the same users, in the same order."""
     a = np.asarray(a, dtype=np.float64)
@@ -174,17 +168,8 @@ def paired_test(
         raise ReportError("per-user scores contain NaN or infinity")
     diff = a - b
     low, high = bootstrap_mean_ci(diff, n_resamples=n_resamples, confidence=confidence, seed=seed)
-    return PairedResult(
-        n_users=len(diff),
-        mean_a=float(a.mean()),
-        mean_b=float(b.mean()),
-        mean_diff=float(diff.mean()),
-        ci_low=low,
-        ci_high=high,
-        p_value=wilcoxon_p(diff),
-        confidence=confidence,
-        n_resamples=n_resamples,
-    )
+    means = (float(a.mean()), float(b.mean()), float(diff.mean()))
+    return PairedResult(len(diff), *means, low, high, wilcoxon_p(diff), confidence, n_resamples)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -260,13 +245,11 @@ def _check_same_users(
 ) -> None:
     users_a, users_b = set(a.index), set(b.index)
     if users_a != users_b:
+        only = ((sorted(users_a - users_b), label_a), (sorted(users_b - users_a), label_b))
         parts = [
-            f"{len(only)} only in {label} (e.g. {', '.join(map(str, only[:5]))})"
-            for only, label in (
-                (sorted(users_a - users_b), label_a),
-                (sorted(users_b - users_a), label_b),
-            )
-            if only
+            f"{len(o)} only in {label} (e.g. {', '.join(map(str, o[:5]))})"
+            for o, label in only
+            if o
         ]
         raise ReportError(
             f"{label_a} and {label_b} were evaluated on different users "
@@ -306,11 +289,8 @@ def align_users(
     join that must lose nothing (differing user sets, or held-out items, are an error)."""
     _check_same_users(a, b, label_a, label_b, _SAME_DATA_HINT)
     users = a.index.sort_values()  # the same set as b's (checked above)
-    return (
-        users.to_numpy(),
-        a["score"].reindex(users).to_numpy(dtype=np.float64),
-        b["score"].reindex(users).to_numpy(dtype=np.float64),
-    )
+    scores = (t["score"].reindex(users).to_numpy(dtype=np.float64) for t in (a, b))
+    return users.to_numpy(), *scores
 
 
 def paired_user_scores(

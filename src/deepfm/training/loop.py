@@ -144,6 +144,10 @@ class Trainer:
     parallel: distributed.Parallel | None
     shuffle: torch.Generator
 
+    def resumed(self) -> tuple:
+        """What the resume state saves and puts back, in resume.py's order."""
+        return self.model, self.optimizer, self.scheduler, self.shuffle
+
 
 def _check_ctr(cfg: Config, model: RankingModel, split: CTRSplit) -> None:
     """The ctr protocol scores rows by their given labels: only models that learn from the
@@ -295,9 +299,8 @@ def _train(
     global generator (its initial weights are the first draws), and the shuffle generator
     is made after the optimizer (_trainer): moving either changes every number of a run."""
     data = data_fingerprint(split)
-    model = build_model(cfg.model, split.schema, feature_tensors(split), cfg.model_params).to(
-        process.device
-    )
+    model = build_model(cfg.model, split.schema, feature_tensors(split), cfg.model_params)
+    model = model.to(process.device)
     validation = _validation(cfg, split, model, process.device)
     if not model.trainable:
         return _fit_closed_form(cfg, split, model, validation.run, process, logs, model_path, data)
@@ -406,14 +409,8 @@ def _resume(saves: Saves, trainer: Trainer, process: Process, logs: Logs) -> Loo
     saved = load_resume(saves.resume_path, saves.fingerprint, warn=process.main)  # every rank
     if saved is None:
         return LoopState()
-    state, saves.kept = restore_resume(
-        saved,
-        saves.model_path if process.main else None,
-        trainer.model,
-        trainer.optimizer,
-        trainer.scheduler,
-        trainer.shuffle,
-    )
+    model_path = saves.model_path if process.main else None
+    state, saves.kept = restore_resume(saved, model_path, *trainer.resumed())
     for row in state.history:  # DVC removed the curves too: replay them
         log_row(logs.live, row)
     if process.main:
@@ -448,14 +445,7 @@ def _epochs(
                 _keep(cfg, epoch, val, trainer.model, validation, state, process.main, saves)
             if saves.resume_path is not None and process.main:
                 save_resume(
-                    saves.resume_path,
-                    saves.fingerprint,
-                    state,
-                    trainer.model,
-                    trainer.optimizer,
-                    trainer.scheduler,
-                    trainer.shuffle,
-                    saves.kept,
+                    saves.resume_path, saves.fingerprint, state, *trainer.resumed(), saves.kept
                 )
             if process.ranks is not None:
                 process.ranks.barrier()  # the others wait for rank 0's saves here, not in a step
@@ -522,10 +512,11 @@ def _train_epoch(
     parallel = trainer.parallel
     shard = parallel.shard if parallel is not None else None
     batches = trainer.objective.batches(epoch, tc.batch_size, trainer.shuffle, shard)
+    batches = logs.report.batches(batches, epoch)
     return train_steps(
         trainer.step_model,
         trainer.optimizer,
-        logs.report.batches(batches, epoch),
+        batches,
         trainer.objective,
         tc.grad_clip,
         tc.amp,

@@ -71,13 +71,9 @@ class Pointwise:
             tensors = self.on_device.examples(epoch)
         else:
             arrays = epoch_examples(
-                self.split,
-                self.rated,
-                seed=self.seed,
-                epoch=epoch,
-                negatives_per_positive=self.negatives,
-                targets=self.targets,
-            )
+                self.split, self.rated, seed=self.seed, epoch=epoch,
+                negatives_per_positive=self.negatives, targets=self.targets,
+            )  # fmt: skip
             tensors = tuple(torch.from_numpy(a).to(self.device) for a in arrays)
         return with_history(iterate_batches(tensors, batch_size, shuffle, shard), self.history)
 
@@ -87,7 +83,7 @@ class Pointwise:
         return F.binary_cross_entropy_with_logits(logits, labels), len(labels)
 
 
-class GroupedPointwise:
+class GroupedPointwise(Pointwise):
     """BCE over each target (label 1) and its negatives_per_positive sampled negatives
     (label 0), batched by group: a batch holds whole groups, (B,) users and (B, 1 + n) items,
     the target first, so a model that embeds the user side once per group (`group_logits`)
@@ -106,17 +102,11 @@ class GroupedPointwise:
                 "loss bce_grouped needs train.negatives_per_positive >= 1 (the negatives "
                 "grouped with each target)."
             )
-        self.split, self.rated, self.seed, self.device = split, rated, seed, device
-        self.negatives = negatives_per_positive
-        self.targets = targets
+        super().__init__(
+            split, rated, seed=seed, negatives_per_positive=negatives_per_positive, device=device,
+            targets=targets, device_epochs=device_epochs,
+        )  # fmt: skip
         self.catalogue_weight = catalogue_weight
-        self.history = _history(split, device)
-        self.on_device = None
-        if device_epochs:
-            self.on_device = DeviceEpochs(
-                split, rated, seed=seed, negatives_per_positive=negatives_per_positive,
-                targets=targets, device=device,
-            )  # fmt: skip
 
     def batches(
         self, epoch: int, batch_size: int, shuffle: torch.Generator, shard=None
@@ -135,8 +125,7 @@ class GroupedPointwise:
                 users, self.negatives, self.rated, rng_for(self.seed, "train-negatives", epoch)
             )
             items = np.concatenate(
-                [self.split.train_items[rows, None].astype(np.int64), neg.reshape(len(rows), -1)],
-                1,
+                [self.split.train_items[rows, None].astype(np.int64), neg.reshape(len(rows), -1)], 1
             )
             tensors = tuple(torch.from_numpy(a).to(self.device) for a in (users, items, rows))
         for u, i, r in iterate_batches(tensors, groups, shuffle, shard):
@@ -253,20 +242,15 @@ def make_objective(cfg, split: SplitResult | CTRSplit, rated: RatedIndex | None,
             f"bce_grouped, but {cfg.model}.loss is {loss!r}: set {cfg.model}.loss to "
             f"bce_grouped or {cfg.model}.catalogue_weight to 0."
         )
-    if loss == "bce_grouped":
-        return GroupedPointwise(
-            split, rated, seed=cfg.seed, negatives_per_positive=tc.negatives_per_positive,
-            device=device, targets=tc.targets, device_epochs=tc.device_epochs,
-            catalogue_weight=catalogue_weight,
-        )  # fmt: skip
     if loss == "softmax":
         return NextItemSoftmax(split, rated, device=device, targets=tc.targets)
-    return Pointwise(
-        split,
-        rated,
+    sampled = dict(
         seed=cfg.seed,
         negatives_per_positive=tc.negatives_per_positive,
         device=device,
         targets=tc.targets,
         device_epochs=tc.device_epochs,
     )
+    if loss == "bce_grouped":
+        return GroupedPointwise(split, rated, **sampled, catalogue_weight=catalogue_weight)
+    return Pointwise(split, rated, **sampled)

@@ -64,11 +64,12 @@ class LoopState:
 def save_resume(
     path, fingerprint, state: LoopState, model, optimizer, scheduler, shuffle, kept_payload
 ) -> None:
+    loop = {**dataclasses.asdict(state), "best_score": float(state.best_score)}
     save_checkpoint(
         path,
         {
             "fingerprint": fingerprint,
-            "loop": {**dataclasses.asdict(state), "best_score": float(state.best_score)},
+            "loop": loop,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else {},

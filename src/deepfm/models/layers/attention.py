@@ -11,20 +11,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 
 class FieldAttention(nn.Module):
     """(B, F, dim) -> (B, F, num_heads * head_dim)."""
 
     def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        head_dim: int,
-        dropout: float = 0.0,
-        residual: bool = True,
-        layer_norm: bool = True,
+        self, dim: int, num_heads: int, head_dim: int, dropout=0.0, residual=True, layer_norm=True
     ):
         super().__init__()
         self.num_heads = num_heads
@@ -42,11 +36,10 @@ class FieldAttention(nn.Module):
             self.residual = nn.Linear(dim, self.out_dim, bias=False)
         self.norm = nn.LayerNorm(self.out_dim) if layer_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         b, f, _ = x.shape
-        q, k, v = (
-            self.qkv(x).reshape(b, f, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        )  # each (B, heads, F, head_dim)
+        # each (B, heads, F, head_dim)
+        q, k, v = self.qkv(x).reshape(b, f, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         # Written out rather than F.scaled_dot_product_attention, whose fused CPU kernel is ~3x
         # slower with ~10 fields; scores are laid out (B, heads, key, query) because the CPU
         # softmax over a short last axis is ~4x slower than over a middle one.
@@ -59,26 +52,14 @@ class FieldAttention(nn.Module):
 
 
 def field_attention_stack(
-    num_layers: int,
-    dim: int,
-    num_heads: int,
-    head_dim: int,
-    dropout: float = 0.0,
-    residual: bool = True,
-    layer_norm: bool = True,
+    num_layers: int, dim: int, num_heads: int, head_dim: int, **options
 ) -> nn.Sequential:
-    """num_layers FieldAttention layers, the first reading `dim`, the others the previous
-    layer's num_heads * head_dim. With num_layers = 0 it is the identity."""
-    layers = []
-    for i in range(num_layers):
-        layers.append(
-            FieldAttention(
-                dim if i == 0 else num_heads * head_dim,
-                num_heads,
-                head_dim,
-                dropout=dropout,
-                residual=residual,
-                layer_norm=layer_norm,
-            )
-        )
+    """num_layers FieldAttention layers (with FieldAttention's `options`), the first reading
+    `dim`, the others the previous layer's num_heads * head_dim. With num_layers = 0 it is
+    the identity."""
+    width = num_heads * head_dim
+    layers = (
+        FieldAttention(dim if i == 0 else width, num_heads, head_dim, **options)
+        for i in range(num_layers)
+    )
     return nn.Sequential(*layers)

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 
-def causal_mask(valid: torch.Tensor | None, length: int, device=None) -> torch.Tensor:
+def causal_mask(valid: Tensor | None, length: int, device=None) -> Tensor:
     """(B, L) bool "not padding" (or None: no padding) -> bool (B or 1, 1, L, L) attention mask,
     True where query t may attend key s: s <= t and (key s is not padding or s == t)."""
     causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
@@ -41,7 +41,7 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(
@@ -53,18 +53,17 @@ class CausalSelfAttention(nn.Module):
 class CausalBlock(nn.Module):
     """One pre-LN block: x + Dropout(Attn(LN(x))), then x + Dropout(FFN(LN(x)))."""
 
-    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, ffn_dim: int | None = None):
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0):
         super().__init__()
-        ffn_dim = ffn_dim or dim
         self.attn_norm = nn.LayerNorm(dim)
         self.attn = CausalSelfAttention(dim, num_heads, dropout)
         self.ffn_norm = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(
-            nn.Linear(dim, ffn_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim)
+            nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim, dim)
         )
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         x = x + self.drop(self.attn(self.attn_norm(x), mask))
         return x + self.drop(self.ffn(self.ffn_norm(x)))
 
@@ -72,25 +71,15 @@ class CausalBlock(nn.Module):
 class CausalTransformer(nn.Module):
     """(B, L, dim) sequence, (B, L) bool `valid` (False = padding; None = none) -> (B, L, dim).
     The output at position t depends only on inputs at positions <= t that are not padding
-    (and on position t itself). With num_layers = 0 it is the final LayerNorm alone.
+    (and on position t itself). With num_layers = 0 it is the final LayerNorm alone. The
+    point-wise feed-forward net is `dim` wide, as in SASRec."""
 
-    ffn_dim: hidden width of the point-wise feed-forward net (default `dim`, as in SASRec)."""
-
-    def __init__(
-        self,
-        dim: int,
-        num_layers: int,
-        num_heads: int,
-        dropout: float = 0.0,
-        ffn_dim: int | None = None,
-    ):
+    def __init__(self, dim: int, num_layers: int, num_heads: int, dropout: float = 0.0):
         super().__init__()
-        self.blocks = nn.ModuleList(
-            CausalBlock(dim, num_heads, dropout, ffn_dim) for _ in range(num_layers)
-        )
+        self.blocks = nn.ModuleList(CausalBlock(dim, num_heads, dropout) for _ in range(num_layers))
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
         mask = causal_mask(valid, x.shape[1], x.device)
         for block in self.blocks:
             x = block(x, mask)

@@ -20,20 +20,12 @@ multiply-adds per embedding dimension instead of F * H_{l-1} * H_l.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
 class CIN(nn.Module):
-    def __init__(
-        self,
-        num_fields: int,
-        layer_sizes: list[int],
-        split_half: bool = True,
-        activation: Callable[[torch.Tensor], torch.Tensor] = torch.relu,
-    ):
+    def __init__(self, num_fields: int, layer_sizes: list[int], split_half: bool = True):
         super().__init__()
         if not layer_sizes:
             raise ValueError("CIN needs at least one layer size.")
@@ -46,10 +38,6 @@ class CIN(nn.Module):
                 f"(half of each goes to the output, half to the next layer); got "
                 f"{list(layer_sizes)}."
             )
-        self.num_fields = num_fields
-        self.layer_sizes = list(layer_sizes)
-        self.split_half = split_half
-        self.activation = activation
         self.compress = nn.ModuleList()
         self.direct: list[int] = []  # maps of each layer that go to the output
         prev = num_fields
@@ -65,14 +53,14 @@ class CIN(nn.Module):
         self.output_dim = sum(self.direct)
         self.out = nn.Linear(self.output_dim, 1)
 
-    def _split(self, h: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _split(self, h: Tensor, keep: int) -> tuple[Tensor, Tensor]:
         """A layer's maps (last axis) -> (maps for the next layer, maps for the output)."""
         if keep < h.shape[-1]:
             # split_half: the first half feeds the next layer, the second goes out
             return h[..., : h.shape[-1] - keep], h[..., h.shape[-1] - keep :]
         return h, h
 
-    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+    def forward(self, x0: Tensor) -> Tensor:
         """(B, F, k) field embeddings -> (B,) logits."""
         b, _, k = x0.shape
         base = x0.transpose(1, 2)  # (B, k, F)
@@ -80,12 +68,12 @@ class CIN(nn.Module):
         pooled = []
         for layer, keep in zip(self.compress, self.direct, strict=True):
             z = (hidden.unsqueeze(-1) * base.unsqueeze(-2)).reshape(b, k, -1)  # (B, k, H*F)
-            hidden, direct = self._split(self.activation(layer(z)), keep)  # (B, k, H_l)
+            hidden, direct = self._split(torch.relu(layer(z)), keep)  # (B, k, H_l)
             pooled.append(direct.sum(1))
         return self.out(torch.cat(pooled, dim=1)).squeeze(-1)
 
     @torch.no_grad()
-    def score_pairs(self, xu: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+    def score_pairs(self, xu: Tensor, xi: Tensor) -> Tensor:
         """(U, Fu, k) user-side and (I, Fi, k) item-side fields -> (U, I) logits, equal to
         forward(cat([xu[u], xi[i]])) for every pair (user fields first). Memory is a few
         (U, k, I, H_l) blocks: callers bound U * I."""
@@ -93,13 +81,8 @@ class CIN(nn.Module):
         n_i, f_i, _ = xi.shape
         bu, bi = xu.transpose(1, 2), xi.transpose(1, 2)  # (U, k, Fu), (I, k, Fi)
         # X^0 of every pair, laid out (U, k, I, F) so both products below are batched GEMMs
-        hidden = torch.cat(
-            [
-                bu[:, :, None, :].expand(n_u, k, n_i, f_u),
-                bi.permute(1, 0, 2)[None].expand(n_u, k, n_i, f_i),
-            ],
-            dim=-1,
-        )
+        user_part = bu[:, :, None, :].expand(n_u, k, n_i, f_u)
+        hidden = torch.cat([user_part, bi.permute(1, 0, 2)[None].expand(n_u, k, n_i, f_i)], -1)
         pooled = []
         for layer, keep in zip(self.compress, self.direct, strict=True):
             w = layer.weight.reshape(layer.out_features, -1, f_u + f_i)  # (H_l, H_{l-1}, F)
@@ -108,6 +91,6 @@ class CIN(nn.Module):
             out = hidden @ mu  # batched over (user, dim): (I, H_{l-1}) x (H_{l-1}, H_l)
             out += (hidden.permute(2, 1, 0, 3) @ mi).permute(2, 1, 0, 3)  # over (item, dim)
             out += layer.bias
-            hidden, direct = self._split(self.activation(out), keep)  # (U, k, I, H_l)
+            hidden, direct = self._split(torch.relu(out), keep)  # (U, k, I, H_l)
             pooled.append(direct.sum(1))  # (U, I, kept maps)
         return self.out(torch.cat(pooled, dim=-1)).squeeze(-1)

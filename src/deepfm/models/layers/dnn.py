@@ -6,7 +6,7 @@ import itertools
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 
 class Dropout(nn.Module):
@@ -27,7 +27,7 @@ class Dropout(nn.Module):
         self.threshold = -32768 + round(p * 65536)  # keep an element if its int16 >= this
         self.scale = 65536 / (32768 - self.threshold)  # 1 / the exact keep rate
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return x
         if x.device.type != "cpu":
@@ -62,17 +62,23 @@ class DNN(nn.Module):
         layers.append(out)
         self.layers = nn.Sequential(*layers)
 
+    @classmethod
+    def over_fields(cls, num_fields: int, width: int, params) -> DNN:
+        """The DNN of a DeepFM-family model over its flattened (num_fields, width) fields, as
+        its params section (dnn_hidden, dropout, batch_norm) asks."""
+        return cls(num_fields * width, list(params.dnn_hidden), params.dropout, params.batch_norm)
+
     @property
     def first(self) -> nn.Linear:
         """The first Linear: it is additive over its input blocks, which score_matrix exploits."""
         return self.layers[0]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         """(B, in_dim) -> (B,) logits."""
         return self.layers(x).squeeze(-1)
 
     @torch.no_grad()
-    def folded_linears(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def folded_linears(self) -> list[tuple[Tensor, Tensor]]:
         """Inference-mode (W, b) of each Linear with the BatchNorm after it folded in.
 
         In eval mode BatchNorm is the affine map y = (x - mean) / sqrt(var + eps) * g + beta,
@@ -80,7 +86,7 @@ class DNN(nn.Module):
         matrix then touches each big intermediate once instead of three times.
         """
         assert not self.training, "folding BatchNorm needs eval mode (running statistics)"
-        out: list[tuple[torch.Tensor, torch.Tensor]] = []
+        out: list[tuple[Tensor, Tensor]] = []
         for layer in self.layers:
             if isinstance(layer, nn.Linear):
                 out.append((layer.weight, layer.bias))
@@ -91,7 +97,7 @@ class DNN(nn.Module):
         return out
 
     @torch.no_grad()
-    def first_by_side(self, user_flat: torch.Tensor, item_flat: torch.Tensor, folded):
+    def first_by_side(self, user_flat: Tensor, item_flat: Tensor, folded):
         """The first (folded) Linear split by input block: (U, Du) user inputs and (I, Di) item
         inputs -> (U, H) and (I, H) whose broadcast sum is the pre-activation of every pair
         (the Linear is additive over its input blocks; the bias goes to the user side)."""
@@ -100,7 +106,7 @@ class DNN(nn.Module):
         return torch.addmm(b, user_flat, w[:, :du].T), item_flat @ w[:, du:].T
 
     @torch.no_grad()
-    def forward_from_first(self, h: torch.Tensor, folded) -> torch.Tensor:
+    def forward_from_first(self, h: Tensor, folded) -> Tensor:
         """Finish the inference forward pass from the first (folded) Linear's output
         `h` (..., hidden[0]); `folded` is folded_linears()."""
         shape = h.shape[:-1]

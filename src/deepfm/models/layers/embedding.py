@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from deepfm.data.schema import Schema
 from deepfm.models.layers.causal import CausalTransformer
@@ -47,7 +47,7 @@ class FeatureEmbedding(nn.Module):
         schema: Schema,
         dim: int,
         init_std: float = 1e-2,
-        field_dims: dict[str, int] | None = None,
+        field_dims: dict | None = None,
         recent_items: int = 0,
         history_pooling: str = "mean",
         history_layers: int = 1,
@@ -80,14 +80,9 @@ class FeatureEmbedding(nn.Module):
         self._init_tables(init_std)
         # a dense field's vector is its (scaled) value times a learned vector; made last, so
         # schemas without dense fields draw the same initial weights as before they existed
+        dense = {side: len(schema.by_source(side, "dense")) for side in ("user", "item")}
         self.dense = nn.ParameterDict(
-            {
-                side: nn.Parameter(
-                    torch.randn(len(schema.by_source(side, "dense")), dim) * init_std
-                )
-                for side in ("user", "item")
-                if schema.by_source(side, "dense")
-            }
+            {side: nn.Parameter(torch.randn(n, dim) * init_std) for side, n in dense.items() if n}
         )
         if history_pooling == "transformer":
             self.history_encoder = HistoryEncoder(history.length, dim, history_layers, dropout)
@@ -128,13 +123,8 @@ class FeatureEmbedding(nn.Module):
 
     def _init_tables(self, init_std: float) -> None:
         """Every lookup table drawn again from N(0, init_std), padding rows zero."""
-        tables = [
-            *self.tables.values(),
-            *self.bags.values(),
-            *self.own_tables.values(),
-            *self.recent,
-        ]
-        for module in tables:
+        tables = [*self.tables.values(), *self.bags.values(), *self.own_tables.values()]
+        for module in [*tables, *self.recent]:
             nn.init.normal_(module.weight, std=init_std)
             if module.padding_idx is not None:
                 with torch.no_grad():
@@ -157,12 +147,8 @@ class FeatureEmbedding(nn.Module):
         return names.index(name)
 
     def side(
-        self,
-        side: str,
-        codes: torch.Tensor,
-        bags: list[torch.Tensor],
-        dense: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        self, side: str, codes: Tensor, bags: list[Tensor], dense: Tensor | None = None
+    ) -> Tensor:
         """codes: (N, n_sparse) field codes of one side, in column order; bags: one (N, L) code
         matrix per sequence field; dense: (N, n_dense) values or None. Returns
         (N, n_fields_of_side, dim): sparse fields, dense fields, sequence fields."""
@@ -186,18 +172,16 @@ class FeatureEmbedding(nn.Module):
         for (name, _), bag in zip(spec["sequence"], bags, strict=True):
             if name == "history":
                 history = bag
+            rows = self._lookup(self.bags[name].weight, bag)
             if name == "history" and self.history_pooling == "position":
-                pooled = _weighted_bag(
-                    self._lookup(self.bags[name].weight, bag), bag, self.history_position
-                )
+                pooled = _weighted_bag(rows, bag, self.history_position)
             elif name == "history" and self.history_pooling == "transformer":
-                rows = self._lookup(self.bags[name].weight, bag)
                 if name in self.projections:  # the encoder works at the common size
                     rows = self.projections[name](rows)
                 parts.append(self.history_encoder(rows, bag).unsqueeze(1))
                 continue
             else:
-                pooled = _mean_bag(self._lookup(self.bags[name].weight, bag), bag)
+                pooled = _mean_bag(rows, bag)
             if name in self.projections:
                 pooled = self.projections[name](pooled)
             parts.append(pooled.unsqueeze(1))
@@ -210,12 +194,12 @@ class FeatureEmbedding(nn.Module):
             out = torch.cat([out, torch.stack(recent, dim=1)], dim=1)
         return out
 
-    def history_items(self, history: torch.Tensor) -> torch.Tensor:
+    def history_items(self, history: Tensor) -> Tensor:
         """(N, L) history codes -> (N, L, dim) embeddings from the history table (padding: 0),
         for models that pool the history themselves (target attention)."""
         return self._lookup(self.bags["history"].weight, history)
 
-    def _lookup(self, weight: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    def _lookup(self, weight: Tensor, codes: Tensor) -> Tensor:
         """weight[codes] for any shape of codes: (..., ) -> (..., dim)."""
         if self.sparse_gradients:
             return nn.functional.embedding(codes, weight, sparse=True)
@@ -240,7 +224,7 @@ def add_field_embeddings(model: nn.Module, schema: Schema, params) -> None:
     model.add_first_order(schema)
 
 
-def lookup_rows(weight: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+def lookup_rows(weight: Tensor, codes: Tensor) -> Tensor:
     """weight[codes] for any shape of codes, (...,) -> (..., dim), with the backward that is
     fast on the weight's device (the module docstring says why the two differ)."""
     if weight.device.type != "cpu":
@@ -312,14 +296,14 @@ class HistoryEncoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.encoder = CausalTransformer(dim, num_layers, 1, dropout)
 
-    def forward(self, rows: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    def forward(self, rows: Tensor, codes: Tensor) -> Tensor:
         n = codes.shape[1]
         valid = (codes > 0).flip(1)  # chronological, left-padded: the last column is the newest
         x = rows.flip(1) * valid.unsqueeze(-1).to(rows.dtype) + self.positions[:n].flip(0)
         return self.encoder(self.dropout(x), valid)[:, -1]
 
 
-def _weighted_bag(rows: torch.Tensor, codes: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+def _weighted_bag(rows: Tensor, codes: Tensor, logits: Tensor) -> Tensor:
     """(N, L, dim) looked-up rows of (N, L) 0-padded codes -> (N, dim): softmax(logits) over
     each row's filled positions."""
     present = codes > 0
@@ -328,7 +312,7 @@ def _weighted_bag(rows: torch.Tensor, codes: torch.Tensor, logits: torch.Tensor)
     return (rows * share.unsqueeze(-1)).sum(1)
 
 
-def _mean_bag(rows: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+def _mean_bag(rows: Tensor, codes: Tensor) -> Tensor:
     """(N, L, dim) looked-up rows of (N, L) 0-padded codes -> (N, dim) mean of the
     non-padding rows (zeros for an empty bag)."""
     present = (codes > 0).to(rows.dtype)

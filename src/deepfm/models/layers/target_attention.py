@@ -10,7 +10,7 @@ depends on the candidate. An empty history pools to zeros.
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
 class TargetAttention(nn.Module):
@@ -21,12 +21,12 @@ class TargetAttention(nn.Module):
         self.score = nn.Sequential(nn.Linear(4 * dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         self.position = nn.Parameter(torch.zeros(length))
 
-    def weights(self, keys: torch.Tensor, query: torch.Tensor, present: torch.Tensor):
+    def weights(self, keys: Tensor, query: Tensor, present: Tensor):
         """(N, L) attention weights (rows without a filled position are all zero)."""
         q = query.unsqueeze(1).expand_as(keys)
         scores = self.score(torch.cat([keys, q, keys * q, keys - q], dim=-1)).squeeze(-1)
         scores = (scores + self.position[: keys.shape[1]]).masked_fill(~present, -torch.inf)
         return torch.softmax(scores, dim=1).nan_to_num(0.0)
 
-    def forward(self, keys: torch.Tensor, query: torch.Tensor, present: torch.Tensor):
+    def forward(self, keys: Tensor, query: Tensor, present: Tensor):
         return (self.weights(keys, query, present).unsqueeze(-1) * keys).sum(1)
