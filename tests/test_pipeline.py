@@ -152,9 +152,34 @@ def _set_epochs(work: Path, epochs: int) -> None:
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def _where_runs_parted(hashes: Path) -> str:
+    """From tests/diagnostics' per-step parameter hashes of the three train runs (interrupted,
+    resumed, uninterrupted), in start order: the first step at which each part differs."""
+    runs = [json.loads(p.read_text())["hashes"] for p in sorted(hashes.glob("*.json"))]
+    if len(runs) != 3:
+        return f"(expected 3 train runs' step hashes in {hashes}, found {len(runs)})"
+    interrupted, resumed, whole = runs
+    head, tail = whole[: len(interrupted)], whole[len(whole) - len(resumed) :]
+
+    def first_difference(a: list[str], b: list[str]) -> str:
+        step = next((i + 1 for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), None)
+        return "none" if step is None else f"step {step}"
+
+    return (
+        f"{len(whole)} steps uninterrupted; the interrupted run's {len(interrupted)} steps first "
+        f"differ at: {first_difference(interrupted, head)}; the resumed run's {len(resumed)} "
+        f"steps first differ at: {first_difference(resumed, tail)} (of its own)"
+    )
+
+
 def test_interrupted_train_resumes_to_the_same_metrics_bytes(pipeline):
     work, env, *_ = pipeline
     _set_epochs(work, 3)  # a train stage DVC has never run: nothing to restore from run-cache
+    hashes = work.parent / f"step-hashes-{time.time_ns()}"
+    hashes.mkdir()
+    diagnostics = str(REPO / "tests" / "diagnostics")
+    env = {**env, "PYTHONPATH": env["PYTHONPATH"] + os.pathsep + diagnostics}
+    env["DEEPFM_STEP_HASHES"] = str(hashes)
     state = work / "models/.train_state.pt"
     proc = subprocess.Popen(
         ["dvc", "repro"],
@@ -179,8 +204,10 @@ def test_interrupted_train_resumes_to_the_same_metrics_bytes(pipeline):
 
     for stage in ("train", "eval"):  # the same two stages again, uninterrupted, from scratch
         _run(["dvc", "repro", "--single-item", "--force", "--no-run-cache", stage], work, env)
-    assert (work / "metrics/eval.json").read_bytes() == resumed_metrics
-    assert (work / "dvc.lock").read_text() == resumed_lock
+    assert len(list(hashes.glob("*.json"))) == 3, "tests/diagnostics did not hash the train runs"
+    parted = _where_runs_parted(hashes)
+    assert (work / "metrics/eval.json").read_bytes() == resumed_metrics, parted
+    assert (work / "dvc.lock").read_text() == resumed_lock, parted
 
 
 def test_experiments_and_the_report_through_real_dvc(pipeline):
