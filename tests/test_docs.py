@@ -84,3 +84,28 @@ def test_the_readmes_box_quotes_the_default_run_and_the_tables_best_row(capsys, 
     assert best and best.groups() == (model, cell), (best and best.groups(), top)
     tests = re.search(r"test\s+make test\s+(\d+) tests", box)
     assert tests, box
+
+
+COMPARED = ["deepfm", "sasrec", "item_cooccurrence", "fm", "ease", "itempop", "lr"]
+
+
+@pytest.mark.parametrize("metric", ["full_ndcg@10", "full_hr@10"])
+def test_the_paired_tests_in_results_md_are_the_reports_output(capsys, monkeypatch, metric):
+    """docs/results.md's paired tests regenerate offline from the committed records."""
+    monkeypatch.chdir(REPO)
+    args = ["compare", "--records", str(RECORDS), "--metric", metric, *COMPARED]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith(f"{metric} on test") and out.count("difference deepfm - ") == 6
+    results = (REPO / "docs/results.md").read_text(encoding="utf-8")
+    assert out in results, f"docs/results.md's {metric} tests differ from `deepfm report compare`"
+
+
+def test_the_committed_figures_regenerate_from_the_records_byte_for_byte(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert cli.main(["figures", "--records", str(RECORDS), "--out", str(tmp_path)]) == 0
+    committed = sorted(p.name for p in (REPO / "reports/figures").glob("*.png"))
+    assert committed == sorted(p.name for p in tmp_path.glob("*.png"))
+    for name in committed:
+        drawn, kept = tmp_path / name, REPO / "reports/figures" / name
+        assert drawn.read_bytes() == kept.read_bytes(), f"{name} differs from the records' figure"
