@@ -78,7 +78,7 @@ def run_trial(args: tuple) -> dict:
     """One training run. final=False: a search trial (full curve, validation only).
     final=True: the pipeline's own semantics (early stopping), then val + test evaluation of
     the best checkpoint, exactly as the eval stage computes them."""
-    override, seed, device, threads, final, ranks_dir = args
+    override, seed, device, threads, final, ranks_dir, commit = args
     import torch
 
     from deepfm.config import parse_config
@@ -107,7 +107,7 @@ def run_trial(args: tuple) -> dict:
     seconds = out.seconds_per_epoch
     result = {
         "override": override, "seed": seed, "model": cfg.model, "device": device,
-        "threads": threads, "commit": _commit(),
+        "threads": threads, "commit": commit,
         "best_epoch": out.best_epoch, "epochs_run": out.epochs_run,
         "parameters": out.num_parameters,
         "seconds_per_epoch": sum(seconds) / max(1, len(seconds)),
@@ -155,7 +155,8 @@ _SPLITS: dict = {}
 
 
 def _commit() -> str:
-    """The code a trial ran (HEAD, "+dirty" with uncommitted changes under src/)."""
+    """The code the sweep runs: HEAD when it starts, "+dirty" with uncommitted changes under
+    src/ or params.yaml (its workers import the code once; a commit made later is not theirs)."""
     import subprocess
 
     def git(*args: str) -> str:
@@ -300,7 +301,8 @@ def run_finals(pool, chosen: dict, args) -> None:
     ranks_dir.mkdir(exist_ok=True)
     for grid_name, override in chosen.items():
         finals = [
-            (override, s, args.device, args.threads, True, str(ranks_dir)) for s in args.final_seeds
+            (override, s, args.device, args.threads, True, str(ranks_dir), args.commit)
+            for s in args.final_seeds
         ]
         with open(args.out_dir / f"{grid_name}.final.jsonl", "w") as f:
             for r in pool.imap(run_trial, finals):
@@ -333,6 +335,7 @@ def main() -> None:
     ap.add_argument("--out-dir", type=Path, default=ROOT / "results" / "tuning")
     ap.add_argument("--summary", action="store_true", help="print the tables; train nothing")
     args = ap.parse_args()
+    args.commit = _commit()  # now: the workers import this code once
     args.out_dir.mkdir(parents=True, exist_ok=True)
     planned: dict[str, list[tuple[dict, int]]] = {}
     for grid in args.grids:
@@ -346,7 +349,7 @@ def main() -> None:
         finished = {(_key(r["override"]), r["seed"]) for r in done[grid_name]}
         for o, s in trials:
             if (_key(o), s) not in finished:
-                todo.append((o, s, args.device, args.threads, False, None))
+                todo.append((o, s, args.device, args.threads, False, None, args.commit))
                 owner.append(grid_name)
     ctx = mp.get_context("spawn")
     with ctx.Pool(args.jobs) as pool:
