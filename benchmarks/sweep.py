@@ -78,7 +78,7 @@ def run_trial(args: tuple) -> dict:
     """One training run. final=False: a search trial (full curve, validation only).
     final=True: the pipeline's own semantics (early stopping), then val + test evaluation of
     the best checkpoint, exactly as the eval stage computes them."""
-    override, seed, device, threads, final, ranks_dir, commit = args
+    override, seed, device, threads, final, ranks_dir, (commit, base) = args
     import torch
 
     from deepfm.config import parse_config
@@ -88,7 +88,6 @@ def run_trial(args: tuple) -> dict:
     from deepfm.training.loop import train
 
     torch.set_num_threads(threads)
-    base = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw = merge(base, override)
     raw["seed"] = seed
     own = (raw.get(raw["model"]) or {}).get("train")
@@ -301,7 +300,7 @@ def run_finals(pool, chosen: dict, args) -> None:
     ranks_dir.mkdir(exist_ok=True)
     for grid_name, override in chosen.items():
         finals = [
-            (override, s, args.device, args.threads, True, str(ranks_dir), args.commit)
+            (override, s, args.device, args.threads, True, str(ranks_dir), args.code)
             for s in args.final_seeds
         ]
         with open(args.out_dir / f"{grid_name}.final.jsonl", "w") as f:
@@ -335,7 +334,9 @@ def main() -> None:
     ap.add_argument("--out-dir", type=Path, default=ROOT / "results" / "tuning")
     ap.add_argument("--summary", action="store_true", help="print the tables; train nothing")
     args = ap.parse_args()
-    args.commit = _commit()  # now: the workers import this code once
+    # the code and params the sweep started on: its workers import the code once, and a
+    # later edit of params.yaml must not change the trials that record this commit
+    args.code = (_commit(), yaml.safe_load((ROOT / "params.yaml").read_text()))
     args.out_dir.mkdir(parents=True, exist_ok=True)
     planned: dict[str, list[tuple[dict, int]]] = {}
     for grid in args.grids:
@@ -349,7 +350,7 @@ def main() -> None:
         finished = {(_key(r["override"]), r["seed"]) for r in done[grid_name]}
         for o, s in trials:
             if (_key(o), s) not in finished:
-                todo.append((o, s, args.device, args.threads, False, None, args.commit))
+                todo.append((o, s, args.device, args.threads, False, None, args.code))
                 owner.append(grid_name)
     ctx = mp.get_context("spawn")
     with ctx.Pool(args.jobs) as pool:
