@@ -1101,7 +1101,7 @@ def test_cli_passes_rev_to_dvc(monkeypatch):
 
         return Done
 
-    monkeypatch.setattr(cli.subprocess, "run", fake_run)
+    monkeypatch.setattr("subprocess.run", fake_run)  # as headline._dvc runs it
     assert cli.exp_show_json(None, False, ["131041c"]) == []
     assert seen["cmd"][-2:] == ["--rev", "131041c"]
     # --rev repeats: runs of several baseline commits (dvc exp show takes each)

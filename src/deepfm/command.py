@@ -136,10 +136,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         # dvc.lock records the pipeline's split: said only when that is the one in use
         lock=Path("dvc.lock") if split_dir == _pipeline_split() else None,
     )
-    if args.json:
-        print(json.dumps(card, indent=2))
-        return
-    print(render_card(card))
+    print(json.dumps(card, indent=2) if args.json else render_card(card))
 
 
 CARD_METRICS = ("full_ndcg@10", "full_hr@10", "ndcg@10", "hr@10", "auc", "logloss")

@@ -33,8 +33,8 @@ class SplitConfig:
     min_positives: int = field(default=3, metadata=_range(3))
     # the history field: the user's most recent positives before each example; 0 = no field
     history_length: int = field(default=10, metadata=_range(0, 1000))
-    # which earlier items form a user's sequence (the history field and every sequence-aware
-    # model's input): train positives, or every train rating (observed negatives too)
+    # a user's sequence (the history field, every sequence-aware model's input): train
+    # positives, or every train rating (observed negatives too)
     sequence: Literal["positives", "rated"] = "rated"
     # order of one user's ratings within the same second: ascending item_id, or seeded random
     tie_break: Literal["item_id", "random"] = "item_id"
@@ -75,23 +75,19 @@ class TrainConfig:
     plateau_patience: int = field(default=2, metadata=_range(0, 10_000))
     # training negatives per target, uniform over the user's unrated items
     negatives_per_positive: int = field(default=4, metadata=_range(0, 1000))
-    # which train rows are label-1 training targets: the positives (rating >= threshold), or
-    # every rated row (implicit feedback: "what the user rates next"); evaluation always
-    # holds out positives (docs/protocol.md)
+    # label-1 training rows: the positives, or every rated row (implicit feedback: "what the
+    # user rates next"); evaluation always holds out positives (docs/protocol.md)
     targets: Literal["positives", "rated"] = "rated"
     # torch threads per training process; 0 = the physical cores / processes
     num_threads: int = field(default=2, metadata=_range(0, 1024))
     device: Literal["cpu", "cuda", "auto"] = "cpu"  # auto: cuda > mps > cpu
     # training processes on this machine (torch DDP under torchrun, which the train stage
-    # launches itself): each takes its part of every batch; gloo on the CPU (at most one per
-    # physical core), NCCL on CUDA (one GPU each). 1 = one plain process
-    # (training.distributed; docs/performance.md)
+    # launches itself; training.distributed); 1 = one plain process
     processes: int = field(default=1, metadata=_range(1, 1024))
     amp: bool = False  # bfloat16 autocast of the forward pass; CUDA only
-    # large batches: the learning rate used is learning_rate x (batch_size /
-    # lr_reference_batch) under `linear` (Goyal et al. 2017, for SGD), the square root of that
-    # ratio under `sqrt` (the rule for Adam: Malladi et al. 2022); `none` uses learning_rate as
-    # given. batch_size is the global batch (all processes together).
+    # large batches: learning_rate x (batch_size / lr_reference_batch) under `linear` (Goyal et
+    # al. 2017, for SGD), x its square root under `sqrt` (for Adam: Malladi et al. 2022);
+    # batch_size is the global batch (all processes together)
     lr_scaling: Literal["none", "linear", "sqrt"] = "none"
     lr_reference_batch: int = field(default=2048, metadata=_range(1, 1 << 20))
     # the first n epochs ramp the learning rate up linearly (epoch e runs at (e / (n + 1)) of
@@ -307,16 +303,9 @@ class Config:
         return self.models[self.model]
 
     def to_dict(self) -> dict:
-        out = {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if f.name not in ("models", "datasets")
-        }
-        out["datasets"] = {n: dataclasses.asdict(d) for n, d in self.datasets.items()}
-        out = {
-            k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in out.items()
-        }
-        out.update({name: dataclasses.asdict(section) for name, section in self.models.items()})
+        """Every param as plain data, each model's section under its name (as in params.yaml)."""
+        out = dataclasses.asdict(self)
+        out.update(out.pop("models"))
         return out
 
 
@@ -400,24 +389,31 @@ def _missing_key_error(key: str, default) -> ConfigError:
     )
 
 
+def _values(cls, raw: dict, prefix: str, require_all: bool, names=None) -> dict:
+    """raw's values of the fields `names` of dataclass cls, each checked (a missing one is an
+    error with require_all); names None: every field, and raw may hold no other key."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw if names is None else ():
+        if key not in fields:
+            raise _unknown_key_error(f"{prefix}{key}", list(fields))
+    values = {}
+    for name in fields if names is None else names:
+        f = fields[name]
+        if name in raw:
+            values[name] = _check_value(f"{prefix}{name}", raw[name], hints[name], f.metadata)
+        elif require_all:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            raise _missing_key_error(f"{prefix}{name}", default)
+    return values
+
+
 def _build(cls, raw, prefix: str, require_all: bool = False):
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"params.yaml: '{prefix}' must be a mapping of keys, got {raw!r}.")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in fields:
-            raise _unknown_key_error(f"{prefix}.{key}", list(fields))
-    values = {}
-    for name, f in fields.items():
-        if name in raw:
-            values[name] = _check_value(f"{prefix}.{name}", raw[name], hints[name], f.metadata)
-        elif require_all:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            raise _missing_key_error(f"{prefix}.{name}", default)
-    return cls(**values)
+    return cls(**_values(cls, raw, f"{prefix}.", require_all))
 
 
 def _own_train(model: str, block) -> dict:
@@ -430,12 +426,7 @@ def _own_train(model: str, block) -> dict:
             f"params.yaml: '{model}.train' must map train keys to this model's values, e.g. "
             f"'{model}: {{train: {{epochs: 40}}}}'; got {own!r}."
         )
-    hints = typing.get_type_hints(TrainConfig)
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    for key, value in own.items():
-        if key not in fields:
-            raise _unknown_key_error(f"{model}.train.{key}", list(fields))
-        _check_value(f"{model}.train.{key}", value, hints[key], fields[key].metadata)
+    _values(TrainConfig, own, f"{model}.train.", require_all=False)
     return own
 
 
@@ -480,14 +471,7 @@ def parse_config(raw: dict, *, require_all: bool = False) -> Config:
         if key not in known:
             raise _unknown_key_error(str(key), known)
 
-    hints = typing.get_type_hints(Config)
-    fields = {f.name: f for f in dataclasses.fields(Config)}
-    values: dict[str, Any] = {}
-    for name in sorted(top):
-        if name in raw:
-            values[name] = _check_value(name, raw[name], hints[name], fields[name].metadata)
-        elif require_all:
-            raise _missing_key_error(name, fields[name].default)
+    values = _values(Config, raw, "", require_all, names=sorted(top))
     values.update(_sections(raw, sections, values.get("model", Config.model), require_all))
     declared = raw.get("datasets")
     if require_all and not declared:

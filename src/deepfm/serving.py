@@ -1,16 +1,9 @@
-"""Using a trained model (the `deepfm` command is a thin layer over this): a user's top-K
-with titles, a probability for each row of a file, and the model card.
-
-A checkpoint is used with the split it was trained on: the split maps raw user / item ids
-to the model's indices, holds every item a user rated (excluded from recommendations), each
-user's history and context as of the end of their data (`latest`: the model's user-side
-inputs, built as evaluation builds a held-out example's) and the context fields'
-vocabularies. `load` refuses a checkpoint trained on other data (its schema or its data
-fingerprint differs).
-
-Every failure a user can cause (an unknown user or item, a missing file or column, a
-checkpoint of another dataset) is a ServingError or a CheckpointError whose message names
-the problem and the fix.
+"""Using a trained model (the `deepfm` command is a thin layer over this; docs/architecture.md,
+"The `deepfm` command"): a user's top-K with titles, a probability for each row of a file,
+and the model card. A checkpoint is used with the split it was trained on, which maps raw ids
+to indices and holds each user's rated items and latest history; `load` refuses a checkpoint
+trained on other data. Every failure a user can cause is a ServingError or a CheckpointError
+whose message names the problem and the fix.
 """
 
 from __future__ import annotations
@@ -276,12 +269,11 @@ def model_card(
     checkpoint = Path(checkpoint)
     model, payload = load_checkpoint_model(checkpoint)
     schema = payload["schema"]
-    fields = {f["name"]: f["vocab_size"] for f in schema["fields"]}
     data = {
         "dataset": payload.get("dataset"),
         "users": schema["num_users"],
         "items": schema["num_items"],
-        "fields": fields,
+        "fields": {f["name"]: f["vocab_size"] for f in schema["fields"]},
         "fingerprint": payload.get("data"),
     }
     card = {

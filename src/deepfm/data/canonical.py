@@ -1,7 +1,7 @@
 """A declared dataset -> its files (fetch) and its canonical tables (preprocess).
 
 `source: local` reads the declared CSV / Parquet files (deepfm.data.local); any other source
-is a registered release with its own parser (deepfm.data.movielens). Either way the result is
+is a registered release with its own parser (movielens, clicklogs). Either way the result is
 the canonical contract: interactions (user_id, item_id, rating, timestamp, label), users
 (user_id + user fields), items (item_id + item fields), and every declared field must be
 there.
@@ -20,7 +20,7 @@ from deepfm.data.clicklogs import stream_click_log
 from deepfm.data.declaration import FILE_SOURCES, DatasetSpec
 from deepfm.data.local import load_local, raw_name
 from deepfm.data.movielens import ParseError, load_canonical
-from deepfm.data.sources import FetchError, fetch, sha256_of
+from deepfm.data.sources import FetchError, digests, fetch
 from deepfm.io import atomic_dir
 
 RELEASE_OPTIONS = {"single_years_from": 1980}  # what the MovieLens parsers take
@@ -40,7 +40,7 @@ def fetch_dataset(spec: DatasetSpec, dest: Path, *, root: Path = Path(".")) -> P
                     "path (absolute, or relative to the repository root)."
                 )
             with open(path, "rb") as f:
-                actual = sha256_of(f)
+                actual = digests(f, ("sha256",))["sha256"]
             if actual != file.sha256:
                 raise FetchError(
                     f"{path}: sha256 {actual}, but datasets.{spec.name}.files.{role}.sha256 "
@@ -51,25 +51,28 @@ def fetch_dataset(spec: DatasetSpec, dest: Path, *, root: Path = Path(".")) -> P
     return dest
 
 
-def _check_click_label(spec: DatasetSpec) -> None:
+def _click_log_file(spec: DatasetSpec, raw: Path) -> tuple[Path, str]:
+    """(the click log's verified copy in `raw`, the declared path that messages name); its
+    label column checked."""
     expected = CLICK_LABELS[spec.source]
     if spec.label_column != expected:
         raise ParseError(
             f"params.yaml: 'datasets.{spec.name}.label.column' is {spec.label_column!r}; "
             f"{spec.source}'s label column is {expected}."
         )
-
-
-def _click_log(spec: DatasetSpec, raw: Path) -> tuple[pd.DataFrame, ...]:
     file = spec.files["interactions"]
     path = raw / raw_name("interactions", file)
     if not path.is_file():
         raise ParseError(f"{path} not found: run the fetch stage first (dvc repro fetch).")
+    return path, file.path
+
+
+def _click_log(spec: DatasetSpec, raw: Path) -> tuple[pd.DataFrame, ...]:
+    path, shown_as = _click_log_file(spec, raw)
     try:
         interactions = CLICK_LOGS[spec.source](path)
     except ParseError as e:  # name the declared file, not its verified copy
-        raise ParseError(str(e).replace(str(path), file.path)) from None
-    _check_click_label(spec)
+        raise ParseError(str(e).replace(str(path), shown_as)) from None
     interactions["label"] = interactions[spec.label_column].astype("int8")
     users = pd.DataFrame({"user_id": [0]})
     items = pd.DataFrame({"item_id": [0]})
@@ -79,12 +82,8 @@ def _click_log(spec: DatasetSpec, raw: Path) -> tuple[pd.DataFrame, ...]:
 def stream_click_log_tables(spec: DatasetSpec, raw: Path, out: Path) -> int:
     """A click log's canonical tables written into the folder `out`, the interactions
     streamed (deepfm.data.clicklogs.stream_click_log). Returns the number of rows."""
-    _check_click_label(spec)
-    file = spec.files["interactions"]
-    path = raw / raw_name("interactions", file)
-    if not path.is_file():
-        raise ParseError(f"{path} not found: run the fetch stage first (dvc repro fetch).")
-    rows = stream_click_log(spec.source, path, out / "interactions.parquet", shown_as=file.path)
+    path, shown_as = _click_log_file(spec, raw)
+    rows = stream_click_log(spec.source, path, out / "interactions.parquet", shown_as=shown_as)
     pd.DataFrame({"user_id": [0]}).to_parquet(out / "users.parquet", index=False)
     pd.DataFrame({"item_id": [0]}).to_parquet(out / "items.parquet", index=False)
     return rows

@@ -77,24 +77,16 @@ def _integers(frame: pd.DataFrame, column: str, path: Path, first_line: int) -> 
     text = frame[column]
     values = pd.to_numeric(text, errors="coerce").to_numpy(np.float64)
     bad = (np.isnan(values) & (text != "").to_numpy()) | (values % 1 > 0)
-    raise_first_bad_line(
-        bad,
-        path,
-        first_line,
-        lambda i: f"{column} is {text.iloc[i]!r}; expected an integer or an empty field.",
-    )
+    why = "expected an integer or an empty field."
+    raise_first_bad_line(bad, path, first_line, lambda i: f"{column} is {text.iloc[i]!r}; {why}")
     return values
 
 
 def _labels(frame: pd.DataFrame, column: str, path: Path, first_line: int) -> np.ndarray:
-    labels = _integers(frame, column, path, first_line)
+    labels, text = _integers(frame, column, path, first_line), frame[column]
     bad = ~np.isin(labels, (0, 1))
-    raise_first_bad_line(
-        bad,
-        path,
-        first_line,
-        lambda i: f"{column} is {frame[column].iloc[i]!r}; a click label is 0 or 1.",
-    )
+    why = "a click label is 0 or 1."
+    raise_first_bad_line(bad, path, first_line, lambda i: f"{column} is {text.iloc[i]!r}; {why}")
     return labels.astype(np.int8)
 
 

@@ -1,23 +1,8 @@
 """A dataset, declared in params.yaml (`datasets.<name>`): where its files come from, how the
-label is made, and which fields the models see. A new dataset is a block of params, no code.
-
-    datasets:
-      my-ratings:
-        source: local                     # or a registered release: ml-100k, ml-1m, ...
-        files:
-          interactions: {path: /data/ratings.csv, sha256: 9f2c...}
-          items: {path: /data/items.parquet, sha256: 41aa...}   # optional side tables
-        columns: {user_id: user, item_id: movie, rating: stars, timestamp: ts}
-        label: {threshold: 7}             # label = rating >= 7; or {column: clicked} (0/1)
-        fields:
-          user_id: {source: user, kind: sparse}
-          age: {source: user, kind: dense, scaler: standard, missing: mean}
-          item_id: {source: item, kind: sparse}
-          category: {source: item, kind: sparse, min_count: 2}
-          tags: {source: item, kind: sequence, separator: "|", max_length: 5}
-          device: {source: context, kind: sparse}   # a column of each interaction
-
-Every key is checked here, with an error that names it, the value and what is allowed.
+label is made, and which fields the models see. A new dataset is a block of params, no code
+(an example: docs/architecture.md, "Add a dataset"; each key: FieldSpec, FileSpec and
+DatasetSpec below). Every key is checked here, with an error that names it, the value and
+what is allowed.
 """
 
 from __future__ import annotations
@@ -344,9 +329,11 @@ def _parse_files(
     files: dict[str, FileSpec] = {}
     columns: dict[str, str] = {}
     if source in FILE_SOURCES and source != "local":  # a click log: one declared file
-        files = _click_log_files(raw, source, key)
+        login = f": {source} is not downloaded (its terms need a login); give the path of your"
+        files = _files(raw, key, ("interactions",), f"{login} copy and its sha256.", source)
     elif source == "local":
-        files = _local_files(raw, key)
+        example = "; e.g. interactions: {path: data.csv, sha256: <64 hex>}."
+        files = _files(raw, key, FILE_ROLES, example)
         columns = _local_columns(raw, label_column, key)
     if source != "local" and raw.get("columns"):
         raise _fail(f"{key}.columns", f"applies to source: local only; {source} has a parser.")
@@ -358,29 +345,14 @@ def _parse_files(
     return files, columns
 
 
-def _click_log_files(raw: dict, source: str, key: str) -> dict[str, FileSpec]:
+def _files(raw: dict, key: str, roles, hint: str, fmt: str | None = None) -> dict[str, FileSpec]:
+    """The declared files by role (`roles` allowed, interactions required; `hint` follows
+    the error of a missing one); fmt: as _parse_file's."""
     files_raw = _mapping(raw.get("files"), f"{key}.files")
-    _only(files_raw, ("interactions",), f"{key}.files")
+    _only(files_raw, roles, f"{key}.files")
     if "interactions" not in files_raw:
-        raise _fail(
-            f"{key}.files",
-            f"lacks 'interactions': {source} is not downloaded (its terms need a login); "
-            "give the path of your copy and its sha256.",
-        )
-    return {
-        "interactions": _parse_file(files_raw["interactions"], f"{key}.files.interactions", source)
-    }
-
-
-def _local_files(raw: dict, key: str) -> dict[str, FileSpec]:
-    files_raw = _mapping(raw.get("files"), f"{key}.files")
-    _only(files_raw, FILE_ROLES, f"{key}.files")
-    if "interactions" not in files_raw:
-        raise _fail(
-            f"{key}.files",
-            "lacks 'interactions'; e.g. interactions: {path: data.csv, sha256: <64 hex>}.",
-        )
-    return {r: _parse_file(v, f"{key}.files.{r}") for r, v in files_raw.items()}
+        raise _fail(f"{key}.files", f"lacks 'interactions'{hint}")
+    return {r: _parse_file(v, f"{key}.files.{r}", fmt) for r, v in files_raw.items()}
 
 
 def _local_columns(raw: dict, label_column: str | None, key: str) -> dict[str, str]:

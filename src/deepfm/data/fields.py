@@ -32,29 +32,21 @@ def _fit_scaler(values: np.ndarray, f: FieldSpec) -> dict:
 def encode_fields(
     fields: Sequence[FieldSpec], tables: dict[str, pd.DataFrame], seen: dict[str, np.ndarray]
 ) -> tuple[list[Field], dict[str, list[Field]], dict[str, np.ndarray], dict]:
-    """Encode every declared field of the users and items tables, fitted on the rows in
-    `seen` (the users / items of the train split) only.
-
-    Returns (sparse and dense fields, sequence fields by side, the feature arrays by buffer
-    name, the dense fields' fitted scalers). Sparse and sequence values seen on fewer than
-    `min_count` train users / items get code 0, like values never seen.
-    """
+    """Every declared field of the users and items tables, fitted on the rows in `seen` (the
+    users / items of the train split) only: (sparse and dense fields, sequence fields by side,
+    the feature arrays by buffer name, the dense fields' fitted scalers). Values seen on fewer
+    than `min_count` train users / items get code 0, like values never seen."""
     flat: list[Field] = []
     bags: dict[str, list[Field]] = {"user": [], "item": []}
     arrays: dict[str, np.ndarray] = {}
     scalers: dict[str, dict] = {}
     for side in ("user", "item"):
         table = tables[side]
-        train_rows = table.iloc[seen[side]]
         sparse = [f for f in fields if f.source == side and f.kind == "sparse"]
         codes = []
         for column, f in enumerate(sparse):
-            if f.bins or f.log_buckets:  # a number, bucketed
-                values = _bucketed(table[f.name], f)
-                train_values = values.iloc[seen[side]]
-            else:
-                values, train_values = table[f.name], train_rows[f.name]
-            vocab = fit_vocab(_frequent(train_values, f.min_count))
+            values = _bucketed(table[f.name], f)  # a number with bins or log buckets
+            vocab = fit_vocab(_frequent(values.iloc[seen[side]], f.min_count))
             codes.append(encode(values, vocab))
             flat.append(Field(f.name, side, "sparse", len(vocab) + 1, column))
         arrays[f"{side}_features"] = (
@@ -106,12 +98,12 @@ def context_vocabularies(context: Sequence[FieldSpec], vocabs: dict) -> dict:
     """What encodes a context field's raw values as the split did, as JSON: per field its
     bucketing and its vocabulary (value j has code j + 1; anything else 0). Written with the
     split (context_vocab.json) so that new rows can be scored (`deepfm score`)."""
-    values = {
-        f.name: [v.item() if isinstance(v, np.generic) else v for v in vocabs[f.name]]
-        for f in context
-    }
     return {
-        f.name: {"bins": list(f.bins), "log_buckets": bool(f.log_buckets), "values": values[f.name]}
+        f.name: {
+            "bins": list(f.bins),
+            "log_buckets": bool(f.log_buckets),
+            "values": [v.item() if isinstance(v, np.generic) else v for v in vocabs[f.name]],
+        }
         for f in context
     }
 

@@ -1,14 +1,7 @@
-"""A local dataset (`source: local`): your own CSV or Parquet files -> the canonical tables.
-
-The canonical contract, shared with the MovieLens parsers:
-- interactions: user_id, item_id, rating, timestamp, label (one row per user and item);
-- users: user_id and the declared user fields; items: item_id and the declared item fields;
-- the declared context fields are further columns of the interactions.
-
-A user (item) field comes from the users (items) file when one is declared and has the
-column, else from the interactions file, where it must then hold one value per user (item).
-Errors name the file, the line (1 = the header of a CSV file), the column and what was
-expected.
+"""A local dataset (`source: local`): your own CSV or Parquet files -> the canonical tables
+(the contract of deepfm.data.canonical; the declaration: docs/architecture.md, "Add a
+dataset"). Errors name the file, the line (1 = the header of a CSV file), the column and what
+was expected.
 """
 
 from __future__ import annotations
@@ -116,7 +109,7 @@ def _timestamps(values: pd.Series, column: str, path: Path, spec: FileSpec) -> n
 def field_values(values: pd.Series, f: FieldSpec, path: Path, spec: FileSpec) -> pd.Series:
     """A column's text -> what the declared field holds: category text (sparse), a list of
     values (sequence) or a float with NaN for missing (dense)."""
-    if f.kind == "dense":
+    if f.kind == "dense" or f.bins:  # a number (with bins: bucketed by the split)
         return pd.Series(_numbers(values, f.name, path, spec, allow_missing=True))
     if f.kind == "sequence":
         return pd.Series(
@@ -124,8 +117,6 @@ def field_values(values: pd.Series, f: FieldSpec, path: Path, spec: FileSpec) ->
              for v in values],
             dtype=object,
         )  # fmt: skip
-    if f.bins:  # a number, bucketed by the split (deepfm.data.splitting.bucket_values)
-        return pd.Series(_numbers(values, f.name, path, spec, allow_missing=True))
     return (
         values.astype(object).where(values.notna(), None).map(lambda v: v if v is None else str(v))
     )

@@ -1,12 +1,6 @@
-"""MovieLens raw files -> canonical tables (interactions, users, items).
-
-Canonical tables are dataset-independent:
-- interactions: user_id, item_id, rating, timestamp, label (rating >= threshold)
-- users: user_id, gender, age_bucket, occupation, zip_prefix
-- items: item_id, title, year, year_bucket, genres (list of genre names)
-
-Adding a dataset = one parser function registered in PARSERS plus its entry in
-sources.DATASETS.
+"""MovieLens raw files -> the canonical tables (interactions, users, items; the contract of
+deepfm.data.canonical). A release is one parser registered in PARSERS plus its entry in
+sources.DATASETS (docs/architecture.md, "Registered releases").
 """
 
 from __future__ import annotations
@@ -183,7 +177,7 @@ def parse_ratings(path: Path, sep: str, *, rating_range=(1.0, 5.0)) -> pd.DataFr
             ts = typed["timestamp"].to_numpy()
             out = pd.DataFrame({**ids, "rating": rating.astype(np.float32), "timestamp": ts})
             del typed
-            return _check_duplicates(out, path)
+            return _check_duplicates(out, path, first_line=1)
     except (ValueError, OverflowError):
         pass
     # slow path, only for a malformed file: find and name the first bad line
@@ -192,17 +186,23 @@ def parse_ratings(path: Path, sep: str, *, rating_range=(1.0, 5.0)) -> pd.DataFr
     ids = {c: _to_int(frame, c, path, np.int32) for c in ("user_id", "item_id")}
     ts = _to_int(frame, "timestamp", path, np.int64)
     out = pd.DataFrame({**ids, "rating": rating.astype(np.float32), "timestamp": ts})
-    return _check_duplicates(out, path)
+    return _check_duplicates(out, path, first_line=1)
 
 
-def _check_duplicates(out: pd.DataFrame, path: Path) -> pd.DataFrame:
-    key = out["user_id"].to_numpy().astype(np.int64) << 32 | out["item_id"].to_numpy()
-    dup = pd.Series(key).duplicated().to_numpy()
-    if dup.any():
+def _check_duplicates(out: pd.DataFrame, path: Path, first_line: int) -> pd.DataFrame:
+    """`out`, or a ParseError naming the line of the first repeated (user, item) (row i is
+    line i + first_line)."""
+    key = out["user_id"].to_numpy().astype(np.int64) << 32 | out["item_id"].to_numpy().view(
+        np.uint32
+    )
+    ordered = np.sort(key)  # a sort detects a repeat with less memory than a hash table
+    if (ordered[1:] == ordered[:-1]).any():
+        del ordered
+        dup = pd.Series(key).duplicated().to_numpy()  # which line repeats first, in file order
         i = int(np.flatnonzero(dup)[0])
         raise ParseError(
-            f"{path}, line {i + 1}: user {out.user_id[i]} rates item {out.item_id[i]} a second "
-            "time; keep one rating per (user, item)."
+            f"{path}, line {i + first_line}: user {out.user_id[i]} rates item {out.item_id[i]} "
+            "a second time; keep one rating per (user, item)."
         )
     return out
 
@@ -277,16 +277,8 @@ def parse_ml1m(raw: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 
     items_path = raw / "movies.dat"
     it = _read_table(items_path, "::", ["item_id", "title", "genres"], "latin-1")
-    year = pd.to_numeric(it["title"].str.extract(r"\((\d{4})\)\s*$", expand=False), errors="coerce")
-    items = pd.DataFrame(
-        {
-            "item_id": _to_int(it, "item_id", items_path, np.int32),
-            "title": it["title"],
-            "year": year.astype("Int16"),
-            "genres": [[g for g in s.split("|") if g] for s in it["genres"]],
-        }
-    )
-    return ratings, users, items
+    item_id = _to_int(it, "item_id", items_path, np.int32)
+    return ratings, users, _items_from_columns(item_id, it["title"], it["genres"])
 
 
 # ML-10M on: half-star ratings, no demographics (users is the distinct rated ids, nothing more),
@@ -392,7 +384,7 @@ def parse_ratings_csv(path: Path, *, rating_range=HALF_STAR_RANGE) -> pd.DataFra
             raise pd.errors.EmptyDataError
         rating = typed["rating"].to_numpy()
         if not (np.isnan(rating) | (rating < lo) | (rating > hi)).any():
-            return _check_duplicates_csv(typed, path)
+            return _check_duplicates(typed, path, first_line=2)
     except pd.errors.EmptyDataError:
         raise ParseError(f"{path}: no ratings after the header line.") from None
     except (ValueError, OverflowError, pd.errors.ParserError):
@@ -407,23 +399,7 @@ def parse_ratings_csv(path: Path, *, rating_range=HALF_STAR_RANGE) -> pd.DataFra
     ids = {c: _csv_ints(frame, c, path, np.int32, lines) for c in ("user_id", "item_id")}
     ts = _csv_ints(frame, "timestamp", path, np.int64, lines)
     out = pd.DataFrame({**ids, "rating": rating.astype(np.float32), "timestamp": ts})
-    return _check_duplicates_csv(out, path)
-
-
-def _check_duplicates_csv(out: pd.DataFrame, path: Path) -> pd.DataFrame:
-    key = out["user_id"].to_numpy().astype(np.int64) << 32 | out["item_id"].to_numpy().view(
-        np.uint32
-    )
-    ordered = np.sort(key)  # a sort detects a repeat with less memory than a hash table
-    if (ordered[1:] == ordered[:-1]).any():
-        del ordered
-        dup = pd.Series(key).duplicated().to_numpy()  # which line repeats first, in file order
-        i = int(np.flatnonzero(dup)[0])
-        raise ParseError(
-            f"{path}, line {i + 2}: user {out.user_id[i]} rates item {out.item_id[i]} a second "
-            "time; keep one rating per (user, item)."
-        )
-    return out
+    return _check_duplicates(out, path, first_line=2)
 
 
 def parse_movies_csv(path: Path) -> pd.DataFrame:

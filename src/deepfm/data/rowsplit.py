@@ -43,9 +43,8 @@ def group_ids(values: pd.Series) -> np.ndarray:
 
 @dataclass
 class CTRSplit:
-    """The ctr protocol's split: rows by order (or seeded random) into train / val / test,
-    every field a context field encoded on the train rows only. Users and items are one
-    placeholder each (index 0), so every model scores rows through the same interface."""
+    """Users and items are one placeholder each (index 0), so every model scores rows through
+    the same interface."""
 
     train: Rows
     val: Rows

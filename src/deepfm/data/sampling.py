@@ -14,11 +14,16 @@ import numpy as np
 def concat_ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """np.concatenate([np.arange(s, s + c) for s, c in zip(starts, counts)]) without the loop."""
     counts = np.asarray(counts, dtype=np.int64)
-    total = int(counts.sum())
-    ends = np.cumsum(counts)
-    return np.repeat(np.asarray(starts, dtype=np.int64) - (ends - counts), counts) + np.arange(
-        total
-    )
+    shift = np.asarray(starts, dtype=np.int64) - (np.cumsum(counts) - counts)  # start - offset
+    return np.repeat(shift, counts) + np.arange(int(counts.sum()))
+
+
+def in_sorted(sorted_keys: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Whether each query is in sorted_keys."""
+    if not len(sorted_keys):
+        return np.zeros(len(query), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_keys, query), len(sorted_keys) - 1)
+    return sorted_keys[pos] == query
 
 
 class RatedIndex:
@@ -38,10 +43,7 @@ class RatedIndex:
         return cls(split.train_users, split.train_items, s.num_users, s.num_items)
 
     def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        query = users.astype(np.int64) * self.num_items + items
-        pos = np.searchsorted(self.keys, query)
-        pos = np.minimum(pos, len(self.keys) - 1)
-        return self.keys[pos] == query if len(self.keys) else np.zeros(len(query), dtype=bool)
+        return in_sorted(self.keys, users.astype(np.int64) * self.num_items + items)
 
     def items_of(self, user: int) -> np.ndarray:
         return self.keys[self.indptr[user] : self.indptr[user + 1]] % self.num_items
@@ -50,9 +52,8 @@ class RatedIndex:
         """Every rated pair of the given users as (position in `users`, item), vectorized."""
         users = np.asarray(users, dtype=np.int64)
         counts = self.indptr[users + 1] - self.indptr[users]
-        return np.repeat(np.arange(len(users)), counts), self.keys[
-            concat_ranges(self.indptr[users], counts)
-        ] % self.num_items
+        items = self.keys[concat_ranges(self.indptr[users], counts)] % self.num_items
+        return np.repeat(np.arange(len(users)), counts), items
 
     def counts(self) -> np.ndarray:
         return np.diff(self.indptr)

@@ -1,11 +1,8 @@
 """Dataset registry and the fetch logic: official URL, member checksums, safe extraction.
 
-The GroupLens archives are verified member by member (not as whole archives) so a rebuilt
-mirror zip with the same files passes and a single altered file fails. A member is checked
-against its recorded sha256, or against the md5 GroupLens publishes for it (ml-32m on). Where
-neither is recorded for a member (none is published for ml-10m, ml-20m, ml-25m), the whole
-official archive is checked instead, so only the exact GroupLens zip passes; with nothing
-recorded at all the file is refused.
+A member is checked against its recorded sha256, or the md5 GroupLens publishes for it; where
+neither is recorded, the whole official archive is checked instead; with nothing recorded at
+all the file is refused (docs/architecture.md, "Registered releases").
 """
 
 from __future__ import annotations
@@ -35,10 +32,6 @@ class DatasetSource:
     url: str
     folder: str  # the folder inside the zip that holds the members
     members: dict[str, str | None]  # file name inside `folder` -> sha256; None: not recorded
-    citation: str = (
-        "F. Maxwell Harper and Joseph A. Konstan. 2015. The MovieLens Datasets: History and "
-        "Context. ACM TiiS 5(4). https://doi.org/10.1145/2827872"
-    )
     # The md5 GroupLens publishes per member (ml-32m's README and checksums.txt).
     member_md5: dict[str, str] = field(default_factory=dict)
     # The zip as served at `url`; checked only when some member has no checksum of its own.
@@ -94,14 +87,11 @@ DATASETS: dict[str, DatasetSource] = {
             "users.dat": "1dc3a95300cb19f7c10e027daf29b8cdf1d908dab65b5edfb45950aa389a10a3",
         },
     ),
-    # ml-10m, ml-20m, ml-25m: we found no checksum of their member files published, by
-    # GroupLens or by any loader, so none is recorded (None) and the fetch verifies the whole
-    # official zip instead: by its md5 as GroupLens publishes it in <url>.md5, and by its sha256,
-    # which GroupLens does not publish: the value that public loaders computed from the official
-    # download and pin (sources beside each entry; manifests that checked both list each sha256
-    # with the GroupLens md5 below it).
-    # A re-zipped mirror copy therefore fails; to accept one, record each member's sha256
-    # (sha256sum of the files a fetch of the official zip extracted) in `members`.
+    # ml-10m, ml-20m, ml-25m: no checksum of their members is published (by GroupLens or any
+    # loader), so none is recorded (None) and the fetch verifies the whole official zip: its
+    # md5 from GroupLens' <url>.md5 and its sha256 as public loaders pinned it from the
+    # official download (sources beside each entry). A re-zipped mirror copy therefore fails
+    # (_verify_whole_archive's message says how to accept one).
     "ml-10m": _grouplens(
         "ml-10m",
         folder="ml-10M100K",  # the zip's folder is not named after the release
@@ -163,13 +153,6 @@ def get_source(name: str) -> DatasetSource:
     return DATASETS[name]
 
 
-def sha256_of(stream, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    while block := stream.read(chunk):
-        digest.update(block)
-    return digest.hexdigest()
-
-
 def download(url: str, dest: Path, *, timeout: float = 60.0, retries: int = 3) -> None:
     """Download `url` to `dest` atomically, retrying transient failures with backoff."""
     last_error: Exception | None = None
@@ -203,13 +186,9 @@ def _check_member_name(name: str, zip_path: Path) -> None:
 
 
 def verify_and_extract(zip_path: Path, source: DatasetSource, dest: Path) -> dict[str, str]:
-    """Check every registered member's checksums and extract exactly those members to `dest`.
-
-    A member with neither a sha256 nor an md5 recorded is vouched for only by the whole archive
-    matching `source.archive_sha256` / `archive_md5`; with those absent too, the zip is refused.
-    Returns each member's sha256 as computed. `dest` is replaced atomically: on any failure it
-    is left as it was.
-    """
+    """Check every registered member's checksums (the module docstring says how) and extract
+    exactly those members to `dest`, replaced atomically: on any failure it is left as it was.
+    Returns each member's sha256 as computed."""
     try:
         archive = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError) as e:
@@ -248,20 +227,20 @@ def verify_and_extract(zip_path: Path, source: DatasetSource, dest: Path) -> dic
                     ) from None
                 expected_md5 = source.member_md5.get(member)
                 with open(target, "rb") as f:
-                    digests = _digests(f, ("sha256", "md5") if expected_md5 else ("sha256",))
-                computed[member] = digests["sha256"]
+                    found = digests(f, ("sha256", "md5") if expected_md5 else ("sha256",))
+                computed[member] = found["sha256"]
                 for algorithm, want in (("sha256", expected), ("md5", expected_md5)):
-                    if want is not None and digests.get(algorithm) != want:
+                    if want is not None and found.get(algorithm) != want:
                         raise FetchError(
                             f"{zip_path}: checksum mismatch for {source.folder}/{member}: "
-                            f"{algorithm} {digests[algorithm]}, expected {want}. The file is "
+                            f"{algorithm} {found[algorithm]}, expected {want}. The file is "
                             "corrupt or not the official release; download the archive again "
                             f"from {source.url}."
                         )
     return computed
 
 
-def _digests(stream, algorithms: tuple[str, ...], chunk: int = 1 << 20) -> dict[str, str]:
+def digests(stream, algorithms: tuple[str, ...], chunk: int = 1 << 20) -> dict[str, str]:
     """Several hex digests of one stream in a single pass."""
     hashers = {a: hashlib.new(a, usedforsecurity=False) for a in algorithms}
     while block := stream.read(chunk):
@@ -286,7 +265,7 @@ def _verify_whole_archive(zip_path: Path, source: DatasetSource, unverified: lis
             "for its archive, so the file cannot be verified and is refused. " + how_to_add
         )
     with open(zip_path, "rb") as f:
-        actual = _digests(f, tuple(wanted))
+        actual = digests(f, tuple(wanted))
     for algorithm, want in wanted.items():
         if actual[algorithm] != want:
             raise FetchError(

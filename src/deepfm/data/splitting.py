@@ -1,22 +1,8 @@
-"""The evaluation protocol's split (docs/protocol.md), vectorized.
-
-- leave-one-out on positives by (timestamp, tie-break: item_id or seeded random): last ->
-  test, second-to-last -> val, for users with at least `min_positives` positives;
-- causal (`cut: causal`, the default): train is each such user's ratings strictly before
-  their validation item; the ratings between the validation and test items are known to the
-  test item alone (its history, its excluded candidates), and the ratings after the test item
-  are used nowhere. `cut: none` is the older reading, every other rating in train;
-- fixed evaluation candidates: for every val / test user, `num_negatives` items the user had
-  not rated before that held-out item, uniformly without replacement (fewer when fewer exist);
-- encoders fitted on the train split only (0 = padding / unknown);
-- the history field: for every example, the user's `history_length` most recent items
-  (train positives, or every rating: `sequence`) strictly before it in the protocol's order;
-  a train example sees train rows only, the validation item its train rows, the test item
-  every counted rating before it (train, the validation item, the ratings between);
-- context fields (columns of each interaction) travel with the example, after its history;
-- for serving only (`deepfm recommend` / `score`, never training or evaluation): each user's
-  history and context as of the end of their data (`latest`), the ratings after their test
-  item (`after_test`), and the context fields' vocabularies.
+"""The evaluation protocol's split (docs/protocol.md), vectorized: a causal (or `cut: none`)
+leave-one-out on positives by (timestamp, tie-break), the fixed evaluation candidates, the
+encoders fitted on the train split only, each example's history and context codes, and for
+serving only (`deepfm recommend` / `score`) each user's latest history, the ratings after
+their test item and the context fields' vocabularies.
 
 Users and items are addressed by their row in the canonical users / items tables
 ("index"); the feature matrices map an index to the embedding codes of its fields.
@@ -37,7 +23,7 @@ from numpy.random import Generator
 from deepfm.data.declaration import FieldSpec
 from deepfm.data.fields import encode_context, encode_fields
 from deepfm.data.rowsplit import CTRSplit, read_ctr_split, split_ctr, write_ctr_split
-from deepfm.data.sampling import concat_ranges
+from deepfm.data.sampling import concat_ranges, in_sorted
 from deepfm.data.schema import Field, Schema
 from deepfm.io import atomic_dir, read_json, read_npy, write_json, write_npy
 from deepfm.utils import rng_for
@@ -85,16 +71,13 @@ class SplitResult:
     schema: Schema
     summary: dict
     # Serving only, never read by training or evaluation: (num_users, history_length +
-    # n_context) per user, the history as of the end of their data (every split's counted
-    # rows, held-out ones too) and the context codes of their last interaction; None in a
-    # split written before it existed
+    # n_context), each user's example as of the end of their data (_latest); None in a split
+    # written before it existed
     latest: np.ndarray | None = None
     # the context fields' vocabularies (fields.context_vocabularies); {} without such fields
     vocabs: dict = dataclasses.field(default_factory=dict)
-    # (n, 2) int32 (user, item): what each test user rated before the test item beyond the
-    # train rows (the validation item, then the ratings between): the test item's full
-    # ranking leaves them out. None in a split written before it existed (then: the
-    # validation items, what it held under `cut: none`)
+    # (n, 2) int32 (user, item): the validation item, then the ratings between it and the
+    # test item; None in a split written before it existed (seen_before_test)
     test_seen: np.ndarray | None = None
     # Serving only: (n, 2) int32 (user, item), the ratings after each user's test item
     # (`cut: causal`), which no model sees; empty under `cut: none` (they are train rows)
@@ -212,11 +195,9 @@ def recent_items(
     return _recent(user_idx, item_codes, np.flatnonzero(counted), length, rows)
 
 
-def _recent(user_idx, item_codes, counted_rows, length, rows, counted=None) -> np.ndarray:
-    """recent_items, with the positions of the counted rows (np.flatnonzero(counted), given
-    or computed): a caller that goes through the rows in blocks computes them once."""
-    if counted_rows is None:
-        counted_rows = np.flatnonzero(counted)
+def _recent(user_idx, item_codes, counted_rows, length, rows) -> np.ndarray:
+    """recent_items, given the positions of the counted rows (np.flatnonzero(counted)): a
+    caller that goes through the rows in blocks computes them once."""
     before = np.searchsorted(counted_rows, rows)  # counted rows above each row
     return _counted_back(user_idx, item_codes, counted_rows, before, user_idx[rows], length)
 
@@ -259,9 +240,8 @@ def sample_candidates(
     than twice as many unrated items as asked for, by one random key per item (_draw_dense):
     num_items keys, which is then less than twice its ratings plus 2 x num_negatives (and
     draws ML-100K's candidates exactly as before this split had a rejection path, 1,682 items
-    being fewer than 2 x 999). Users go in blocks of about
-    _CANDIDATE_BLOCK_DRAWS draws, the dense ones in blocks of _CANDIDATE_BLOCK_CELLS cells, so
-    memory is bounded, all from one generator: the same seed, the same candidates.
+    being fewer than 2 x 999). Users go in blocks (bounded memory), all from one generator:
+    the same seed, the same candidates.
     """
     blocks = list(candidate_blocks(users, rated_keys, num_items, num_negatives, rng))
     return np.concatenate(blocks) if blocks else np.full((0, num_negatives), -1, np.int32)
@@ -341,20 +321,12 @@ def _draw_sparse(lo, hi, rated_keys, num_items, take, rng) -> np.ndarray:
         draw = np.repeat(active * num_items, short) + rng.integers(0, num_items, int(short.sum()))
         draw.sort()  # (np.unique is several times slower: it hashes first)
         draw = draw[np.r_[True, draw[1:] != draw[:-1]]]  # an item drawn twice counts once
-        draw = draw[~_in_sorted(rated, draw) & ~_in_sorted(kept, draw)]
+        draw = draw[~in_sorted(rated, draw) & ~in_sorted(kept, draw)]
         kept = np.insert(kept, np.searchsorted(kept, draw), draw)  # stays sorted
         need -= np.bincount(draw // num_items, minlength=n)
         active = active[need[active] > 0]
     # exactly `take` keys per row, sorted by row then item
     return (kept % num_items).astype(np.int32).reshape(n, take)
-
-
-def _in_sorted(sorted_keys: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """Whether each query is in sorted_keys."""
-    if not len(sorted_keys):
-        return np.zeros(len(query), dtype=bool)
-    pos = np.minimum(np.searchsorted(sorted_keys, query), len(sorted_keys) - 1)
-    return sorted_keys[pos] == query
 
 
 def split_dataset(
@@ -372,13 +344,9 @@ def split_dataset(
     cut: str = "causal",
     folder: Path | None = None,
 ) -> SplitResult:
-    """sequence: which earlier rows make up a user's history, "positives" (train positives)
-    or "rated" (every rating, observed negatives too). tie_break: the order of one user's
-    ratings with the same timestamp, "item_id" (ascending) or "random" (seeded). cut: what
-    trains, "causal" (each user's ratings before their validation item) or "none" (every
-    rating but the held-out ones). folder: where write_split will write (split_processed's
-    out_dir): the largest arrays go straight to their files there, block by block, and the
-    result maps them (read-only)."""
+    """The split of the canonical tables; sequence, tie_break and cut as in config.SplitConfig.
+    folder: where write_split will write (split_processed's out_dir): the largest arrays go
+    straight to their files there, block by block, and the result maps them (read-only)."""
     _check_choices(sequence, tie_break, cut)
     user_idx, item_idx, label, order = _ordered(interactions, users, items, seed, tie_break, cut)
     rows = protocol_rows(user_idx, label, min_positives, cut)
@@ -462,8 +430,7 @@ def _ordered(interactions, users, items, seed: int, tie_break: str, cut: str):
 
 @dataclass
 class _Encoded:
-    """The declared fields, encoded with encoders fitted on the train split only (a user,
-    item or context value that occurs only in val/test is unknown)."""
+    """The declared fields, encoded (_encode)."""
 
     flat: list[Field]  # the users' and items' sparse and dense fields
     bags: dict[str, list[Field]]  # their sequence fields, by side
@@ -480,10 +447,9 @@ class _Encoded:
 def _encode(
     fields, interactions, users, items, order, in_train, train_u, train_i
 ) -> tuple[_Encoded, np.ndarray]:
-    """The encoded fields, and the context fields' codes of every row, (n_rows, n_context)
-    int32 in the protocol's order: apart, so that the caller can free them once the examples
-    hold them. train_u / train_i: the train rows' user and item indices (what the user and
-    item fields' encoders are fitted on)."""
+    """The fields encoded on the train rows (train_u / train_i) only, and apart the context
+    codes of every row ((n_rows, n_context) int32, protocol order), which the caller frees
+    once the examples hold them."""
     flat, bags, features, scalers = encode_fields(
         fields,
         {"user": users, "item": items},
@@ -514,12 +480,14 @@ def _histories(big, ratings, encoded, context_codes, length, sequence, num_users
     item_codes = item_codes[ratings.item_idx]
     label = ratings.label
     rule = np.ones(len(label), dtype=bool) if sequence == "rated" else label == 1
-    counted = rows.in_train & rule
+    counted = np.flatnonzero(rows.in_train & rule)
     before_test = (rows.in_train | rows.known_before("test")) & rule
     before_test[rows.val] = True
     examples = {
         "val": _examples(user_idx, item_codes, counted, length, context_codes, rows.val),
-        "test": _examples(user_idx, item_codes, before_test, length, context_codes, rows.test),
+        "test": _examples(
+            user_idx, item_codes, np.flatnonzero(before_test), length, context_codes, rows.test
+        ),
     }
     del before_test
     filled = _train_examples(big, user_idx, item_codes, counted, length, context_codes,
@@ -529,8 +497,7 @@ def _histories(big, ratings, encoded, context_codes, length, sequence, num_users
 
 
 def _held_out(ratings: _Ratings, big, examples: dict[str, np.ndarray]) -> dict[str, HeldOut]:
-    """The validation and test items, with their candidates (drawn into `big`) and their
-    examples."""
+    """The validation and test items, their candidates (in `big`) and their examples."""
     return {
         name: HeldOut(
             ratings.user_idx[r], ratings.item_idx[r], big.get(f"{name}_candidates"), examples[name]
@@ -617,11 +584,10 @@ def _train_examples(big, user_idx, item_codes, counted, length, context_codes, i
     given a folder): the whole matrix (n_train x width) is the split's largest array. Returns
     how many history slots are filled (the summary)."""
     big.create("train_history", (int(in_train.sum()), length + context_codes.shape[1]), np.int32)
-    counted_rows = np.flatnonzero(counted)
     filled, done = 0, 0
     for start in range(0, len(user_idx), _HISTORY_BLOCK_ROWS):
         rows = start + np.flatnonzero(in_train[start : start + _HISTORY_BLOCK_ROWS])
-        block = _examples(user_idx, item_codes, counted, length, context_codes, rows, counted_rows)
+        block = _examples(user_idx, item_codes, counted, length, context_codes, rows)
         big.put("train_history", done, block)
         filled += int((block[:, :length] > 0).sum())
         done += len(rows)
@@ -649,13 +615,9 @@ def _draw_candidates(big, ratings, cut, num_items, num_negatives, seed):
     knows then, the item itself included; under `cut: none`, every row). Returns, per split,
     each user's number of such items (the summary)."""
     user_idx, item_idx, rows = ratings.user_idx, ratings.item_idx, ratings.rows
-    known = {
-        name: rows.known_before(name) if cut == "causal" else np.ones(len(user_idx), dtype=bool)
-        for name in ("val", "test")
-    }
     n_unrated = {}
     for name, held_rows, stream in (("val", rows.val, 1), ("test", rows.test, 2)):
-        mask = known[name]
+        mask = rows.known_before(name) if cut == "causal" else np.ones(len(user_idx), dtype=bool)
         rated_keys = np.unique(user_idx[mask].astype(np.int64) * num_items + item_idx[mask])
         users = user_idx[held_rows]
         n_unrated[name] = (
@@ -677,13 +639,11 @@ def _index_of(table_ids: pd.Series, ids: pd.Series) -> np.ndarray:
     return np.searchsorted(table_ids.to_numpy(), ids.to_numpy()).astype(np.int32)
 
 
-def _examples(
-    user_idx, item_codes, counted, length, context_codes, rows, counted_rows=None
-) -> np.ndarray:
+def _examples(user_idx, item_codes, counted_rows, length, context_codes, rows) -> np.ndarray:
     """(len(rows), length + n_context) int32: the history codes of each of `rows`
-    (recent_items), then its context codes."""
+    (recent_items of np.flatnonzero(counted) = counted_rows), then its context codes."""
     out = np.empty((len(rows), length + context_codes.shape[1]), dtype=np.int32)
-    out[:, :length] = _recent(user_idx, item_codes, counted_rows, length, rows, counted)
+    out[:, :length] = _recent(user_idx, item_codes, counted_rows, length, rows)
     out[:, length:] = context_codes[rows]
     return out
 

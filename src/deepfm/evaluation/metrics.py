@@ -1,25 +1,15 @@
 """The metric registry: every metric of the protocol, declared once, with its functions.
+Everything else that lists metrics (eval.json, the `train.monitor` check, the results
+report's columns, labels, arrows and per-user scores) derives from `METRICS`: adding a metric
+touches this file only (docs/architecture.md, "Add a metric").
 
-A metric is a `Metric` in `METRICS`: its name, its function, whether it takes a cutoff k, the
-rankings it applies to and its direction. Everything else that lists metrics (the evaluation's
-dict and so metrics/eval.json, the `train.monitor` check, the results report's columns,
-labels, arrows and per-user scores) derives from the registry: adding a metric touches this
-file only.
-
-Two kinds of metric:
-
-- *per-user*: a function of the 1-based rank of each user's held-out item, among the user's
-  sampled candidates or among the full catalogue; the reported value is the mean over users,
-  and the results report can pair two models user by user on it;
-- *pooled*: a function of the labels and logits of every valid (user, candidate) pair of the
-  sampled candidates, pooled over all users (AUC, LogLoss): one value per evaluation. The
-  evaluation adds the pairs a block of users at a time to a `PooledPairs` (4 bytes a pair),
-  whose values are bit-identical to `auc` and `log_loss` on all the pairs at once.
-
-A metric's key is the ranking's prefix, its name, and `@k` if it takes a cutoff:
-`hr@10` (sampled candidates), `full_ndcg@10` (full ranking), `mrr`, `auc`.
-
-Ranks are 1-based and pessimistic: a negative whose score ties the positive's ranks above it.
+A metric is *per-user* (a function of the 1-based rank of each user's held-out item, among
+the sampled candidates or the full catalogue; reported as the mean over users, and pairable
+user by user) or *pooled* (of the labels and logits of every valid (user, candidate) pair:
+AUC, LogLoss; the evaluation adds the pairs a block of users at a time to a `PooledPairs`).
+A key is the ranking's prefix, the name and `@k` if it takes a cutoff: `hr@10`,
+`full_ndcg@10`, `mrr`, `auc`. Ranks are pessimistic: a negative that ties the positive ranks
+above it.
 """
 
 from __future__ import annotations
@@ -44,9 +34,6 @@ def pessimistic_rank(
     if valid is not None:
         beats &= valid
     return 1 + beats.sum(dim=1)
-
-
-# --------------------------------------------------------------------------- per-user values
 
 
 def hit_per_user(ranks: np.ndarray, k: int) -> np.ndarray:
@@ -78,9 +65,6 @@ def ndcg(ranks: np.ndarray, k: int) -> float:
 
 def mrr(ranks: np.ndarray) -> float:
     return mean_over_users(reciprocal_rank(ranks))
-
-
-# --------------------------------------------------------------------------- pooled values
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -233,8 +217,6 @@ class PooledPairs:
 
         return float(part_sum(0, self.size) / self.size)
 
-
-# --------------------------------------------------------------------------- the registry
 
 SAMPLED, FULL = "sampled", "full"
 # ranking -> the prefix of its keys; this order is eval.json's (sampled keys, then full ones)

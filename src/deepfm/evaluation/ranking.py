@@ -41,12 +41,8 @@ def evaluate_held_out(
     also_exclude: RatedIndex | None = None,
     device="cpu",
 ) -> EvalResult:
-    """Metrics for one held-out split.
-
-    also_exclude: more (user, item) pairs to drop from the full ranking, beyond train_rated
-    (what the user rated before the test item beyond train, when ranking the test item), or
-    None.
-    """
+    """Metrics for one held-out split. also_exclude: more (user, item) pairs to drop from the
+    full ranking beyond train_rated (for the test item: what the user rated before it)."""
     # a context, not a decorator: mutation tools skip decorated functions (docs/testing.md)
     with torch.inference_mode():
         was_training = model.training

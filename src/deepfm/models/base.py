@@ -6,12 +6,8 @@ vectors. What changes from one example to the next on the user side comes with t
 `history`, an (N, L + C) int matrix: the history field (the user's L most recent items before
 the example, item_id codes, 0-padded), then the codes of the C context fields (columns of the
 interaction itself, which join the user side's sparse fields). A schema with neither takes
-None; a model that reads the history alone takes `history_of(history)`.
-
-- forward(users, items, history) -> (B,) logits for aligned pairs (training);
-- score_matrix(users, items, history) -> (U, I) logits for every pair (evaluation), one
-  history row per user. The default expands pairs in chunks; models whose parts are
-  additive over user and item fields override it with an exact factorised version.
+None; a model that reads the history alone takes `history_of(history)`. A model scores
+aligned pairs (`forward`, training) and every user x item pair (`score_matrix`, evaluation).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from deepfm.config import EASEConfig
+from deepfm.data.batches import target_rows
 from deepfm.data.schema import Schema
 from deepfm.data.splitting import SplitResult
 from deepfm.models.base import RankingModel
@@ -58,11 +59,7 @@ class EASE(RankingModel):
         self.register_buffer("code_to_item", code_to_item, persistent=False)
 
     def fit(self, split: SplitResult) -> None:
-        rows = (
-            np.ones(len(split.train_labels), dtype=bool)
-            if self.params.input == "rated"
-            else split.train_labels == 1
-        )
+        rows = target_rows(split, self.params.input)  # every train rating, or the positives
         n_users, n_items = self.schema.num_users, self.schema.num_items
         keys = np.unique(
             split.train_users[rows].astype(np.int64) * n_items + split.train_items[rows]

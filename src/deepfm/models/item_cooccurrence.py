@@ -34,12 +34,6 @@ from deepfm.models.base import RankingModel
 from deepfm.models.layers.cooccurrence import cooccurrence_pairs
 
 
-def recency_weights(length: int, recent: int, power: float) -> Tensor:
-    """(min(length, recent or length),) float32: 1 / (p + 1) ** power."""
-    n = length if recent == 0 else min(length, recent)
-    return torch.from_numpy(1.0 / np.arange(1, n + 1, dtype=np.float64) ** power).float()
-
-
 class ItemCooccurrence(RankingModel):
     trainable = False
 
@@ -70,11 +64,14 @@ class ItemCooccurrence(RankingModel):
         self.item_prior.copy_(torch.from_numpy(prior).float())
 
     def _weights(self, history: Tensor | None) -> Tensor | None:
-        """Recency weights over the history's positions (context columns are not items)."""
+        """1 / (p + 1) ** recency_power over the first `recent` (0: all) history positions p
+        (context columns are not items)."""
         if history is None or self.history_length == 0:
             return None
         p = self.params
-        return recency_weights(self.history_length, p.recent, p.recency_power).to(self.cooc.device)
+        n = self.history_length if p.recent == 0 else min(self.history_length, p.recent)
+        weights = 1.0 / np.arange(1, n + 1, dtype=np.float64) ** p.recency_power
+        return torch.from_numpy(weights).float().to(self.cooc.device)
 
     def forward(self, users: Tensor, items: Tensor, history: Tensor | None = None) -> Tensor:
         codes = self.item_id_codes()[items]

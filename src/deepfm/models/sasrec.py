@@ -1,17 +1,12 @@
 """SASRec (Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018).
 
 A pure sequence model: the user is the history field (their most recent items before the
-example) and nothing else; user features are not used. The history, most recent first and
-0-padded at the end, is flipped to chronological order with left padding, so the last
-position holds the most recent item. Each item is its item_id embedding times sqrt(d) plus a
-learned positional embedding, then dropout, a CausalTransformer and its final LayerNorm; the
-user state h is the output at the last position.
-
-Positions count back from the most recent item (0 = most recent), so extra padding on the
-left changes nothing: the same items give the same state whatever the history length. A
-history longer than `max_len` keeps its max_len most recent items. An empty history gives a
-learned "no history" state (the padding position attends to itself only; its input is the
-position-0 embedding), finite like any other.
+example) and nothing else. Each item is its item_id embedding times sqrt(d) plus a learned
+positional embedding, then dropout, a CausalTransformer and its final LayerNorm; the user
+state h is the output at the most recent position. Positions count back from the most recent
+item, so extra left padding changes nothing; a history longer than `max_len` keeps its
+max_len most recent items. An empty history gives a learned, finite "no history" state (the
+padding position attends to itself only; its input is the position-0 embedding).
 
 logit(u, i) = h_u . E[item_id(i)] (+ b[item_id(i)] with item_bias), with E the input table
 (shared, as in the paper). An item without a train code (item_id code 0) is scored with row

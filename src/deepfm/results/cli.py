@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -35,7 +34,7 @@ import pandas as pd
 from deepfm.evaluation.metrics import row_keys
 from deepfm.io import atomic_path
 from deepfm.results import ReportError
-from deepfm.results.headline import SEEDS, TIE_BREAKS
+from deepfm.results.headline import SEEDS, TIE_BREAKS, _dvc
 from deepfm.results.records import CurvesReader, RanksReader, read_records, write_records
 from deepfm.results.rendering import render_markdown
 from deepfm.results.runs import Selection, parse_exp_show, pipeline_paths, select_runs
@@ -68,17 +67,11 @@ def exp_show_json(from_json: str | None, all_commits: bool, revs: list[str] | No
             raise ReportError(
                 f"cannot read {from_json} as `dvc exp show --json` output: {e}"
             ) from e
-    cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json", *(["-A"] * all_commits)]
+    args = ["exp", "show", "--json", *(["-A"] * all_commits)]
     for rev in revs or []:  # experiments of several baseline commits, e.g. before a merge
-        cmd += ["--rev", rev]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise ReportError(
-            f"`dvc exp show --json` failed ({proc.stderr.strip() or proc.returncode}); "
-            "run this from the repository root with the venv active"
-        )
+        args += ["--rev", rev]
     try:
-        return json.loads(proc.stdout)
+        return json.loads(_dvc(args))
     except json.JSONDecodeError as e:
         raise ReportError(f"`dvc exp show --json` printed something that is not JSON: {e}") from e
 
@@ -188,20 +181,17 @@ def read_curves_at(rev: str) -> dict[str, pd.Series]:
 
     curves_dir = f"{pipeline_paths()['curves']}/plots/metrics"
     keys = [f"val/{m}" for m in CURVE_METRICS] + [LOSS]
-    fs = None
+    opener = open
     if rev != "workspace":
         from dvc.api import DVCFileSystem
 
-        fs = DVCFileSystem(".", rev=rev)
+        opener = DVCFileSystem(".", rev=rev).open
     out = {}
     for key in keys:
         path = f"{curves_dir}/{key}.tsv"
         try:
-            if fs is None:
-                text = Path(path).read_text(encoding="utf-8")
-            else:
-                with fs.open(path, "r", encoding="utf-8") as f:
-                    text = f.read()
+            with opener(path, "r", encoding="utf-8") as f:
+                text = f.read()
         except FileNotFoundError:
             continue
         table = pd.read_csv(io.StringIO(text), sep="\t")
@@ -217,10 +207,6 @@ def read_ranks_file(path: str) -> pd.DataFrame:
         return pd.read_parquet(path)
     except (OSError, ValueError) as e:
         raise ReportError(f"cannot read rank file {path}: {e}") from e
-
-
-def is_ctr(tables) -> bool:
-    return all("logit" in t.columns for t in tables)
 
 
 def compare_rows(args, tables_a, tables_b, label_a, label_b, sources) -> None:
@@ -264,7 +250,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         labels = args.models
         tables, sources = _model_tables(args, labels)
     label_a, others = labels[0], labels[1:]
-    if is_ctr([t for group in tables.values() for t in group]):
+    if all("logit" in t.columns for group in tables.values() for t in group):  # ctr rows
         if len(others) > 1:
             raise ReportError("the ctr protocol's compare takes two models")
         compare_rows(args, tables[label_a], tables[others[0]], label_a, others[0], sources)

@@ -1,17 +1,6 @@
-"""Figures of the results: PNGs drawn by matplotlib's Agg renderer (no display, no network),
-from the runs that `deepfm.results.runs.select_runs` keeps (or the workspace run alone).
-
-- val_curves.png: validation metrics and the training loss (each run's relative to its first
-  epoch) per epoch; per model a line (the mean over its seeds, with markers where it has few
-  points) and a band from the lowest to the highest seed. A model without training (ItemPop,
-  EASE, ...) is a dashed horizontal line at its one validation value.
-- metrics_at_k.png: HR@K and NDCG@K against K (eval.ks) on one split, full ranking and
-  sampled candidates; mean over seeds, bars from the lowest to the highest seed.
-- models_ci.png: each model's mean over users (each user's value first averaged over the
-  model's seeds) with the 95% bootstrap CI over users (statistics.bootstrap_mean_ci), and each
-  seed's own mean as a small circle.
-- rank_distribution.png: where the held-out item lands in the full ranking: the share of users
-  per rank bin (1, 2–4, 5–9, 10–19, ...), and the share with rank <= r (full HR@r for every r).
+"""Figures of the results (docs/figures.md): PNGs drawn by matplotlib's Agg renderer (no
+display, no network), from the runs that `deepfm.results.runs.select_runs` keeps (or the
+workspace run alone): val_curves, metrics_at_k, models_ci and rank_distribution.
 
 `*_table` functions compute what a figure shows (the tests check them by hand); `plot_*` draw
 it on a new Figure; `render` writes every figure the runs allow. No pyplot: Figures are not
@@ -23,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
+from itertools import count, pairwise, takewhile
 from pathlib import Path
 
 import numpy as np
@@ -67,11 +56,9 @@ class RunFiles:
 
 
 # One colour per registered model (deepfm.config.MODEL_SECTIONS; a test keeps the two in step),
-# the same in every figure whichever models are drawn. Okabe-Ito's colour-blind safe palette
-# without its black and yellow (black reads as text; yellow vanishes on white), and Tol's indigo,
-# wine and brown: any two differ by CIELAB dE > 17 with normal, deuteranopic or protanopic
-# vision (the test checks > 10). Named, not indexed by the registry's order, so adding a model
-# moves no colour.
+# the same in every figure whichever models are drawn; the palette's choice: docs/figures.md
+# (black reads as text; yellow vanishes on white). Named, not indexed by the registry's order,
+# so adding a model moves no colour.
 MODEL_COLORS = {
     "deepfm": "#0072B2",  # blue
     "sasrec": "#D55E00",  # vermillion
@@ -106,9 +93,6 @@ def _legend_names(runs: pd.DataFrame) -> dict[str, str]:
         n = len(seeds)
         names[model] = f"{model} (seed {seeds[0]})" if n == 1 else f"{model} ({n} seeds)"
     return names
-
-
-# ---------------------------------------------------------------------- validation curves
 
 
 def curve_band(series: Sequence[pd.Series]) -> pd.DataFrame:
@@ -147,13 +131,8 @@ def curve_tables(
         for model, group in runs.groupby("model", sort=True):
             series = [files[n].curves[key] for n in group["name"] if key in files[n].curves]
             if key == LOSS:
-                # Each model's loss over its own first epoch, not the raw levels: the objectives
-                # differ (DeepFM's, FM's and LR's BCE ~0.1-0.5, SASRec's softmax over the
-                # catalogue ~5-7), so their levels compare nothing. A log axis would still
-                # stack them by level, decades apart, and flatten each one's fall (SASRec's 6.8
-                # -> 5.3 is a tenth of a decade); relative, every curve starts at 1 and the
-                # panel shows what does compare: how far and how fast each loss fell, and
-                # whether it has levelled off.
+                # each model's loss over its own first epoch: the objectives' levels compare
+                # nothing (BCE ~0.1-0.5, SASRec's softmax ~5-7; docs/figures.md says more)
                 series = [relative_loss(s) for s in series]
             if series:
                 per_model[model] = curve_band(series)
@@ -210,9 +189,6 @@ def plot_val_curves(
     fig.suptitle(f"Learning curves ({BAND})")
     _legend(fig, list(handles.values()), list(handles.keys()), footer, ncol=3)
     return fig
-
-
-# ---------------------------------------------------------------------- metrics against K
 
 
 def at_k_table(runs: pd.DataFrame, split: str = "test") -> pd.DataFrame:
@@ -274,9 +250,6 @@ def plot_metrics_at_k(
     fig.suptitle(f"HR@K and NDCG@K on the {split} split (mean over seeds; bars: min–max)")
     _legend(fig, handles, labels, footer)
     return fig
-
-
-# ------------------------------------------------------------- models with 95% intervals
 
 
 def user_ci_table(
@@ -341,11 +314,9 @@ def plot_models_ci(
         "seed)",
         fontsize="medium",
     )
-    _footer(fig, footer)
+    if footer:  # where the runs come from: a supxlabel, which the layout keeps clear
+        fig.supxlabel(footer, x=0.005, ha="left", fontsize="small", color="0.35")
     return fig
-
-
-# --------------------------------------------------------------- held-out rank distribution
 
 
 def rank_table(
@@ -364,14 +335,8 @@ def rank_table(
 def rank_bins(max_rank: int) -> np.ndarray:
     """Bin edges 1, 2, 5, 10, 20, 50, ... (1-2-5 steps) up to max_rank, then max_rank + 1:
     bins [a, b) that cover ranks 1..max_rank once each."""
-    edges = [1]
-    step = 0
-    while True:
-        edge = (2, 5, 10)[step % 3] * 10 ** (step // 3)
-        if edge > max_rank:
-            break
-        edges.append(edge)
-        step += 1
+    steps = (m * 10**e for e in count() for m in (2, 5, 10))
+    edges = [1, *takewhile(lambda edge: edge <= max_rank, steps)]
     return np.array([*edges, max_rank + 1], dtype=np.int64)
 
 
@@ -415,22 +380,12 @@ def plot_rank_distribution(
     return fig
 
 
-# ------------------------------------------------------------------------------ rendering
-
-
 def _legend(fig: Figure, handles: list, labels: list[str], footer: str, ncol: int = 0) -> None:
     """The models' legend below the axes, titled with where the runs come from."""
     fig.legend(
         handles, labels, loc="outside lower center", ncol=ncol or min(len(labels), 5),
         title=footer or None, title_fontsize="small",
     )  # fmt: skip
-
-
-def _footer(fig: Figure, text: str) -> None:
-    """Where the runs come from, in small grey type at the bottom left (a supxlabel: the
-    constrained layout keeps it clear of the axes and the legend)."""
-    if text:
-        fig.supxlabel(text, x=0.005, ha="left", fontsize="small", color="0.35")
 
 
 def save_png(fig: Figure, path: Path, dpi: int) -> None:

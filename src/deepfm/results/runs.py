@@ -1,14 +1,7 @@
 """Runs of DVC experiments: `dvc exp show --json` parsed to one row per entry, the runs that
-count selected, and the params that differ between the runs of one model.
-
-Pure functions on already-loaded data; the CLI (deepfm.results.cli) runs `dvc exp show --json`.
-Which experiments count (see `select_runs`):
-
-- by default only *experiments* (rows under a baseline commit in `dvc exp show`) that finished:
-  queued, running and failed ones are skipped (a failed queued run still shows the metrics of the
-  workspace it was queued from, so its numbers would be wrong), and so are the baseline commits and
-  the workspace row, which are not part of a seed sweep;
-- several finished experiments with the same (model, seed) count once: the newest is kept.
+count selected (finished experiments, the newest per (model, seed): `select_runs`;
+docs/results.md), and the params that differ between the runs of one model. Pure functions
+on already-loaded data; the CLI (deepfm.results.cli) runs `dvc exp show --json`.
 """
 
 from __future__ import annotations
@@ -87,10 +80,7 @@ def _row(
     data = entry.get("data") or {}
     params = _file_data(data.get("params"), PARAMS_YAML)
     metrics = data.get("metrics") or {}
-    eval_json, timing_json, train_json = metric_files()
-    evaluation = _file_data(metrics, eval_json)
-    timing = _file_data(metrics, timing_json)
-    train = _file_data(metrics, train_json)
+    evaluation, timing, train = (_file_data(metrics, path) for path in metric_files())
     status = _status(entry, executor)
     if status == "success" and not evaluation:
         status = "no-metrics"
@@ -126,11 +116,8 @@ def parse_exp_show(exp_show: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     The JSON is a list: first the workspace (`rev` "workspace"), then one entry per baseline
     commit, each with `experiments`: a list of {"name", "executor", "revs": [entry]} (the tip is
     revs[0]). An entry is {"rev", "name", "error", "data": {"timestamp", "params": {"params.yaml":
-    {"data": {...}}}, "metrics": {"<path>": {"data": {...}}}, ...}}.
-
-    Columns: name, rev, baseline, kind (workspace | baseline | experiment), status (success |
-    queued | running | failed | no-metrics | ...), timestamp, order (position in the listing),
-    model, seed, parameters, best_epoch, epochs_run, seconds_per_epoch, threads, device, then
+    {"data": {...}}}, "metrics": {"<path>": {"data": {...}}}, ...}}. The columns are `_row`'s:
+    kind is workspace | baseline | experiment, order the position in the listing, then
     `test.<metric>`, `val.<metric>`, `train.<key>` (dvclive summary) and `param.<key>`.
     """
     rows: list[dict[str, Any]] = []

@@ -313,9 +313,6 @@ def paired_user_scores(
     return align_users(scores(ranks_a, label_a), scores(ranks_b, label_b), label_a, label_b)
 
 
-# --------------------------------------------------------------- the ctr protocol: rows
-
-
 @dataclass(frozen=True)
 class RowPairedResult:
     """A paired bootstrap over impressions (rows) of a pooled metric such as AUC, or over
@@ -372,17 +369,15 @@ def paired_row_test(
     rows, averaged over each model's runs, then A - B. Group AUC resamples groups instead
     (a user's rows go together), weighing each drawn group's AUC, averaged over the runs, by
     its rows."""
-    from deepfm.evaluation.metrics import METRICS, group_aucs, row_keys
-
-    if metric not in row_keys():
-        raise ReportError(f"a ctr comparison takes {', '.join(row_keys())}, got {metric!r}")
+    if metric not in M.row_keys():
+        raise ReportError(f"a ctr comparison takes {', '.join(M.row_keys())}, got {metric!r}")
     labels = np.asarray(labels)
     n = len(labels)
     if n == 0 or any(len(x) != n for x in (*logits_a, *logits_b)):
         raise ReportError("paired rows need the same non-empty rows for every run")
     rng = np.random.default_rng(seed)
     tail = (1.0 - confidence) / 2.0
-    if METRICS[metric].grouped:
+    if M.METRICS[metric].grouped:
         if groups is None:
             raise ReportError(
                 f"{metric} needs the rows' groups: these runs' eval_ranks.parquet has no group "
@@ -391,7 +386,7 @@ def paired_row_test(
         kept = groups != 0
 
         def mean_aucs(runs) -> tuple[np.ndarray, np.ndarray]:
-            parts = [group_aucs(labels[kept], x[kept], groups[kept]) for x in runs]
+            parts = [M.group_aucs(labels[kept], x[kept], groups[kept]) for x in runs]
             return parts[0][1], np.mean([p[2] for p in parts], axis=0)
 
         rows, auc_a = mean_aucs(logits_a)
@@ -409,7 +404,7 @@ def paired_row_test(
             n_resamples, unit="groups",
         )  # fmt: skip
 
-    fn = METRICS[metric].fn
+    fn = M.METRICS[metric].fn
 
     def value(idx, runs) -> float:
         return float(np.mean([fn(labels[idx], x[idx]) for x in runs]))

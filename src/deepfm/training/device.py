@@ -27,20 +27,15 @@ def setup_torch(
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    if cfg.device == "auto":
-        if torch.cuda.is_available():
-            device = "cuda"
-        elif torch.backends.mps.is_available():
-            device = "mps"
-        else:
-            device = "cpu"
-    elif cfg.device == "cuda" and not torch.cuda.is_available():
+    device = cfg.device
+    if device == "auto":
+        mps = torch.backends.mps.is_available()
+        device = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
         raise TrainingError(
             "params.yaml: 'train.device' is 'cuda' but no CUDA device is visible; "
             "set train.device to 'cpu' or 'auto'."
         )
-    else:
-        device = cfg.device
     if device == "cuda" and local_rank is not None:
         if local_rank >= torch.cuda.device_count():
             raise TrainingError(

@@ -1,22 +1,8 @@
 """Multi-process training with torch DDP: `train.processes: N` (the train stage launches
-torchrun itself) or `torchrun --nproc_per_node=N src/stages/train.py ...` by hand.
-
-What each rank does (docs/performance.md, "Multi-process training (DDP)"):
-- every rank draws the same epoch (the same negatives from the same seeded generators, the
-  same shuffle) as one process would, as integer index arrays, and takes its contiguous part
-  of each global batch of train.batch_size rows (`Shard`); the features of a batch (history
-  rows, click-log codes) are gathered for its own part only;
-- each rank's loss is weighted by its share of the global batch, so DDP's gradient average is
-  the gradient of the global batch's mean loss, also for the last, smaller batch: with
-  dropout 0 and no BatchNorm, N ranks train the same model as one process to float rounding;
-- rank 0 alone validates, writes the checkpoint, the resume file and the curves; it then
-  sends the validation metrics to the others, which make the same early-stop and scheduler
-  decisions from them;
-- a lost rank (killed, crashed) makes the others fail within FAULT_TIMEOUT at the latest
-  (torchrun stops them at once); rerunning resumes from the last completed epoch.
-
-Backends: gloo on the CPU, NCCL on CUDA (one GPU per rank). One machine only (torchrun
---standalone).
+torchrun itself) or `torchrun --nproc_per_node=N src/stages/train.py ...` by hand. What each
+rank draws, takes and saves, and what is exact: docs/performance.md, "Multi-process training
+(DDP)". A lost rank makes the others fail within FAULT_TIMEOUT at the latest; rerunning
+resumes from the last completed epoch. Gloo on the CPU, NCCL on CUDA; one machine only.
 """
 
 from __future__ import annotations
@@ -186,10 +172,7 @@ class Ranks:
 
     def barrier(self) -> None:
         """Wait, up to WAIT_TIMEOUT, until every rank is here (after rank 0's saves)."""
-        if self.device.type == "cuda":
-            dist.barrier(device_ids=[self.device.index])
-        else:
-            dist.barrier()
+        dist.barrier(device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     def share(self, obj):
         """Rank 0's object (e.g. the validation metrics) on every rank; the others wait here,

@@ -149,6 +149,19 @@ class Trainer:
         return self.model, self.optimizer, self.scheduler, self.shuffle
 
 
+@dataclass
+class Run:
+    """What every epoch step of a run reads and updates."""
+
+    cfg: Config
+    trainer: Trainer
+    validation: Validation
+    state: LoopState
+    process: Process
+    logs: Logs
+    saves: Saves
+
+
 def _check_ctr(cfg: Config, model: RankingModel, split: CTRSplit) -> None:
     """The ctr protocol scores rows by their given labels: only models that learn from the
     rows' fields apply, and the monitor is a row metric."""
@@ -188,16 +201,11 @@ def train_steps(
     ddp=None,
 ) -> float:
     """One pass of optimizer steps over an objective's batches; the mean loss per example.
-
-    amp: run the forward pass under bfloat16 autocast (weights, gradients and the optimizer
-    stay float32; bfloat16 has float32's range, so no loss scaling is needed; the objectives
-    take their loss in float32).
-    interrupted: a flag set by Ctrl-C (utils.deferred_interrupts); checked between batches.
-    ddp: a distributed.Parallel when several processes train: the batches are this rank's
-    shards, the loss goes through its DDP module (which averages the ranks' gradients),
-    weighted by the rank's share of the global batch (Shard.weight), and the mean loss
-    returned is over every rank's examples.
-    """
+    amp: the forward pass under bfloat16 autocast (float32's range: no loss scaling; the
+    weights, gradients, optimizer and the objectives' losses stay float32). interrupted: the
+    Ctrl-C flag (utils.deferred_interrupts), checked between batches. ddp: a
+    distributed.Parallel: this rank's shards, the loss through its DDP module weighted by the
+    rank's share of the global batch (Shard.weight); the mean is over every rank's examples."""
     total = None
     count = 0
     device_type = next(model.parameters()).device.type
@@ -254,10 +262,7 @@ def train(
     With `resume_path`, the full state is saved there after every epoch, and a run started
     with the same params and data continues from the last completed epoch, ending exactly as
     an uninterrupted run would. The file is removed when training finishes.
-
-    progress: None ("auto": a bar on a terminal, a line per epoch otherwise), "bar", "lines",
-    or False / "off" (EpochProgress); True is "bar".
-
+    progress: EpochProgress's mode; None is "auto", True "bar" and False "off".
     Under torchrun (train.processes > 1; the train stage launches it) every rank calls this
     with the same arguments; rank 0 alone validates, writes model_path and resume_path and
     logs to live / timing_live (training.distributed).
@@ -307,7 +312,8 @@ def _train(
     trainer = _trainer(cfg, split, model, validation.rated, process)
     saves = Saves(model_path, resume_path, data, run_fingerprint(cfg, split))
     state = _resume(saves, trainer, process, logs)
-    stop_reason = _epochs(cfg, trainer, validation, state, process, logs, saves, signalled)
+    run = Run(cfg, trainer, validation, state, process, logs, saves)
+    stop_reason = _epochs(run, signalled)
     if resume_path is not None and process.main:
         resume_path.unlink(missing_ok=True)
     if saves.kept is None:  # checkpoint best, and no validation gave a comparable monitor
@@ -421,98 +427,74 @@ def _resume(saves: Saves, trainer: Trainer, process: Process, logs: Logs) -> Loo
     return state
 
 
-def _epochs(
-    cfg: Config,
-    trainer: Trainer,
-    validation: Validation,
-    state: LoopState,
-    process: Process,
-    logs: Logs,
-    saves: Saves,
-    signalled: list[threading.Event],
-) -> str:
+def _epochs(run: Run, signalled: list[threading.Event]) -> str:
     """The epochs after state.epoch, until train.epochs or an early stop; after each, the
     kept checkpoint and the resume state are saved. Returns why it stopped."""
-    tc = cfg.train
+    tc, state, saves, process = run.cfg.train, run.state, run.saves, run.process
     # Ctrl-C sets a flag that train_steps checks between batches: an interrupt never lands
     # inside a save or a finalizer, and the resume file always holds whole epochs.
     with deferred_interrupts() as interrupted:
         signalled.append(interrupted)
         while state.epoch < tc.epochs:
             epoch = state.epoch + 1
-            val = _epoch(epoch, cfg, trainer, validation, state, process, logs, interrupted)
+            val = _epoch(run, epoch, interrupted)
             if val is not None:
-                _keep(cfg, epoch, val, trainer.model, validation, state, process.main, saves)
+                _keep(run, epoch, val)
             if saves.resume_path is not None and process.main:
                 save_resume(
-                    saves.resume_path, saves.fingerprint, state, *trainer.resumed(), saves.kept
+                    saves.resume_path, saves.fingerprint, state, *run.trainer.resumed(), saves.kept
                 )
             if process.ranks is not None:
                 process.ranks.barrier()  # the others wait for rank 0's saves here, not in a step
-            stop = _early_stop(tc, epoch, state.best_epoch, val is not None, validation.monitor)
+            monitor = run.validation.monitor
+            stop = _early_stop(tc, epoch, state.best_epoch, val is not None, monitor)
             if stop is not None:
                 return stop
     return f"reached train.epochs={tc.epochs}"
 
 
-def _epoch(
-    epoch: int,
-    cfg: Config,
-    trainer: Trainer,
-    validation: Validation,
-    state: LoopState,
-    process: Process,
-    logs: Logs,
-    interrupted: threading.Event,
-) -> dict | None:
+def _epoch(run: Run, epoch: int, interrupted: threading.Event) -> dict | None:
     """One epoch: its training steps, a validation every train.val_every epochs (and after
     the last), the schedule's step, the curves and the epoch's line; added to `state`.
     Returns the validation metrics, or None in an epoch without validation."""
-    tc = cfg.train
+    tc, validation, logs = run.cfg.train, run.validation, run.logs
     start = time.perf_counter()
-    train_loss = _train_epoch(epoch, tc, cfg.seed, trainer, process.ranks, logs, interrupted)
+    train_loss = _train_epoch(run, epoch, interrupted)
     if not math.isfinite(train_loss):
         raise TrainingError(
             f"epoch {epoch}: the training loss is {train_loss}; stopping. The best "
-            f"checkpoint (epoch {state.best_epoch}) is kept. Lower train.learning_rate or "
+            f"checkpoint (epoch {run.state.best_epoch}) is kept. Lower train.learning_rate or "
             "set train.grad_clip."
         )
     train_seconds = time.perf_counter() - start
     validated = epoch % tc.val_every == 0 or epoch == tc.epochs
-    val, val_seconds = _validate(validation.run, process) if validated else ({}, 0.0)
-    _step_scheduler(trainer.scheduler, val if validated else None, validation.monitor)
+    val, val_seconds = _validate(validation.run, run.process) if validated else ({}, 0.0)
+    _step_scheduler(run.trainer.scheduler, val if validated else None, validation.monitor)
     row = {
         "train/loss": train_loss,
         **{f"val/{k}": v for k, v in val.items() if k != "users"},
-        "train/lr": trainer.optimizer.param_groups[0]["lr"],
+        "train/lr": run.trainer.optimizer.param_groups[0]["lr"],
     }
     log_row(logs.live, row)
     log_timing(logs.timing_live, train_seconds, val_seconds if validated else None)
     seconds = time.perf_counter() - start
     logs.report.epoch_done(epoch, train_loss, seconds, val, validation.monitor, CURVE_K)
-    state.epoch = epoch
-    state.history.append(row)
-    state.seconds.append(train_seconds)
+    run.state.epoch = epoch
+    run.state.history.append(row)
+    run.state.seconds.append(train_seconds)
     return val if validated else None
 
 
-def _train_epoch(
-    epoch: int,
-    tc: TrainConfig,
-    seed: int,
-    trainer: Trainer,
-    ranks: distributed.Ranks | None,
-    logs: Logs,
-    interrupted: threading.Event,
-) -> float:
+def _train_epoch(run: Run, epoch: int, interrupted: threading.Event) -> float:
     """The epoch's optimizer steps over a fresh draw of batches; the mean training loss."""
+    tc, trainer, ranks = run.cfg.train, run.trainer, run.process.ranks
     trainer.model.train()
     if ranks is not None and ranks.world > 1:
-        ranks.seed_epoch(seed, epoch)  # dropout: a stream per rank and epoch
+        ranks.seed_epoch(run.cfg.seed, epoch)  # dropout: a stream per rank and epoch
     parallel = trainer.parallel
     shard = parallel.shard if parallel is not None else None
     batches = trainer.objective.batches(epoch, tc.batch_size, trainer.shuffle, shard)
-    batches = logs.report.batches(batches, epoch)
+    batches = run.logs.report.batches(batches, epoch)
     return train_steps(
         trainer.step_model,
         trainer.optimizer,
@@ -548,25 +530,18 @@ def _step_scheduler(scheduler: Scheduler | None, val: dict | None, monitor: str)
         scheduler.step()
 
 
-def _keep(
-    cfg: Config,
-    epoch: int,
-    val: dict,
-    model: RankingModel,
-    validation: Validation,
-    state: LoopState,
-    main: bool,
-    saves: Saves,
-) -> None:
+def _keep(run: Run, epoch: int, val: dict) -> None:
     """Record a validated epoch: the best so far by the monitor, and the checkpoint kept (the
     best epoch, or every epoch with train.checkpoint: last), written by the main process."""
+    state, saves, validation, main = run.state, run.saves, run.validation, run.process.main
     score = validation.sign * val[validation.monitor]
     improved = score > state.best_score
     if improved:
         state.best_score, state.best_epoch, state.best_val = score, epoch, val
-    if improved or cfg.train.checkpoint == "last":
+    if improved or run.cfg.train.checkpoint == "last":
         state.kept_epoch, state.kept_val = epoch, val
-        saves.kept = checkpoint_payload(cfg, model, epoch, val, saves.data) if main else {}
+        model = run.trainer.model
+        saves.kept = checkpoint_payload(run.cfg, model, epoch, val, saves.data) if main else {}
         if main:
             save_checkpoint(saves.model_path, saves.kept)
 

@@ -3,9 +3,8 @@
 An objective draws one epoch's batches (fresh negatives every epoch, seeded by seed and
 epoch; one shuffle from the loop's generator) and turns a batch into a loss. With a `shard`
 (multi-process training, training.distributed) every rank draws the same epoch and yields
-only its part of each batch. The loop in
-loop.py is the same for all of them, so checkpoints, resume and the non-finite-loss guard
-hold for every model.
+only its part of each batch. The loop in loop.py is the same for all of them, so checkpoints,
+resume and the non-finite-loss guard hold for every model.
 
 - `Pointwise`: BCE over the training targets (label 1: train positives, or every train
   rating with `train.targets: rated`) and `negatives_per_positive` sampled negatives each
@@ -84,28 +83,19 @@ class Pointwise:
 
 
 class GroupedPointwise(Pointwise):
-    """BCE over each target (label 1) and its negatives_per_positive sampled negatives
-    (label 0), batched by group: a batch holds whole groups, (B,) users and (B, 1 + n) items,
-    the target first, so a model that embeds the user side once per group (`group_logits`)
-    runs its history encoder once per target. The negatives are Pointwise's: one epoch draws
-    the same items for both. train.batch_size still counts pairs (a step takes
-    batch_size // (1 + n) groups), so an epoch takes about as many steps as Pointwise's.
-    catalogue_weight w > 0 adds w x a softmax over the whole catalogue of the model's
-    factorised part (`group_and_catalogue_logits`)."""
+    """A batch holds whole groups: (B,) users and (B, 1 + n) items, the target first, with
+    Pointwise's negatives (one epoch draws the same items for both). train.batch_size still
+    counts pairs (a step takes batch_size // (1 + n) groups), so an epoch takes about as many
+    steps as Pointwise's. catalogue_weight: `group_and_catalogue_logits`' softmax term."""
 
-    def __init__(
-        self, split, rated, *, seed, negatives_per_positive, device, targets="positives",
-        device_epochs=False, catalogue_weight=0.0,
-    ):  # fmt: skip
-        if negatives_per_positive < 1:
+    def __init__(self, split, rated, *, catalogue_weight=0.0, **sampled):
+        """sampled: Pointwise's keyword arguments."""
+        if sampled["negatives_per_positive"] < 1:
             raise TrainingError(
                 "loss bce_grouped needs train.negatives_per_positive >= 1 (the negatives "
                 "grouped with each target)."
             )
-        super().__init__(
-            split, rated, seed=seed, negatives_per_positive=negatives_per_positive, device=device,
-            targets=targets, device_epochs=device_epochs,
-        )  # fmt: skip
+        super().__init__(split, rated, **sampled)
         self.catalogue_weight = catalogue_weight
 
     def batches(
@@ -180,13 +170,15 @@ def _target_tensors(split: SplitResult, targets: str, device) -> tuple[torch.Ten
 
 def _history(split: SplitResult, device) -> torch.Tensor | None:
     h = split.train_history
-    if not h.shape[1]:
-        return None
+    return _mapped_tensor(h, device) if h.shape[1] else None
+
+
+def _mapped_tensor(array, device) -> torch.Tensor:
     with warnings.catch_warnings():
         # read_split maps it read-only: torch warns that the tensor could not be written to
         # (it never is) and, on the CPU, shares the map instead of copying it
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(h).to(device)
+        return torch.from_numpy(array).to(device)
 
 
 class GivenLabels:
@@ -196,28 +188,23 @@ class GivenLabels:
         self.device = device
         self.device_codes = None
         if device_epochs:  # every row's codes on the device once (on the CPU: the map itself)
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-                self.device_codes = torch.from_numpy(self.codes).to(device)
+            self.device_codes = _mapped_tensor(self.codes, device)
 
     def batches(
         self, epoch: int, batch_size: int, shuffle: torch.Generator, shard=None
     ) -> Iterator:
         rows = torch.arange(len(self.labels), device=self.labels.device)
-        if self.device_codes is not None:
-            for (r,) in iterate_batches((rows,), batch_size, shuffle, shard):
-                codes = self.device_codes[r]
-                placeholder = torch.zeros(len(r), dtype=torch.long, device=self.device)
-                yield placeholder, placeholder, self.labels[r], codes
-            return
-        rows = rows.cpu()
+        if self.device_codes is None:
+            rows = rows.cpu()
         for (r,) in iterate_batches((rows,), batch_size, shuffle, shard):
-            # read the mapped file in ascending row order, keep the batch's own order
-            index = r.numpy()
-            ahead = np.argsort(index, kind="stable")
-            codes = np.empty((len(index), self.codes.shape[1]), dtype=self.codes.dtype)
-            codes[ahead] = self.codes[index[ahead]]
-            codes = torch.from_numpy(codes).to(self.device)
+            if self.device_codes is not None:
+                codes = self.device_codes[r]
+            else:  # read the mapped file in ascending row order, keep the batch's own order
+                index = r.numpy()
+                ahead = np.argsort(index, kind="stable")
+                codes = np.empty((len(index), self.codes.shape[1]), dtype=self.codes.dtype)
+                codes[ahead] = self.codes[index[ahead]]
+                codes = torch.from_numpy(codes).to(self.device)
             placeholder = torch.zeros(len(r), dtype=torch.long, device=self.device)
             yield placeholder, placeholder, self.labels[r.to(self.device)], codes
 

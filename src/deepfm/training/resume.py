@@ -31,13 +31,8 @@ def run_fingerprint(cfg: Config, split: SplitResult | CTRSplit) -> str:
         arrays = (split.train.codes, split.train.labels, split.val.codes, split.val.labels)
     else:
         arrays = (
-            split.train_users,
-            split.train_items,
-            split.train_labels,
-            split.train_history,
-            split.val.users,
-            split.val.items,
-            split.val.history,
+            *(split.train_users, split.train_items, split.train_labels, split.train_history),
+            *(split.val.users, split.val.items, split.val.history),
             *(split.features[name] for name in sorted(split.features)),
         )
     for array in arrays:

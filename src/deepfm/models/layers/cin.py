@@ -43,13 +43,9 @@ class CIN(nn.Module):
         prev = num_fields
         for i, size in enumerate(layer_sizes):
             self.compress.append(nn.Linear(prev * num_fields, size))
-            last = i == len(layer_sizes) - 1
-            if split_half and not last:
-                self.direct.append(size // 2)
-                prev = size // 2
-            else:
-                self.direct.append(size)
-                prev = size
+            # split_half: half of each layer but the last feeds the next layer, half goes out
+            prev = size // 2 if split_half and i < len(layer_sizes) - 1 else size
+            self.direct.append(prev)
         self.output_dim = sum(self.direct)
         self.out = nn.Linear(self.output_dim, 1)
 

@@ -6,11 +6,9 @@ mean. Lookups are split by side (user / item) so a model can embed U users and I
 and combine them into a U x I score matrix without materialising U*I rows of features.
 On the CPU they are `index_select` on the weights rather than nn.Embedding / nn.EmbeddingBag
 calls: same values, but the backward (an index_add instead of a sort-and-reduce) was 2-3x
-faster on these small, dense tables. On a GPU they are `F.embedding`: under
-torch.use_deterministic_algorithms, index_select's backward there becomes a serial
-accumulation per repeated row (a 2-code gender field repeats in every row of a batch), which
-made a 65,536-row DeepFM step 35x slower on an H200 (298 ms against 8.4 ms); embedding's
-sort-and-reduce backward is deterministic and fast there (`lookup_rows`).
+faster on these small, dense tables. On a GPU they are `F.embedding`, whose backward is
+deterministic and fast there, where index_select's is serial per repeated row under
+torch.use_deterministic_algorithms (35x slower on an H200: docs/performance.md).
 
 `field_dims` gives some fields their own size (a 3-code gender field needs fewer dimensions
 than a 1,700-code item id): such a field gets its own table and a bias-free Linear up to the
