@@ -73,7 +73,7 @@ def test_the_top_level_defaults_are_params_yaml_s():
             r"'model' is 'xgboost'; allowed: attention_deepfm, deepfm, ease, fm, "
             r"item_cooccurrence, itempop, lr, sasrec, xdeepfm",
         ),
-        ({"lr": {"embed_dim": 4}}, r"unknown key 'lr\.embed_dim'\. This section takes none\."),
+        ({"lr": {"embed_dim": 4}}, r"unknown key 'lr\.embed_dim'\. Allowed here: history_length\."),
         (
             {"xdeepfm": {"cin_layers": [63, 64]}},
             r"'xdeepfm\.cin_layers' is \[63, 64\]; with 'xdeepfm\.cin_split_half: true'",

@@ -86,6 +86,58 @@ def test_attention_block_matches_reference_float64():
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
+def test_the_last_row_alone_is_the_whole_stacks_last_row():
+    """What SASRec and the family's history encoder read: last=True computes the final
+    block's last position only, and gives the same row (float64: to rounding)."""
+    torch.manual_seed(0)
+    for layers in (1, 2):
+        stack = CausalTransformer(12, num_layers=layers, num_heads=3, dropout=0.3).double()
+        x = torch.randn(5, 7, 12, dtype=torch.float64)
+        valid = torch.rand(5, 7) > 0.3
+        valid[0], valid[1] = True, False
+        with torch.no_grad():
+            last = stack.eval()(x, valid, last=True)
+            whole = stack(x, valid)[:, -1]
+        assert last.shape == (5, 12)
+        torch.testing.assert_close(last, whole, rtol=1e-12, atol=1e-12)
+
+
+def test_training_attention_without_drops_is_the_fused_kernels():
+    """In training, on the CPU, the attention weights' dropout is layers.dnn.Dropout on
+    weights computed by hand; with a rate that drops nothing it equals torch's fused
+    scaled_dot_product_attention (the path of evaluation and other devices)."""
+    torch.manual_seed(0)
+    stack = CausalTransformer(12, num_layers=2, num_heads=3, dropout=0.3).double()
+    for module in stack.modules():
+        if hasattr(module, "threshold"):  # a rate above 0 that keeps every element
+            module.p, module.threshold, module.scale = 1e-9, -32768, 1.0
+    x = torch.randn(4, 7, 12, dtype=torch.float64)
+    valid = torch.rand(4, 7) > 0.3
+    valid[0] = True
+    with torch.no_grad():
+        trained = stack.train()(x, valid)
+        evaluated = stack.eval()(x, valid)
+    torch.testing.assert_close(trained, evaluated, rtol=1e-12, atol=1e-12)
+
+
+def test_training_with_dropout_stays_causal():
+    """The hand-written training attention keeps the mask: with the same random draws, a
+    change at later positions leaves every earlier output as it was."""
+    stack = CausalTransformer(8, num_layers=2, num_heads=2, dropout=0.3).train()
+    x = torch.randn(3, 6, 8)
+    valid = torch.tensor([[True] * 6, [False, False, True, True, True, True], [False] * 6])
+    with torch.no_grad():
+        torch.manual_seed(1)
+        out = stack(x, valid)
+        later = x.clone()
+        later[:, 4:] += torch.randn(3, 2, 8)
+        torch.manual_seed(1)
+        changed = stack(later, valid)
+    torch.testing.assert_close(changed[:, :4], out[:, :4], rtol=0, atol=0)
+    assert not torch.allclose(changed[0, 4:], out[0, 4:])
+    assert torch.isfinite(out).all()
+
+
 def test_older_history_item_changes_the_state(split):
     model = make_model(split)
     history = torch.tensor([[5, 3, 7, 2]])

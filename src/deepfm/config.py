@@ -150,6 +150,9 @@ class OrderAware:
     # an embedding size per field (e.g. {gender: 2, item_id: 64}), projected to embed_dim
     # where FM / CIN need one width; fields not named use embed_dim
     field_dims: dict[str, int] = field(default_factory=dict, metadata=_range(1, 1024))
+    # the n most recent of the split's history items the model reads (a per-model choice; the
+    # split stores split.history_length of them); 0 = all of them
+    history_length: int = field(default=0, metadata=_range(0, 1000))
 
 
 @dataclass(frozen=True)
@@ -200,7 +203,11 @@ class EASEConfig:
 
 @dataclass(frozen=True)
 class LRConfig:
-    """Logistic regression on the one-hot fields: nothing to choose (`lr: {}`)."""
+    """Logistic regression on the one-hot fields: only how much of the history it reads."""
+
+    # the n most recent of the split's history items the model reads (a per-model choice; the
+    # split stores split.history_length of them); 0 = all of them
+    history_length: int = field(default=0, metadata=_range(0, 1000))
 
 
 @dataclass(frozen=True)
@@ -208,6 +215,9 @@ class FMConfig:
     embed_dim: int = field(default=64, metadata=_range(1, 1024))
     # an embedding size per field, projected to embed_dim (see OrderAware.field_dims)
     field_dims: dict[str, int] = field(default_factory=dict, metadata=_range(1, 1024))
+    # the n most recent of the split's history items the model reads (a per-model choice; the
+    # split stores split.history_length of them); 0 = all of them
+    history_length: int = field(default=0, metadata=_range(0, 1000))
 
 
 @dataclass(frozen=True)
@@ -253,6 +263,9 @@ class SASRecConfig:
     # positional embeddings; a longer history keeps its max_len most recent items
     max_len: int = field(default=200, metadata=_range(1, 10_000))
     item_bias: bool = False  # add a learned per-item bias to h . E[item] (not in the paper)
+    # the n most recent of the split's history items the model reads (a per-model choice; the
+    # split stores split.history_length of them); 0 = all of them
+    history_length: int = field(default=0, metadata=_range(0, 1000))
     # the training objective (read by the training loop, not the model): "softmax" = full
     # cross-entropy over the whole catalogue (catalogue_logits, target = the next item);
     # "bce" = the paper's binary cross-entropy on the positive and one sampled negative
@@ -501,6 +514,13 @@ def parse_config(raw: dict, *, require_all: bool = False) -> Config:
     if cfg.model not in MODEL_SECTIONS:
         raise ConfigError(
             f"params.yaml: 'model' is {cfg.model!r}; allowed: {', '.join(sorted(MODEL_SECTIONS))}."
+        )
+    reads = getattr(cfg.model_params, "history_length", 0)
+    if reads > cfg.split.history_length:
+        raise ConfigError(
+            f"params.yaml: '{cfg.model}.history_length' is {reads} but the split holds "
+            f"'split.history_length' {cfg.split.history_length} items: raise "
+            f"split.history_length to at least {reads}, or lower {cfg.model}.history_length."
         )
     if cfg.train.sparse_embeddings and cfg.train.optimizer != "adam":
         raise ConfigError(

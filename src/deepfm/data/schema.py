@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 
@@ -43,3 +43,20 @@ class Schema:
 
     def by_source(self, source: str, kind: str) -> list[Field]:
         return [f for f in self.fields if f.source == source and f.kind == kind]
+
+    def reading_history(self, length: int) -> Schema:
+        """This schema for a model that reads the `length` most recent of the history field's
+        items (0: all of them). The split's history matrices stay as they are: most recent
+        first, so their first `length` columns are exactly what a split with that
+        history_length would hold."""
+        history = self.field("history")
+        if not length or history is None or history.length == length:
+            return self
+        if length > history.length:
+            raise ValueError(
+                f"the model reads {length} history items but the split holds "
+                f"{history.length} (split.history_length): raise split.history_length to "
+                f"{length} or lower the model's history_length."
+            )
+        shorter = replace(history, length=length)
+        return replace(self, fields=tuple(shorter if f is history else f for f in self.fields))

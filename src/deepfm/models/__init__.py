@@ -38,7 +38,9 @@ def build_model(name: str, schema: Schema, features: dict[str, Tensor], params) 
         raise ValueError(f"unknown model {name!r}; registered: {', '.join(sorted(MODELS))}.")
     if not isinstance(params, MODEL_SECTIONS[name]):
         raise TypeError(f"model {name!r} takes {MODEL_SECTIONS[name].__name__} params.")
-    return MODELS[name](schema, features, params)
+    return MODELS[name](
+        schema.reading_history(getattr(params, "history_length", 0)), features, params
+    )
 
 
 __all__ = ["MODELS", "RankingModel", "build_model"]

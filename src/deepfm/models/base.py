@@ -38,7 +38,9 @@ class RankingModel(nn.Module):
         history = schema.field("history")
         self.history_length = history.length if history is not None else 0
         self.num_context = len(schema.by_source("context", "sparse"))
-        # the per-example matrix (`history`): the history codes, then the context codes
+        # the per-example matrix (`history`): the split's history codes, then the context
+        # codes; a model may read only the first history_length of the split's codes
+        # (Schema.reading_history), so the context columns are counted from the end
         self.uses_history = bool(self.history_length or self.num_context)
 
     def history_of(self, history: Tensor | None) -> Tensor | None:
@@ -68,19 +70,19 @@ class RankingModel(nn.Module):
         if side == "item" or not self.uses_history:
             return codes, bags, dense
         width = self.history_length + self.num_context
-        if history is None or history.shape[0] != len(idx) or history.shape[1] != width:
+        if history is None or history.shape[0] != len(idx) or history.shape[1] < width:
             raise ValueError(
                 "this model's schema has a history or context field: pass history, one row "
-                f"per user of {self.history_length} item_id codes and {self.num_context} context "
-                f"codes ({len(idx)} x {width}; got "
+                f"per user of at least {self.history_length} item_id codes, then "
+                f"{self.num_context} context codes ({len(idx)} x >= {width}; got "
                 f"{'none' if history is None else tuple(history.shape)}), e.g. "
                 "SplitResult.train_history or HeldOut.history."
             )
-        history = history.long()
         if self.num_context:  # context fields are sparse fields of the user side
-            codes = torch.cat([codes, history[:, self.history_length :]], dim=1)
+            context = history[:, history.shape[1] - self.num_context :]
+            codes = torch.cat([codes, context.long()], dim=1)
         if self.history_length:
-            bags = [history[:, : self.history_length], *bags]
+            bags = [history[:, : self.history_length].long(), *bags]
         return codes, bags, dense
 
     def embed_side(

@@ -22,6 +22,7 @@ from deepfm.config import SASRecConfig
 from deepfm.data.schema import Schema
 from deepfm.models.base import RankingModel
 from deepfm.models.layers import CausalTransformer
+from deepfm.models.layers.dnn import Dropout
 from deepfm.models.layers.embedding import lookup_rows
 
 
@@ -47,7 +48,7 @@ class SASRec(RankingModel):
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
         self.item_bias = nn.Parameter(torch.zeros(item_id.vocab_size)) if params.item_bias else None
-        self.input_dropout = nn.Dropout(params.dropout)
+        self.input_dropout = Dropout(params.dropout)
         self.encoder = CausalTransformer(d, params.num_layers, params.num_heads, params.dropout)
 
     def user_state(self, history: Tensor) -> Tensor:
@@ -59,8 +60,7 @@ class SASRec(RankingModel):
         x = lookup_rows(self.item_embedding.weight, seq) * (valid.unsqueeze(-1) * self.scale)
         # column j of the chronological row is n - 1 - j items back from the most recent
         x = x + self.position_embedding.weight[:n].flip(0)
-        x = self.encoder(self.input_dropout(x), valid)
-        return x[:, -1]
+        return self.encoder(self.input_dropout(x), valid, last=True)
 
     def _state(self, users: Tensor, history: Tensor | None) -> Tensor:
         # side_inputs checks that there is one history row per user (same error as the others)

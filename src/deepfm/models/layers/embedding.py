@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from deepfm.data.schema import Schema
 from deepfm.models.layers.causal import CausalTransformer
+from deepfm.models.layers.dnn import Dropout
 
 
 class FeatureEmbedding(nn.Module):
@@ -291,14 +292,14 @@ class HistoryEncoder(nn.Module):
     def __init__(self, length: int, dim: int, num_layers: int, dropout: float):
         super().__init__()
         self.positions = nn.Parameter(torch.randn(length, dim) * 0.02)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.encoder = CausalTransformer(dim, num_layers, 1, dropout)
 
     def forward(self, rows: Tensor, codes: Tensor) -> Tensor:
         n = codes.shape[1]
         valid = (codes > 0).flip(1)  # chronological, left-padded: the last column is the newest
         x = rows.flip(1) * valid.unsqueeze(-1).to(rows.dtype) + self.positions[:n].flip(0)
-        return self.encoder(self.dropout(x), valid)[:, -1]
+        return self.encoder(self.dropout(x), valid, last=True)
 
 
 def _weighted_bag(rows: Tensor, codes: Tensor, logits: Tensor) -> Tensor:
