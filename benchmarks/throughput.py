@@ -16,7 +16,6 @@ Optionally (--repro) the wall time and peak RSS of `dvc repro --force`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import platform
 import resource
@@ -54,12 +53,13 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def bench_model(name: str, cfg, split, rated, device, repeats: int) -> dict:
+def bench_model(name: str, overrides: list[str], split, rated, device, repeats: int) -> dict:
+    # the model chosen in params.yaml's terms, so that its section's own `train:` keys apply
+    cfg = load_config(ROOT / "params.yaml", [*overrides, f"model={name}"])
     tc = cfg.train
-    params = cfg.models[name]
     torch.manual_seed(cfg.seed)
-    model = build_model(name, split.schema, feature_tensors(split), params).to(device)
-    objective = make_objective(dataclasses.replace(cfg, model=name), split, rated, device)
+    model = build_model(name, split.schema, feature_tensors(split), cfg.model_params).to(device)
+    objective = make_objective(cfg, split, rated, device)
     row: dict = {"model": name, "parameters": model.num_parameters()}
 
     def examples(epoch=1):
@@ -182,7 +182,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
     }
     print(" ".join(f"{k}={v}" for k, v in env.items()))
-    rows = [bench_model(m, cfg, split, rated, device, args.repeats) for m in args.models]
+    rows = [bench_model(m, overrides, split, rated, device, args.repeats) for m in args.models]
     header = (
         f"{'model':<18}{'params':>9}{'bound s':>9}{'epoch s':>9}{'ratio':>7}"
         f"{'samples/s':>11}{'sampling':>10}{'share':>7}{'eval s':>8}"
