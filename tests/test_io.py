@@ -41,6 +41,7 @@ def test_checkpoint_round_trip_weights_only(split, tmp_path):
         "history_layers": 1,
         "loss": "bce",
         "field_dims": {"gender": 2},
+        "history_length": 0,
         "catalogue_weight": 0.0,
     }
     assert loaded.embedding.own_tables["gender"].weight.shape[1] == 2
