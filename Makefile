@@ -1,11 +1,11 @@
-# The README's two commands:  make repro  |  make test
+# The README's two commands:  make repro  |  make test   (make test-fast: unit tests only)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-12)
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test lint lock clean mutation figures results
+.PHONY: install repro test test-fast lint lock clean mutation figures results
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (set PYTHON=...)")'
@@ -32,8 +32,15 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint  ## lint + unit tests + the real-pipeline integration test
-	$(BIN)/python -m pytest
+# Two xdist workers, one torch thread each; the real-pipeline modules start first, each whole
+# on one worker, and the unit tests fill in (tests/conftest.py, docs/testing.md).
+PYTEST_N := -n 2
+
+test: lint  ## lint + unit tests + the real-pipeline integration tests
+	$(BIN)/python -m pytest $(PYTEST_N)
+
+test-fast: install  ## the unit tests alone, for the inner loop (no real pipeline)
+	$(BIN)/python -m pytest $(PYTEST_N) -m "not integration"
 
 # The functions whose code produces reported numbers (fnmatch patterns over mutmut's names).
 MUTANTS := 'deepfm.data.splitting.*' 'deepfm.data.fields.*' 'deepfm.data.sampling.*' 'deepfm.data.batches.*' \

@@ -4,18 +4,47 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import zipfile
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import pytest
-import yaml
+# `make test` runs pytest -n 2 (pytest-xdist): two worker processes on this 2-core machine.
+# Each worker runs its tests on one torch thread, set here before torch is first imported.
+# The real pipeline's stages still train on params.yaml's train.num_threads (2): they set it
+# themselves, and tests/test_pipeline.py hands them the environment without these two.
+# OpenMP threads that wait for work sleep instead of spinning (the same bits, checked), so
+# a stage's 2 threads do not spin against the other worker's tests (3x slower if they do).
+WORKER_THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+USER_THREADS = {name: os.environ.get(name) for name in WORKER_THREADS}  # before the line below
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.update(WORKER_THREADS)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import deepfm  # noqa: F401  (first: it pins the kernels before any test runs torch)
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+import deepfm  # noqa: E402, F401  (first: it pins the kernels before any test runs torch)
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+
+    torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def user_environ() -> dict[str, str]:
+    """os.environ with the thread settings the user had, not a worker's one thread: for the
+    real pipeline's processes, which must compute what `dvc repro` computes outside pytest."""
+    env = dict(os.environ)
+    for name, value in USER_THREADS.items():
+        env.pop(name, None)
+        if value is not None:
+            env[name] = value
+    return env
 
 
 def declared_fields(dataset: str = "ml-100k") -> tuple:
@@ -104,6 +133,15 @@ def make_zip(folder: Path, zip_path: Path, prefix: str, extra: dict[str, bytes] 
             z.writestr(name, data)
     zip_path.write_bytes(buf.getvalue())
     return zip_path
+
+
+@pytest.fixture(scope="session")
+def mirror() -> Path:
+    """The folder holding ml-100k.zip for the real pipeline (MOVIELENS_MIRROR), or a skip."""
+    mirror = Path(os.environ.get("MOVIELENS_MIRROR", SHARED_DATA))
+    if not (mirror / "ml-100k.zip").is_file():
+        pytest.skip(f"no ml-100k.zip in {mirror}; set MOVIELENS_MIRROR to run the real pipeline")
+    return mirror
 
 
 @pytest.fixture
@@ -271,3 +309,46 @@ class Recorder:
         self.row = {}
         if self.interrupt_after is not None and len(self.rows) == self.interrupt_after:
             raise KeyboardInterrupt
+
+
+# `pytest -n 2` (make test): two xdist workers. Each of these modules builds one real pipeline
+# in a fixture its tests share, so the scheduler hands each module out whole, to one worker;
+# every other test is handed out alone. Work goes out in the order the workers collected it,
+# and these modules are collected first, in this order (the longest first), so that the slow
+# builds start at once and the unit tests fill in around them. (xdist's own `--dist loadgroup`
+# would do the grouping by mark, but pytest 9.2's node ids make it group nothing:
+# pytest-xdist issue #1386.) Plain `pytest` keeps the file order.
+PIPELINE_MODULES = [
+    "tests/test_pipeline_resume.py",
+    "tests/test_pipeline.py",
+    "tests/test_declared_ctr_pipeline.py",
+    "tests/test_declared_pipeline.py",
+]
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: known only where xdist is loaded
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "load":  # what -n alone gives; another --dist keeps its own
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class PipelineModulesWhole(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::")[0]
+            return module if module in PIPELINE_MODULES else nodeid
+
+    config.option.loadscopereorder = False  # keep the collection order
+    return PipelineModulesWhole(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+
+    def rank(item) -> int:
+        module = item.nodeid.split("::")[0]
+        return (
+            PIPELINE_MODULES.index(module) if module in PIPELINE_MODULES else len(PIPELINE_MODULES)
+        )
+
+    items.sort(key=rank)

@@ -28,7 +28,11 @@ from tests.conftest import ML_FIELDS, PARAMS
 # each model's params.yaml section, run small and short: the invariances are about what the
 # model is given, not how well it learns
 SMALL = {"embed_dim": 8, "dnn_hidden": [16], "cin_layers": [8, 8], "attention_dim": 4}
+SHORT = {"epochs": 2, "min_epochs": 2}  # also where a section's own `train:` asks for more
 CASES = {name: {k: SMALL.get(k, v) for k, v in PARAMS[name].items()} for name in MODELS}
+for _section in CASES.values():
+    if "train" in _section:
+        _section["train"] = {**_section["train"], **SHORT}
 # the family's history encoder with the catalogue softmax (tuning log, rounds 13-14)
 CASES["deepfm+encoder"] = {
     **CASES["deepfm"],
@@ -38,8 +42,7 @@ CASES["deepfm+encoder"] = {
 
 def _config(case: str, cut: str, tie_break: str = "item_id"):
     model = case.split("+")[0]
-    train_params = {"epochs": 2, "min_epochs": 2, "val_every": 1, "batch_size": 64,
-                    "num_threads": 1}  # fmt: skip
+    train_params = {**SHORT, "val_every": 1, "batch_size": 64, "num_threads": 1}
     return parse_config({
         "seed": 5, "model": model, model: CASES[case], "train": train_params,
         "split": {"history_length": 4, "sequence": "rated", "tie_break": tie_break, "cut": cut},

@@ -1,5 +1,11 @@
 """Integration: the real `dvc repro` on real MovieLens-100K via the mirror, epochs cut to 2.
 
+The pipeline is built once (`pipeline`) for the tests that only read it; a test that changes
+the workspace (experiments, a remote) works on its own copy of the built one (`workspace_copy`),
+so it reruns only the stages its change touches. Under `pytest -n 2` (make test) this module is
+handed to one worker whole (tests/conftest.py): the pipeline is built once. The resume test is
+tests/test_pipeline_resume.py, on the other worker meanwhile.
+
 No wall-clock limits: a slow or loaded machine makes these tests slow, never wrong. Every
 wait ends when the process it waits on ends.
 """
@@ -10,17 +16,15 @@ import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import REPO, SHARED_DATA
+from tests.conftest import REPO, user_environ
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +52,7 @@ def copy_repo(work: Path, epochs: int, extra_env: dict | None = None) -> dict:
     params["train"].update(epochs=epochs, min_epochs=epochs)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {
-        **os.environ,
+        **user_environ(),
         **(extra_env or {}),
         # the copy's own code, ahead of the editable install (which points at this checkout)
         "PYTHONPATH": str(work / "src"),
@@ -62,16 +66,25 @@ def copy_repo(work: Path, epochs: int, extra_env: dict | None = None) -> dict:
     return env
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    mirror = Path(os.environ.get("MOVIELENS_MIRROR", SHARED_DATA))
-    if not (mirror / "ml-100k.zip").is_file():
-        pytest.skip(f"no ml-100k.zip in {mirror}; set MOVIELENS_MIRROR to run the real pipeline")
+@pytest.fixture(scope="session")
+def pipeline(mirror, tmp_path_factory):
+    """The real `dvc repro`, 2 epochs, in a fresh copy, then a second `dvc repro`: built once
+    per session (per xdist worker; this module runs on one). Read it; change a copy."""
     work = tmp_path_factory.mktemp("repo")
     env = copy_repo(work, epochs=2, extra_env={"MOVIELENS_MIRROR": str(mirror)})
     first = _run(["dvc", "repro"], work, env)
     second = _run(["dvc", "repro"], work, env)
     return work, env, first, second
+
+
+def workspace_copy(pipeline, dest: Path) -> tuple[Path, dict]:
+    """A copy of the built workspace at `dest`: its git repository, outputs, DVC cache and
+    run-cache (not .dvc/tmp); returns it with the environment to run DVC in it."""
+    work, env, *_ = pipeline
+    shutil.copytree(
+        work, dest, symlinks=True, ignore=lambda d, _: ["tmp"] if d.endswith(".dvc") else []
+    )
+    return dest, {**env, "PYTHONPATH": str(dest / "src")}
 
 
 def test_metrics_file_is_complete(pipeline):
@@ -146,74 +159,10 @@ def test_the_deepfm_command_on_the_pipelines_outputs(pipeline, tmp_path):
     assert info["data"]["split"]["matches"] and info["metrics"]["of_this_checkpoint"]
 
 
-def _set_epochs(work: Path, epochs: int) -> None:
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    params["train"].update(epochs=epochs, min_epochs=epochs)
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def _where_runs_parted(hashes: Path) -> str:
-    """From tests/diagnostics' per-step parameter hashes of the three train runs (interrupted,
-    resumed, uninterrupted), in start order: the first step at which each part differs."""
-    runs = [json.loads(p.read_text())["hashes"] for p in sorted(hashes.glob("*.json"))]
-    if len(runs) != 3:
-        return f"(expected 3 train runs' step hashes in {hashes}, found {len(runs)})"
-    interrupted, resumed, whole = runs
-    head, tail = whole[: len(interrupted)], whole[len(whole) - len(resumed) :]
-
-    def first_difference(a: list[str], b: list[str]) -> str:
-        step = next((i + 1 for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), None)
-        return "none" if step is None else f"step {step}"
-
-    return (
-        f"{len(whole)} steps uninterrupted; the interrupted run's {len(interrupted)} steps first "
-        f"differ at: {first_difference(interrupted, head)}; the resumed run's {len(resumed)} "
-        f"steps first differ at: {first_difference(resumed, tail)} (of its own)"
-    )
-
-
-def test_interrupted_train_resumes_to_the_same_metrics_bytes(pipeline):
-    work, env, *_ = pipeline
-    _set_epochs(work, 3)  # a train stage DVC has never run: nothing to restore from run-cache
-    hashes = work.parent / f"step-hashes-{time.time_ns()}"
-    hashes.mkdir()
-    diagnostics = str(REPO / "tests" / "diagnostics")
-    env = {**env, "PYTHONPATH": env["PYTHONPATH"] + os.pathsep + diagnostics}
-    env["DEEPFM_STEP_HASHES"] = str(hashes)
-    state = work / "models/.train_state.pt"
-    proc = subprocess.Popen(
-        ["dvc", "repro"],
-        cwd=work,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    while not state.exists() and proc.poll() is None:
-        time.sleep(0.05)
-    assert state.exists(), "train never saved its per-epoch state"
-    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the middle of epoch 2
-    proc.communicate()
-    assert state.exists()
-
-    resumed = _run(["dvc", "repro"], work, env)
-    assert "resuming after epoch" in resumed
-    assert not state.exists()
-    resumed_metrics = (work / "metrics/eval.json").read_bytes()
-    resumed_lock = (work / "dvc.lock").read_text()
-
-    for stage in ("train", "eval"):  # the same two stages again, uninterrupted, from scratch
-        _run(["dvc", "repro", "--single-item", "--force", "--no-run-cache", stage], work, env)
-    assert len(list(hashes.glob("*.json"))) == 3, "tests/diagnostics did not hash the train runs"
-    parted = _where_runs_parted(hashes)
-    assert (work / "metrics/eval.json").read_bytes() == resumed_metrics, parted
-    assert (work / "dvc.lock").read_text() == resumed_lock, parted
-
-
-def test_experiments_and_the_report_through_real_dvc(pipeline):
+def test_experiments_and_the_report_through_real_dvc(pipeline, tmp_path):
     """`dvc exp run`, then the report's `table` and `compare` on what the real `dvc exp show`
     and dvc.api give: the default model against ItemPop, with the paired test."""
-    work, env, *_ = pipeline
+    work, env = workspace_copy(pipeline, tmp_path / "repo")
     _run(["dvc", "exp", "run", "-n", "default"], work, env)
     _run(["dvc", "exp", "run", "-n", "pop", "-S", "model=itempop"], work, env)
     table = _run([sys.executable, "-m", "deepfm", "report", "table", "--out", ""], work, env)
@@ -260,7 +209,7 @@ def test_dvc_push_and_pull_round_trip_keeps_movielens_home(pipeline, tmp_path):
     """A local DVC remote: `dvc push` sends the model and the per-user ranks, and nothing of
     MovieLens (data/raw, data/processed, data/split are `push: false`: the licence forbids
     redistribution); a fresh copy of the repository pulls the model back byte for byte."""
-    work, env, *_ = pipeline
+    work, env = workspace_copy(pipeline, tmp_path / "repo")
     remote = tmp_path / "remote"
     _run(["dvc", "remote", "add", "--local", "-f", "-d", "team", str(remote)], work, env)
     _run(["dvc", "push"], work, env)
