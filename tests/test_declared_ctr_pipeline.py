@@ -11,11 +11,10 @@ import sys
 
 import pandas as pd
 import pytest
-import yaml
 from sklearn.metrics import roc_auc_score
 
 from tests.conftest import criteo_declaration, make_criteo_file
-from tests.test_pipeline import _run, copy_repo
+from tests.test_pipeline import _run, copy_repo_declaring
 
 pytestmark = pytest.mark.integration
 
@@ -31,11 +30,7 @@ def criteo_repo(tmp_path_factory):
     """A synthetic file in the Criteo Kaggle format, declared as a `criteo` dataset."""
     log = make_criteo_file(tmp_path_factory.mktemp("clicks") / "train.txt")
     work = tmp_path_factory.mktemp("repo")
-    env = copy_repo(work, epochs=6)
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    params["datasets"]["clicks"] = criteo_declaration(log)
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run(["git", "commit", "-qam", "declare clicks"], work, env)
+    env = copy_repo_declaring(work, 6, "clicks", criteo_declaration(log))
     runs = {}
     for model in ("deepfm", "lr"):
         _run(["dvc", "exp", "run", "-S", "dataset=clicks", "-S", f"model={model}", *CTR_ARGS],

@@ -8,10 +8,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
 
 from tests.conftest import make_synthetic_ratings, synthetic_declaration
-from tests.test_pipeline import _run, copy_repo
+from tests.test_pipeline import _run, copy_repo_declaring
 
 pytestmark = pytest.mark.integration
 
@@ -20,11 +19,7 @@ pytestmark = pytest.mark.integration
 def synthetic_repo(tmp_path_factory):
     csv = make_synthetic_ratings(tmp_path_factory.mktemp("mine") / "ratings.csv")
     work = tmp_path_factory.mktemp("repo")
-    env = copy_repo(work, epochs=10)
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    params["datasets"]["synth"] = synthetic_declaration(csv)  # the only change: params
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run(["git", "commit", "-qam", "declare synth"], work, env)
+    env = copy_repo_declaring(work, 10, "synth", synthetic_declaration(csv))  # params only
     runs = {}
     for model in ("deepfm", "itempop"):
         log = _run(["dvc", "exp", "run", "-S", "dataset=synth", "-S", f"model={model}"], work, env)

@@ -66,6 +66,16 @@ def copy_repo(work: Path, epochs: int, extra_env: dict | None = None) -> dict:
     return env
 
 
+def copy_repo_declaring(work: Path, epochs: int, name: str, declaration: dict) -> dict:
+    """copy_repo, with `declaration` added to params.yaml's datasets as `name` (committed)."""
+    env = copy_repo(work, epochs)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["datasets"][name] = declaration
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "commit", "-qam", f"declare {name}"], work, env)
+    return env
+
+
 @pytest.fixture(scope="session")
 def pipeline(mirror, tmp_path_factory):
     """The real `dvc repro`, 2 epochs, in a fresh copy, then a second `dvc repro`: built once

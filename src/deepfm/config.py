@@ -132,7 +132,16 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
-class OrderAware:
+class ReadsHistory:
+    """A model that reads the history field, and how much of it."""
+
+    # the n most recent of the split's history items the model reads (a per-model choice; the
+    # split stores split.history_length of them); 0 = all of them
+    history_length: int = field(default=0, metadata=_range(0, 1000))
+
+
+@dataclass(frozen=True)
+class OrderAware(ReadsHistory):
     """What the DeepFM family reads of the history's order, and how it is trained
     (recent_items 0, history_pooling mean and loss bce: the models without either)."""
 
@@ -150,9 +159,6 @@ class OrderAware:
     # an embedding size per field (e.g. {gender: 2, item_id: 64}), projected to embed_dim
     # where FM / CIN need one width; fields not named use embed_dim
     field_dims: dict[str, int] = field(default_factory=dict, metadata=_range(1, 1024))
-    # the n most recent of the split's history items the model reads (a per-model choice; the
-    # split stores split.history_length of them); 0 = all of them
-    history_length: int = field(default=0, metadata=_range(0, 1000))
 
 
 @dataclass(frozen=True)
@@ -202,22 +208,15 @@ class EASEConfig:
 
 
 @dataclass(frozen=True)
-class LRConfig:
+class LRConfig(ReadsHistory):
     """Logistic regression on the one-hot fields: only how much of the history it reads."""
-
-    # the n most recent of the split's history items the model reads (a per-model choice; the
-    # split stores split.history_length of them); 0 = all of them
-    history_length: int = field(default=0, metadata=_range(0, 1000))
 
 
 @dataclass(frozen=True)
-class FMConfig:
+class FMConfig(ReadsHistory):
     embed_dim: int = field(default=64, metadata=_range(1, 1024))
     # an embedding size per field, projected to embed_dim (see OrderAware.field_dims)
     field_dims: dict[str, int] = field(default_factory=dict, metadata=_range(1, 1024))
-    # the n most recent of the split's history items the model reads (a per-model choice; the
-    # split stores split.history_length of them); 0 = all of them
-    history_length: int = field(default=0, metadata=_range(0, 1000))
 
 
 @dataclass(frozen=True)
@@ -252,7 +251,7 @@ class AttentionDeepFMConfig(OrderAware):
 
 
 @dataclass(frozen=True)
-class SASRecConfig:
+class SASRecConfig(ReadsHistory):
     """SASRec (Kang & McAuley, ICDM 2018): a causal Transformer over the history field (user
     features unused); logit(u, i) = state(history) . E[item_id(i)] with E the input table."""
 
@@ -263,9 +262,6 @@ class SASRecConfig:
     # positional embeddings; a longer history keeps its max_len most recent items
     max_len: int = field(default=200, metadata=_range(1, 10_000))
     item_bias: bool = False  # add a learned per-item bias to h . E[item] (not in the paper)
-    # the n most recent of the split's history items the model reads (a per-model choice; the
-    # split stores split.history_length of them); 0 = all of them
-    history_length: int = field(default=0, metadata=_range(0, 1000))
     # the training objective (read by the training loop, not the model): "softmax" = full
     # cross-entropy over the whole catalogue (catalogue_logits, target = the next item);
     # "bce" = the paper's binary cross-entropy on the positive and one sampled negative
